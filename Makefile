@@ -1,0 +1,69 @@
+# prefcap: the capture SDK (libprefcap + the `prefcap` CLI) and the DPO trainer (`prefcap-dpo`).
+#
+#   make            build everything that can be built here (CUDA parts only where nvcc is found)
+#   make test       install missing dependencies, build, run every test; closes with "N passed, N failed"
+#   make demo       the main job end to end on this machine
+#   make asan       the tests again under AddressSanitizer + UBSan (build-asan/)
+#   make bench      the benchmarks of bench/ (results go to bench/RESULTS.md by hand, with the machine)
+#   make install    PREFIX=/usr/local DESTDIR= : headers, libraries, CLIs and prefcap.pc
+#
+# Each area adds its own rules in a fragment (sdk/sdk.mk, trainer/*.mk) to ALL_TARGETS and TESTS.
+
+VERSION    := 0.1.0
+PREFIX     ?= /usr/local
+DESTDIR    ?=
+BUILD      ?= build
+CC         ?= cc
+OPT        ?= -O2
+SAN        ?=
+CFLAGS_ALL := -std=c11 -D_GNU_SOURCE -g $(OPT) -fPIC -pthread -Wall -Wextra -Werror -Wshadow \
+              -Wno-unused-parameter -Iinclude -DPREFCAP_VERSION='"$(VERSION)"' $(SAN) $(CFLAGS)
+LDFLAGS_ALL := -pthread $(SAN) $(LDFLAGS)
+
+# ---- optional parts: probe and say what was found -------------------------------------------------
+CUDA ?= 1
+NVCC := $(shell command -v nvcc 2>/dev/null || { [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda/bin/nvcc; })
+ifeq ($(CUDA),0)
+  NVCC :=
+endif
+HAVE_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q GPU && echo 1)
+
+ALL_TARGETS :=
+TESTS       :=
+BENCHES     :=
+
+.PHONY: all test test-run demo asan bench install deps clean probe
+all: probe
+
+probe:
+	@if [ -n "$(NVCC)" ]; then echo "✓ nvcc found: $(NVCC)"; else echo "✗ nvcc not found (or CUDA=0): CUDA backend not built"; fi
+	@if [ -n "$(HAVE_GPU)" ]; then echo "✓ GPU found"; else echo "✗ no GPU: CUDA tests skipped"; fi
+
+include sdk/sdk.mk
+-include $(sort $(wildcard trainer/*.mk))
+
+all: $(ALL_TARGETS)
+
+deps:
+	@scripts/deps.sh --npm
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory test-run
+
+test-run: $(ALL_TARGETS) $(TEST_BINS)
+	@TEST_LOGDIR=$(BUILD)/test-logs BUILD=$(BUILD) tests/run.sh $(TESTS)
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@BUILD=$(BUILD) examples/demo.sh
+
+asan: deps
+	@$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 \
+	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" test-run
+
+bench: all $(BENCHES)
+	@for b in $(BENCH_CMDS); do echo "== $$b"; $$b || exit 1; done
+
+clean:
+	rm -rf build build-asan

@@ -1,0 +1,669 @@
+/* sdk/derive.c: the pairing rules. Events are facts and are never rewritten; pairs and labels are
+ * what the rules conclude from them, and can be concluded again at any time (a rule or weight fix
+ * re-derives history with `prefcap derive --all`). docs/pairing.md is the long form of this file.
+ *
+ * The unit of derivation is one generation g. Everything derived "belongs" to exactly one unit:
+ *   edit pairs       (g's edited text > g)                   unit g (the rejected one)
+ *   choice pairs     (g > r, side by side)                   unit g (the chosen one)
+ *   regenerate pairs (g > each generation g replaced)        unit g (the chosen one)
+ *   rating pairs     (g rated +1 > h rated -1, same prompt)  unit g (the +1 one)
+ *   g's label        (desirable / undesirable, for KTO)      unit g
+ * Recomputing a unit reads only events and generations, and upserts by a stable key, so running it
+ * twice changes nothing, and a pair keeps its id (and lineage) while its inputs do not change.
+ *
+ * Incrementally, two cursors (the last generation seq and event seq derived) say what is new; each
+ * new event names the units it can change (its generation, the one it replaced, the generations
+ * that replaced it, the choices and ratings that mention it), and only those are recomputed. */
+#include "internal.h"
+#include "sha256.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+// ---- rules and their defaults --------------------------------------------------------------------
+
+void prefcap__rules_default(prefcap__rules *r) {
+  *r = (prefcap__rules){
+      .edit = 0.9, .edit_light_max = 0.3, .edit_rewrite_min = 0.8, .edit_rewrite_factor = 0.5,
+      .regenerate = 0.8, .regenerate_light_edit = 0.8,
+      .choice = 1.0, .rating = 1.0,
+      .label_accept = 0.9, .label_copy = 0.8, .label_rating = 1.0, .label_regenerated = 0.7, .label_abandon = 0.2,
+  };
+}
+
+const char *const prefcap__rule_names[] = {
+    "edit", "edit.light_max", "edit.rewrite_min", "edit.rewrite_factor", "regenerate",
+    "regenerate.light_edit", "choice", "rating", "label.accept", "label.copy", "label.rating",
+    "label.regenerated", "label.abandon", NULL};
+
+double *prefcap__rules_field(prefcap__rules *r, const char *name) {
+  double *f[] = {&r->edit, &r->edit_light_max, &r->edit_rewrite_min, &r->edit_rewrite_factor,
+                 &r->regenerate, &r->regenerate_light_edit, &r->choice, &r->rating, &r->label_accept,
+                 &r->label_copy, &r->label_rating, &r->label_regenerated, &r->label_abandon};
+  for (int i = 0; prefcap__rule_names[i]; i++)
+    if (strcmp(prefcap__rule_names[i], name) == 0) return f[i];
+  return NULL;
+}
+
+// ---- text distance -------------------------------------------------------------------------------
+
+bool prefcap__same_but_whitespace(const char *a, const char *b) {
+  for (;;) {
+    while (*a && isspace((unsigned char)*a)) a++;
+    while (*b && isspace((unsigned char)*b)) b++;
+    if (!*a || !*b) return !*a && !*b;
+    if (*a++ != *b++) return false;
+  }
+}
+
+/* Words as 64-bit FNV-1a hashes: the distance counts words changed, which is what a reader sees as
+ * "how much was edited", and it is blind to whitespace-only changes by construction. */
+static size_t words(const char *s, uint64_t **out) {
+  size_t n = 0, cap = 64;
+  uint64_t *w = malloc(cap * sizeof *w);
+  if (!w) { *out = NULL; return 0; }
+  while (*s) {
+    while (*s && isspace((unsigned char)*s)) s++;
+    if (!*s) break;
+    uint64_t h = 1469598103934665603ULL;
+    while (*s && !isspace((unsigned char)*s)) { h ^= (unsigned char)*s++; h *= 1099511628211ULL; }
+    if (n == cap) {
+      uint64_t *nw = realloc(w, (cap *= 2) * sizeof *w);
+      if (!nw) break;
+      w = nw;
+    }
+    w[n++] = h;
+  }
+  *out = w;
+  return n;
+}
+
+static int cmp_u64(const void *x, const void *y) {
+  uint64_t a = *(const uint64_t *)x, b = *(const uint64_t *)y;
+  return a < b ? -1 : a > b;
+}
+
+/* Levenshtein distance over words divided by the longer text's word count. Past 16M cells (two texts
+ * of ~4,000 words) the exact table costs too much for a capture path, and the distance is taken from
+ * the multiset difference of the words instead (docs/pairing.md). */
+double prefcap__edit_distance(const char *a, const char *b) {
+  uint64_t *wa, *wb;
+  size_t n = words(a, &wa), m = words(b, &wb);
+  double d;
+  if (n == 0 || m == 0) d = (n == 0 && m == 0) ? 0.0 : 1.0;
+  else if ((double)n * (double)m > 16e6) {
+    qsort(wa, n, sizeof *wa, cmp_u64);
+    qsort(wb, m, sizeof *wb, cmp_u64);
+    size_t i = 0, j = 0, common = 0;
+    while (i < n && j < m) {
+      if (wa[i] == wb[j]) { common++; i++; j++; }
+      else if (wa[i] < wb[j]) i++;
+      else j++;
+    }
+    d = 1.0 - (double)common / (double)(n > m ? n : m);
+  } else {
+    size_t *prev = malloc((m + 1) * sizeof *prev), *cur = malloc((m + 1) * sizeof *cur);
+    if (!prev || !cur) d = 1.0;
+    else {
+      for (size_t j = 0; j <= m; j++) prev[j] = j;
+      for (size_t i = 1; i <= n; i++) {
+        cur[0] = i;
+        for (size_t j = 1; j <= m; j++) {
+          size_t sub = prev[j - 1] + (wa[i - 1] != wb[j - 1]);
+          size_t del = prev[j] + 1, ins = cur[j - 1] + 1;
+          cur[j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
+        }
+        size_t *t = prev; prev = cur; cur = t;
+      }
+      d = (double)prev[m] / (double)(n > m ? n : m);
+    }
+    free(prev); free(cur);
+  }
+  free(wa); free(wb);
+  return d > 1.0 ? 1.0 : d;
+}
+
+// ---- the derivation context ----------------------------------------------------------------------
+
+typedef struct {
+  char *id, *user, *session, *regenerates, *prompt, *messages, *system, *completion;
+} gen_t;
+
+typedef struct {
+  char *key, *signal, *chosen_id, *chosen_text, *rejected_id, *source, *flags;
+  double weight;
+} pair_t;
+
+typedef struct {
+  prefcap__store *s;
+  sqlite3 *db;
+  prefcap__rules r;
+  int64_t version, now;
+  sqlite3_stmt *get_gen, *get_fb, *has_child, *children, *choices_of, *rated_peers, *rated_up,
+      *unit_keys, *up_pair, *del_pair, *up_label, *del_label, *last_rating;
+  char *err; size_t errlen;
+} ctx_t;
+
+static char *dup_col(sqlite3_stmt *st, int i) {
+  const unsigned char *t = sqlite3_column_text(st, i);
+  return t ? strdup((const char *)t) : NULL;
+}
+
+static void gen_free(gen_t *g) {
+  free(g->id); free(g->user); free(g->session); free(g->regenerates);
+  free(g->prompt); free(g->messages); free(g->system); free(g->completion);
+  memset(g, 0, sizeof *g);
+}
+
+/* Loads generation id; false when it is not (yet) stored. */
+static bool load_gen(ctx_t *c, const char *id, gen_t *g) {
+  memset(g, 0, sizeof *g);
+  sqlite3_bind_text(c->get_gen, 1, id, -1, SQLITE_TRANSIENT);
+  bool found = sqlite3_step(c->get_gen) == SQLITE_ROW;
+  if (found) {
+    g->id = dup_col(c->get_gen, 0); g->user = dup_col(c->get_gen, 1); g->session = dup_col(c->get_gen, 2);
+    g->regenerates = dup_col(c->get_gen, 3); g->prompt = dup_col(c->get_gen, 4);
+    g->messages = dup_col(c->get_gen, 5); g->system = dup_col(c->get_gen, 6);
+    g->completion = dup_col(c->get_gen, 7);
+  }
+  sqlite3_reset(c->get_gen);
+  return found;
+}
+
+/* What identifies "the same prompt": the system prompt and the prompt text or messages. */
+static void prompt_key(const gen_t *g, char out[65]) {
+  prefcap__sha256_ctx h;
+  prefcap__sha256_init(&h);
+  const char *parts[] = {g->system, g->prompt, g->messages};
+  for (int i = 0; i < 3; i++) {
+    uint8_t tag = parts[i] ? 1 : 0;
+    prefcap__sha256_update(&h, &tag, 1);
+    if (parts[i]) prefcap__sha256_update(&h, parts[i], strlen(parts[i]) + 1);
+  }
+  uint8_t d[32];
+  prefcap__sha256_final(&h, d);
+  prefcap__hex(d, 32, out);
+}
+
+// ---- the affected set ----------------------------------------------------------------------------
+
+typedef struct { char **v; size_t n, cap; } strset;
+
+static void set_add(strset *s, const char *id) {
+  if (!id) return;
+  if (s->n == s->cap) {
+    size_t cap = s->cap ? s->cap * 2 : 256;
+    char **v = realloc(s->v, cap * sizeof *v);
+    if (!v) return;
+    s->v = v; s->cap = cap;
+  }
+  char *d = strdup(id);
+  if (d) s->v[s->n++] = d;
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+static void set_unique(strset *s) {
+  if (!s->n) return;
+  qsort(s->v, s->n, sizeof *s->v, cmp_str);
+  size_t k = 1;
+  for (size_t i = 1; i < s->n; i++) {
+    if (strcmp(s->v[i], s->v[k - 1]) == 0) free(s->v[i]);
+    else s->v[k++] = s->v[i];
+  }
+  s->n = k;
+}
+
+static void set_free(strset *s) {
+  for (size_t i = 0; i < s->n; i++) free(s->v[i]);
+  free(s->v);
+  memset(s, 0, sizeof *s);
+}
+
+/* Adds every row's first column of a statement bound to id. */
+static void add_rows(sqlite3_stmt *st, const char *id, strset *out) {
+  sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
+  while (sqlite3_step(st) == SQLITE_ROW) set_add(out, (const char *)sqlite3_column_text(st, 0));
+  sqlite3_reset(st);
+}
+
+/* The latest rating of a generation (by event time, then arrival), 0 if none; *source (malloc'd) says
+ * who gave it. */
+static int latest_rating(ctx_t *c, const char *id, char **source) {
+  int v = 0;
+  *source = NULL;
+  sqlite3_bind_text(c->last_rating, 1, id, -1, SQLITE_TRANSIENT);
+  if (sqlite3_step(c->last_rating) == SQLITE_ROW) {
+    v = sqlite3_column_int(c->last_rating, 0);
+    *source = dup_col(c->last_rating, 1);
+  }
+  sqlite3_reset(c->last_rating);
+  return v;
+}
+
+/* Adds to out the rated generations with latest rating `value` on the same prompt as g, by the same
+ * user or in the same session, other than g itself; with their rating's source when sources is set. */
+static void rated_peers(ctx_t *c, const char *key, const char *id, const char *user, const char *session,
+                        int value, strset *out, strset *sources) {
+  sqlite3_stmt *st = c->rated_peers;
+  sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
+  sqlite3_bind_int(st, 2, value);
+  sqlite3_bind_text(st, 3, id, -1, SQLITE_TRANSIENT);
+  sqlite3_bind_text(st, 4, user, -1, SQLITE_TRANSIENT);
+  sqlite3_bind_text(st, 5, session, -1, SQLITE_TRANSIENT);
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    set_add(out, (const char *)sqlite3_column_text(st, 0));
+    if (sources) set_add(sources, (const char *)sqlite3_column_text(st, 1));
+  }
+  sqlite3_reset(st);
+}
+
+/* Keeps the `rated` table (prompt key and latest rating of each rated generation) current for id, and
+ * adds the +1-rated generations it can pair with to the affected set: their rating pairs may change. */
+static int refresh_rated(ctx_t *c, const char *id, strset *affected) {
+  char *source = NULL;
+  int value = latest_rating(c, id, &source);
+  gen_t g;
+  if (!value || !load_gen(c, id, &g)) { free(source); return PREFCAP_OK; }
+  char key[65];
+  prompt_key(&g, key);
+  sqlite3_bind_text(c->rated_up, 1, id, -1, SQLITE_TRANSIENT);
+  sqlite3_bind_text(c->rated_up, 2, key, -1, SQLITE_TRANSIENT);
+  sqlite3_bind_text(c->rated_up, 3, g.user, -1, SQLITE_TRANSIENT);
+  sqlite3_bind_text(c->rated_up, 4, g.session, -1, SQLITE_TRANSIENT);
+  sqlite3_bind_int(c->rated_up, 5, value);
+  sqlite3_bind_text(c->rated_up, 6, source ? source : "human", -1, SQLITE_TRANSIENT);
+  int rc = sqlite3_step(c->rated_up);
+  sqlite3_reset(c->rated_up);
+  free(source);
+  if (rc == SQLITE_DONE) rated_peers(c, key, id, g.user, g.session, 1, affected, NULL);
+  gen_free(&g);
+  return rc == SQLITE_DONE ? PREFCAP_OK : prefcap__sqlite_code(rc);
+}
+
+// ---- recomputing one unit ------------------------------------------------------------------------
+
+typedef struct {
+  const char *edit_text, *edit_source;
+  int rating; const char *rating_source;       /* latest rating, 0 if none */
+  bool copy, accept, abandon, regen_fb;
+  const char *copy_source, *accept_source, *abandon_source, *regen_source;
+} fb_state;
+
+static int put_pair(ctx_t *c, const char *unit, const pair_t *p) {
+  sqlite3_stmt *st = c->up_pair;
+  sqlite3_bind_text(st, 1, p->key, -1, SQLITE_TRANSIENT);
+  sqlite3_bind_text(st, 2, unit, -1, SQLITE_TRANSIENT);
+  sqlite3_bind_text(st, 3, p->signal, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 4, p->chosen_id, -1, SQLITE_TRANSIENT);
+  sqlite3_bind_text(st, 5, p->chosen_text, -1, SQLITE_TRANSIENT);
+  sqlite3_bind_text(st, 6, p->rejected_id, -1, SQLITE_TRANSIENT);
+  sqlite3_bind_double(st, 7, p->weight);
+  sqlite3_bind_text(st, 8, p->source ? p->source : "human", -1, SQLITE_TRANSIENT);
+  sqlite3_bind_text(st, 9, p->flags ? p->flags : "", -1, SQLITE_TRANSIENT);
+  sqlite3_bind_int64(st, 10, c->version);
+  sqlite3_bind_int64(st, 11, c->now);
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  return rc == SQLITE_DONE ? PREFCAP_OK : prefcap__sqlite_code(rc);
+}
+
+/* The source of a conclusion drawn from two labels: an AI judge's if either came from one. */
+static const char *either_source(const char *a, const char *b) {
+  if (a && strncmp(a, "ai:", 3) == 0) return a;
+  if (b && strncmp(b, "ai:", 3) == 0) return b;
+  return "human";
+}
+
+/* What one unit derives: its pairs, and the strings they point to (freed together). */
+typedef struct { pair_t *v; int n, cap; char **owned; int nowned, capowned; bool oom; } derived;
+
+static char *own(derived *d, char *p) {
+  if (!p) { d->oom = true; return NULL; }
+  if (d->nowned == d->capowned) {
+    int cap = d->capowned ? d->capowned * 2 : 32;
+    char **v = realloc(d->owned, (size_t)cap * sizeof *v);
+    if (!v) { d->oom = true; free(p); return NULL; }
+    d->owned = v; d->capowned = cap;
+  }
+  return d->owned[d->nowned++] = p;
+}
+
+static void add_pair(derived *d, pair_t p) {
+  if (!p.key) { d->oom = true; return; }
+  if (d->n == d->cap) {
+    int cap = d->cap ? d->cap * 2 : 16;
+    pair_t *v = realloc(d->v, (size_t)cap * sizeof *v);
+    if (!v) { d->oom = true; return; }
+    d->v = v; d->cap = cap;
+  }
+  d->v[d->n++] = p;
+}
+
+static char *keyf(derived *d, const char *signal, const char *a, const char *b) {
+  size_t n = strlen(signal) + strlen(a) + (b ? strlen(b) : 0) + 3;
+  char *k = malloc(n);
+  if (k) snprintf(k, n, b ? "%s:%s:%s" : "%s:%s", signal, a, b);
+  return own(d, k);
+}
+
+static int recompute(ctx_t *c, const char *unit) {
+  int rc = PREFCAP_OK;
+  derived d = {0};
+#define OWN(x) own(&d, (x))
+  gen_t g;
+  bool exists = load_gen(c, unit, &g);
+  bool have_label = false;
+  int desirable = 0; const char *lsignal = NULL, *lsource = NULL; double lweight = 0;
+
+  if (exists) {
+    /* ---- gather the feedback on g, oldest first (so "latest" wins by overwriting) */
+    fb_state f = {0};
+    strset choice_rejected = {0}; strset choice_sources = {0};
+    sqlite3_bind_text(c->get_fb, 1, unit, -1, SQLITE_TRANSIENT);
+    while (sqlite3_step(c->get_fb) == SQLITE_ROW) {
+      const char *type = (const char *)sqlite3_column_text(c->get_fb, 0);
+      char *source = OWN(dup_col(c->get_fb, 4));
+      if (!strcmp(type, "edit")) { f.edit_text = OWN(dup_col(c->get_fb, 2)); f.edit_source = source; }
+      else if (!strcmp(type, "rating")) { f.rating = sqlite3_column_int(c->get_fb, 3); f.rating_source = source; }
+      else if (!strcmp(type, "copy")) { f.copy = true; f.copy_source = source; }
+      else if (!strcmp(type, "accept")) { f.accept = true; f.accept_source = source; }
+      else if (!strcmp(type, "abandon")) { f.abandon = true; f.abandon_source = source; }
+      else if (!strcmp(type, "regenerate")) { f.regen_fb = true; f.regen_source = source; }
+      else if (!strcmp(type, "choice")) {
+        set_add(&choice_rejected, (const char *)sqlite3_column_text(c->get_fb, 1));
+        set_add(&choice_sources, source ? source : "human");
+      }
+    }
+    sqlite3_reset(c->get_fb);
+    sqlite3_bind_text(c->has_child, 1, unit, -1, SQLITE_TRANSIENT);
+    bool has_child = sqlite3_step(c->has_child) == SQLITE_ROW;
+    sqlite3_reset(c->has_child);
+    bool regenerated = f.regen_fb || has_child;
+
+    /* ---- edit: the user's final text over the generation */
+    bool light_edit = false;
+    if (f.edit_text && !prefcap__same_but_whitespace(f.edit_text, g.completion)) {
+      double dist = prefcap__edit_distance(f.edit_text, g.completion);
+      double w = c->r.edit;
+      const char *flags = "";
+      if (dist >= c->r.edit_rewrite_min) { w *= c->r.edit_rewrite_factor; flags = "rewrite"; }
+      else if (dist < c->r.edit_light_max) w *= 0.5 + 0.5 * dist / c->r.edit_light_max;
+      light_edit = dist < c->r.edit_light_max;
+      add_pair(&d, (pair_t){keyf(&d, "edit", unit, NULL), "edit", NULL, (char *)f.edit_text, g.id,
+                            (char *)f.edit_source, (char *)flags, w});
+    }
+
+    /* ---- side-by-side choices: g over each rejected generation that is stored */
+    char gkey[65];
+    prompt_key(&g, gkey);
+    for (size_t i = 0; i < choice_rejected.n; i++) {
+      gen_t r;
+      if (!load_gen(c, choice_rejected.v[i], &r)) continue;
+      char rkey[65];
+      prompt_key(&r, rkey);
+      add_pair(&d, (pair_t){keyf(&d, "choice", unit, r.id), "choice", g.id, NULL, OWN(strdup(r.id)),
+                            OWN(strdup(choice_sources.v[i])), strcmp(gkey, rkey) ? "prompt_mismatch" : "", c->r.choice});
+      gen_free(&r);
+    }
+    set_free(&choice_rejected); set_free(&choice_sources);
+
+    /* ---- regeneration chain: a kept answer beats every answer it replaced. An explicit -1 outranks
+     * implicit approval, and a generation that was itself regenerated is never chosen. */
+    double strength = 0; const char *psource = NULL;
+    if (f.rating >= 0) {
+      if (f.rating > 0) { strength = 1.0; psource = f.rating_source; }
+      if (f.accept && strength < 1.0) { strength = 1.0; psource = f.accept_source; }
+      if (f.copy && strength < 0.9) { strength = 0.9; psource = f.copy_source; }
+      if (light_edit && strength < c->r.regenerate_light_edit) { strength = c->r.regenerate_light_edit; psource = f.edit_source; }
+    }
+    if (strength > 0 && !regenerated) {
+      char *prev = g.regenerates ? strdup(g.regenerates) : NULL;
+      for (int depth = 0; prev && depth < 32; depth++) {
+        gen_t a;
+        if (!load_gen(c, prev, &a) || !strcmp(a.id, unit)) { free(prev); prev = NULL; break; }
+        add_pair(&d, (pair_t){keyf(&d, "regenerate", unit, a.id), "regenerate", g.id, NULL, OWN(strdup(a.id)),
+                              (char *)psource, "", c->r.regenerate * strength});
+        free(prev);
+        prev = a.regenerates ? strdup(a.regenerates) : NULL;
+        gen_free(&a);
+      }
+      free(prev);
+    }
+
+    /* ---- ratings: +1 over -1 on the same prompt, by the same user or in the same session */
+    if (f.rating > 0) {
+      strset peers = {0}, sources = {0};
+      rated_peers(c, gkey, unit, g.user, g.session, -1, &peers, &sources);
+      for (size_t i = 0; i < peers.n && i < sources.n; i++)
+        add_pair(&d, (pair_t){keyf(&d, "rating", unit, peers.v[i]), "rating", g.id, NULL, OWN(strdup(peers.v[i])),
+                              OWN(strdup(either_source(f.rating_source, sources.v[i]))), "", c->r.rating});
+      set_free(&peers);
+      set_free(&sources);
+    }
+
+    /* ---- the unpaired label: an explicit rating decides; else implicit signals, none if they
+     * contradict each other (copied, then regenerated anyway) */
+    if (f.rating) {
+      have_label = true; desirable = f.rating > 0; lsignal = "rating"; lweight = c->r.label_rating; lsource = f.rating_source;
+    } else if ((f.accept || f.copy) && regenerated) {
+      have_label = false;
+    } else if (f.accept) {
+      have_label = true; desirable = 1; lsignal = "accept"; lweight = c->r.label_accept; lsource = f.accept_source;
+    } else if (f.copy) {
+      have_label = true; desirable = 1; lsignal = "copy"; lweight = c->r.label_copy; lsource = f.copy_source;
+    } else if (regenerated) {
+      have_label = true; desirable = 0; lsignal = "regenerate"; lweight = c->r.label_regenerated; lsource = f.regen_source;
+    } else if (f.abandon) {
+      have_label = true; desirable = 0; lsignal = "abandon"; lweight = c->r.label_abandon; lsource = f.abandon_source;
+    }
+  }
+
+  /* ---- write: upsert what was derived, delete what this unit derived before and no longer does */
+  if (d.oom) rc = PREFCAP_ENOMEM;
+  for (int i = 0; i < d.n && !rc; i++) rc = put_pair(c, unit, &d.v[i]);
+  if (!rc) {
+    strset old = {0};
+    add_rows(c->unit_keys, unit, &old);
+    for (size_t i = 0; i < old.n && !rc; i++) {
+      bool keep = false;
+      for (int j = 0; j < d.n && !keep; j++) keep = !strcmp(d.v[j].key, old.v[i]);
+      if (keep) continue;
+      sqlite3_bind_text(c->del_pair, 1, old.v[i], -1, SQLITE_TRANSIENT);
+      if (sqlite3_step(c->del_pair) != SQLITE_DONE) rc = prefcap__sqlite_code(sqlite3_errcode(c->db));
+      sqlite3_reset(c->del_pair);
+    }
+    set_free(&old);
+  }
+  if (!rc) {
+    sqlite3_stmt *st = have_label ? c->up_label : c->del_label;
+    sqlite3_bind_text(st, 1, unit, -1, SQLITE_TRANSIENT);
+    if (have_label) {
+      sqlite3_bind_int(st, 2, desirable);
+      sqlite3_bind_text(st, 3, lsignal, -1, SQLITE_STATIC);
+      sqlite3_bind_double(st, 4, lweight);
+      sqlite3_bind_text(st, 5, lsource ? lsource : "human", -1, SQLITE_TRANSIENT);
+      sqlite3_bind_int64(st, 6, c->version);
+      sqlite3_bind_int64(st, 7, c->now);
+    }
+    if (sqlite3_step(st) != SQLITE_DONE) rc = prefcap__sqlite_code(sqlite3_errcode(c->db));
+    sqlite3_reset(st);
+  }
+  if (rc) snprintf(c->err, c->errlen, "deriving pairs for generation '%s': %s", unit,
+                   rc == PREFCAP_ENOMEM ? "out of memory" : sqlite3_errmsg(c->db));
+  for (int i = 0; i < d.nowned; i++) free(d.owned[i]);
+  free(d.owned); free(d.v);
+  gen_free(&g);
+#undef OWN
+  return rc;
+}
+
+// ---- the driver ----------------------------------------------------------------------------------
+
+static int64_t meta_int(sqlite3 *db, const char *key) {
+  sqlite3_stmt *st;
+  int64_t v = 0;
+  if (sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = ?1", -1, &st, NULL)) return 0;
+  sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+  if (sqlite3_step(st) == SQLITE_ROW) v = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  return v;
+}
+
+static int set_meta_int(sqlite3 *db, const char *key, int64_t v) {
+  sqlite3_stmt *st;
+  int rc = sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO meta(key, value) VALUES(?1, ?2)", -1, &st, NULL);
+  if (rc) return prefcap__sqlite_code(rc);
+  sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 2, v);
+  rc = sqlite3_step(st);
+  sqlite3_finalize(st);
+  return rc == SQLITE_DONE ? PREFCAP_OK : prefcap__sqlite_code(rc);
+}
+
+static void ctx_free(ctx_t *c) {
+  sqlite3_stmt *all[] = {c->get_gen, c->get_fb, c->has_child, c->children, c->choices_of, c->rated_peers,
+                         c->rated_up, c->unit_keys, c->up_pair, c->del_pair, c->up_label, c->del_label,
+                         c->last_rating};
+  for (size_t i = 0; i < sizeof all / sizeof *all; i++) sqlite3_finalize(all[i]);
+}
+
+static int ctx_init(ctx_t *c, prefcap__store *s, char *err, size_t errlen) {
+  memset(c, 0, sizeof *c);
+  c->s = s; c->db = prefcap__store_db(s); c->err = err; c->errlen = errlen;
+  struct { sqlite3_stmt **st; const char *sql; } q[] = {
+      {&c->get_gen, "SELECT id, user_id, session_id, regenerates, prompt, messages, system, completion FROM generations WHERE id = ?1"},
+      {&c->get_fb, "SELECT type, other_id, text, value, source FROM events WHERE gen_id = ?1 ORDER BY ts, seq"},
+      {&c->has_child, "SELECT 1 FROM generations WHERE regenerates = ?1 LIMIT 1"},
+      {&c->children, "WITH RECURSIVE d(id, depth) AS (SELECT id, 1 FROM generations WHERE regenerates = ?1"
+                     " UNION SELECT g.id, d.depth + 1 FROM generations g JOIN d ON g.regenerates = d.id WHERE d.depth < 32)"
+                     " SELECT id FROM d"},
+      {&c->choices_of, "SELECT gen_id FROM events WHERE other_id = ?1 AND type = 'choice'"},
+      {&c->rated_peers, "SELECT gen_id, source FROM rated WHERE prompt_key = ?1 AND user_id = ?4 AND value = ?2 AND gen_id != ?3"
+                        " UNION SELECT gen_id, source FROM rated WHERE prompt_key = ?1 AND session_id = ?5 AND value = ?2 AND gen_id != ?3"},
+      {&c->rated_up, "INSERT OR REPLACE INTO rated(gen_id, prompt_key, user_id, session_id, value, source) VALUES(?1, ?2, ?3, ?4, ?5, ?6)"},
+      {&c->unit_keys, "SELECT key FROM pairs WHERE unit = ?1"},
+      {&c->up_pair, "INSERT INTO pairs(key, unit, signal, chosen_id, chosen_text, rejected_id, weight, source, flags, version, created)"
+                    " VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11) ON CONFLICT(key) DO UPDATE SET"
+                    " version = CASE WHEN weight IS NOT excluded.weight OR chosen_text IS NOT excluded.chosen_text"
+                    "   OR source IS NOT excluded.source OR flags IS NOT excluded.flags THEN excluded.version ELSE version END,"
+                    " unit = excluded.unit, signal = excluded.signal, chosen_id = excluded.chosen_id,"
+                    " chosen_text = excluded.chosen_text, rejected_id = excluded.rejected_id, weight = excluded.weight,"
+                    " source = excluded.source, flags = excluded.flags"},
+      {&c->del_pair, "DELETE FROM pairs WHERE key = ?1"},
+      {&c->up_label, "INSERT INTO labels(gen_id, desirable, signal, weight, source, version, created)"
+                     " VALUES(?1,?2,?3,?4,?5,?6,?7) ON CONFLICT(gen_id) DO UPDATE SET"
+                     " version = CASE WHEN desirable IS NOT excluded.desirable OR signal IS NOT excluded.signal"
+                     "   OR weight IS NOT excluded.weight OR source IS NOT excluded.source THEN excluded.version ELSE version END,"
+                     " desirable = excluded.desirable, signal = excluded.signal, weight = excluded.weight, source = excluded.source"},
+      {&c->del_label, "DELETE FROM labels WHERE gen_id = ?1"},
+      {&c->last_rating, "SELECT value, source FROM events WHERE gen_id = ?1 AND type = 'rating' ORDER BY ts DESC, seq DESC LIMIT 1"},
+  };
+  for (size_t i = 0; i < sizeof q / sizeof *q; i++) {
+    int rc = sqlite3_prepare_v2(c->db, q[i].sql, -1, q[i].st, NULL);
+    if (rc) {
+      snprintf(err, errlen, "cannot prepare the pairing rules' queries: %s", sqlite3_errmsg(c->db));
+      ctx_free(c);
+      return prefcap__sqlite_code(rc);
+    }
+  }
+  return PREFCAP_OK;
+}
+
+#define DERIVE_BATCH 2000
+
+/* One transaction: the next batch of new generations and events, and the units they touch. Sets
+ * *more when there may be more to do. */
+static int derive_batch(ctx_t *c, bool all, int64_t *all_cursor, bool *more) {
+  int rc = prefcap__store_begin(c->s, c->err, c->errlen);
+  if (rc) return rc;
+  prefcap__store_load_rules(c->s, &c->r);
+  c->version = meta_int(c->db, "derive.version") + 1;
+  c->now = prefcap__now_ms();
+  int64_t gcur = meta_int(c->db, "derive.gen_seq"), ecur = meta_int(c->db, "derive.event_seq");
+  int64_t gmax = gcur, emax = ecur;
+  strset affected = {0}, rated_ids = {0};
+  sqlite3_stmt *st;
+  *more = false;
+  if (all) {
+    /* every generation, a batch at a time; the cursors are set to the ends once done */
+    sqlite3_prepare_v2(c->db, "SELECT seq, id FROM generations WHERE seq > ?1 ORDER BY seq LIMIT ?2", -1, &st, NULL);
+    sqlite3_bind_int64(st, 1, *all_cursor);
+    sqlite3_bind_int(st, 2, DERIVE_BATCH);
+    int n = 0;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+      *all_cursor = sqlite3_column_int64(st, 0);
+      const char *id = (const char *)sqlite3_column_text(st, 1);
+      set_add(&affected, id);
+      set_add(&rated_ids, id);
+      n++;
+    }
+    sqlite3_finalize(st);
+    *more = n == DERIVE_BATCH;
+    if (!*more) {
+      sqlite3_prepare_v2(c->db, "SELECT (SELECT ifnull(max(seq),0) FROM generations), (SELECT ifnull(max(seq),0) FROM events)", -1, &st, NULL);
+      if (sqlite3_step(st) == SQLITE_ROW) { gmax = sqlite3_column_int64(st, 0); emax = sqlite3_column_int64(st, 1); }
+      sqlite3_finalize(st);
+      /* derived rows whose generation is gone (erased) go too */
+      sqlite3_exec(c->db, "DELETE FROM pairs WHERE unit NOT IN (SELECT id FROM generations);"
+                          "DELETE FROM labels WHERE gen_id NOT IN (SELECT id FROM generations);", NULL, NULL, NULL);
+    }
+  } else {
+    sqlite3_prepare_v2(c->db, "SELECT seq, id, regenerates FROM generations WHERE seq > ?1 ORDER BY seq LIMIT ?2", -1, &st, NULL);
+    sqlite3_bind_int64(st, 1, gcur);
+    sqlite3_bind_int(st, 2, DERIVE_BATCH);
+    int n = 0;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+      gmax = sqlite3_column_int64(st, 0);
+      const char *id = (const char *)sqlite3_column_text(st, 1);
+      set_add(&affected, id);
+      set_add(&affected, (const char *)sqlite3_column_text(st, 2));   /* the replaced one is now regenerated */
+      add_rows(c->children, id, &affected);    /* replacements logged before it can now chain through it */
+      add_rows(c->choices_of, id, &affected);  /* choices that rejected it before it arrived */
+      set_add(&rated_ids, id);
+      n++;
+    }
+    sqlite3_finalize(st);
+    if (n == DERIVE_BATCH) *more = true;
+    sqlite3_prepare_v2(c->db, "SELECT seq, gen_id, type FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2", -1, &st, NULL);
+    sqlite3_bind_int64(st, 1, ecur);
+    sqlite3_bind_int(st, 2, DERIVE_BATCH);
+    n = 0;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+      emax = sqlite3_column_int64(st, 0);
+      const char *id = (const char *)sqlite3_column_text(st, 1);
+      set_add(&affected, id);
+      if (!strcmp((const char *)sqlite3_column_text(st, 2), "rating")) set_add(&rated_ids, id);
+      n++;
+    }
+    sqlite3_finalize(st);
+    if (n == DERIVE_BATCH) *more = true;
+  }
+  set_unique(&rated_ids);
+  for (size_t i = 0; i < rated_ids.n && !rc; i++) rc = refresh_rated(c, rated_ids.v[i], &affected);
+  set_unique(&affected);
+  for (size_t i = 0; i < affected.n && !rc; i++) rc = recompute(c, affected.v[i]);
+  set_free(&affected); set_free(&rated_ids);
+  if (!rc && (gmax != gcur || emax != ecur || all)) {
+    if (!all || !*more) {
+      rc = set_meta_int(c->db, "derive.gen_seq", gmax);
+      if (!rc) rc = set_meta_int(c->db, "derive.event_seq", emax);
+    }
+    if (!rc) rc = set_meta_int(c->db, "derive.version", c->version);
+  }
+  if (rc) { prefcap__store_rollback(c->s); return rc; }
+  return prefcap__store_commit(c->s, c->err, c->errlen);
+}
+
+int prefcap__derive(prefcap__store *s, int all, char *err, size_t errlen) {
+  ctx_t c;
+  int rc = ctx_init(&c, s, err, errlen);
+  if (rc) return rc;
+  bool more = true;
+  int64_t all_cursor = 0;
+  while (more && !rc) rc = derive_batch(&c, all != 0, &all_cursor, &more);
+  ctx_free(&c);
+  return rc;
+}

@@ -1,0 +1,16 @@
+/* sdk/upload.h: the upload path's internals that its tests reach (sdk/upload.c): the retry timing
+ * rules, exposed so the tests can check them without waiting on a server. */
+#ifndef PREFCAP_UPLOAD_H
+#define PREFCAP_UPLOAD_H
+
+#include <stdint.h>
+
+/* The wait a Retry-After value asks for, in ms: delta-seconds ("120") or an HTTP date ("Wed, 21 Oct
+ * 2015 07:28:00 GMT", or the obsolete forms), relative to now_s (Unix seconds); a date in the past is
+ * 0. -1 when the value is neither. */
+int64_t prefcap__retry_after_ms(const char *value, int64_t now_s);
+/* The wait before retry number k (1-based): uniform in [d/2, d], d = min(max_ms, base_ms * 2^(k-1)).
+ * *rng is the state of a xorshift64 generator (non-zero). */
+int64_t prefcap__backoff_ms(int k, int base_ms, int max_ms, uint64_t *rng);
+
+#endif

@@ -1,0 +1,339 @@
+/* tests/sdk/test_pairing.c: every pairing rule of docs/pairing.md against a real store file, through
+ * the public API (JSON events, the same path `prefcap ingest` takes), including out-of-order feedback,
+ * replays, and re-derivation with new weights. Sync mode, so each call is committed when it returns. */
+#include "test.h"
+#include "util.h"
+#include <math.h>
+
+static const char *db;
+static prefcap_t *pc;
+
+static void fresh(void) {
+  db = tu_dbpath();
+  pc = tu_open(db, PREFCAP_SYNC);
+}
+
+static int ev(const char *json) {
+  int rc = prefcap_log_json(pc, json, strlen(json), NULL);
+  if (rc) fprintf(stderr, "  log %s -> %s: %s\n", json, prefcap_strerror(rc), prefcap_errmsg(pc));
+  return rc;
+}
+
+static long long q(const char *sql) {
+  prefcap_derive(pc, 0);
+  return tu_query(db, sql);
+}
+
+static double qd(const char *sql) {
+  prefcap_derive(pc, 0);
+  char *t = tu_query_text(db, sql);
+  double v = t ? atof(t) : NAN;
+  free(t);
+  return v;
+}
+
+#define GEN(id, prompt, completion, extra) \
+  "{\"type\":\"generation\",\"id\":\"" id "\",\"prompt\":\"" prompt "\",\"completion\":\"" completion "\",\"user_id\":\"u1\",\"session_id\":\"s1\"" extra "}"
+
+// ---- edit ----------------------------------------------------------------------------------------
+
+static void edit_makes_a_pair_weighted_by_distance(void) {
+  fresh();
+  REQUIRE(pc);
+  EXPECT(!ev(GEN("g1", "Capital of France?", "The capital of France is Paris, a city in Europe with many museums.", "")));
+  EXPECT(!ev("{\"type\":\"edit\",\"id\":\"g1\",\"text\":\"Paris.\"}"));
+  EXPECT(q("SELECT count(*) FROM pairs WHERE signal='edit' AND rejected_id='g1' AND chosen_text='Paris.' AND chosen_id IS NULL") == 1);
+  /* 12 words -> 1: distance 12/12 = 1.0 >= rewrite_min 0.8: flagged and halved (0.9 * 0.5) */
+  EXPECT(q("SELECT count(*) FROM pairs WHERE flags='rewrite'") == 1);
+  double w = qd("SELECT weight FROM pairs");
+  EXPECTF(fabs(w - 0.45) < 1e-9, "weight %g", w);
+
+  EXPECT(!ev(GEN("g2", "Say hi", "hello  there friend", "")));
+  EXPECT(!ev("{\"type\":\"edit\",\"id\":\"g2\",\"text\":\" hello there\\nfriend \"}"));   /* whitespace only */
+  EXPECT(q("SELECT count(*) FROM pairs WHERE rejected_id='g2'") == 0);
+
+  /* one word of ten changed: d = 0.1 < light_max 0.3: weight 0.9 * (0.5 + 0.5 * 0.1/0.3) = 0.6 */
+  EXPECT(!ev(GEN("g3", "Count", "one two three four five six seven eight nine ten", "")));
+  EXPECT(!ev("{\"type\":\"edit\",\"id\":\"g3\",\"text\":\"one two three four five six seven eight nine TEN\"}"));
+  w = qd("SELECT weight FROM pairs WHERE rejected_id='g3'");
+  EXPECTF(fabs(w - 0.6) < 1e-9, "weight %g", w);
+  /* a later edit replaces the earlier: the user's final text counts */
+  EXPECT(!ev("{\"type\":\"edit\",\"id\":\"g3\",\"text\":\"one two three four five 6 7 8 nine ten\",\"ts\":\"2099-01-01T00:00:00Z\"}"));
+  EXPECT(q("SELECT count(*) FROM pairs WHERE rejected_id='g3'") == 1);
+  char *t = tu_query_text(db, "SELECT chosen_text FROM pairs WHERE rejected_id='g3'");
+  EXPECTF(t && !strcmp(t, "one two three four five 6 7 8 nine ten"), "chosen %s", t ? t : "(null)");
+  free(t);
+  prefcap_close(pc, -1);
+}
+
+static void edit_distance_unit(void) {
+  /* exposed through the library for tests: declared here rather than in a public header */
+  extern double prefcap__edit_distance(const char *, const char *);
+  EXPECT(prefcap__edit_distance("a b c d", "a b c d") == 0.0);
+  EXPECT(fabs(prefcap__edit_distance("a b c d", "a x c d") - 0.25) < 1e-12);
+  EXPECT(fabs(prefcap__edit_distance("a b c d", "a b c") - 0.25) < 1e-12);
+  EXPECT(prefcap__edit_distance("", "x") == 1.0);
+  EXPECT(prefcap__edit_distance("a  b\n", "a b") == 0.0);
+}
+
+// ---- regeneration chains -------------------------------------------------------------------------
+
+static void regeneration_chain(void) {
+  fresh();
+  REQUIRE(pc);
+  EXPECT(!ev(GEN("g1", "Write a haiku", "haiku one", "")));
+  EXPECT(!ev(GEN("g2", "Write a haiku", "haiku two", ",\"regenerates\":\"g1\"")));
+  EXPECT(!ev("{\"type\":\"copy\",\"id\":\"g2\"}"));   /* copied, but then regenerated anyway */
+  EXPECT(!ev(GEN("g3", "Write a haiku", "haiku three", ",\"regenerates\":\"g2\"")));
+  EXPECT(!ev("{\"type\":\"accept\",\"id\":\"g3\"}"));
+  EXPECT(q("SELECT count(*) FROM pairs WHERE signal='regenerate'") == 2);
+  EXPECT(q("SELECT count(*) FROM pairs WHERE signal='regenerate' AND chosen_id='g3' AND rejected_id='g2'") == 1);
+  EXPECT(q("SELECT count(*) FROM pairs WHERE signal='regenerate' AND chosen_id='g3' AND rejected_id='g1'") == 1);
+  EXPECT(q("SELECT count(*) FROM pairs WHERE chosen_id='g2'") == 0);   /* regenerated: never chosen */
+  double w = qd("SELECT weight FROM pairs WHERE rejected_id='g1'");
+  EXPECTF(fabs(w - 0.8) < 1e-9, "weight %g (regenerate 0.8 x accept 1.0)", w);
+  /* labels: g1 regenerated-away -> undesirable; g2 copied AND regenerated -> no label; g3 accepted */
+  EXPECT(q("SELECT count(*) FROM labels WHERE gen_id='g1' AND desirable=0 AND signal='regenerate'") == 1);
+  EXPECT(q("SELECT count(*) FROM labels WHERE gen_id='g2'") == 0);
+  EXPECT(q("SELECT count(*) FROM labels WHERE gen_id='g3' AND desirable=1 AND signal='accept'") == 1);
+  /* no positive signal at the end of a chain: no pair */
+  EXPECT(!ev(GEN("h1", "Other", "a", "")));
+  EXPECT(!ev(GEN("h2", "Other", "b", ",\"regenerates\":\"h1\"")));
+  EXPECT(q("SELECT count(*) FROM pairs WHERE chosen_id='h2'") == 0);
+  /* a -1 on the last one outranks its copy: no pair either */
+  EXPECT(!ev("{\"type\":\"copy\",\"id\":\"h2\"}"));
+  EXPECT(!ev("{\"type\":\"rating\",\"id\":\"h2\",\"value\":-1}"));
+  EXPECT(q("SELECT count(*) FROM pairs WHERE chosen_id='h2'") == 0);
+  EXPECT(q("SELECT count(*) FROM labels WHERE gen_id='h2' AND desirable=0 AND signal='rating'") == 1);
+  /* a light edit counts as keeping the answer */
+  EXPECT(!ev(GEN("k1", "K", "alpha beta gamma delta epsilon zeta eta theta iota kappa", "")));
+  EXPECT(!ev(GEN("k2", "K", "alpha beta gamma delta epsilon zeta eta theta iota lambda", ",\"regenerates\":\"k1\"")));
+  EXPECT(!ev("{\"type\":\"edit\",\"id\":\"k2\",\"text\":\"alpha beta gamma delta epsilon zeta eta theta iota mu\"}"));
+  EXPECT(q("SELECT count(*) FROM pairs WHERE signal='regenerate' AND chosen_id='k2' AND rejected_id='k1'") == 1);
+  prefcap_close(pc, -1);
+}
+
+static void regeneration_out_of_order(void) {
+  fresh();
+  REQUIRE(pc);
+  /* the approval, then the replacement, then the generation it replaced */
+  EXPECT(!ev("{\"type\":\"copy\",\"id\":\"g2\"}"));
+  EXPECT(!ev(GEN("g2", "P", "second", ",\"regenerates\":\"g1\"")));
+  EXPECT(q("SELECT count(*) FROM pairs") == 0);
+  EXPECT(!ev(GEN("g1", "P", "first", "")));
+  EXPECT(q("SELECT count(*) FROM pairs WHERE chosen_id='g2' AND rejected_id='g1'") == 1);
+  EXPECT(q("SELECT count(*) FROM labels WHERE gen_id='g1' AND desirable=0") == 1);
+  /* feedback for a generation never seen is kept, and reported */
+  EXPECT(!ev("{\"type\":\"accept\",\"id\":\"nowhere\"}"));
+  EXPECT(q("SELECT count(*) FROM events e WHERE NOT EXISTS (SELECT 1 FROM generations g WHERE g.id = e.gen_id)") == 1);
+  prefcap_close(pc, -1);
+}
+
+// ---- choices and ratings -------------------------------------------------------------------------
+
+static void choice_pairs_keep_their_source(void) {
+  fresh();
+  REQUIRE(pc);
+  EXPECT(!ev("{\"type\":\"choice\",\"chosen\":\"b\",\"rejected\":\"a\",\"source\":\"ai:judge-7b\"}"));
+  EXPECT(!ev(GEN("a", "Q", "answer a", ",\"model\":\"m-old\"")));
+  EXPECT(q("SELECT count(*) FROM pairs") == 0);   /* b not there yet */
+  EXPECT(!ev(GEN("b", "Q", "answer b", ",\"model\":\"m-new\"")));
+  EXPECT(q("SELECT count(*) FROM pairs WHERE signal='choice' AND chosen_id='b' AND rejected_id='a' AND source='ai:judge-7b' AND weight=1.0") == 1);
+  EXPECT(!ev(GEN("c", "Different question", "answer c", "")));
+  EXPECT(!ev("{\"type\":\"choice\",\"chosen\":\"c\",\"rejected\":\"a\"}"));
+  EXPECT(q("SELECT count(*) FROM pairs WHERE chosen_id='c' AND flags='prompt_mismatch' AND source='human'") == 1);
+  EXPECT(ev("{\"type\":\"choice\",\"chosen\":\"c\",\"rejected\":\"c\"}") == PREFCAP_EINVAL);
+  EXPECT(ev("{\"type\":\"choice\",\"chosen\":\"c\",\"rejected\":\"a\",\"source\":\"robot\"}") == PREFCAP_EINVAL);
+  EXPECT(strstr(prefcap_errmsg(pc), "source") != NULL);
+  prefcap_close(pc, -1);
+}
+
+static void ratings_pair_on_same_prompt_and_user_or_session(void) {
+  fresh();
+  REQUIRE(pc);
+  EXPECT(!ev("{\"type\":\"generation\",\"id\":\"r1\",\"prompt\":\"Same\",\"completion\":\"good\",\"user_id\":\"u1\",\"session_id\":\"s1\"}"));
+  EXPECT(!ev("{\"type\":\"generation\",\"id\":\"r2\",\"prompt\":\"Same\",\"completion\":\"bad\",\"user_id\":\"u1\",\"session_id\":\"s2\"}"));
+  EXPECT(!ev("{\"type\":\"generation\",\"id\":\"r3\",\"prompt\":\"Same\",\"completion\":\"bad too\",\"user_id\":\"u9\",\"session_id\":\"s9\"}"));
+  EXPECT(!ev("{\"type\":\"generation\",\"id\":\"r4\",\"prompt\":\"Other\",\"completion\":\"bad\",\"user_id\":\"u1\",\"session_id\":\"s1\"}"));
+  EXPECT(!ev("{\"type\":\"rating\",\"id\":\"r2\",\"value\":-1}"));
+  EXPECT(!ev("{\"type\":\"rating\",\"id\":\"r3\",\"value\":-1}"));
+  EXPECT(!ev("{\"type\":\"rating\",\"id\":\"r4\",\"value\":-1}"));
+  EXPECT(q("SELECT count(*) FROM pairs") == 0);
+  EXPECT(!ev("{\"type\":\"rating\",\"id\":\"r1\",\"value\":1}"));
+  EXPECT(q("SELECT count(*) FROM pairs WHERE signal='rating'") == 1);   /* r3: other user and session; r4: other prompt */
+  EXPECT(q("SELECT count(*) FROM pairs WHERE signal='rating' AND chosen_id='r1' AND rejected_id='r2'") == 1);
+  EXPECT(q("SELECT count(*) FROM labels WHERE desirable=1") == 1);
+  EXPECT(q("SELECT count(*) FROM labels WHERE desirable=0 AND signal='rating'") == 3);
+  /* the -1 is changed to +1 later: the pair goes away */
+  EXPECT(!ev("{\"type\":\"rating\",\"id\":\"r2\",\"value\":1,\"ts\":\"2099-01-01T00:00:00Z\"}"));
+  EXPECT(q("SELECT count(*) FROM pairs") == 0);
+  EXPECT(ev("{\"type\":\"rating\",\"id\":\"r2\",\"value\":0}") == PREFCAP_EINVAL);
+  EXPECT(ev("{\"type\":\"rating\",\"id\":\"r2\"}") == PREFCAP_EINVAL);
+  prefcap_close(pc, -1);
+}
+
+static void labels_for_kto(void) {
+  fresh();
+  REQUIRE(pc);
+  const char *ids[] = {"copy", "accept", "abandon", "regenerate"};
+  for (int i = 0; i < 4; i++) {
+    char buf[256];
+    snprintf(buf, sizeof buf, "{\"type\":\"generation\",\"id\":\"l%d\",\"prompt\":\"p%d\",\"completion\":\"c\"}", i, i);
+    EXPECT(!ev(buf));
+    snprintf(buf, sizeof buf, "{\"type\":\"%s\",\"id\":\"l%d\"}", ids[i], i);
+    EXPECT(!ev(buf));
+  }
+  EXPECT(q("SELECT count(*) FROM labels WHERE gen_id='l0' AND desirable=1 AND signal='copy' AND weight=0.8") == 1);
+  EXPECT(q("SELECT count(*) FROM labels WHERE gen_id='l1' AND desirable=1 AND signal='accept' AND weight=0.9") == 1);
+  EXPECT(q("SELECT count(*) FROM labels WHERE gen_id='l2' AND desirable=0 AND signal='abandon' AND weight=0.2") == 1);
+  EXPECT(q("SELECT count(*) FROM labels WHERE gen_id='l3' AND desirable=0 AND signal='regenerate' AND weight=0.7") == 1);
+  prefcap_close(pc, -1);
+}
+
+// ---- replay, re-derivation, bad input ------------------------------------------------------------
+
+static void replay_stores_nothing_twice(void) {
+  fresh();
+  REQUIRE(pc);
+  const char *events[] = {
+      GEN("g1", "P", "one", ""),
+      "{\"type\":\"generation\",\"prompt\":\"no id\",\"completion\":\"x\",\"ts\":\"2026-11-21T10:00:00Z\"}",
+      "{\"type\":\"copy\",\"id\":\"g1\"}",
+      "{\"type\":\"edit\",\"id\":\"g1\",\"text\":\"ONE\",\"event_id\":\"e-77\"}",
+      "{\"type\":\"rating\",\"id\":\"g1\",\"value\":1,\"ts\":1763719200000}",
+  };
+  char id1[PREFCAP_ID_MAX + 1], id2[PREFCAP_ID_MAX + 1];
+  for (int round = 0; round < 2; round++)
+    for (int i = 0; i < 5; i++) {
+      char *id = i == 1 ? (round ? id2 : id1) : NULL;
+      EXPECT(prefcap_log_json(pc, events[i], strlen(events[i]), id) == 0);
+    }
+  EXPECTF(!strcmp(id1, id2), "generated ids %s vs %s", id1, id2);
+  EXPECT(!strncmp(id1, "g-", 2));
+  /* the same event id with different content is the same event */
+  EXPECT(!ev("{\"type\":\"edit\",\"id\":\"g1\",\"text\":\"something else\",\"event_id\":\"e-77\"}"));
+  EXPECT(q("SELECT count(*) FROM generations") == 2);
+  EXPECT(q("SELECT count(*) FROM events") == 3);
+  prefcap_counters_t k;
+  prefcap_get_counters(pc, &k);
+  EXPECTF(k.duplicates == 6, "duplicates %llu", (unsigned long long)k.duplicates);
+  prefcap_close(pc, -1);
+}
+
+static void rederive_with_new_weights_keeps_pair_ids(void) {
+  fresh();
+  REQUIRE(pc);
+  EXPECT(!ev(GEN("a", "Q", "answer a", "")));
+  EXPECT(!ev(GEN("b", "Q", "answer b", "")));
+  EXPECT(!ev("{\"type\":\"choice\",\"chosen\":\"b\",\"rejected\":\"a\"}"));
+  long long id = q("SELECT id FROM pairs");
+  long long version = q("SELECT version FROM pairs");
+  prefcap_close(pc, -1);
+  prefcap_options_t *o = prefcap_options_new();
+  prefcap_options_set_path(o, db);
+  prefcap_options_set_durability(o, PREFCAP_SYNC);
+  EXPECT(prefcap_options_set_weight(o, "choice", 0.5) == 0);
+  EXPECT(prefcap_options_set_weight(o, "no-such-weight", 0.5) == PREFCAP_EINVAL);
+  EXPECT(prefcap_options_set_weight(o, "edit", 1.5) == PREFCAP_EINVAL);
+  REQUIRE(prefcap_open(o, &pc) == 0);
+  prefcap_options_free(o);
+  EXPECT(prefcap_derive(pc, 1) == 0);
+  EXPECT(tu_query(db, "SELECT count(*) FROM pairs WHERE weight = 0.5") == 1);
+  EXPECT(tu_query(db, "SELECT id FROM pairs") == id);
+  EXPECT(tu_query(db, "SELECT version FROM pairs") > version);   /* changed content gets a new version */
+  long long v2 = tu_query(db, "SELECT version FROM pairs");
+  EXPECT(prefcap_derive(pc, 1) == 0);
+  EXPECT(tu_query(db, "SELECT version FROM pairs") == v2);         /* nothing changed: same version */
+  prefcap_close(pc, -1);
+}
+
+static void bad_input_is_refused_whole(void) {
+  fresh();
+  REQUIRE(pc);
+  const char bad_utf8[] = "{\"type\":\"generation\",\"id\":\"x\",\"prompt\":\"a\xff\",\"completion\":\"c\"}";
+  EXPECT(prefcap_log_json(pc, bad_utf8, sizeof bad_utf8 - 1, NULL) == PREFCAP_EUTF8);
+  const char nul_raw[] = "{\"type\":\"generation\",\"id\":\"x\",\"prompt\":\"a\0b\",\"completion\":\"c\"}";
+  EXPECT(prefcap_log_json(pc, nul_raw, sizeof nul_raw - 1, NULL) == PREFCAP_EUTF8);
+  EXPECT(ev("{\"type\":\"generation\",\"id\":\"x\",\"prompt\":\"a\\u0000b\",\"completion\":\"c\"}") == PREFCAP_EUTF8);
+  EXPECT(strstr(prefcap_errmsg(pc), "NUL") != NULL);
+  /* an escaped backslash before u0000 is text, not a NUL */
+  EXPECT(ev("{\"type\":\"generation\",\"id\":\"ok1\",\"prompt\":\"C:\\\\u0000\",\"completion\":\"c\"}") == 0);
+  EXPECT(ev("{\"type\":\"sneeze\",\"id\":\"x\"}") == PREFCAP_EINVAL);
+  EXPECT(strstr(prefcap_errmsg(pc), "unknown event type 'sneeze'") != NULL);
+  EXPECT(ev("{\"type\":\"generation\",\"id\":\"x\",\"prompt\":\"p\"}") == PREFCAP_EINVAL);
+  EXPECT(strstr(prefcap_errmsg(pc), "completion") != NULL);
+  EXPECT(ev("{\"type\":\"generation\",\"id\":\"x\",\"prompt\":\"p\",\"completion\":7}") == PREFCAP_EINVAL);
+  EXPECT(ev("{\"type\":\"generation\",\"id\":\"x\",\"prompt\":\"p\",\"completion\":\"c\",\"ts\":\"yesterday\"}") == PREFCAP_EINVAL);
+  EXPECT(ev("not json") == PREFCAP_EJSON);
+  EXPECT(ev("[1,2]") == PREFCAP_EINVAL);
+  /* oversize: a 2 MiB completion against the default 1 MiB limit */
+  size_t big = 2u << 20;
+  char *huge = malloc(big + 128);
+  REQUIRE(huge);
+  int n = snprintf(huge, 128, "{\"type\":\"generation\",\"id\":\"big\",\"prompt\":\"p\",\"completion\":\"");
+  memset(huge + n, 'x', big);
+  strcpy(huge + n + big, "\"}");
+  EXPECT(prefcap_log_json(pc, huge, strlen(huge), NULL) == PREFCAP_ETOOBIG);
+  EXPECT(strstr(prefcap_errmsg(pc), "'completion'") != NULL);
+  free(huge);
+  /* the C struct door applies the same checks */
+  prefcap_generation_t g = {.id = "y", .prompt = "p", .completion = "bad \xc3\x28 utf8"};
+  EXPECT(prefcap_log_generation(pc, &g, NULL) == PREFCAP_EUTF8);
+  EXPECT(strstr(prefcap_errmsg(pc), "'completion'") != NULL);
+  prefcap_message_t m[1] = {{"user", NULL}};
+  prefcap_generation_t g2 = {.id = "z", .messages = m, .n_messages = 1, .completion = "c"};
+  EXPECT(prefcap_log_generation(pc, &g2, NULL) == PREFCAP_EINVAL);
+  EXPECT(tu_query(db, "SELECT count(*) FROM generations") == 1);   /* only ok1 */
+  EXPECT(tu_query(db, "SELECT count(*) FROM events") == 0);
+  prefcap_close(pc, -1);
+}
+
+static void store_file_is_private_and_versioned(void) {
+  fresh();
+  REQUIRE(pc);
+  prefcap_close(pc, -1);
+  char cmd[700];
+  snprintf(cmd, sizeof cmd, "test \"$(stat -c %%a '%s')\" = 600", db);
+  EXPECT(system(cmd) == 0);
+  EXPECT(tu_query(db, "PRAGMA user_version") == PREFCAP_SCHEMA_VERSION);
+  EXPECT(tu_query(db, "PRAGMA journal_mode = 'wal'") != -1);
+  char *mode = tu_query_text(db, "PRAGMA journal_mode");
+  EXPECT(mode && !strcmp(mode, "wal"));
+  free(mode);
+  /* a newer schema is refused, not damaged */
+  sqlite3 *h;
+  REQUIRE(sqlite3_open(db, &h) == SQLITE_OK);
+  sqlite3_exec(h, "PRAGMA user_version = 99", NULL, NULL, NULL);
+  sqlite3_close(h);
+  prefcap_options_t *o = prefcap_options_new();
+  prefcap_options_set_path(o, db);
+  prefcap_t *p2 = NULL;
+  EXPECT(prefcap_open(o, &p2) == PREFCAP_ESCHEMA && p2 == NULL);
+  /* a foreign SQLite file is recognised */
+  const char *other = tu_dbpath();
+  REQUIRE(sqlite3_open(other, &h) == SQLITE_OK);
+  sqlite3_exec(h, "CREATE TABLE customers(x); INSERT INTO customers VALUES(1)", NULL, NULL, NULL);
+  sqlite3_close(h);
+  prefcap_options_set_path(o, other);
+  EXPECT(prefcap_open(o, &p2) == PREFCAP_ECORRUPT);
+  EXPECT(tu_query(other, "SELECT count(*) FROM customers") == 1);
+  prefcap_options_free(o);
+  EXPECT(prefcap_close(NULL, 0) == 0);
+  EXPECT(!strcmp(prefcap_strerror(PREFCAP_EFULL), "disk full"));
+  EXPECT(!strcmp(prefcap_strerror(12345), "unknown error code"));
+}
+
+int main(void) {
+  RUN(edit_makes_a_pair_weighted_by_distance);
+  RUN(edit_distance_unit);
+  RUN(regeneration_chain);
+  RUN(regeneration_out_of_order);
+  RUN(choice_pairs_keep_their_source);
+  RUN(ratings_pair_on_same_prompt_and_user_or_session);
+  RUN(labels_for_kto);
+  RUN(replay_stores_nothing_twice);
+  RUN(rederive_with_new_weights_keeps_pair_ids);
+  RUN(bad_input_is_refused_whole);
+  RUN(store_file_is_private_and_versioned);
+  return tst_end();
+}
