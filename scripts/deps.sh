@@ -6,11 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 pkgs=(build-essential pkg-config libsqlite3-dev sqlite3 libcjson-dev libcurl4-openssl-dev libopenblas-dev
-      libpcre2-dev libicu-dev zlib1g-dev curl python3 python3-torch python3-numpy python3-jinja2 nodejs npm)
+      libpcre2-dev libicu-dev zlib1g-dev curl python3 python3-torch python3-numpy python3-jinja2)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# node and npm may come from elsewhere than Debian (the machine image ships its own): ask apt only
+# when the commands are missing, or apt would try to replace a working install.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "deps: installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
