@@ -1,0 +1,45 @@
+/* trainer/model.h: a Hugging Face causal LM (GPT-2 or the Llama family) on a pc_backend, and the
+ * log-probabilities of completion tokens.
+ *
+ * pc_model_load reads DIR/config.json and the safetensors weights (mapped; F32 used in place, F16/BF16
+ * converted to float32), optionally merging a PEFT LoRA adapter. pc_model_logps runs the forward pass
+ * over a packed batch of sequences and returns, per sequence, the sum of log p(token | prefix) over
+ * its completion tokens, computed through the backend's fused chunked log-prob (the whole logits
+ * tensor is never stored).
+ *
+ * Ownership: the model borrows the backend (which must outlive it) and owns everything else. Errors
+ * go to err; nothing here prints or exits. A model is driven by one thread at a time. */
+#ifndef PC_MODEL_H
+#define PC_MODEL_H
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend.h"
+#include "config.h"
+
+typedef struct pc_model pc_model;
+
+typedef struct {
+  const int32_t *ids;  /* the whole sequence: prompt then completion */
+  int n;               /* its length */
+  int score_from;      /* first scored position: tokens score_from..n-1 (each predicted from the ones
+                          before it); positions below 1 are never scored (nothing predicts token 0) */
+  int shared_prefix;   /* 0, or k > 0: ids[0..k) equal the previous sequence's, which shares nothing
+                          itself; those positions are computed once (a pair's prompt) */
+} pc_model_seq;
+
+/* adapter_dir: NULL, or a PEFT LoRA directory (adapter_config.json + adapter_model.safetensors),
+ * merged into the weights at load (W += alpha/r * B A). */
+int pc_model_load(const char *dir, const char *adapter_dir, pc_backend *be, pc_model **out, char *err,
+                  size_t errlen);
+void pc_model_free(pc_model *m);
+const pc_config *pc_model_config(const pc_model *m);
+
+/* Scores nseq sequences as one packed batch. sum[s] (natural log) and count[s] per sequence;
+ * tok_logps, when not NULL, receives each scored token's log-prob, sequence after sequence
+ * (sum of count[] floats). A token id outside the vocabulary, or a sequence longer than the model's
+ * positions (GPT-2), is an error naming the sequence and position. */
+int pc_model_logps(pc_model *m, const pc_model_seq *seqs, int nseq, double *sum, int *count, float *tok_logps,
+                   char *err, size_t errlen);
+
+#endif
