@@ -142,7 +142,7 @@ typedef struct {
   prefcap__rules r;
   int64_t version, now;
   sqlite3_stmt *get_gen, *get_fb, *has_child, *children, *choices_of, *rated_peers, *rated_up,
-      *unit_keys, *up_pair, *del_pair, *up_label, *del_label, *last_rating;
+      *unit_keys, *up_pair, *del_pair, *up_label, *del_label, *last_rating, *referred;
   char *err; size_t errlen;
 } ctx_t;
 
@@ -526,7 +526,7 @@ static int set_meta_int(sqlite3 *db, const char *key, int64_t v) {
 static void ctx_free(ctx_t *c) {
   sqlite3_stmt *all[] = {c->get_gen, c->get_fb, c->has_child, c->children, c->choices_of, c->rated_peers,
                          c->rated_up, c->unit_keys, c->up_pair, c->del_pair, c->up_label, c->del_label,
-                         c->last_rating};
+                         c->last_rating, c->referred};
   for (size_t i = 0; i < sizeof all / sizeof *all; i++) sqlite3_finalize(all[i]);
 }
 
@@ -559,6 +559,8 @@ static int ctx_init(ctx_t *c, prefcap__store *s, char *err, size_t errlen) {
                      "   OR weight IS NOT excluded.weight OR source IS NOT excluded.source THEN excluded.version ELSE version END,"
                      " desirable = excluded.desirable, signal = excluded.signal, weight = excluded.weight, source = excluded.source"},
       {&c->del_label, "DELETE FROM labels WHERE gen_id = ?1"},
+      {&c->referred, "SELECT EXISTS(SELECT 1 FROM events WHERE gen_id = ?1) OR EXISTS(SELECT 1 FROM events WHERE other_id = ?1)"
+                     " OR EXISTS(SELECT 1 FROM generations WHERE regenerates = ?1)"},
       {&c->last_rating, "SELECT value, source FROM events WHERE gen_id = ?1 AND type = 'rating' ORDER BY ts DESC, seq DESC LIMIT 1"},
   };
   for (size_t i = 0; i < sizeof q / sizeof *q; i++) {
@@ -618,12 +620,18 @@ static int derive_batch(ctx_t *c, bool all, int64_t *all_cursor, bool *more) {
     while (sqlite3_step(st) == SQLITE_ROW) {
       gmax = sqlite3_column_int64(st, 0);
       const char *id = (const char *)sqlite3_column_text(st, 1);
-      set_add(&affected, id);
       set_add(&affected, (const char *)sqlite3_column_text(st, 2));   /* the replaced one is now regenerated */
+      n++;
+      /* Most new generations have nothing referring to them yet (their feedback comes later, and is
+       * derived then): one check of three indexes, and nothing more to do for them. */
+      sqlite3_bind_text(c->referred, 1, id, -1, SQLITE_TRANSIENT);
+      bool referred = sqlite3_step(c->referred) == SQLITE_ROW && sqlite3_column_int(c->referred, 0);
+      sqlite3_reset(c->referred);
+      if (!referred) continue;
+      set_add(&affected, id);
       add_rows(c->children, id, &affected);    /* replacements logged before it can now chain through it */
       add_rows(c->choices_of, id, &affected);  /* choices that rejected it before it arrived */
       set_add(&rated_ids, id);
-      n++;
     }
     sqlite3_finalize(st);
     if (n == DERIVE_BATCH) *more = true;

@@ -19,6 +19,7 @@
 
 #define WRITE_BATCH 512
 #define DERIVE_EVERY_MS 1000
+#define DERIVE_MAX_LAG_MS 10000
 #define WRITER_TICK_MS 2   /* how long queued events may wait for the writer while it is busy */
 #define WAKE_AT 256        /* queued events that wake a ticking writer early */
 
@@ -158,11 +159,13 @@ static void persist_counters(prefcap_t *pc, uint64_t *dd, uint64_t *df) {
   if (*df && prefcap__store_add_counter(pc->store, "failed", (int64_t)*df)) *df = 0;
 }
 
-/* One step of background derivation, at most every DERIVE_EVERY_MS (or when forced). Failures are
- * logged, not returned: derivation catches up the next time. Caller holds db_mu. */
-static void maybe_derive(prefcap_t *pc, bool force) {
+/* Background derivation, at most every DERIVE_EVERY_MS. While events keep coming (busy: the queue is
+ * not empty) it waits up to DERIVE_MAX_LAG_MS, so a flood is stored at full speed and derived after;
+ * sustained load still derives at least that often. Failures are logged, not returned: derivation
+ * catches up the next time. Caller holds db_mu. */
+static void maybe_derive(prefcap_t *pc, bool busy) {
   int64_t now = prefcap__mono_ms();
-  if (!force && now - pc->last_derive_ms < DERIVE_EVERY_MS) return;
+  if (now - pc->last_derive_ms < (busy ? DERIVE_MAX_LAG_MS : DERIVE_EVERY_MS)) return;
   pc->last_derive_ms = now;
   char err[256];
   int rc = prefcap__derive(pc->store, 0, err, sizeof err);
@@ -203,7 +206,6 @@ static void write_batch(prefcap_t *pc, prefcap__event **evs, size_t n) {
     size_t dups = 0;
     pthread_mutex_lock(&pc->db_mu);
     int rc = store_events(pc, evs, n, refused, &dups, err, sizeof err);
-    if (!rc) maybe_derive(pc, false);
     pthread_mutex_unlock(&pc->db_mu);
     if (!rc) {
       size_t nref = 0;
@@ -284,7 +286,13 @@ static void *writer_main(void *arg) {
     write_batch(pc, batch, n);
     pthread_mutex_lock(&pc->q_mu);
     pc->finished += n;
-    pthread_cond_broadcast(&pc->q_done);
+    pthread_cond_broadcast(&pc->q_done);   /* stored: flush returns; deriving comes after */
+    bool busy = pc->count > 0;
+    pthread_mutex_unlock(&pc->q_mu);
+    pthread_mutex_lock(&pc->db_mu);
+    maybe_derive(pc, busy);
+    pthread_mutex_unlock(&pc->db_mu);
+    pthread_mutex_lock(&pc->q_mu);
   }
   pthread_mutex_unlock(&pc->q_mu);
   return NULL;

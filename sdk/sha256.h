@@ -24,6 +24,8 @@ void prefcap__sha256(const void *data, size_t len, uint8_t out[32]);
 void prefcap__hmac_sha256(const void *key, size_t keylen, const void *msg, size_t msglen, uint8_t out[32]);
 /* Writes 2*len lower-case hex digits and a NUL to out (which holds 2*len + 1 bytes). */
 void prefcap__hex(const uint8_t *in, size_t len, char *out);
+/* 1 when the CPU's SHA extensions do the rounds, 0 for the portable code. */
+int prefcap__sha256_hw(void);
 /* Digest of len bytes as 64 hex digits + NUL. */
 void prefcap__sha256_hex(const void *data, size_t len, char out[65]);
 

@@ -61,6 +61,36 @@ static double mono_s(void) {
 static void hexof(const void *d, size_t n, char *out) { prefcap__hex(d, n, out); }
 
 // ---- hashes against their standards ------------------------------------------------------------------
+/* The hardware rounds (SHA extensions, when the CPU has them) against the portable rounds, on random
+ * inputs of every length class: the portable code is forced by PREFCAP_SHA256_PORTABLE in a child. */
+static void test_sha256_hw_equals_portable(void) {
+  if (!prefcap__sha256_hw()) SKIP("this CPU has no SHA extensions: only the portable rounds run");
+  unsigned seed = 12345;
+  char path[] = "/tmp/prefcap-sha-XXXXXX";
+  int fd = mkstemp(path);
+  REQUIRE(fd >= 0);
+  uint8_t *buf = malloc(70000);
+  REQUIRE(buf);
+  for (int i = 0; i < 70000; i++) buf[i] = (uint8_t)rand_r(&seed);
+  REQUIRE(write(fd, buf, 70000) == 70000);
+  close(fd);
+  size_t lens[] = {0, 1, 55, 56, 63, 64, 65, 119, 128, 1000, 4096, 65537, 70000};
+  char cmd[256];
+  snprintf(cmd, sizeof cmd, "PREFCAP_SHA256_PORTABLE=1 /proc/%d/exe --sha256-portable %s", (int)getpid(), path);
+  FILE *p = popen(cmd, "r");
+  REQUIRE(p);
+  for (size_t k = 0; k < sizeof lens / sizeof *lens; k++) {
+    char hw[65], sw[80] = "";
+    prefcap__sha256_hex(buf, lens[k], hw);
+    if (!fgets(sw, sizeof sw, p)) break;
+    sw[strcspn(sw, "\n")] = 0;
+    EXPECTF(!strcmp(hw, sw), "length %zu: hw %s portable %s", lens[k], hw, sw);
+  }
+  EXPECTF(pclose(p) == 0, "the portable child did not run portably");
+  unlink(path);
+  free(buf);
+}
+
 static void test_sha256_nist(void) {
   char h[65];
   prefcap__sha256_hex("abc", 3, h);
@@ -746,7 +776,20 @@ static void test_options_validation(void) {
   prefcap_upload_options_free(NULL);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+  if (argc == 3 && !strcmp(argv[1], "--sha256-portable")) {   /* the portable side of the test above */
+    FILE *f = fopen(argv[2], "rb");
+    static uint8_t b[70000];
+    size_t n = f ? fread(b, 1, sizeof b, f) : 0;
+    if (f) fclose(f);
+    size_t lens[] = {0, 1, 55, 56, 63, 64, 65, 119, 128, 1000, 4096, 65537, 70000};
+    for (size_t k = 0; k < sizeof lens / sizeof *lens && lens[k] <= n; k++) {
+      char h[65];
+      prefcap__sha256_hex(b, lens[k], h);
+      printf("%s\n", h);
+    }
+    return prefcap__sha256_hw() ? 3 : 0;   /* 3: the override did not take */
+  }
   curl_global_init(CURL_GLOBAL_DEFAULT);
   unsetenv("AWS_ACCESS_KEY_ID"); unsetenv("AWS_SECRET_ACCESS_KEY"); unsetenv("AWS_SESSION_TOKEN");
   snprintf(tmpdir, sizeof tmpdir, "/tmp/prefcap-upload-XXXXXX");
@@ -754,6 +797,7 @@ int main(void) {
   bool srv = start_server();
   if (!srv) fprintf(stderr, "  (no loopback server: the upload cases will be skipped)\n");
   RUN(test_sha256_nist);
+  RUN(test_sha256_hw_equals_portable);
   RUN(test_hmac_rfc4231);
   RUN(test_md5_base64);
   RUN(test_sigv4_aws_suite);
