@@ -8,7 +8,8 @@
  * The users here, like real ones, have a taste: they keep short answers that cite a source and
  * regenerate or rewrite long, unsourced ones. That taste is what `prefcap export` hands to DPO.
  *
- * usage: chat_backend [--db PATH] [--users N] [--turns N] [--threads N] [--seed S] [--sync]
+ * usage: chat_backend [--db PATH] [--users N] [--turns N] [--threads N] [--seed S] [--prefix P] [--sync]
+ * (--prefix P: a prefix for request and user ids, so that several runs log distinct traffic)
  * build: cc chat_backend.c $(pkg-config --cflags --libs prefcap)   (or see the Makefile) */
 #include "prefcap.h"
 
@@ -49,7 +50,7 @@ static const struct { const char *q, *good, *bad; } topics[] = {
 };
 #define N_TOPICS (sizeof topics / sizeof *topics)
 
-typedef struct { prefcap_t *pc; int thread, users, turns; unsigned seed; long generations, feedback, errors; } job;
+typedef struct { prefcap_t *pc; int thread, users, turns; unsigned seed; const char *prefix; long generations, feedback, errors; } job;
 
 static int64_t now_ms(void) {
   struct timespec ts;
@@ -61,8 +62,8 @@ static int64_t now_ms(void) {
 static int serve(job *j, const char *user, const char *session, int topic, int good, const char *regenerates,
                  int chat, char id_out[PREFCAP_ID_MAX + 1]) {
   prefcap_message_t msgs[2] = {{"system", "You are a helpful assistant."}, {"user", topics[topic].q}};
-  char rid[64];   /* the backend's own request id: pass yours, it is how feedback finds the generation */
-  snprintf(rid, sizeof rid, "req-%d-%ld", j->thread, j->generations + j->errors);
+  char rid[128];   /* the backend's own request id: pass yours, it is how feedback finds the generation */
+  snprintf(rid, sizeof rid, "%sreq-%d-%ld", j->prefix, j->thread, j->generations + j->errors);
   prefcap_generation_t g = {
       .id = rid,
       .completion = good ? topics[topic].good : topics[topic].bad,
@@ -93,8 +94,8 @@ static void feedback(job *j, prefcap_feedback_kind_t kind, const char *id, const
 static void *request_thread(void *arg) {
   job *j = arg;
   for (int u = 0; u < j->users; u++) {
-    char user[32], session[48];
-    snprintf(user, sizeof user, "user-%d-%d", j->thread, u);
+    char user[96], session[112];
+    snprintf(user, sizeof user, "%suser-%d-%d", j->prefix, j->thread, u);
     for (int t = 0; t < j->turns; t++) {
       snprintf(session, sizeof session, "%s-s%d", user, t / 3);
       int topic = (int)(rand_r(&j->seed) % N_TOPICS), chat = rand_r(&j->seed) % 2;
@@ -137,7 +138,7 @@ static void *request_thread(void *arg) {
 }
 
 int main(int argc, char **argv) {
-  const char *db = "prefcap.db";
+  const char *db = "prefcap.db", *prefix = "";
   int users = 25, turns = 8, threads = 4, sync_mode = 0;
   unsigned seed = 42;
   for (int i = 1; i < argc; i++) {
@@ -146,9 +147,10 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--turns") && i + 1 < argc) turns = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--seed") && i + 1 < argc) seed = (unsigned)atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--prefix") && i + 1 < argc) prefix = argv[++i];
     else if (!strcmp(argv[i], "--sync")) sync_mode = 1;
     else {
-      fprintf(stderr, "usage: chat_backend [--db PATH] [--users N] [--turns N] [--threads N (1-64)] [--seed S] [--sync]\n");
+      fprintf(stderr, "usage: chat_backend [--db PATH] [--users N] [--turns N] [--threads N (1-64)] [--seed S] [--prefix P] [--sync]\n");
       return 2;
     }
   }
@@ -167,7 +169,7 @@ int main(int argc, char **argv) {
   pthread_t th[64];
   job jobs[64];
   for (int t = 0; t < threads; t++) {
-    jobs[t] = (job){pc, t, users, turns, seed + (unsigned)t * 7919u, 0, 0, 0};
+    jobs[t] = (job){pc, t, users, turns, seed + (unsigned)t * 7919u, prefix, 0, 0, 0};
     pthread_create(&th[t], NULL, request_thread, &jobs[t]);
   }
   long gens = 0, fbs = 0, errors = 0;

@@ -38,7 +38,7 @@ extern "C" {
 
 #define PREFCAP_VERSION_STRING "0.1.0"
 /* The store's schema version this library writes; older stores are migrated on open. */
-#define PREFCAP_SCHEMA_VERSION 1
+#define PREFCAP_SCHEMA_VERSION 3
 /* Longest id (generation, event, user, session) in bytes, excluding the NUL. */
 #define PREFCAP_ID_MAX 128
 
@@ -294,6 +294,94 @@ int prefcap_upload_options_set_progress(prefcap_upload_options_t *o, prefcap_upl
  * libcurl at the same time). */
 int prefcap_upload(const prefcap_upload_options_t *opts, const char *file, const char *url, char *errbuf, size_t errlen);
 /* ==== end upload ================================================================================== */
+
+// ---- export (sdk/export.c) -----------------------------------------------------------------------
+/* An export writes the derived pairs (or labels) as JSON lines that trainers read, with a manifest
+ * beside it (PATH.manifest.json: id, name, time, format, filters, counts by signal and source, the
+ * SHA-256 of the data, SDK and schema versions, and the records it holds, for lineage). The file is
+ * written to a temporary name, fsynced and renamed into place: a reader never sees half a file.
+ * With a name (since_last), only what is new since that name's last published export is written, and
+ * the name's watermark moves only once the file is in place (and uploaded, when asked): an export
+ * killed at any moment and run again publishes the same records, none missing, none twice. */
+typedef struct prefcap_export_options prefcap_export_options_t;
+typedef enum {
+  PREFCAP_FORMAT_TRL_DPO = 0,     /* {"prompt","chosen","rejected"} (+ provenance), TRL's DPO format */
+  PREFCAP_FORMAT_TRL_KTO = 1,     /* {"prompt","completion","label"} from the unpaired labels */
+  PREFCAP_FORMAT_OPENAI_DPO = 2,  /* {"input":{"messages"},"preferred_output","non_preferred_output"} */
+} prefcap_format_t;
+
+/* Defaults: trl-dpo, no filters, no split, no name, out "prefcap-export.jsonl". Free with
+ * prefcap_export_options_free (NULL is a no-op). Setters copy their strings. */
+prefcap_export_options_t *prefcap_export_options_new(void);
+void prefcap_export_options_free(prefcap_export_options_t *o);
+int prefcap_export_options_set_format(prefcap_export_options_t *o, prefcap_format_t format);
+int prefcap_export_options_set_out(prefcap_export_options_t *o, const char *path);      /* "-": stdout, no manifest */
+const char *prefcap_export_options_out(const prefcap_export_options_t *o);                 /* borrowed */
+int prefcap_export_options_set_gzip(prefcap_export_options_t *o, int on);
+int prefcap_export_options_set_time_range(prefcap_export_options_t *o, int64_t since_ms, int64_t until_ms); /* 0: open */
+int prefcap_export_options_set_signals(prefcap_export_options_t *o, const char *comma_list);  /* e.g. "edit,choice" */
+int prefcap_export_options_set_min_weight(prefcap_export_options_t *o, double w);
+int prefcap_export_options_set_model(prefcap_export_options_t *o, const char *model);
+int prefcap_export_options_set_user(prefcap_export_options_t *o, const char *user_id);
+/* Pairs whose label came from an AI judge are capped at this fraction of the export (0..1; 1 = no cap). */
+int prefcap_export_options_set_max_ai_fraction(prefcap_export_options_t *o, double f);
+int prefcap_export_options_set_dedup(prefcap_export_options_t *o, int on);
+/* A deterministic train/eval split by a hash of the prompt: one prompt never lands on both sides, and
+ * the split is stable from night to night. The eval part goes to PATH with ".eval" before its
+ * extension (out.jsonl -> out.eval.jsonl). 0 = no split. */
+int prefcap_export_options_set_eval_fraction(prefcap_export_options_t *o, double f);
+int prefcap_export_options_set_since_last(prefcap_export_options_t *o, const char *name);
+/* Upload the file and its manifest after writing them; the watermark moves only if that succeeds.
+ * upload_opts may be NULL (defaults); it is borrowed until prefcap_export returns. */
+int prefcap_export_options_set_upload(prefcap_export_options_t *o, const char *url,
+                                      const prefcap_upload_options_t *upload_opts);
+
+typedef struct prefcap_export_result {
+  char export_id[40];     /* "exp-" + 32 hex digits */
+  uint64_t records;       /* lines written, train + eval */
+  uint64_t train, eval;
+  uint64_t skipped_ai;    /* left out by the AI-fraction cap */
+  uint64_t skipped_dup;   /* left out by dedup */
+  int nothing_new;        /* since_last: nothing new, no file written */
+  int resumed;            /* since_last: a killed export of this name was completed (same range) */
+  int more;               /* resumed, and more came since: run the export again to take it */
+} prefcap_export_result_t;
+
+/* Runs an export on an open store (derives pending pairs first). Not thread-safe with open, close,
+ * flush or derive on the same handle. */
+int prefcap_export(prefcap_t *pc, const prefcap_export_options_t *o, prefcap_export_result_t *result);
+
+// ---- erasure, lineage, retention (sdk/forget.c) ---------------------------------------------------
+/* A published export, as lineage reports it. Strings are borrowed for the duration of the callback. */
+typedef struct prefcap_export_info {
+  const char *id, *name, *path, *format, *upload_url;
+  int64_t created_ms, published_ms;
+  uint64_t records;        /* all records in the export */
+  uint64_t user_records;   /* of those, the user's (lineage by user and forget) */
+} prefcap_export_info_t;
+typedef void (*prefcap_export_fn)(const prefcap_export_info_t *info, void *userdata);
+
+/* Erases a user: their generations, feedback, pairs and labels are deleted so that their text is gone
+ * from the file itself (deleted, then VACUUM, which rewrites the file without stale copies of moved
+ * cells, then a WAL checkpoint that truncates the WAL), a tombstone (the SHA-256 of the id) and the
+ * hashes of their generation ids refuse their late events, and fn is called for every export that
+ * held their records (a pending one too: its file may exist), so the operator knows which datasets
+ * and fine-tunes to rebuild. *erased (if not NULL) receives the number of rows deleted.
+ * PREFCAP_EBUSY: the rows are gone, but another connection was reading and the WAL could not be
+ * truncated: run it again when readers are done. VACUUM holds the write lock while it rewrites the
+ * file: run erasures in a quiet window. Not thread-safe with logging on the same handle. */
+int prefcap_forget_user(prefcap_t *pc, const char *user_id, prefcap_export_fn fn, void *userdata, uint64_t *erased);
+/* Every published export that held records of this user (erased or not). */
+int prefcap_lineage_user(prefcap_t *pc, const char *user_id, prefcap_export_fn fn, void *userdata);
+/* What one export held: fn is called once for the export; then each record as a JSON line to record_fn
+ * (borrowed; {"kind":"pair","id":N,"user_hash":"…"}, one line per user whose text the record holds).
+ * Either callback may be NULL. record_fn runs under the handle's lock: it must not call prefcap on
+ * this handle. */
+int prefcap_lineage_export(prefcap_t *pc, const char *export_id, prefcap_export_fn fn,
+                           void (*record_fn)(const char *json_line, void *userdata), void *userdata);
+/* Deletes events and generations older than older_than_ms (Unix ms) that no live pair or label needs,
+ * and the pairs and labels that only they derived. *deleted (if not NULL) receives the rows deleted. */
+int prefcap_prune(prefcap_t *pc, int64_t older_than_ms, uint64_t *deleted);
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop

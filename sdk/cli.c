@@ -59,6 +59,12 @@ static int usage_error(const char *cmd, const char *msg) {
 
 // ---- ingest --------------------------------------------------------------------------------------
 
+/* The CLI's logger: the library's warnings and errors (an event refused, a write retried) on stderr. */
+static void cli_logger(prefcap_log_level_t level, const char *msg, void *ud) {
+  (void)ud;
+  if (level >= PREFCAP_LOG_WARN) fprintf(stderr, "%s\n", msg);
+}
+
 static int cmd_ingest(int argc, char **argv) {
   static const struct option lo[] = {{"db", 1, 0, 'd'}, {"sync", 0, 0, 's'}, {"redact", 0, 0, 'r'},
                                      {"max-text", 1, 0, 'm'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
@@ -92,6 +98,7 @@ static int cmd_ingest(int argc, char **argv) {
   prefcap_options_t *o = prefcap_options_new();
   if (!o) return 1;
   prefcap_options_set_block_when_full(o, 1);
+  prefcap_options_set_logger(o, cli_logger, NULL);
   prefcap_options_set_redact(o, redact);
   if (max_text) prefcap_options_set_max_text_bytes(o, (size_t)max_text);
   prefcap_t *pc;
@@ -203,7 +210,8 @@ static int cmd_stats(int argc, char **argv) {
   section(&so, "problems",
           "SELECT 'feedback for unknown generations', count(*) FROM events e WHERE NOT EXISTS (SELECT 1 FROM generations g WHERE g.id = e.gen_id)"
           " UNION ALL SELECT 'dropped (queue full)', ifnull((SELECT value FROM counters WHERE name = 'dropped'), 0)"
-          " UNION ALL SELECT 'failed (not stored)', ifnull((SELECT value FROM counters WHERE name = 'failed'), 0)");
+          " UNION ALL SELECT 'failed (not stored)', ifnull((SELECT value FROM counters WHERE name = 'failed'), 0)"
+          " UNION ALL SELECT 'refused (erased users)', ifnull((SELECT value FROM counters WHERE name = 'refused'), 0)");
   if (json) printf("}\n");
   prefcap_close(pc, -1);
   return 0;
@@ -345,6 +353,104 @@ static int cmd_derive(int argc, char **argv) {
   return rc ? 1 : 0;
 }
 
+// ---- export --------------------------------------------------------------------------------------
+
+/* RFC 3339, or a plain date (midnight UTC). */
+static bool cli_time(const char *s, int64_t *ms) {
+  char buf[40];
+  if (strlen(s) == 10 && s[4] == '-' && s[7] == '-') { snprintf(buf, sizeof buf, "%sT00:00:00Z", s); s = buf; }
+  return prefcap__parse_time(s, ms);
+}
+
+static int cmd_export(int argc, char **argv) {
+  static const struct option lo[] = {
+      {"db", 1, 0, 'd'}, {"format", 1, 0, 'f'}, {"out", 1, 0, 'o'}, {"gzip", 0, 0, 'z'}, {"since", 1, 0, 's'},
+      {"until", 1, 0, 'u'}, {"signal", 1, 0, 'S'}, {"min-weight", 1, 0, 'w'}, {"model", 1, 0, 'm'},
+      {"user", 1, 0, 'U'}, {"max-ai-fraction", 1, 0, 'a'}, {"dedup", 0, 0, 'D'}, {"eval-fraction", 1, 0, 'e'},
+      {"since-last", 1, 0, 'n'}, {"upload", 1, 0, 'p'}, {"manifest-url", 1, 0, 'M'}, {"quiet", 0, 0, 'q'},
+      {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+  const char *db = prefcap__cli_default_db(), *upload = NULL, *manifest_url = NULL;
+  bool quiet = false;
+  prefcap_export_options_t *o = prefcap_export_options_new();
+  if (!o) return 1;
+  int c, bad = 0;
+  int64_t since = 0, until = 0;
+  char *end;
+  while (!bad && (c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+    switch (c) {
+      case 'd': db = optarg; break;
+      case 'f':
+        if (!strcmp(optarg, "trl-dpo")) prefcap_export_options_set_format(o, PREFCAP_FORMAT_TRL_DPO);
+        else if (!strcmp(optarg, "trl-kto")) prefcap_export_options_set_format(o, PREFCAP_FORMAT_TRL_KTO);
+        else if (!strcmp(optarg, "openai-dpo")) prefcap_export_options_set_format(o, PREFCAP_FORMAT_OPENAI_DPO);
+        else bad = usage_error("export", "--format is trl-dpo, trl-kto or openai-dpo");
+        break;
+      case 'o': prefcap_export_options_set_out(o, optarg); break;
+      case 'z': prefcap_export_options_set_gzip(o, 1); break;
+      case 's': if (!cli_time(optarg, &since)) bad = usage_error("export", "--since wants a date (2026-11-21) or an RFC 3339 time"); break;
+      case 'u': if (!cli_time(optarg, &until)) bad = usage_error("export", "--until wants a date (2026-11-21) or an RFC 3339 time"); break;
+      case 'S': if (prefcap_export_options_set_signals(o, optarg)) bad = usage_error("export", "--signal is a comma list of edit, regenerate, choice, rating (pairs) or copy, accept, rating, regenerate, abandon (labels)"); break;
+      case 'w': if (prefcap_export_options_set_min_weight(o, strtod(optarg, &end)) || *end) bad = usage_error("export", "--min-weight is a number in [0,1]"); break;
+      case 'm': prefcap_export_options_set_model(o, optarg); break;
+      case 'U': prefcap_export_options_set_user(o, optarg); break;
+      case 'a': if (prefcap_export_options_set_max_ai_fraction(o, strtod(optarg, &end)) || *end) bad = usage_error("export", "--max-ai-fraction is a number in [0,1]"); break;
+      case 'D': prefcap_export_options_set_dedup(o, 1); break;
+      case 'e': if (prefcap_export_options_set_eval_fraction(o, strtod(optarg, &end)) || *end) bad = usage_error("export", "--eval-fraction is a number in [0,1)"); break;
+      case 'n': if (prefcap_export_options_set_since_last(o, optarg)) bad = usage_error("export", "--since-last wants a name (1-128 bytes)"); break;
+      case 'p': upload = optarg; break;
+      case 'M': manifest_url = optarg; break;
+      case 'q': quiet = true; break;
+      case 'h':
+        printf("usage: prefcap export [--db PATH] [--format trl-dpo|trl-kto|openai-dpo] [--out PATH|-] [--gzip]\n"
+               "         [--since T] [--until T] [--signal LIST] [--min-weight W] [--model M] [--user ID]\n"
+               "         [--max-ai-fraction F] [--dedup] [--eval-fraction F] [--since-last NAME]\n"
+               "         [--upload URL [--manifest-url URL]] [--quiet]\n\n"
+               "Writes the derived pairs (trl-dpo, openai-dpo) or labels (trl-kto) as JSON lines, with\n"
+               "PATH.manifest.json beside them (checksums, counts, filters, the records held). The file\n"
+               "appears complete or not at all. With --since-last NAME only what is new since NAME's last\n"
+               "published export is written, and a run killed at any point and run again publishes the\n"
+               "same records, none missing, none twice. --eval-fraction splits by a hash of the prompt\n"
+               "into PATH and PATH's .eval twin. --upload PUTs the files (docs/export.md).\n"
+               "Times: 2026-11-21 or 2026-11-21T10:00:00Z; --since is inclusive, --until exclusive.\n");
+        prefcap_export_options_free(o);
+        return 0;
+      default: bad = 2;
+    }
+  }
+  if (!bad && optind < argc) bad = usage_error("export", "unexpected argument");
+  if (!bad && prefcap_export_options_set_time_range(o, since, until)) bad = usage_error("export", "--since is after --until");
+  if (bad) { prefcap_export_options_free(o); return 2; }
+  if (access(db, F_OK) != 0) { fprintf(stderr, "prefcap export: no store at %s\n", db); prefcap_export_options_free(o); return 1; }
+  prefcap_upload_options_t *uo = NULL;
+  if (upload) {
+    uo = prefcap_upload_options_new();
+    if (manifest_url) prefcap_upload_options_set_manifest_url(uo, manifest_url);
+    prefcap_export_options_set_upload(o, upload, uo);
+  }
+  prefcap_t *pc;
+  int rc = prefcap__cli_open(db, PREFCAP_SYNC, NULL, &pc);
+  if (!rc) {
+    prefcap_export_result_t r;
+    int e = prefcap_export(pc, o, &r);
+    if (e) { fprintf(stderr, "prefcap export: %s: %s\n", prefcap_strerror(e), prefcap_errmsg(pc)); rc = 1; }
+    else if (!quiet) {
+      if (r.resumed) fprintf(stderr, "prefcap export: completed an earlier, interrupted export (%s)%s\n", r.export_id,
+                             r.more ? "; more has come since: run again to export it" : "");
+      if (r.nothing_new) fprintf(stderr, "prefcap export: nothing new since the last export named so; no file written\n");
+      else fprintf(stderr, "prefcap export: %llu record(s) (train %llu, eval %llu) -> %s, export %s%s%s\n",
+                   (unsigned long long)r.records, (unsigned long long)r.train, (unsigned long long)r.eval,
+                   prefcap_export_options_out(o), r.export_id, upload ? ", uploaded to " : "", upload ? upload : "");
+      if (r.skipped_ai || r.skipped_dup)
+        fprintf(stderr, "prefcap export: left out %llu AI-judged (cap) and %llu duplicate record(s)\n",
+                (unsigned long long)r.skipped_ai, (unsigned long long)r.skipped_dup);
+    }
+    prefcap_close(pc, -1);
+  }
+  prefcap_upload_options_free(uo);
+  prefcap_export_options_free(o);
+  return rc;
+}
+
 // ---- main ----------------------------------------------------------------------------------------
 
 static const struct { const char *name; int (*fn)(int, char **); const char *what; } commands[] = {
@@ -352,7 +458,11 @@ static const struct { const char *name; int (*fn)(int, char **); const char *wha
     {"stats", cmd_stats, "counts of events, pairs and labels by signal, model and day"},
     {"pairs", cmd_pairs, "look at derived preference pairs"},
     {"derive", cmd_derive, "derive pairs and labels (again, with --all)"},
+    {"export", cmd_export, "write pairs or labels as JSONL for trainers (TRL DPO/KTO, OpenAI), with a manifest"},
     {"upload", prefcap__cli_upload, "upload a file (and its manifest) over HTTP(S) or to S3"},
+    {"forget", prefcap__cli_forget, "erase a user; list the exports that held their data"},
+    {"lineage", prefcap__cli_lineage, "what an export held, or which exports held a user"},
+    {"prune", prefcap__cli_prune, "delete events older than N days that no live pair needs"},
 };
 
 static void usage(FILE *f) {

@@ -10,4 +10,7 @@ const char *prefcap__cli_default_db(void);
 int prefcap__cli_open(const char *db, prefcap_durability_t mode, prefcap_options_t *opts, prefcap_t **pc);
 
 int prefcap__cli_upload(int argc, char **argv);   /* sdk/cli_upload.c */
+int prefcap__cli_forget(int argc, char **argv);   /* sdk/cli_forget.c */
+int prefcap__cli_lineage(int argc, char **argv);  /* sdk/cli_forget.c */
+int prefcap__cli_prune(int argc, char **argv);    /* sdk/cli_forget.c */
 #endif

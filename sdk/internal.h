@@ -109,6 +109,8 @@ int prefcap__store_add_counter(prefcap__store *s, const char *name, int64_t delt
 /* Loads the store's rules (defaults overridden by what is stored), and stores overrides. */
 int prefcap__store_load_rules(prefcap__store *s, prefcap__rules *r);
 int prefcap__store_save_rule(prefcap__store *s, const char *name, double v);
+/* The hash a user id is known by in tombstones and lineage (SHA-256, hex). */
+void prefcap__user_hash(const char *user_id, char out[65]);
 /* Is this user erased (a tombstone exists)? */
 bool prefcap__store_user_erased(prefcap__store *s, const char *user_id);
 
@@ -152,5 +154,14 @@ void prefcap__buf_reserve(prefcap__buf *b, size_t extra);
 void prefcap__buf_putn(prefcap__buf *b, const char *s, size_t n);
 void prefcap__buf_json_str(prefcap__buf *b, const char *s);
 void prefcap__buf_printf(prefcap__buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+// ---- lineage of an export (sdk/export.c) ---------------------------------------------------------
+/* An export's records as a byte string: for each record, in ascending id order, the id (as a varint
+ * delta from the previous one), the number of users whose text it holds (0-2) and their indexes into
+ * the export's rows of export_users (varints). */
+void prefcap__lineage_put(prefcap__buf *b, int64_t *prev_id, int64_t id, const int32_t *users, int nusers);
+typedef struct { const uint8_t *p, *end; int64_t id; } prefcap__lineage_iter;
+/* The next record; false at the end, or (with *bad set) on a malformed blob. */
+bool prefcap__lineage_next(prefcap__lineage_iter *it, int64_t *id, int32_t users[2], int *nusers, bool *bad);
 
 #endif

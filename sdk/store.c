@@ -9,7 +9,11 @@
  *   rated        derived: each rated generation's prompt key and latest rating (for rating pairs)
  *   meta         schema facts, derivation cursors, rule overrides
  *   counters     totals across processes and runs: dropped, failed
- *   tombstones   hashes of erased users (their late events are refused) */
+ *   tombstones   hashes of erased users (their late events are refused)
+ * Schema version 2 adds: exports (every export, pending or published, with the records it held and
+ * whose they were: lineage), export_users (each export's users by hash: who was in which export),
+ * watermarks (per export name).
+ * Schema version 3 adds: erased_generations (hashes of erased generations' ids: late feedback refused). */
 #include "internal.h"
 #include "sha256.h"
 
@@ -24,7 +28,7 @@
 
 struct prefcap__store {
   sqlite3 *db;
-  sqlite3_stmt *begin, *commit, *rollback, *ins_gen, *ins_ev, *add_counter, *erased, *any_erased;
+  sqlite3_stmt *begin, *commit, *rollback, *ins_gen, *ins_ev, *add_counter, *erased, *any_erased, *erased_gen;
   bool have_tombstones;     /* looked up once per transaction, so a store with none pays nothing */
 };
 
@@ -67,6 +71,32 @@ static const char *const migrations[] = {
     "CREATE TABLE counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);"
     "CREATE TABLE tombstones(user_hash TEXT PRIMARY KEY, ts INTEGER NOT NULL);"
     "INSERT INTO meta(key, value) VALUES('created', strftime('%Y-%m-%dT%H:%M:%fZ','now'));",
+    /* 1 -> 2: exports and lineage. An export is 'pending' from the moment its range is fixed until
+     * its file is complete, renamed into place (and uploaded, if asked); then 'published', and only
+     * then does its name's watermark move. export_records ties each published record to the export
+     * and to its user's hash, so erasure can name the exports that held a user after the user's rows
+     * are gone. */
+    "CREATE TABLE exports("
+    "  id TEXT PRIMARY KEY, name TEXT, path TEXT NOT NULL, format TEXT NOT NULL, filters TEXT NOT NULL,"
+    "  status TEXT NOT NULL CHECK(status IN ('pending', 'published')),"
+    "  version_from INTEGER NOT NULL, version_to INTEGER NOT NULL,"
+    "  created INTEGER NOT NULL, published INTEGER, sha256 TEXT, records INTEGER, upload_url TEXT,"
+    "  record_kind TEXT CHECK(record_kind IN ('pair', 'label')), lineage BLOB);"
+    "CREATE INDEX exports_name ON exports(name, status);"
+    /* lineage, compactly (a row per record cost more than writing the export): exports.lineage
+     * holds each record's id and the users it holds, as indexes into export_users (prefcap__lineage_*) */
+    "CREATE TABLE export_users("
+    "  export_id TEXT NOT NULL, user_index INTEGER NOT NULL, user_hash TEXT NOT NULL, records INTEGER NOT NULL,"
+    "  PRIMARY KEY(export_id, user_index)) WITHOUT ROWID;"
+    "CREATE INDEX export_users_user ON export_users(user_hash);"
+    "CREATE TABLE watermarks(name TEXT PRIMARY KEY, version INTEGER NOT NULL, export_id TEXT NOT NULL, updated INTEGER NOT NULL);",
+    /* 2 -> 3: erasure (sdk/forget.c). Feedback carries no user id, so the tombstone alone cannot
+     * refuse late feedback on an erased user's generations: the SHA-256 of each erased generation's
+     * id is kept here (a hash, since caller-made ids may themselves be personal). */
+    /* (No index on generations(user_id): user ids arrive in random order, so such an index dirties a
+     * random page per insert and cut ingest to a third (bench/ingest_bench). Erasure, which is rare,
+     * scans instead.) */
+    "CREATE TABLE erased_generations(gen_hash TEXT PRIMARY KEY, ts INTEGER NOT NULL) WITHOUT ROWID;",
 };
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof *migrations))
 _Static_assert(N_MIGRATIONS == PREFCAP_SCHEMA_VERSION, "a migration per schema version");
@@ -208,7 +238,8 @@ int prefcap__store_open(const prefcap_options_t *o, prefcap__store **out, char *
                     " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
                     &s->add_counter, err, errlen)) ||
       (rc = prepare(s->db, "SELECT 1 FROM tombstones WHERE user_hash = ?1", &s->erased, err, errlen)) ||
-      (rc = prepare(s->db, "SELECT EXISTS(SELECT 1 FROM tombstones)", &s->any_erased, err, errlen)))
+      (rc = prepare(s->db, "SELECT EXISTS(SELECT 1 FROM tombstones)", &s->any_erased, err, errlen)) ||
+      (rc = prepare(s->db, "SELECT 1 FROM erased_generations WHERE gen_hash = ?1", &s->erased_gen, err, errlen)))
     goto fail;
   *out = s;
   return PREFCAP_OK;
@@ -219,7 +250,8 @@ fail:
 
 void prefcap__store_close(prefcap__store *s) {
   if (!s) return;
-  sqlite3_stmt *all[] = {s->begin, s->commit, s->rollback, s->ins_gen, s->ins_ev, s->add_counter, s->erased, s->any_erased};
+  sqlite3_stmt *all[] = {s->begin, s->commit, s->rollback, s->ins_gen, s->ins_ev, s->add_counter, s->erased, s->any_erased,
+                         s->erased_gen};
   for (size_t i = 0; i < sizeof all / sizeof *all; i++) sqlite3_finalize(all[i]);
   sqlite3_close(s->db);   /* the last connection to close checkpoints the WAL */
   free(s);
@@ -268,27 +300,68 @@ static void bind_count(sqlite3_stmt *st, int i, int64_t v) {
 }
 
 /* The tombstone key of a user: a hash, so that the erased id itself is not kept. */
-static void user_hash(const char *user_id, char out[65]) { prefcap__sha256_hex(user_id, strlen(user_id), out); }
+void prefcap__user_hash(const char *user_id, char out[65]) { prefcap__sha256_hex(user_id, strlen(user_id), out); }
 
 bool prefcap__store_user_erased(prefcap__store *s, const char *user_id) {
   if (!user_id || !s->have_tombstones) return false;
   char h[65];
-  user_hash(user_id, h);
+  prefcap__user_hash(user_id, h);
   sqlite3_bind_text(s->erased, 1, h, -1, SQLITE_TRANSIENT);
   bool erased = sqlite3_step(s->erased) == SQLITE_ROW;
   sqlite3_reset(s->erased);
   return erased;
 }
 
+/* Was this generation erased with its user? Asked only once a tombstone exists. */
+static bool gen_erased(prefcap__store *s, const char *id) {
+  if (!id || !s->have_tombstones) return false;
+  char h[65];
+  prefcap__sha256_hex(id, strlen(id), h);
+  sqlite3_bind_text(s->erased_gen, 1, h, -1, SQLITE_TRANSIENT);
+  bool erased = sqlite3_step(s->erased_gen) == SQLITE_ROW;
+  sqlite3_reset(s->erased_gen);
+  return erased;
+}
+
+/* A generation of an erased user came after the erasure. The feedback that came before it (kept,
+ * waiting for its generation) is that user's too: it goes now, and the id joins the erased ones so
+ * that its later feedback is refused as well. Rare, so the statements are not kept prepared. */
+static int refuse_generation(prefcap__store *s, const char *id, char *err, size_t errlen) {
+  static const char *const sql[] = {"INSERT OR IGNORE INTO erased_generations(gen_hash, ts) VALUES(?1, ?2)",
+                                    "DELETE FROM events WHERE gen_id = ?1 OR other_id = ?1"};
+  char h[65];
+  prefcap__sha256_hex(id, strlen(id), h);
+  for (int i = 0; i < 2; i++) {
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(s->db, sql[i], -1, &st, NULL);
+    if (rc) return fail_db(s->db, rc, "cannot erase a late event", err, errlen);
+    sqlite3_bind_text(st, 1, i == 0 ? h : id, -1, SQLITE_STATIC);
+    if (i == 0) sqlite3_bind_int64(st, 2, prefcap__now_ms());
+    errno = 0;
+    rc = sqlite3_step(st);
+    int e = errno;
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) return fail_db_errno(s->db, rc, e, "cannot erase a late event", err, errlen);
+  }
+  return PREFCAP_OK;
+}
+
 int prefcap__store_insert(prefcap__store *s, const prefcap__event *ev, bool *dup, char *err, size_t errlen) {
   *dup = false;
   int64_t now = prefcap__now_ms();
   sqlite3_stmt *st;
+  /* late events of an erased user are refused, and counted in the store ("refused") */
+  if (ev->type == PREFCAP__EV_GENERATION ? prefcap__store_user_erased(s, ev->user_id) || gen_erased(s, ev->id)
+                                         : gen_erased(s, ev->id) || gen_erased(s, ev->other_id)) {
+    int rc = ev->type == PREFCAP__EV_GENERATION ? refuse_generation(s, ev->id, err, errlen) : PREFCAP_OK;
+    if (!rc && (rc = prefcap__store_add_counter(s, "refused", 1)))
+      snprintf(err, errlen, "cannot count a refused event: %s", sqlite3_errmsg(s->db));
+    if (rc) return rc;
+    snprintf(err, errlen, "%s '%s' belongs to an erased user: refused",
+             ev->type == PREFCAP__EV_GENERATION ? "generation" : "feedback on generation", ev->id);
+    return PREFCAP_EREFUSED;
+  }
   if (ev->type == PREFCAP__EV_GENERATION) {
-    if (prefcap__store_user_erased(s, ev->user_id)) {
-      snprintf(err, errlen, "generation '%s' belongs to an erased user: refused", ev->id);
-      return PREFCAP_EREFUSED;
-    }
     st = s->ins_gen;
     bind_text(st, 1, ev->id);
     bind_text(st, 2, ev->event_id);

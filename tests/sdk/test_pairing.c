@@ -323,6 +323,36 @@ static void store_file_is_private_and_versioned(void) {
   EXPECT(!strcmp(prefcap_strerror(12345), "unknown error code"));
 }
 
+/* A store written by schema 1 (before exports and erasure) is migrated on open, its data kept. */
+static void migrates_from_version_1(void) {
+  fresh();
+  REQUIRE(pc);
+  EXPECT(!ev(GEN("g1", "Q", "old answer", "")));
+  EXPECT(!ev("{\"type\":\"copy\",\"id\":\"g1\"}"));
+  prefcap_close(pc, -1);
+  sqlite3 *h;
+  REQUIRE(sqlite3_open(db, &h) == SQLITE_OK);
+  /* what schema 1 did not have */
+  REQUIRE(sqlite3_exec(h, "DROP TABLE exports; DROP TABLE export_users; DROP TABLE watermarks;"
+                          " DROP TABLE erased_generations; PRAGMA user_version = 1;", NULL, NULL, NULL) == SQLITE_OK);
+  sqlite3_close(h);
+  EXPECT(tu_query(db, "PRAGMA user_version") == 1);
+  pc = tu_open(db, PREFCAP_SYNC);
+  REQUIRE(pc);
+  EXPECT(tu_query(db, "PRAGMA user_version") == PREFCAP_SCHEMA_VERSION);
+  EXPECT(tu_query(db, "SELECT count(*) FROM sqlite_schema WHERE name IN ('exports', 'export_users', 'watermarks', 'erased_generations')") == 4);
+  EXPECT(tu_query(db, "SELECT count(*) FROM labels WHERE gen_id = 'g1' AND signal = 'copy'") == 1);
+  prefcap_export_options_t *o = prefcap_export_options_new();
+  char out[700];
+  snprintf(out, sizeof out, "%s.export.jsonl", db);
+  prefcap_export_options_set_out(o, out);
+  prefcap_export_options_set_format(o, PREFCAP_FORMAT_TRL_KTO);
+  prefcap_export_result_t r;
+  EXPECT(prefcap_export(pc, o, &r) == 0 && r.records == 1);
+  prefcap_export_options_free(o);
+  prefcap_close(pc, -1);
+}
+
 int main(void) {
   RUN(edit_makes_a_pair_weighted_by_distance);
   RUN(edit_distance_unit);
@@ -335,5 +365,6 @@ int main(void) {
   RUN(rederive_with_new_weights_keeps_pair_ids);
   RUN(bad_input_is_refused_whole);
   RUN(store_file_is_private_and_versioned);
+  RUN(migrates_from_version_1);
   return tst_end();
 }

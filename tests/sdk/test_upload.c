@@ -32,19 +32,6 @@
 #include <unistd.h>
 
 // ---- small helpers -------------------------------------------------------------------------------------
-static char *slurp(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  char *p = malloc((size_t)n + 1);
-  if (p && fread(p, 1, (size_t)n, f) != (size_t)n) { free(p); p = NULL; }
-  fclose(f);
-  if (p) { p[n] = 0; if (len) *len = (size_t)n; }
-  return p;
-}
-
 static void spit(const char *path, const void *data, size_t len) {
   FILE *f = fopen(path, "wb");
   if (!f) { fprintf(stderr, "cannot write %s\n", path); return; }
@@ -177,13 +164,13 @@ static int check_vector(const char *dir, const char *name, bool s3, const char *
   const char *slash = strrchr(name, '/');
   snprintf(base, sizeof base, "%s", slash ? slash + 1 : name);
   snprintf(path, sizeof path, "%s/%s/%s.req", dir, name, base);
-  char *req = slurp(path, NULL);
+  char *req = tu_read_file(path, NULL);
   snprintf(path, sizeof path, "%s/%s/%s.creq", dir, name, base);
-  char *creq = slurp(path, NULL);
+  char *creq = tu_read_file(path, NULL);
   snprintf(path, sizeof path, "%s/%s/%s.sts", dir, name, base);
-  char *sts = slurp(path, NULL);
+  char *sts = tu_read_file(path, NULL);
   snprintf(path, sizeof path, "%s/%s/%s.authz", dir, name, base);
-  char *authz = slurp(path, NULL);
+  char *authz = tu_read_file(path, NULL);
   int bad = 0;
   if (!req || !creq || !sts || !authz) { fprintf(stderr, "  %s: missing files\n", name); bad = 1; goto out; }
   prefcap__http_header h[32];
@@ -251,7 +238,7 @@ static int run_vector_set(const char *set, bool s3, const char *access, const ch
   char dir[256], idx[300];
   snprintf(dir, sizeof dir, "%s/%s", root, set);
   snprintf(idx, sizeof idx, "%s/INDEX", dir);
-  char *list = slurp(idx, NULL);
+  char *list = tu_read_file(idx, NULL);
   if (!list) return -1;
   int bad = 0;
   for (char *save = NULL, *name = strtok_r(list, "\n", &save); name; name = strtok_r(NULL, "\n", &save)) {
@@ -455,7 +442,7 @@ static void test_upload_ok_with_manifest(void) {
   /* what the server received (hashed by Python) equals what the manifest says */
   char mpath[600];
   snprintf(mpath, sizeof mpath, "%s.manifest.json", f);
-  char *man = slurp(mpath, NULL);
+  char *man = tu_read_file(mpath, NULL);
   cJSON *mj = cJSON_Parse(man);
   EXPECT(strcmp(jstr(dr, "sha256"), jstr(mj, "sha256")) == 0);
   EXPECT(jnum(dr, "length") == 300000);

@@ -70,6 +70,20 @@ static inline char *tu_query_text(const char *path, const char *sql) {
   return v;
 }
 
+/* A whole file, NUL-terminated (malloc'd; NULL if unreadable); *len (if not NULL) gets its size. */
+static inline char *tu_read_file(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  char *p = malloc(n > 0 ? (size_t)n + 1 : 1);
+  if (p && n > 0 && fread(p, 1, (size_t)n, f) != (size_t)n) { free(p); p = NULL; }
+  fclose(f);
+  if (p) { p[n > 0 ? n : 0] = 0; if (len) *len = n > 0 ? (size_t)n : 0; }
+  return p;
+}
+
 /* PRAGMA integrity_check == "ok" */
 static inline int tu_integrity_ok(const char *path) {
   char *r = tu_query_text(path, "PRAGMA integrity_check");
