@@ -19,7 +19,8 @@ SDK_EXAMPLES := $(BUILD)/examples/chat_backend
 ALL_TARGETS += $(SDK_A) $(SDK_SO) $(PREFCAP_CLI) $(SDK_EXAMPLES)
 TEST_BINS   += $(SDK_TEST_BINS) $(BUILD)/tests/crashchild $(BUILD)/bench/ingest_bench
 TESTS       += $(SDK_TEST_BINS) $(SDK_TEST_SCRIPTS)
-BENCH_CMDS  += $(BUILD)/bench/ingest_bench
+BENCHES     += $(BUILD)/bench/ingest_bench
+BENCH_CMDS  += $(BUILD)/bench/ingest_bench bench/export_bench.sh
 
 $(BUILD)/sdk/%.o: sdk/%.c include/prefcap.h $(wildcard sdk/*.h)
 	@mkdir -p $(dir $@)
