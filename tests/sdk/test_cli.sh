@@ -109,5 +109,33 @@ check upload_missing_file test $rc -ne 0
 curl -s "http://127.0.0.1:$port/_quit" > /dev/null || true
 kill $srv 2> /dev/null; wait $srv 2> /dev/null
 
+# ---- redaction on the way in: the store never holds the address or the key ----------------------
+printf '%s\n' '{"type":"generation","id":"r1","prompt":"Mail me at jane.doe@example.com","completion":"Use key sk-abcdefghijklmnopqrstuvwx1234 now"}' \
+  | "$P" ingest --db "$T/red.db" --redact - 2>/dev/null
+check redact_on_ingest test "$(sqlite3 "$T/red.db" "SELECT prompt || ' | ' || completion FROM generations")" = "Mail me at [EMAIL] | Use key [API_KEY] now"
+check redact_leaves_no_bytes sh -c "! grep -aq 'jane.doe@example.com' '$T/red.db' '$T/red.db-wal' 2>/dev/null"
+
+# ---- the examples a user copies from ---------------------------------------------------------------
+check example_python_ctypes sh -c "/usr/bin/python3 examples/python_ctypes.py --lib '$BUILD/libprefcap.so' --db '$T/py.db' > '$T/py.out' 2>&1 && grep -q 'refused as expected' '$T/py.out'"
+check example_python_pairs test "$("$P" pairs --db "$T/py.db" --json | wc -l)" = 1
+check example_chat_backend sh -c "'$BUILD/examples/chat_backend' --db '$T/cb.db' --users 3 --threads 2 > /dev/null && test \$('$P' stats --db '$T/cb.db' --json | /usr/bin/python3 -c 'import json,sys; print(sum(v[\"count\"] for v in json.load(sys.stdin)[\"pairs_by_signal\"].values()))') -gt 0"
+
+# ---- install: headers, libraries, CLI and a pkg-config file an application builds against ---------
+if [ "$BUILD" != build ]; then
+  # an instrumented build (make asan) installs libraries an uninstrumented app cannot link
+  echo "SKIP install_layout: only for the plain build (BUILD=build), not $BUILD"
+  echo "SKIP install_pkg_config_builds_an_app: only for the plain build (BUILD=build), not $BUILD"
+else
+  make -s install PREFIX=/opt/prefcap DESTDIR="$T/root" > /dev/null 2>&1
+  check install_layout test -f "$T/root/opt/prefcap/include/prefcap.h" -a -f "$T/root/opt/prefcap/lib/libprefcap.a" -a -x "$T/root/opt/prefcap/bin/prefcap" -a -f "$T/root/opt/prefcap/lib/pkgconfig/prefcap.pc"
+  cat > "$T/app.c" <<'C'
+#include <prefcap.h>
+#include <stdio.h>
+int main(void) { printf("%s %s\n", prefcap_version(), prefcap_strerror(PREFCAP_EFULL)); return 0; }
+C
+  lib="$T/root/opt/prefcap/lib"
+  check install_pkg_config_builds_an_app sh -c "cc '$T/app.c' -o '$T/app' \$(PKG_CONFIG_PATH='$lib/pkgconfig' PKG_CONFIG_SYSROOT_DIR='$T/root' pkg-config --cflags --libs prefcap) && LD_LIBRARY_PATH='$lib' '$T/app' | grep -q 'disk full'"
+fi
+
 echo "# cli: $fails failure(s)"
 [ $fails -eq 0 ]
