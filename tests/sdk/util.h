@@ -40,12 +40,16 @@ static inline prefcap_t *tu_open_q(const char *path, prefcap_durability_t mode, 
 
 static inline prefcap_t *tu_open(const char *path, prefcap_durability_t mode) { return tu_open_q(path, mode, 0); }
 
+/* The flags tu_query opens the file with: read-write (never create), because a file left by a killed
+ * writer may need WAL recovery before it can be read, and a read-only connection cannot run it. */
+#define TU_OPEN_FLAGS SQLITE_OPEN_READWRITE
+
 /* The single integer a query returns, read through a separate connection to the file (-1 on error). */
 static inline long long tu_query(const char *path, const char *sql) {
   sqlite3 *db;
   sqlite3_stmt *st;
   long long v = -1;
-  if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) { sqlite3_close(db); return -1; }
+  if (sqlite3_open_v2(path, &db, TU_OPEN_FLAGS, NULL) != SQLITE_OK) { sqlite3_close(db); return -1; }
   sqlite3_busy_timeout(db, 5000);
   if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
     if (sqlite3_step(st) == SQLITE_ROW) v = sqlite3_column_int64(st, 0);
@@ -60,7 +64,7 @@ static inline char *tu_query_text(const char *path, const char *sql) {
   sqlite3 *db;
   sqlite3_stmt *st;
   char *v = NULL;
-  if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) { sqlite3_close(db); return NULL; }
+  if (sqlite3_open_v2(path, &db, TU_OPEN_FLAGS, NULL) != SQLITE_OK) { sqlite3_close(db); return NULL; }
   sqlite3_busy_timeout(db, 5000);
   if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
     if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0)) v = strdup((const char *)sqlite3_column_text(st, 0));
@@ -88,7 +92,7 @@ static inline char *tu_read_file(const char *path, size_t *len) {
 static inline int tu_integrity_ok(const char *path) {
   char *r = tu_query_text(path, "PRAGMA integrity_check");
   int ok = r && strcmp(r, "ok") == 0;
-  if (!ok) fprintf(stderr, "  integrity_check: %s\n", r ? r : "(no answer)");
+  if (!ok) fprintf(stderr, "  integrity_check of %s: %s\n", path, r ? r : "(no answer: the file could not be opened or read)");
   free(r);
   return ok;
 }
