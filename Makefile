@@ -36,7 +36,7 @@ BENCHES     :=
 all: probe
 
 probe:
-	@if [ -n "$(NVCC)" ]; then echo "✓ nvcc found: $(NVCC)"; else echo "✗ nvcc not found (or CUDA=0): CUDA backend not built"; fi
+	@if [ -n "$(NVCC)" ]; then echo "✓ nvcc found: $(NVCC) (no CUDA backend is written yet: --device cuda says so)"; else echo "✗ nvcc not found (or CUDA=0): CUDA backend not built"; fi
 	@if [ -n "$(HAVE_GPU)" ]; then echo "✓ GPU found"; else echo "✗ no GPU: CUDA tests skipped"; fi
 
 include sdk/sdk.mk

