@@ -84,6 +84,26 @@ m = json.load(open('$T/z.jsonl.gz.manifest.json'))
 assert m['sha256'] == hashlib.sha256(open('$T/z.jsonl.gz','rb').read()).hexdigest() and m['files'][0]['gzip']
 "
 
+# ---- a line longer than the writer's 4 MiB chunk, between ordinary lines ---------------------------
+/usr/bin/python3 - "$T/huge.jsonl" <<'PY'
+import json, sys
+with open(sys.argv[1], "w") as f:
+    for i, size in enumerate([10, 2_500_000, 10]):
+        body = ("word\t\"quoted\" " * (size // 16 + 1))[:size]
+        f.write(json.dumps({"type": "generation", "id": "h%d" % i, "prompt": "p%d %s" % (i, body), "completion": "a" + body, "ts": 1763700000000 + i}) + "\n")
+        f.write(json.dumps({"type": "edit", "id": "h%d" % i, "text": "b" + body[::-1]}) + "\n")
+PY
+"$P" ingest --db "$T/huge.db" --max-text 3000000 "$T/huge.jsonl" 2>/dev/null
+"$P" export --db "$T/huge.db" --out "$T/huge-out.jsonl" --quiet
+check long_line_export_intact py "
+import json, hashlib
+data = open('$T/huge-out.jsonl', 'rb').read()
+rows = [json.loads(l) for l in data.decode().splitlines()]
+assert len(rows) == 3 and max(len(l) for l in data.splitlines()) > 4 << 20, [len(l) for l in data.splitlines()]
+assert [r['prompt'][:2] for r in rows] == ['p0', 'p1', 'p2'] and rows[1]['rejected'].startswith('aword'), [r['prompt'][:2] for r in rows]
+assert json.load(open('$T/huge-out.jsonl.manifest.json'))['sha256'] == hashlib.sha256(data).hexdigest()
+"
+
 # ---- incremental by name --------------------------------------------------------------------------
 "$P" export --db "$T/text.db" --since-last nightly --out "$T/n1.jsonl" --quiet
 "$P" export --db "$T/text.db" --since-last nightly --out "$T/n2.jsonl" --quiet
