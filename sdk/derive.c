@@ -176,12 +176,9 @@ static bool load_gen(ctx_t *c, const char *id, gen_t *g) {
 static void prompt_key(const gen_t *g, char out[65]) {
   prefcap__sha256_ctx h;
   prefcap__sha256_init(&h);
-  const char *parts[] = {g->system, g->prompt, g->messages};
-  for (int i = 0; i < 3; i++) {
-    uint8_t tag = parts[i] ? 1 : 0;
-    prefcap__sha256_update(&h, &tag, 1);
-    if (parts[i]) prefcap__sha256_update(&h, parts[i], strlen(parts[i]) + 1);
-  }
+  prefcap__sha256_opt(&h, g->system);
+  prefcap__sha256_opt(&h, g->prompt);
+  prefcap__sha256_opt(&h, g->messages);
   uint8_t d[32];
   prefcap__sha256_final(&h, d);
   prefcap__hex(d, 32, out);

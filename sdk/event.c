@@ -200,6 +200,12 @@ void prefcap__buf_json_str(prefcap__buf *b, const char *s) {
   prefcap__buf_putn(b, "\"", 1);
 }
 
+void prefcap__sha256_opt(prefcap__sha256_ctx *c, const char *s) {
+  uint8_t tag = s ? 1 : 0;
+  prefcap__sha256_update(c, &tag, 1);
+  if (s) prefcap__sha256_update(c, s, strlen(s) + 1);
+}
+
 // ---- building events -----------------------------------------------------------------------------
 
 /* Strings to copy into the event's single allocation, in field order. */
@@ -297,9 +303,7 @@ static void generated_id(const prefcap_generation_t *g, const char *msgs, char o
                          g->model_version, g->params_json, g->user_id, g->session_id, g->regenerates};
   for (size_t i = 0; i < sizeof parts / sizeof *parts; i++) {
     if (g->event_id && i > 0) break;   /* an event id alone identifies the event */
-    uint8_t tag = parts[i] ? 1 : 0;
-    prefcap__sha256_update(&c, &tag, 1);
-    if (parts[i]) prefcap__sha256_update(&c, parts[i], strlen(parts[i]) + 1);
+    prefcap__sha256_opt(&c, parts[i]);
   }
   if (!g->event_id) prefcap__sha256_update(&c, &g->ts_ms, sizeof g->ts_ms);
   uint8_t d[32];
@@ -417,9 +421,7 @@ void prefcap__event_hash(const prefcap__event *ev, char out[65]) {
   prefcap__sha256_update(&c, hdr, sizeof hdr);
   const char *parts[] = {ev->id, ev->other_id, ev->text, ev->source};
   for (size_t i = 0; i < sizeof parts / sizeof *parts; i++) {
-    uint8_t tag = parts[i] ? 1 : 0;
-    prefcap__sha256_update(&c, &tag, 1);
-    if (parts[i]) prefcap__sha256_update(&c, parts[i], strlen(parts[i]) + 1);
+    prefcap__sha256_opt(&c, parts[i]);
   }
   if (ev->ts_given) prefcap__sha256_update(&c, &ev->ts_ms, sizeof ev->ts_ms);
   uint8_t d[32];

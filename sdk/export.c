@@ -176,12 +176,7 @@ static bool is_ai(const char *source) { return source && !strncmp(source, "ai:",
 static uint64_t prompt_hash(sqlite3_stmt *st) {
   prefcap__sha256_ctx c;
   prefcap__sha256_init(&c);
-  for (int col = C_SYSTEM; col <= C_MESSAGES; col++) {
-    const char *t = T(st, col);
-    uint8_t tag = t ? 1 : 0;
-    prefcap__sha256_update(&c, &tag, 1);
-    if (t) prefcap__sha256_update(&c, t, strlen(t) + 1);
-  }
+  for (int col = C_SYSTEM; col <= C_MESSAGES; col++) prefcap__sha256_opt(&c, T(st, col));   /* as derive.c's prompt_key */
   uint8_t d[32];
   prefcap__sha256_final(&c, d);
   uint64_t h;
@@ -250,12 +245,7 @@ static int plan_rows(sqlite3 *db, const prefcap_export_options_t *o, int64_t fro
       prefcap__sha256_ctx c;
       prefcap__sha256_init(&c);
       int cols[] = {C_SYSTEM, C_PROMPT, C_MESSAGES, C_CHOSEN, C_REJECTED};
-      for (int i = 0; i < 5; i++) {
-        const char *t = T(st, cols[i]);
-        uint8_t tag = t ? 1 : 0;
-        prefcap__sha256_update(&c, &tag, 1);
-        if (t) prefcap__sha256_update(&c, t, strlen(t) + 1);
-      }
+      for (int i = 0; i < 5; i++) prefcap__sha256_opt(&c, T(st, cols[i]));
       if (o->format == PREFCAP_FORMAT_TRL_KTO) prefcap__sha256_update(&c, T(st, C_FLAGS), strlen(T(st, C_FLAGS)));
       uint8_t d[32];
       prefcap__sha256_final(&c, d);

@@ -144,6 +144,12 @@ int64_t prefcap__mono_ms(void);
 bool prefcap__parse_time(const char *s, int64_t *ms);
 /* Formats ms as "2026-11-21T10:00:00.000Z" into buf (>= 32 bytes). */
 void prefcap__format_time(int64_t ms, char *buf, size_t len);
+/* Adds an optional string to a hash: a tag byte (0 absent, 1 present), then the string with its NUL,
+ * so that (NULL, "a") and ("a", NULL) and ("", ...) all hash apart. Every content hash in the SDK
+ * (generated ids, idempotency keys, prompt keys, dedup) is built this way; ids made from it are
+ * stored, so the encoding must never change. */
+struct prefcap__sha256_ctx;
+void prefcap__sha256_opt(struct prefcap__sha256_ctx *c, const char *s);
 /* The event's content hash (hex, 64 chars + NUL), the default idempotency key. */
 void prefcap__event_hash(const prefcap__event *ev, char out[65]);
 /* Appends a JSON string literal for s to a growing buffer. */

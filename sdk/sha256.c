@@ -2,6 +2,7 @@
  * crypto library. Checked against the NIST and RFC 4231 vectors in tests/sdk/test_upload.c. */
 #include "sha256.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -78,20 +79,22 @@ __attribute__((target("sha,sse4.1"))) static void compress_shani(uint32_t h[8], 
 }
 #endif
 
-/* 0: portable; 1: SHA extensions. Decided once; PREFCAP_SHA256_PORTABLE=1 forces the portable rounds
- * (for the tests that compare the two). */
-static int sha_impl = -1;
+/* 0: portable; 1: SHA extensions. Decided once per process (the writer thread and an export may hash
+ * at the same time); PREFCAP_SHA256_PORTABLE=1 forces the portable rounds (for the tests that compare
+ * the two). */
+static int sha_impl;
+static pthread_once_t sha_once = PTHREAD_ONCE_INIT;
+
+static void choose_impl(void) {
+#ifdef HAVE_SHANI_PATH
+  const char *force = getenv("PREFCAP_SHA256_PORTABLE");
+  __builtin_cpu_init();
+  sha_impl = (!force || strcmp(force, "1")) && __builtin_cpu_supports("sha") && __builtin_cpu_supports("sse4.1");
+#endif
+}
 
 static void compress_blocks(uint32_t h[8], const uint8_t *p, size_t blocks) {
-  if (sha_impl < 0) {
-#ifdef HAVE_SHANI_PATH
-    const char *force = getenv("PREFCAP_SHA256_PORTABLE");
-    __builtin_cpu_init();
-    sha_impl = (!force || strcmp(force, "1")) && __builtin_cpu_supports("sha") && __builtin_cpu_supports("sse4.1");
-#else
-    sha_impl = 0;
-#endif
-  }
+  pthread_once(&sha_once, choose_impl);
 #ifdef HAVE_SHANI_PATH
   if (sha_impl == 1) { compress_shani(h, p, blocks); return; }
 #endif
@@ -99,9 +102,7 @@ static void compress_blocks(uint32_t h[8], const uint8_t *p, size_t blocks) {
 }
 
 int prefcap__sha256_hw(void) {
-  uint32_t h[8] = {0};
-  uint8_t b[64] = {0};
-  compress_blocks(h, b, 0);
+  pthread_once(&sha_once, choose_impl);
   return sha_impl == 1;
 }
 

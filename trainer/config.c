@@ -3,6 +3,7 @@
  * Defaults follow transformers' configuration_*.py classes, so a config.json that leaves a field out
  * means what it means to Hugging Face. */
 #include "config.h"
+#include "err.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -12,13 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...) {
-  if (!err || !errlen) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
 
 static const char *FAMILIES[] = {"gpt2", "llama", "mistral", "qwen2", "qwen3"};
 
@@ -73,7 +67,7 @@ static void get_int(rd *r, const cJSON *o, const char *key, int *out) {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
   if (!v || cJSON_IsNull(v) || r->bad) return;
   if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || fabs(v->valuedouble) > 2147483647.0) {
-    seterr(r->err, r->errlen, "%s: field \"%s\" must be an integer", r->path, key);
+    pc_seterr(r->err, r->errlen, "%s: field \"%s\" must be an integer", r->path, key);
     r->bad = 1;
     return;
   }
@@ -83,7 +77,7 @@ static void get_num(rd *r, const cJSON *o, const char *key, double *out) {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
   if (!v || cJSON_IsNull(v) || r->bad) return;
   if (!cJSON_IsNumber(v)) {
-    seterr(r->err, r->errlen, "%s: field \"%s\" must be a number", r->path, key);
+    pc_seterr(r->err, r->errlen, "%s: field \"%s\" must be a number", r->path, key);
     r->bad = 1;
     return;
   }
@@ -93,7 +87,7 @@ static void get_bool(rd *r, const cJSON *o, const char *key, int *out) {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
   if (!v || cJSON_IsNull(v) || r->bad) return;
   if (!cJSON_IsBool(v)) {
-    seterr(r->err, r->errlen, "%s: field \"%s\" must be true or false", r->path, key);
+    pc_seterr(r->err, r->errlen, "%s: field \"%s\" must be true or false", r->path, key);
     r->bad = 1;
     return;
   }
@@ -103,7 +97,7 @@ static const char *get_str(rd *r, const cJSON *o, const char *key) {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
   if (!v || cJSON_IsNull(v) || r->bad) return NULL;
   if (!cJSON_IsString(v)) {
-    seterr(r->err, r->errlen, "%s: field \"%s\" must be a string", r->path, key);
+    pc_seterr(r->err, r->errlen, "%s: field \"%s\" must be a string", r->path, key);
     r->bad = 1;
     return NULL;
   }
@@ -122,7 +116,7 @@ static int refuse(rd *r, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
-  seterr(r->err, r->errlen, "%s: %s", r->path, msg);
+  pc_seterr(r->err, r->errlen, "%s: %s", r->path, msg);
   r->bad = 1;
   return -1;
 }
@@ -130,14 +124,14 @@ static int refuse(rd *r, const char *fmt, ...) {
 int pc_config_load(const char *path, pc_config *c, char *err, size_t errlen) {
   rd r = {path, err, errlen, 0};
   FILE *fp = fopen(path, "rb");
-  if (!fp) { seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno)); return -1; }
+  if (!fp) { pc_seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno)); return -1; }
   char *txt = NULL;
   size_t n = 0, cap = 0;
   for (;;) {
     if (n + 4097 > cap) {
       cap = cap ? 2 * cap : 16384;
       char *nt = realloc(txt, cap);
-      if (!nt) { free(txt); fclose(fp); seterr(err, errlen, "%s: out of memory", path); return -1; }
+      if (!nt) { free(txt); fclose(fp); pc_seterr(err, errlen, "%s: out of memory", path); return -1; }
       txt = nt;
     }
     size_t k = fread(txt + n, 1, cap - n - 1, fp);
@@ -151,7 +145,7 @@ int pc_config_load(const char *path, pc_config *c, char *err, size_t errlen) {
   if (!o || !cJSON_IsObject(o)) {
     int line = 1;
     for (const char *q = txt; ep && q < ep; q++) line += *q == '\n';
-    seterr(err, errlen, "%s:%d: not a JSON object", path, line);
+    pc_seterr(err, errlen, "%s:%d: not a JSON object", path, line);
     free(txt);
     cJSON_Delete(o);
     return -1;
@@ -333,7 +327,7 @@ int pc_config_write(const pc_config *c, const char *path, char *err, size_t errl
   FILE *fp = s ? fopen(path, "w") : NULL;
   int bad = !fp || fputs(s, fp) < 0 || fputc('\n', fp) == EOF;
   if (fp && fclose(fp) != 0) bad = 1;
-  if (bad) seterr(err, errlen, "%s: cannot write: %s", path, strerror(errno));
+  if (bad) pc_seterr(err, errlen, "%s: cannot write: %s", path, strerror(errno));
   free(s);
   return bad ? -1 : 0;
 }

@@ -6,6 +6,7 @@
  * over exactly the tokens there are; only attention and RoPE look at sequence boundaries. Forward
  * only: activations are reused from layer to layer (the training issue keeps them per layer). */
 #include "model.h"
+#include "err.h"
 
 #include <cblas.h>
 #include <cjson/cJSON.h>
@@ -57,13 +58,6 @@ struct pc_model {
   size_t cap_host;
 };
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...) {
-  if (!err || !errlen) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
 
 const pc_config *pc_model_config(const pc_model *m) { return &m->cfg; }
 
@@ -101,21 +95,21 @@ static int lora_merge(pc_model *m, const char *mod, float *w, int64_t rows, int6
     snprintf(kb, sizeof kb, "base_model.model.%s.lora_B.weight", tries[i]);
     A = pc_ckpt_find(m->lora, ka);
     B = pc_ckpt_find(m->lora, kb);
-    if (A && !B) { seterr(err, errlen, "%s: has %s but no %s", A->file, ka, kb); return -1; }
+    if (A && !B) { pc_seterr(err, errlen, "%s: has %s but no %s", A->file, ka, kb); return -1; }
   }
   if (!A) return 0;
   // nn.Linear: W (out, in); A (r, in), B (out, r). Conv1D (fan_in_fan_out): W (in, out) and the delta
   // is (B A)^T.
   int64_t out_f = layout == PC_W_OUT_IN ? rows : cols, in_f = layout == PC_W_OUT_IN ? cols : rows;
   if (A->ndim != 2 || B->ndim != 2 || A->shape[1] != in_f || B->shape[0] != out_f || B->shape[1] != A->shape[0]) {
-    seterr(err, errlen, "%s: LoRA tensors for %s have shapes that do not fit the weight (%lld x %lld)", A->file,
+    pc_seterr(err, errlen, "%s: LoRA tensors for %s have shapes that do not fit the weight (%lld x %lld)", A->file,
            mod, (long long)rows, (long long)cols);
     return -1;
   }
   int r = (int)A->shape[0];
   float *a = malloc(sizeof(float) * (size_t)A->numel), *b = malloc(sizeof(float) * (size_t)B->numel);
   if (!a || !b || pc_tensor_to_f32(A, a, err, errlen) || pc_tensor_to_f32(B, b, err, errlen)) {
-    if (!a || !b) seterr(err, errlen, "out of memory merging LoRA");
+    if (!a || !b) pc_seterr(err, errlen, "out of memory merging LoRA");
     free(a);
     free(b);
     return -1;
@@ -140,7 +134,7 @@ static const float *load(pc_model *m, const char *name, int ndim, int64_t d0, in
   err[0] = 0;
   const pc_st_tensor *t = pc_ckpt_find(m->ckpt, name);
   if (!t) {
-    if (!optional) seterr(err, errlen, "missing tensor '%s' in the checkpoint", name);
+    if (!optional) pc_seterr(err, errlen, "missing tensor '%s' in the checkpoint", name);
     return NULL;
   }
   int64_t dims[2] = {d0, d1};
@@ -162,7 +156,7 @@ static const float *load(pc_model *m, const char *name, int ndim, int64_t d0, in
     src = t->data;  // in place, from the mapping
   } else {
     host = malloc(sizeof(float) * (n ? n : 1));
-    if (!host) { seterr(err, errlen, "out of memory loading '%s'", name); return NULL; }
+    if (!host) { pc_seterr(err, errlen, "out of memory loading '%s'", name); return NULL; }
     if (pc_tensor_to_f32(t, host, err, errlen) != 0) { free(host); return NULL; }
     if (lora) {
       char mod[512];
@@ -173,10 +167,10 @@ static const float *load(pc_model *m, const char *name, int ndim, int64_t d0, in
   }
   int owned = 0;
   const float *w = m->be->ops->weight(m->be, src, n, &owned);
-  if (!w) { free(host); seterr(err, errlen, "backend out of memory for '%s'", name); return NULL; }
-  if (owned && keep(m, (void *)w, 1) != 0) { free(host); seterr(err, errlen, "out of memory"); return NULL; }
+  if (!w) { free(host); pc_seterr(err, errlen, "backend out of memory for '%s'", name); return NULL; }
+  if (owned && keep(m, (void *)w, 1) != 0) { free(host); pc_seterr(err, errlen, "out of memory"); return NULL; }
   if (host) {
-    if (w == host) { if (keep(m, host, 0) != 0) { free(host); seterr(err, errlen, "out of memory"); return NULL; } }
+    if (w == host) { if (keep(m, host, 0) != 0) { free(host); pc_seterr(err, errlen, "out of memory"); return NULL; } }
     else free(host);
   }
   return w;
@@ -262,7 +256,7 @@ static int load_llama(pc_model *m, char *err, size_t errlen) {
   // the float64 reference uses), with Llama 3's piecewise rescaling
   int half = (int)(HD / 2);
   m->inv_freq = malloc(sizeof(double) * (size_t)half);
-  if (!m->inv_freq) { seterr(err, errlen, "out of memory"); return -1; }
+  if (!m->inv_freq) { pc_seterr(err, errlen, "out of memory"); return -1; }
   for (int i = 0; i < half; i++) {
     double f = 1.0 / pow(c->rope_theta, (2.0 * i) / (double)HD);
     if (c->rope_llama3) {
@@ -283,40 +277,40 @@ static int load_adapter(pc_model *m, const char *dir, char *err, size_t errlen) 
   char path[4096];
   snprintf(path, sizeof path, "%s/adapter_config.json", dir);
   FILE *fp = fopen(path, "rb");
-  if (!fp) { seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno)); return -1; }
+  if (!fp) { pc_seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno)); return -1; }
   char buf[1 << 16];
   size_t n = fread(buf, 1, sizeof buf - 1, fp);
   fclose(fp);
   buf[n] = 0;
   cJSON *o = cJSON_Parse(buf);
   int rc = -1;
-  if (!cJSON_IsObject(o)) { seterr(err, errlen, "%s: not a JSON object", path); goto done; }
+  if (!cJSON_IsObject(o)) { pc_seterr(err, errlen, "%s: not a JSON object", path); goto done; }
   cJSON *pt = cJSON_GetObjectItemCaseSensitive(o, "peft_type");
   if (cJSON_IsString(pt) && strcmp(pt->valuestring, "LORA") != 0) {
-    seterr(err, errlen, "%s: peft_type \"%s\" is not supported (only LORA)", path, pt->valuestring);
+    pc_seterr(err, errlen, "%s: peft_type \"%s\" is not supported (only LORA)", path, pt->valuestring);
     goto done;
   }
   cJSON *r = cJSON_GetObjectItemCaseSensitive(o, "r"), *alpha = cJSON_GetObjectItemCaseSensitive(o, "lora_alpha");
   if (!cJSON_IsNumber(r) || r->valuedouble <= 0 || !cJSON_IsNumber(alpha)) {
-    seterr(err, errlen, "%s: field \"r\" (positive) and \"lora_alpha\" (number) are required", path);
+    pc_seterr(err, errlen, "%s: field \"r\" (positive) and \"lora_alpha\" (number) are required", path);
     goto done;
   }
   static const char *refused[] = {"use_dora", "use_rslora"};
   for (int i = 0; i < 2; i++)
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, refused[i]))) {
-      seterr(err, errlen, "%s: option %s=true is not supported", path, refused[i]);
+      pc_seterr(err, errlen, "%s: option %s=true is not supported", path, refused[i]);
       goto done;
     }
   cJSON *bias = cJSON_GetObjectItemCaseSensitive(o, "bias");
   if (cJSON_IsString(bias) && strcmp(bias->valuestring, "none") != 0) {
-    seterr(err, errlen, "%s: option bias=\"%s\" is not supported (only \"none\")", path, bias->valuestring);
+    pc_seterr(err, errlen, "%s: option bias=\"%s\" is not supported (only \"none\")", path, bias->valuestring);
     goto done;
   }
   static const char *nonempty[] = {"rank_pattern", "alpha_pattern", "modules_to_save"};
   for (int i = 0; i < 3; i++) {
     cJSON *v = cJSON_GetObjectItemCaseSensitive(o, nonempty[i]);
     if (v && !cJSON_IsNull(v) && cJSON_GetArraySize(v) > 0) {
-      seterr(err, errlen, "%s: option %s is not supported (must be empty)", path, nonempty[i]);
+      pc_seterr(err, errlen, "%s: option %s is not supported (must be empty)", path, nonempty[i]);
       goto done;
     }
   }
@@ -331,7 +325,7 @@ int pc_model_load(const char *dir, const char *adapter_dir, pc_backend *be, pc_m
                   size_t errlen) {
   *out = NULL;
   pc_model *m = calloc(1, sizeof *m);
-  if (!m) { seterr(err, errlen, "out of memory"); return -1; }
+  if (!m) { pc_seterr(err, errlen, "out of memory"); return -1; }
   m->be = be;
   char path[4096];
   snprintf(path, sizeof path, "%s/config.json", dir);
@@ -343,20 +337,20 @@ int pc_model_load(const char *dir, const char *adapter_dir, pc_backend *be, pc_m
     if (pc_ckpt_open_file(path, &m->lora, err, errlen) != 0) goto fail;
   }
   m->L = calloc((size_t)m->cfg.layers, sizeof *m->L);
-  if (!m->L) { seterr(err, errlen, "out of memory"); goto fail; }
+  if (!m->L) { pc_seterr(err, errlen, "out of memory"); goto fail; }
   char e2[1024];
   int rc = m->cfg.family == PC_FAM_GPT2 ? load_gpt2(m, e2, sizeof e2) : load_llama(m, e2, sizeof e2);
   if (rc != 0) {
     // name the directory when the message does not already carry a file
-    if (strstr(e2, ".safetensors") || strstr(e2, ".json")) seterr(err, errlen, "%s", e2);
-    else seterr(err, errlen, "%s: %s", dir, e2);
+    if (strstr(e2, ".safetensors") || strstr(e2, ".json")) pc_seterr(err, errlen, "%s", e2);
+    else pc_seterr(err, errlen, "%s: %s", dir, e2);
     goto fail;
   }
   if (m->lora) {
     int nl = 0;
     for (int i = 0; i < pc_ckpt_count(m->lora); i++) nl += strstr(pc_ckpt_at(m->lora, i)->name, ".lora_A.") != NULL;
     if (nl != m->lora_merged) {
-      seterr(err, errlen, "%s/adapter_model.safetensors: %d LoRA modules, but only %d match weights of the model",
+      pc_seterr(err, errlen, "%s/adapter_model.safetensors: %d LoRA modules, but only %d match weights of the model",
              adapter_dir, nl, m->lora_merged);
       goto fail;
     }
@@ -521,11 +515,11 @@ int pc_model_logps(pc_model *m, const pc_model_seq *seqs, int nseq, double *sum,
   int maxT = 0, shares = 0;
   for (int s = 0; s < nseq; s++) {
     const pc_model_seq *q = &seqs[s];
-    if (q->n < 0) { seterr(err, errlen, "sequence %d: negative length", s); return -1; }
+    if (q->n < 0) { pc_seterr(err, errlen, "sequence %d: negative length", s); return -1; }
     int k = q->shared_prefix;
     if (k < 0 || (k > 0 && (s == 0 || seqs[s - 1].shared_prefix != 0 || k > q->n || k > seqs[s - 1].n ||
                             memcmp(q->ids, seqs[s - 1].ids, sizeof(int32_t) * (size_t)k) != 0))) {
-      seterr(err, errlen, "sequence %d: shared_prefix %d does not match the previous sequence", s, k);
+      pc_seterr(err, errlen, "sequence %d: shared_prefix %d does not match the previous sequence", s, k);
       return -1;
     }
     shares |= k > 0;
@@ -534,21 +528,21 @@ int pc_model_logps(pc_model *m, const pc_model_seq *seqs, int nseq, double *sum,
     if (q->n > f) M += (size_t)(q->n - f);
     if (q->n > maxT) maxT = q->n;
     if (c->learned_pos && q->n > c->max_pos) {
-      seterr(err, errlen, "sequence %d has %d tokens; the model has only %d positions (n_positions)", s, q->n,
+      pc_seterr(err, errlen, "sequence %d has %d tokens; the model has only %d positions (n_positions)", s, q->n,
              c->max_pos);
       return -1;
     }
     for (int i = 0; i < q->n; i++)
       if (q->ids[i] < 0 || q->ids[i] >= c->vocab) {
-        seterr(err, errlen, "sequence %d, position %d: token id %d is outside the vocabulary (0..%d)", s, i,
+        pc_seterr(err, errlen, "sequence %d, position %d: token id %d is outside the vocabulary (0..%d)", s, i,
                q->ids[i], c->vocab - 1);
         return -1;
       }
   }
-  if (N > (size_t)1 << 30) { seterr(err, errlen, "batch of %zu tokens is too large", N); return -1; }
-  if (reserve(m, N, M) != 0 || rope_reserve(m, maxT) != 0) { seterr(err, errlen, "out of memory for activations"); return -1; }
+  if (N > (size_t)1 << 30) { pc_seterr(err, errlen, "batch of %zu tokens is too large", N); return -1; }
+  if (reserve(m, N, M) != 0 || rope_reserve(m, maxT) != 0) { pc_seterr(err, errlen, "out of memory for activations"); return -1; }
   int *start = malloc(sizeof(int) * (size_t)(2 * nseq + 1));
-  if (!start) { seterr(err, errlen, "out of memory"); return -1; }
+  if (!start) { pc_seterr(err, errlen, "out of memory"); return -1; }
   int *plen = start + nseq + 1;
   // ---- host-side layout: each sequence's own rows (positions shared_prefix..n-1), their ids and
   // positions; the row holding position p of sequence s is row_of(s, p)

@@ -5,6 +5,7 @@
  * out, so that a truncated download or a header that lies becomes an error naming the file and the
  * tensor instead of a read past the mapping. */
 #include "safetensors.h"
+#include "err.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -37,13 +38,6 @@ struct pc_ckpt {
   int nall;
 };
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...) {
-  if (!err || !errlen) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
 
 // ---- dtypes -------------------------------------------------------------------------------------
 
@@ -149,25 +143,25 @@ void pc_st_close(pc_st_file *f) {
 int pc_st_open(const char *path, pc_st_file **out, char *err, size_t errlen) {
   *out = NULL;
   int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) { seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno)); return -1; }
+  if (fd < 0) { pc_seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno)); return -1; }
   struct stat st;
   if (fstat(fd, &st) != 0) {
-    seterr(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
+    pc_seterr(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
     close(fd);
     return -1;
   }
   pc_st_file *f = calloc(1, sizeof *f);
-  if (!f) { close(fd); seterr(err, errlen, "%s: out of memory", path); return -1; }
+  if (!f) { close(fd); pc_seterr(err, errlen, "%s: out of memory", path); return -1; }
   f->path = strdup(path);
   f->size = (size_t)st.st_size;
   if (f->size < 8) {
-    seterr(err, errlen, "%s: truncated safetensors file: %zu bytes, too short for the 8-byte header length",
+    pc_seterr(err, errlen, "%s: truncated safetensors file: %zu bytes, too short for the 8-byte header length",
            path, f->size);
     goto fail_fd;
   }
   f->map = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
   if (f->map == MAP_FAILED) {
-    seterr(err, errlen, "%s: cannot mmap: %s", path, strerror(errno));
+    pc_seterr(err, errlen, "%s: cannot mmap: %s", path, strerror(errno));
     goto fail_fd;
   }
   close(fd);
@@ -177,17 +171,17 @@ int pc_st_open(const char *path, pc_st_file **out, char *err, size_t errlen) {
   uint64_t hlen = 0;
   for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | p[i];
   if (hlen > f->size - 8) {
-    seterr(err, errlen, "%s: truncated safetensors file: header length %" PRIu64 " but only %zu bytes follow",
+    pc_seterr(err, errlen, "%s: truncated safetensors file: header length %" PRIu64 " but only %zu bytes follow",
            path, hlen, f->size - 8);
     goto fail;
   }
   if (hlen > 100u * 1024 * 1024) {
-    seterr(err, errlen, "%s: safetensors header of %" PRIu64 " bytes is larger than the 100 MB limit", path, hlen);
+    pc_seterr(err, errlen, "%s: safetensors header of %" PRIu64 " bytes is larger than the 100 MB limit", path, hlen);
     goto fail;
   }
   f->root = cJSON_ParseWithLength((const char *)p + 8, (size_t)hlen);
   if (!f->root || !cJSON_IsObject(f->root)) {
-    seterr(err, errlen, "%s: safetensors header is not a JSON object", path);
+    pc_seterr(err, errlen, "%s: safetensors header is not a JSON object", path);
     goto fail;
   }
   uint64_t data_size = f->size - 8 - hlen;
@@ -196,13 +190,13 @@ int pc_st_open(const char *path, pc_st_file **out, char *err, size_t errlen) {
   for (cJSON *it = f->root->child; it; it = it->next) n++;
   f->ts = calloc((size_t)(n ? n : 1), sizeof *f->ts);
   range *rs = calloc((size_t)(n ? n : 1), sizeof *rs);
-  if (!f->ts || !rs) { free(rs); seterr(err, errlen, "%s: out of memory", path); goto fail; }
+  if (!f->ts || !rs) { free(rs); pc_seterr(err, errlen, "%s: out of memory", path); goto fail; }
   int nr = 0;
   for (cJSON *it = f->root->child; it; it = it->next) {
     const char *name = it->string;
     if (strcmp(name, "__metadata__") == 0) { f->meta = it; continue; }
     if (!cJSON_IsObject(it)) {
-      seterr(err, errlen, "%s: tensor '%s': header entry is not an object", path, name);
+      pc_seterr(err, errlen, "%s: tensor '%s': header entry is not an object", path, name);
       free(rs);
       goto fail;
     }
@@ -213,13 +207,13 @@ int pc_st_open(const char *path, pc_st_file **out, char *err, size_t errlen) {
     cJSON *js = cJSON_GetObjectItemCaseSensitive(it, "shape");
     cJSON *jo = cJSON_GetObjectItemCaseSensitive(it, "data_offsets");
     if (!cJSON_IsString(jd) || pc_dtype_from_name(jd->valuestring, &t->dtype) != 0) {
-      seterr(err, errlen, "%s: tensor '%s': unknown or missing dtype %s%s%s", path, name,
+      pc_seterr(err, errlen, "%s: tensor '%s': unknown or missing dtype %s%s%s", path, name,
              cJSON_IsString(jd) ? "'" : "", cJSON_IsString(jd) ? jd->valuestring : "", cJSON_IsString(jd) ? "'" : "");
       free(rs);
       goto fail;
     }
     if (!cJSON_IsArray(js) || cJSON_GetArraySize(js) > PC_ST_MAX_DIMS) {
-      seterr(err, errlen, "%s: tensor '%s': shape is missing or has more than %d dims", path, name, PC_ST_MAX_DIMS);
+      pc_seterr(err, errlen, "%s: tensor '%s': shape is missing or has more than %d dims", path, name, PC_ST_MAX_DIMS);
       free(rs);
       goto fail;
     }
@@ -228,7 +222,7 @@ int pc_st_open(const char *path, pc_st_file **out, char *err, size_t errlen) {
     for (cJSON *d = js->child; d; d = d->next) {
       uint64_t v;
       if (json_u64(d, &v) != 0) {
-        seterr(err, errlen, "%s: tensor '%s': shape holds a value that is not a non-negative integer", path, name);
+        pc_seterr(err, errlen, "%s: tensor '%s': shape holds a value that is not a non-negative integer", path, name);
         free(rs);
         goto fail;
       }
@@ -238,7 +232,7 @@ int pc_st_open(const char *path, pc_st_file **out, char *err, size_t errlen) {
     }
     uint64_t b, e;
     if (!cJSON_IsArray(jo) || cJSON_GetArraySize(jo) != 2 || json_u64(jo->child, &b) || json_u64(jo->child->next, &e) || e < b) {
-      seterr(err, errlen, "%s: tensor '%s': data_offsets must be [begin, end] with begin <= end", path, name);
+      pc_seterr(err, errlen, "%s: tensor '%s': data_offsets must be [begin, end] with begin <= end", path, name);
       free(rs);
       goto fail;
     }
@@ -247,14 +241,14 @@ int pc_st_open(const char *path, pc_st_file **out, char *err, size_t errlen) {
       char shp[160] = "";
       for (int d = 0; d < t->ndim; d++)
         snprintf(shp + strlen(shp), sizeof shp - strlen(shp), "%s%" PRId64, d ? ", " : "", t->shape[d]);
-      seterr(err, errlen, "%s: tensor '%s': header lies: dtype %s with shape [%s] needs %" PRIu64
+      pc_seterr(err, errlen, "%s: tensor '%s': header lies: dtype %s with shape [%s] needs %" PRIu64
              " bytes but data_offsets [%" PRIu64 ", %" PRIu64 "] span %" PRIu64,
              path, name, pc_dtype_name(t->dtype), shp, overflow ? UINT64_MAX : numel * es, b, e, e - b);
       free(rs);
       goto fail;
     }
     if (e > data_size) {
-      seterr(err, errlen, "%s: truncated safetensors file: tensor '%s' needs data bytes [%" PRIu64 ", %" PRIu64
+      pc_seterr(err, errlen, "%s: truncated safetensors file: tensor '%s' needs data bytes [%" PRIu64 ", %" PRIu64
              ") but the file has only %" PRIu64 " data bytes", path, name, b, e, data_size);
       free(rs);
       goto fail;
@@ -272,7 +266,7 @@ int pc_st_open(const char *path, pc_st_file **out, char *err, size_t errlen) {
   for (int i = 0; i < nr; i++) {
     if (rs[i].end == rs[i].begin) continue;
     if (far >= 0 && rs[i].begin < rs[far].end) {
-      seterr(err, errlen, "%s: header lies: tensors '%s' [%" PRIu64 ", %" PRIu64 ") and '%s' [%" PRIu64 ", %" PRIu64
+      pc_seterr(err, errlen, "%s: header lies: tensors '%s' [%" PRIu64 ", %" PRIu64 ") and '%s' [%" PRIu64 ", %" PRIu64
              ") overlap", path, rs[far].name, rs[far].begin, rs[far].end, rs[i].name, rs[i].begin, rs[i].end);
       free(rs);
       goto fail;
@@ -283,7 +277,7 @@ int pc_st_open(const char *path, pc_st_file **out, char *err, size_t errlen) {
   qsort(f->ts, (size_t)f->n, sizeof *f->ts, cmp_tensor);
   for (int i = 1; i < f->n; i++)
     if (strcmp(f->ts[i].name, f->ts[i - 1].name) == 0) {
-      seterr(err, errlen, "%s: tensor '%s' appears twice in the header", path, f->ts[i].name);
+      pc_seterr(err, errlen, "%s: tensor '%s' appears twice in the header", path, f->ts[i].name);
       goto fail;
     }
   *out = f;
@@ -356,14 +350,14 @@ static int add_file(pc_ckpt *c, pc_st_file *f) {
 static int index_all(pc_ckpt *c, const char *where, char *err, size_t errlen) {
   for (int i = 0; i < c->nfiles; i++) c->nall += c->files[i]->n;
   c->all = calloc((size_t)(c->nall ? c->nall : 1), sizeof *c->all);
-  if (!c->all) { seterr(err, errlen, "out of memory"); return -1; }
+  if (!c->all) { pc_seterr(err, errlen, "out of memory"); return -1; }
   int k = 0;
   for (int i = 0; i < c->nfiles; i++)
     for (int j = 0; j < c->files[i]->n; j++) c->all[k++] = &c->files[i]->ts[j];
   qsort(c->all, (size_t)c->nall, sizeof *c->all, cmp_tensor_ptr);
   for (int i = 1; i < c->nall; i++)
     if (strcmp(c->all[i]->name, c->all[i - 1]->name) == 0) {
-      seterr(err, errlen, "%s: tensor '%s' is in both %s and %s", where, c->all[i]->name, c->all[i - 1]->file, c->all[i]->file);
+      pc_seterr(err, errlen, "%s: tensor '%s' is in both %s and %s", where, c->all[i]->name, c->all[i - 1]->file, c->all[i]->file);
       return -1;
     }
   return 0;
@@ -373,7 +367,7 @@ int pc_ckpt_open_file(const char *path, pc_ckpt **out, char *err, size_t errlen)
   *out = NULL;
   pc_ckpt *c = calloc(1, sizeof *c);
   pc_st_file *f = NULL;
-  if (!c) { seterr(err, errlen, "%s: out of memory", path); return -1; }
+  if (!c) { pc_seterr(err, errlen, "%s: out of memory", path); return -1; }
   if (pc_st_open(path, &f, err, errlen) != 0 || add_file(c, f) != 0 || index_all(c, path, err, errlen) != 0) {
     if (f && c->nfiles == 0) pc_st_close(f);
     pc_ckpt_close(c);
@@ -386,7 +380,7 @@ int pc_ckpt_open_file(const char *path, pc_ckpt **out, char *err, size_t errlen)
 int pc_ckpt_open(const char *dir, pc_ckpt **out, char *err, size_t errlen) {
   *out = NULL;
   pc_ckpt *c = calloc(1, sizeof *c);
-  if (!c) { seterr(err, errlen, "%s: out of memory", dir); return -1; }
+  if (!c) { pc_seterr(err, errlen, "%s: out of memory", dir); return -1; }
   char path[4096], idx[4096];
   snprintf(idx, sizeof idx, "%s/model.safetensors.index.json", dir);
   snprintf(path, sizeof path, "%s/model.safetensors", dir);
@@ -394,21 +388,21 @@ int pc_ckpt_open(const char *dir, pc_ckpt **out, char *err, size_t errlen) {
   if (access(path, F_OK) == 0) {
     pc_st_file *f;
     if (pc_st_open(path, &f, err, errlen) != 0) goto fail;
-    if (add_file(c, f) != 0) { pc_st_close(f); seterr(err, errlen, "out of memory"); goto fail; }
+    if (add_file(c, f) != 0) { pc_st_close(f); pc_seterr(err, errlen, "out of memory"); goto fail; }
   } else if (access(idx, F_OK) == 0) {
     char *txt = read_file(idx, NULL);
-    if (!txt) { seterr(err, errlen, "%s: cannot read: %s", idx, strerror(errno)); goto fail; }
+    if (!txt) { pc_seterr(err, errlen, "%s: cannot read: %s", idx, strerror(errno)); goto fail; }
     index = cJSON_Parse(txt);
     free(txt);
     cJSON *wm = index ? cJSON_GetObjectItemCaseSensitive(index, "weight_map") : NULL;
     if (!cJSON_IsObject(wm)) {
-      seterr(err, errlen, "%s: not JSON with a \"weight_map\" object", idx);
+      pc_seterr(err, errlen, "%s: not JSON with a \"weight_map\" object", idx);
       goto fail;
     }
     // Open each distinct shard once, in the order the map first names it.
     for (cJSON *it = wm->child; it; it = it->next) {
       if (!cJSON_IsString(it) || strchr(it->valuestring, '/')) {
-        seterr(err, errlen, "%s: weight_map entry for '%s' is not a file name in the same directory", idx, it->string);
+        pc_seterr(err, errlen, "%s: weight_map entry for '%s' is not a file name in the same directory", idx, it->string);
         goto fail;
       }
       int seen = 0;
@@ -419,15 +413,15 @@ int pc_ckpt_open(const char *dir, pc_ckpt **out, char *err, size_t errlen) {
       if (seen) continue;
       snprintf(path, sizeof path, "%s/%s", dir, it->valuestring);
       if (access(path, F_OK) != 0) {
-        seterr(err, errlen, "%s: missing shard: %s (listed for tensor '%s') does not exist", idx, path, it->string);
+        pc_seterr(err, errlen, "%s: missing shard: %s (listed for tensor '%s') does not exist", idx, path, it->string);
         goto fail;
       }
       pc_st_file *f;
       if (pc_st_open(path, &f, err, errlen) != 0) goto fail;
-      if (add_file(c, f) != 0) { pc_st_close(f); seterr(err, errlen, "out of memory"); goto fail; }
+      if (add_file(c, f) != 0) { pc_st_close(f); pc_seterr(err, errlen, "out of memory"); goto fail; }
     }
   } else {
-    seterr(err, errlen, "%s: no model.safetensors and no model.safetensors.index.json", dir);
+    pc_seterr(err, errlen, "%s: no model.safetensors and no model.safetensors.index.json", dir);
     goto fail;
   }
   if (index_all(c, dir, err, errlen) != 0) goto fail;
@@ -437,7 +431,7 @@ int pc_ckpt_open(const char *dir, pc_ckpt **out, char *err, size_t errlen) {
       const pc_st_tensor *t = pc_ckpt_find(c, it->string);
       const char *base = t ? strrchr(t->file, '/') : NULL;
       if (!t || strcmp(base ? base + 1 : t->file, it->valuestring) != 0) {
-        seterr(err, errlen, "%s: lists tensor '%s' in shard %s, but that shard does not hold it", idx, it->string, it->valuestring);
+        pc_seterr(err, errlen, "%s: lists tensor '%s' in shard %s, but that shard does not hold it", idx, it->string, it->valuestring);
         goto fail;
       }
     }
@@ -474,7 +468,7 @@ int pc_tensor_to_f32(const pc_st_tensor *t, float *out, char *err, size_t errlen
     for (size_t i = 0; i < n; i++) out[i] = pc_f16_to_f32((uint16_t)(p[2 * i] | (p[2 * i + 1] << 8)));
     return 0;
   default:
-    seterr(err, errlen, "%s: tensor '%s' has dtype %s; only F32, F16 and BF16 are supported",
+    pc_seterr(err, errlen, "%s: tensor '%s' has dtype %s; only F32, F16 and BF16 are supported",
            t->file, t->name, pc_dtype_name(t->dtype));
     return -1;
   }
@@ -487,7 +481,7 @@ int pc_tensor_check_shape(const pc_st_tensor *t, int ndim, const int64_t *dims, 
   char want[160] = "", got[160] = "";
   for (int i = 0; i < ndim; i++) snprintf(want + strlen(want), sizeof want - strlen(want), "%s%" PRId64, i ? ", " : "", dims[i]);
   for (int i = 0; i < t->ndim; i++) snprintf(got + strlen(got), sizeof got - strlen(got), "%s%" PRId64, i ? ", " : "", t->shape[i]);
-  seterr(err, errlen, "%s: tensor '%s': shape mismatch: config.json implies [%s], the file has [%s]",
+  pc_seterr(err, errlen, "%s: tensor '%s': shape mismatch: config.json implies [%s], the file has [%s]",
          t->file, t->name, want, got);
   return -1;
 }
@@ -496,7 +490,7 @@ int pc_tensor_check_shape(const pc_st_tensor *t, int ndim, const int64_t *dims, 
 
 int pc_st_write(const char *path, const pc_st_write_tensor *ts, int n, pc_dtype dtype, char *err, size_t errlen) {
   if (dtype != PC_DT_F32 && dtype != PC_DT_F16 && dtype != PC_DT_BF16) {
-    seterr(err, errlen, "%s: cannot write dtype %s", path, pc_dtype_name(dtype));
+    pc_seterr(err, errlen, "%s: cannot write dtype %s", path, pc_dtype_name(dtype));
     return -1;
   }
   size_t es = pc_dtype_size(dtype);
@@ -520,10 +514,10 @@ int pc_st_write(const char *path, const pc_st_write_tensor *ts, int n, pc_dtype 
   }
   char *hdr = cJSON_PrintUnformatted(root);
   cJSON_Delete(root);
-  if (!hdr) { seterr(err, errlen, "%s: out of memory", path); return -1; }
+  if (!hdr) { pc_seterr(err, errlen, "%s: out of memory", path); return -1; }
   size_t hl = strlen(hdr), padded = (hl + 7) / 8 * 8;  // 8-aligned data keeps F32 tensors mappable in place
   FILE *fp = fopen(path, "wb");
-  if (!fp) { seterr(err, errlen, "%s: cannot create: %s", path, strerror(errno)); free(hdr); return -1; }
+  if (!fp) { pc_seterr(err, errlen, "%s: cannot create: %s", path, strerror(errno)); free(hdr); return -1; }
   unsigned char lenb[8];
   for (int i = 0; i < 8; i++) lenb[i] = (unsigned char)((uint64_t)padded >> (8 * i));
   int bad = fwrite(lenb, 1, 8, fp) != 8 || fwrite(hdr, 1, hl, fp) != hl;
@@ -550,6 +544,6 @@ int pc_st_write(const char *path, const pc_st_write_tensor *ts, int n, pc_dtype 
     }
   }
   if (fclose(fp) != 0) bad = 1;
-  if (bad) { seterr(err, errlen, "%s: write failed: %s", path, strerror(errno)); return -1; }
+  if (bad) { pc_seterr(err, errlen, "%s: write failed: %s", path, strerror(errno)); return -1; }
   return 0;
 }

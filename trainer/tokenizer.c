@@ -16,6 +16,7 @@
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "tokenizer.h"
+#include "err.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -31,13 +32,6 @@
 
 // ---- errors and small helpers -----------------------------------------------------------------------
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-  if (!err || errlen == 0) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
 
 /* A growable array of int32 (ids), used for per-call output. */
 typedef struct { int32_t *v; size_t n, cap; } ivec;
@@ -367,7 +361,7 @@ static char *translate_regex(const char *re, char *err, size_t errlen) {
       else if (d == 'b' && !in_class) add = "(?:(?<!" WORD_CLS ")(?=" WORD_CLS ")|(?<=" WORD_CLS ")(?!" WORD_CLS "))";
       else if (d == 'B' && !in_class) add = "(?:(?<!" WORD_CLS ")(?!" WORD_CLS ")|(?<=" WORD_CLS ")(?=" WORD_CLS "))";
       else if ((d == 'S' || d == 'H' || d == 'W') && in_class) {
-        set_err(err, errlen, "regex escape \\%c inside a character class is not supported", d);
+        pc_seterr(err, errlen, "regex escape \\%c inside a character class is not supported", d);
         free(o.p);
         return NULL;
       }
@@ -389,7 +383,7 @@ static char *translate_regex(const char *re, char *err, size_t errlen) {
         const char *end = strstr(re + i + 2, ":]");
         if (end) { size_t l = (size_t)(end + 2 - (re + i)); if (bbuf_add(&o, re + i, l)) goto oom; i += l - 1; continue; }
       }
-      set_err(err, errlen, "nested character classes in a regex are not supported");
+      pc_seterr(err, errlen, "nested character classes in a regex are not supported");
       free(o.p);
       return NULL;
     }
@@ -400,7 +394,7 @@ static char *translate_regex(const char *re, char *err, size_t errlen) {
   return o.p;
 oom:
   free(o.p);
-  set_err(err, errlen, "out of memory");
+  pc_seterr(err, errlen, "out of memory");
   return NULL;
 }
 
@@ -425,7 +419,7 @@ static pcre2_code *compile_regex(const char *onig, int literal, char *err, size_
   if (!re) {
     PCRE2_UCHAR msg[256];
     pcre2_get_error_message(ec, msg, sizeof msg);
-    set_err(err, errlen, "regex /%s/ does not compile (%s at offset %zu)", onig, (char *)msg, (size_t)eo);
+    pc_seterr(err, errlen, "regex /%s/ does not compile (%s at offset %zu)", onig, (char *)msg, (size_t)eo);
     free(pat);
     return NULL;
   }
@@ -442,7 +436,7 @@ static const char GPT2_REGEX[] =
 typedef struct { pc_tokenizer *t; const char *path; char *err; size_t errlen; } loadctx;
 
 #define LERR(...) do { char m_[400]; snprintf(m_, sizeof m_, __VA_ARGS__); \
-  set_err(L->err, L->errlen, "%s: %s", L->path, m_); return -1; } while (0)
+  pc_seterr(L->err, L->errlen, "%s: %s", L->path, m_); return -1; } while (0)
 
 static const char *jstr(const cJSON *o, const char *k) {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
@@ -790,16 +784,16 @@ static int load_decoder(loadctx *L, const cJSON *d, const char *where) {
 
 static char *read_file(const char *path, size_t *n, char *err, size_t errlen) {
   FILE *f = fopen(path, "rb");
-  if (!f) { set_err(err, errlen, "%s: cannot open: %s", path, strerror(errno)); return NULL; }
+  if (!f) { pc_seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno)); return NULL; }
   bbuf b = {0};
   char chunk[1 << 16];
   size_t r;
   while ((r = fread(chunk, 1, sizeof chunk, f)) > 0)
-    if (bbuf_add(&b, chunk, r)) { fclose(f); free(b.p); set_err(err, errlen, "%s: out of memory", path); return NULL; }
+    if (bbuf_add(&b, chunk, r)) { fclose(f); free(b.p); pc_seterr(err, errlen, "%s: out of memory", path); return NULL; }
   int bad = ferror(f);
   fclose(f);
-  if (bad) { free(b.p); set_err(err, errlen, "%s: read error", path); return NULL; }
-  if (bbuf_add(&b, "", 1)) { free(b.p); set_err(err, errlen, "%s: out of memory", path); return NULL; }
+  if (bad) { free(b.p); pc_seterr(err, errlen, "%s: read error", path); return NULL; }
+  if (bbuf_add(&b, "", 1)) { free(b.p); pc_seterr(err, errlen, "%s: out of memory", path); return NULL; }
   *n = b.n - 1;
   return b.p;
 }
@@ -814,7 +808,7 @@ pc_tokenizer *pc_tok_load(const char *path, char *err, size_t errlen) {
     const char *at = cJSON_GetErrorPtr();
     size_t off = at && at >= text && at <= text + n ? (size_t)(at - text) : 0, line = 1;
     for (size_t i = 0; i < off; i++) line += text[i] == '\n';
-    set_err(err, errlen, "%s: not valid JSON (near byte %zu, line %zu)", path, off, line);
+    pc_seterr(err, errlen, "%s: not valid JSON (near byte %zu, line %zu)", path, off, line);
     free(text);
     return NULL;
   }
@@ -822,12 +816,12 @@ pc_tokenizer *pc_tok_load(const char *path, char *err, size_t errlen) {
   pc_tokenizer *t = calloc(1, sizeof *t);
   loadctx Lc = {t, path, err, errlen}, *L = &Lc;
   int rc = -1;
-  if (!t) { set_err(err, errlen, "%s: out of memory", path); cJSON_Delete(root); return NULL; }
+  if (!t) { pc_seterr(err, errlen, "%s: out of memory", path); cJSON_Delete(root); return NULL; }
   for (int i = 0; i < CACHE_SHARDS; i++) pthread_mutex_init(&t->cache[i].mu, NULL);
   t->path = strdup(path);
   t->max_ovec = 1;
   do {
-    if (!cJSON_IsObject(root)) { set_err(err, errlen, "%s: not a JSON object", path); break; }
+    if (!cJSON_IsObject(root)) { pc_seterr(err, errlen, "%s: not a JSON object", path); break; }
     const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens");
     if (load_normalizer(L, cJSON_GetObjectItemCaseSensitive(root, "normalizer"), "normalizer")) break;
     if (load_model(L, cJSON_GetObjectItemCaseSensitive(root, "model"), added)) break;
@@ -835,13 +829,13 @@ pc_tokenizer *pc_tok_load(const char *path, char *err, size_t errlen) {
     if (load_pre(L, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), "pre_tokenizer")) break;
     int has_bl = 0;
     for (size_t i = 0; i < t->n_pre; i++) has_bl |= t->pre[i].kind == PRE_BYTELEVEL;
-    if (!has_bl) { set_err(err, errlen, "%s: pre_tokenizer has no ByteLevel step: only byte-level BPE is supported", path); break; }
+    if (!has_bl) { pc_seterr(err, errlen, "%s: pre_tokenizer has no ByteLevel step: only byte-level BPE is supported", path); break; }
     if (load_post(L, cJSON_GetObjectItemCaseSensitive(root, "post_processor"), "post_processor")) break;
     if (load_decoder(L, cJSON_GetObjectItemCaseSensitive(root, "decoder"), "decoder")) break;
     const cJSON *trunc = cJSON_GetObjectItemCaseSensitive(root, "truncation");
     const cJSON *pad = cJSON_GetObjectItemCaseSensitive(root, "padding");
-    if (trunc && !cJSON_IsNull(trunc)) { set_err(err, errlen, "%s: \"truncation\" is set; not supported (the trainer truncates itself)", path); break; }
-    if (pad && !cJSON_IsNull(pad)) { set_err(err, errlen, "%s: \"padding\" is set; not supported (the trainer pads itself)", path); break; }
+    if (trunc && !cJSON_IsNull(trunc)) { pc_seterr(err, errlen, "%s: \"truncation\" is set; not supported (the trainer truncates itself)", path); break; }
+    if (pad && !cJSON_IsNull(pad)) { pc_seterr(err, errlen, "%s: \"padding\" is set; not supported (the trainer pads itself)", path); break; }
     rc = 0;
   } while (0);
   cJSON_Delete(root);
@@ -1135,7 +1129,7 @@ static int regex_segments(encstate *st, const pcre2_code *re, const char *s, siz
     if (rc < 0) {
       PCRE2_UCHAR msg[200];
       pcre2_get_error_message(rc, msg, sizeof msg);
-      set_err(st->err, st->errlen, "pre-tokenizer regex failed: %s", (char *)msg);
+      pc_seterr(st->err, st->errlen, "pre-tokenizer regex failed: %s", (char *)msg);
       return -1;
     }
     PCRE2_SIZE *ov = pcre2_get_ovector_pointer(st->md);
@@ -1287,7 +1281,7 @@ static int encode_section(encstate *st, const char *s, size_t n) {
   if (!t->nfc) return encode_plain(st, s, n);
   bbuf norm = {0};
   int ch, rc;
-  if (nfc_apply(t->nfc, s, n, &norm, &ch)) { free(norm.p); set_err(st->err, st->errlen, "NFC normalization failed"); return -1; }
+  if (nfc_apply(t->nfc, s, n, &norm, &ch)) { free(norm.p); pc_seterr(st->err, st->errlen, "NFC normalization failed"); return -1; }
   rc = split_added(st, &t->norm_match, norm.p ? norm.p : "", norm.n, encode_plain);
   free(norm.p);
   return rc;
@@ -1296,9 +1290,9 @@ static int encode_section(encstate *st, const char *s, size_t n) {
 int pc_tok_encode(const pc_tokenizer *t, const char *text, size_t len, int add_special,
                   int32_t **ids, size_t *n_ids, char *err, size_t errlen) {
   *ids = NULL; *n_ids = 0;
-  if (!t || (!text && len)) { set_err(err, errlen, "encode: no tokenizer or no text"); return -1; }
+  if (!t || (!text && len)) { pc_seterr(err, errlen, "encode: no tokenizer or no text"); return -1; }
   size_t bad = utf8_check((const unsigned char *)text, len);
-  if (bad != len) { set_err(err, errlen, "encode: text is not valid UTF-8 (byte %zu)", bad); return -1; }
+  if (bad != len) { pc_seterr(err, errlen, "encode: text is not valid UTF-8 (byte %zu)", bad); return -1; }
   ivec core = {0};
   encstate st = {.t = t, .out = &core, .err = err, .errlen = errlen};
   st.md = pcre2_match_data_create(t->max_ovec, NULL);
@@ -1321,11 +1315,11 @@ int pc_tok_encode(const pc_tokenizer *t, const char *text, size_t len, int add_s
   }
   if (rc) {
     free(core.v);
-    if (err && errlen && !err[0]) set_err(err, errlen, "encode: out of memory");
+    if (err && errlen && !err[0]) pc_seterr(err, errlen, "encode: out of memory");
     return -1;
   }
   if (!core.v) core.v = malloc(sizeof(int32_t));     /* a valid pointer even for no ids */
-  if (!core.v) { set_err(err, errlen, "encode: out of memory"); return -1; }
+  if (!core.v) { pc_seterr(err, errlen, "encode: out of memory"); return -1; }
   *ids = core.v; *n_ids = core.n;
   return 0;
 }
