@@ -63,13 +63,14 @@ typedef struct {
   /* out (N, OC) = (accumulate ? out : 0) + inp (N, C) · W + b.  accumulate fuses the residual add. */
   void (*matmul)(pc_backend *be, float *out, const float *inp, const pc_weight *w, int N, int C, int OC,
                  int accumulate);
-  /* out (N, C) = LayerNorm(inp) * w + b over the last dim */
+  /* out (N, C) = LayerNorm(inp) * w + b over the last dim; mean and rstd (N) kept when not NULL
+   * (for the backward pass) */
   void (*layernorm)(pc_backend *be, float *out, const float *inp, const float *w, const float *b,
-                    float eps, int N, int C);
+                    float eps, int N, int C, float *mean, float *rstd);
   /* out (rows, C) = inp * rsqrt(mean(inp^2) + eps) * w, rows with row stride `stride` (in and out);
    * used over (N, C) and, for Qwen3's q/k norms, over each head (N*H rows of HD). */
   void (*rmsnorm)(pc_backend *be, float *out, const float *inp, const float *w, float eps, int rows, int C,
-                  int stride);
+                  int stride, float *rstd /* (rows) or NULL */);
   /* In place on x (N, H, HD) with row stride `stride` floats between tokens: the rotate-half RoPE of
    * Hugging Face's Llama with cos/sin tables (max_pos, HD/2) indexed by bt->pos. */
   void (*rope)(pc_backend *be, float *x, const float *cos_t, const float *sin_t, const pc_batch *bt, int N,
@@ -78,20 +79,72 @@ typedef struct {
    * h / (NH/NKV)), scale 1/sqrt(HD); when window > 0 key j is visible from query i only if i-j < window
    * (i, j positions; shared-prefix positions read from sequence s-1's rows, see above).
    * q rows (N, NH, HD) with stride q_stride; k, v rows (N, NKV, HD) with stride kv_stride;
-   * out (N, NH*HD) contiguous. */
+   * out (N, NH*HD) contiguous; lse (N, NH), when not NULL, receives each row's log-sum-exp of the
+   * scaled scores (the backward pass recomputes the probabilities from it instead of storing them). */
   void (*attention)(pc_backend *be, float *out, const float *q, const float *k, const float *v, int q_stride,
-                    int kv_stride, const pc_batch *bt, int N, int NH, int NKV, int HD, int window);
+                    int kv_stride, const pc_batch *bt, int N, int NH, int NKV, int HD, int window, float *lse);
   /* x (n) = gelu(x) in place: tanh approximation (gelu_new) or erf */
   void (*gelu)(pc_backend *be, float *x, size_t n, int tanh_approx);
   /* out (n) = silu(gate) * up */
   void (*swiglu)(pc_backend *be, float *out, const float *gate, const float *up, size_t n);
   /* The fused, chunked LM head + log-softmax + gather: for each of the M rows of h (M, C),
    * out[m] = log softmax(h[m] · head^T)[targets[m]], head (V, C); the (M, V) logits are never stored
-   * whole (chunks of rows and of the vocabulary, an online log-sum-exp accumulated in double). */
+   * whole (chunks of rows and of the vocabulary, an online log-sum-exp accumulated in double).
+   * lse (M), when not NULL, receives each row's log-sum-exp (for the backward pass). */
   void (*logprob)(pc_backend *be, float *out, const float *h, const pc_weight *head, const int32_t *targets,
-                  int M, int C, int V);
+                  int M, int C, int V, float *lse);
   /* out (M, C) = inp[rows[m]] : gathers the rows whose next token is scored */
   void (*gather_rows)(pc_backend *be, float *out, const float *inp, const int32_t *rows, int M, int C);
+
+  // ---- training: memory helpers
+  void (*copy)(pc_backend *be, void *dst, const void *src, size_t bytes);  /* backend to backend */
+  void (*zero)(pc_backend *be, void *p, size_t bytes);
+  void (*scale)(pc_backend *be, float *x, size_t n, float s);              /* x *= s */
+
+  // ---- training: backward ops, the gradients of the forward ops above (llm.c's layer_backward).
+  // Marked (+=): accumulated into (gradients of weights sum over micro-batches; the residual stream
+  // sums its branches); (=): overwritten. A NULL gradient pointer skips that gradient (a frozen
+  // weight, or an input nobody needs).
+  /* dwte[ids[r]] (+=) dout[r]; dwpe[pos[r]] (+=) dout[r] */
+  void (*embedding_backward)(pc_backend *be, float *dwte, float *dwpe, const float *dout, const int32_t *ids,
+                             const pc_batch *bt, int N, int C);
+  /* For out = inp · W + b: dinp (N, C) (= or += with accumulate), dw (+=) in W's layout, db (OC) (+=) */
+  void (*matmul_backward)(pc_backend *be, float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                          const pc_weight *w, int N, int C, int OC, int accumulate);
+  /* dinp (= or +=), dw (+=), db (+=), from the mean and rstd the forward kept */
+  void (*layernorm_backward)(pc_backend *be, float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                             const float *w, const float *mean, const float *rstd, int N, int C, int accumulate);
+  /* rows with row stride `stride` as in rmsnorm; dinp may alias dout (not with accumulate) */
+  void (*rmsnorm_backward)(pc_backend *be, float *dinp, float *dw, const float *dout, const float *inp,
+                           const float *w, const float *rstd, int rows, int C, int stride, int accumulate);
+  /* In place on dx: the transpose of rope's rotation */
+  void (*rope_backward)(pc_backend *be, float *dx, const float *cos_t, const float *sin_t, const pc_batch *bt, int N,
+                        int H, int HD, int stride);
+  /* dq (=), dk (=), dv (=) with q's and k/v's strides, from out and the lse the forward kept (scores
+   * and probabilities recomputed per tile, flash-attention style) */
+  void (*attention_backward)(pc_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *q,
+                             const float *k, const float *v, const float *out, const float *lse, int q_stride,
+                             int kv_stride, const pc_batch *bt, int N, int NH, int NKV, int HD, int window);
+  /* dinp (n) (=) = dout * gelu'(inp); dinp may alias dout */
+  void (*gelu_backward)(pc_backend *be, float *dinp, const float *inp, const float *dout, size_t n, int tanh_approx);
+  /* out = silu(gate) * up: dgate (=), dup (=); either may alias dout */
+  void (*swiglu_backward)(pc_backend *be, float *dgate, float *dup, const float *gate, const float *up,
+                          const float *dout, size_t n);
+  /* The fused log-prob's backward, chunked like the forward: with p = softmax(h · head^T),
+   * dh (M, C) (=) = dlp * (head[t] - p · head), dhead (V, C) (+=) = sum_m dlp_m (1[t] - p_m) h_m. */
+  void (*logprob_backward)(pc_backend *be, float *dh, float *dhead, const float *h, const pc_weight *head,
+                           const int32_t *targets, const float *lse, const float *dlp, int M, int C, int V);
+  /* dinp[rows[m]] (+=) dout[m]; rows may repeat */
+  void (*scatter_rows)(pc_backend *be, float *dinp, const float *dout, const int32_t *rows, int M, int C);
+
+  // ---- training: optimizer
+  /* sum of squares of x (n), in double */
+  double (*sumsq)(pc_backend *be, const float *x, size_t n);
+  /* torch.optim.AdamW on one tensor: p *= 1 - lr*wd; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+   * p -= step_size * m / (sqrt(v) / bc2_sqrt + eps), step_size = lr / (1 - b1^t), bc2_sqrt =
+   * sqrt(1 - b2^t) */
+  void (*adamw)(pc_backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr, float wd,
+                float b1, float b2, float eps, float step_size, float bc2_sqrt);
 } pc_backend_ops;
 
 struct pc_backend {

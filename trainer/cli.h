@@ -6,5 +6,6 @@
 int pc_cmd_score(int argc, char **argv);     /* trainer/cmd_score.c */
 int pc_cmd_init(int argc, char **argv);      /* trainer/cmd_init.c */
 int pc_cmd_tokenize(int argc, char **argv);  /* trainer/cmd_tokenize.c */
+int pc_cmd_train(int argc, char **argv);     /* trainer/cmd_train.c */
 
 #endif

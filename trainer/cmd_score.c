@@ -11,13 +11,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "backend.h"
 #include "cli.h"
 #include "data.h"
 #include "model.h"
+#include "progress.h"
 #include "tokenizer.h"
 
 static void usage(FILE *f) {
@@ -58,38 +57,6 @@ static int parse_int(const char *opt, const char *s, int lo, int *out) {
   }
   *out = (int)v;
   return 0;
-}
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static void fmt_time(char *b, size_t n, double s) {
-  if (!(s >= 0) || s > 359999) { snprintf(b, n, "--:--"); return; }
-  int t = (int)(s + 0.5);
-  if (t >= 3600) snprintf(b, n, "%d:%02d:%02d", t / 3600, t / 60 % 60, t % 60);
-  else snprintf(b, n, "%d:%02d", t / 60, t % 60);
-}
-
-static void progress(int tty, size_t done, size_t total, double tokens, double elapsed, int final) {
-  double rate = elapsed > 0 ? tokens / elapsed : 0;
-  double eta = done ? elapsed * (double)(total - done) / (double)done : -1;
-  char e[32], el[32];
-  fmt_time(e, sizeof e, eta);
-  fmt_time(el, sizeof el, elapsed);
-  if (tty) {
-    int w = 30, fill = total ? (int)((double)w * done / total) : w;
-    char bar[64];
-    for (int i = 0; i < w; i++) bar[i] = i < fill ? '#' : '.';
-    bar[w] = 0;
-    fprintf(stderr, "\rscore [%s] %zu/%zu pairs  %.0f tok/s  %s  ETA %s ", bar, done, total, rate, el, e);
-    if (final) fputc('\n', stderr);
-  } else {
-    fprintf(stderr, "score: %zu/%zu pairs, %.0f tok/s, elapsed %s, ETA %s\n", done, total, rate, el, e);
-  }
-  fflush(stderr);
 }
 
 int pc_cmd_score(int argc, char **argv) {
@@ -136,6 +103,7 @@ int pc_cmd_score(int argc, char **argv) {
   pc_model_seq *seqs = NULL;
   double *sums = NULL;
   int *cnts = NULL;
+  pc_progress *prog = NULL;
 
   snprintf(path, sizeof path, "%s/tokenizer.json", model_dir);
   if (!(tok = pc_tok_load(path, err, sizeof err))) { fprintf(stderr, "prefcap-dpo score: %s\n", err); goto done; }
@@ -186,8 +154,8 @@ int pc_cmd_score(int argc, char **argv) {
   cnts = malloc(sizeof *cnts * 2 * (size_t)batch);
   if (!seqs || !sums || !cnts) { fprintf(stderr, "prefcap-dpo score: out of memory\n"); goto done; }
 
-  int tty = isatty(2);
-  double t0 = now_s(), last = t0, tokens = 0, margin_sum = 0, chosen_sum = 0, rejected_sum = 0;
+  prog = pc_progress_new(stderr, "score", "pairs", "tok", ds.n);
+  double t0 = pc_now_s(), tokens = 0, margin_sum = 0, chosen_sum = 0, rejected_sum = 0;
   size_t wins = 0, scored_tokens = 0;
   for (size_t b = 0; b < ds.n; b += (size_t)batch) {
     int nb = ds.n - b < (size_t)batch ? (int)(ds.n - b) : batch;
@@ -202,7 +170,9 @@ int pc_cmd_score(int argc, char **argv) {
     }
     if (pc_model_logps(m, seqs, 2 * nb, sums, cnts, NULL, err, sizeof err) != 0) {
       // the model names the sequence within the batch; name the data line
-      fprintf(stderr, "\nprefcap-dpo score: %s:%d: %s\n", data, ds.pairs[b].line, err);
+      pc_progress_free(prog);  // ends the bar's line: the message starts on its own
+      prog = NULL;
+      fprintf(stderr, "prefcap-dpo score: %s:%d: %s\n", data, ds.pairs[b].line, err);
       goto done;
     }
     for (int i = 0; i < nb; i++) {
@@ -215,14 +185,11 @@ int pc_cmd_score(int argc, char **argv) {
       wins += c > r;
       scored_tokens += (size_t)cnts[2 * i] + (size_t)cnts[2 * i + 1];
     }
-    double t = now_s();
-    if (tty ? t - last > 0.2 : t - last > 5.0) {
-      progress(tty, b + (size_t)nb, ds.n, tokens, t - t0, 0);
-      last = t;
-    }
+    pc_progress_update(prog, b + (size_t)nb, tokens, NULL);
   }
-  double el = now_s() - t0;
-  progress(tty, ds.n, ds.n, tokens, el, 1);
+  double el = pc_now_s() - t0;
+  pc_progress_end(prog, ds.n, tokens, NULL);
+  prog = NULL;
   if (fo != stdout && fclose(fo) != 0) {
     fo = NULL;
     fprintf(stderr, "prefcap-dpo score: %s: write failed: %s\n", out, strerror(errno));
@@ -248,6 +215,7 @@ int pc_cmd_score(int argc, char **argv) {
   }
   rc = 0;
 done:
+  pc_progress_free(prog);
   if (fo && fo != stdout) fclose(fo);
   free(seqs);
   free(sums);

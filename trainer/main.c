@@ -5,6 +5,7 @@
 #include "cli.h"
 
 static const struct { const char *name; int (*fn)(int, char **); const char *what; } CMDS[] = {
+  {"train", pc_cmd_train, "DPO fine-tuning (LoRA or full) on preference pairs"},
   {"score", pc_cmd_score, "log-probs of chosen and rejected completions under a model"},
   {"init", pc_cmd_init, "write a small randomly initialised model in Hugging Face layout"},
   {"tokenize", pc_cmd_tokenize, "show the token ids the trainer sees (or decode them)"},

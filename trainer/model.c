@@ -54,8 +54,6 @@ struct pc_model {
   int32_t *ids, *pos, *rows, *targets;
   float *x, *h, *qkvb, *att, *f1, *f2, *xm, *hm, *lp;
   float *lp_host;
-  int32_t *host_i32;
-  size_t cap_host;
 };
 
 
@@ -254,9 +252,14 @@ static int load_llama(pc_model *m, char *err, size_t errlen) {
 #undef LD
   // inverse frequencies in double (Hugging Face computes them in float32; double is the exact value
   // the float64 reference uses), with Llama 3's piecewise rescaling
-  int half = (int)(HD / 2);
-  m->inv_freq = malloc(sizeof(double) * (size_t)half);
+  m->inv_freq = malloc(sizeof(double) * (size_t)(HD / 2));
   if (!m->inv_freq) { pc_seterr(err, errlen, "out of memory"); return -1; }
+  pc_rope_inv_freq(c, m->inv_freq);
+  return 0;
+}
+
+void pc_rope_inv_freq(const pc_config *c, double *out) {
+  int HD = c->head_dim, half = HD / 2;
   for (int i = 0; i < half; i++) {
     double f = 1.0 / pow(c->rope_theta, (2.0 * i) / (double)HD);
     if (c->rope_llama3) {
@@ -268,8 +271,22 @@ static int load_llama(pc_model *m, char *err, size_t errlen) {
         f = (1 - smooth) * f / c->rope_factor + smooth * f;
       }
     }
-    m->inv_freq[i] = f;
+    out[i] = f;
   }
+}
+
+int pc_rope_tables(const double *inv_freq, int half, int T, float **cos_out, float **sin_out) {
+  size_t n = (size_t)T * (size_t)half;
+  float *c = malloc(n * 4 + 4), *s = malloc(n * 4 + 4);
+  if (!c || !s) { free(c); free(s); return -1; }
+  for (int p = 0; p < T; p++)
+    for (int i = 0; i < half; i++) {
+      double a = p * inv_freq[i];
+      c[(size_t)p * half + i] = (float)cos(a);
+      s[(size_t)p * half + i] = (float)sin(a);
+    }
+  *cos_out = c;
+  *sin_out = s;
   return 0;
 }
 
@@ -377,7 +394,6 @@ void pc_model_free(pc_model *m) {
   for (size_t i = 0; i < sizeof acts / sizeof *acts; i++)
     if (acts[i]) be->ops->free(be, acts[i]);
   free(m->lp_host);
-  free(m->host_i32);
   free(m->inv_freq);
   free(m->L);
   pc_ckpt_close(m->lora);
@@ -418,13 +434,6 @@ static int reserve(pc_model *m, size_t N, size_t M) {
     if (!m->lp_host) return -1;
     m->cap_m = n;
   }
-  size_t hn = N > M ? N : M;
-  if (hn > m->cap_host) {
-    free(m->host_i32);
-    m->host_i32 = malloc(hn * 4 + 4);
-    if (!m->host_i32) return -1;
-    m->cap_host = hn;
-  }
   return 0;
 }
 
@@ -433,14 +442,8 @@ static int rope_reserve(pc_model *m, int T) {
   if (!m->cfg.rms_norm || T <= m->rope_cap) return 0;
   int half = m->cfg.head_dim / 2, cap = T + 64;
   size_t n = (size_t)cap * (size_t)half;
-  float *c = malloc(n * 4), *s = malloc(n * 4);
-  if (!c || !s) { free(c); free(s); return -1; }
-  for (int p = 0; p < cap; p++)
-    for (int i = 0; i < half; i++) {
-      double a = p * m->inv_freq[i];
-      c[(size_t)p * half + i] = (float)cos(a);
-      s[(size_t)p * half + i] = (float)sin(a);
-    }
+  float *c, *s;
+  if (pc_rope_tables(m->inv_freq, half, cap, &c, &s) != 0) return -1;
   pc_backend *be = m->be;
   int rc = grow(m, (void **)&m->cos_t, n * 4) || grow(m, (void **)&m->sin_t, n * 4);
   if (!rc) {
@@ -463,23 +466,23 @@ static void attention_block(pc_model *m, const layer_w *w, float *x, const pc_ba
   const pc_backend_ops *op = be->ops;
   int C = c->hidden, NH = c->heads, NKV = c->kv_heads, HD = c->head_dim;
   if (c->family == PC_FAM_GPT2) {
-    op->layernorm(be, m->h, x, w->ln1_w, w->ln1_b, (float)c->norm_eps, N, C);    // h (N, C)
+    op->layernorm(be, m->h, x, w->ln1_w, w->ln1_b, (float)c->norm_eps, N, C, NULL, NULL);    // h (N, C)
     op->matmul(be, m->qkvb, m->h, &w->qkv, N, C, 3 * C, 0);              // qkv (N, 3C)
-    op->attention(be, m->att, m->qkvb, m->qkvb + C, m->qkvb + 2 * C, 3 * C, 3 * C, bt, N, NH, NH, HD, 0);
+    op->attention(be, m->att, m->qkvb, m->qkvb + C, m->qkvb + 2 * C, 3 * C, 3 * C, bt, N, NH, NH, HD, 0, NULL);
   } else {
     int QD = NH * HD, KD = NKV * HD;
     float *q = m->qkvb, *k = q + (size_t)N * QD, *v = k + (size_t)N * KD;
-    op->rmsnorm(be, m->h, x, w->ln1_w, (float)c->norm_eps, N, C, C);              // h (N, C)
+    op->rmsnorm(be, m->h, x, w->ln1_w, (float)c->norm_eps, N, C, C, NULL);              // h (N, C)
     op->matmul(be, q, m->h, &w->q, N, C, QD, 0);                          // q (N, NH, HD)
     op->matmul(be, k, m->h, &w->k, N, C, KD, 0);                          // k (N, NKV, HD)
     op->matmul(be, v, m->h, &w->v, N, C, KD, 0);                          // v (N, NKV, HD)
     if (c->qk_norm) {
-      op->rmsnorm(be, q, q, w->q_norm, (float)c->norm_eps, N * NH, HD, HD);
-      op->rmsnorm(be, k, k, w->k_norm, (float)c->norm_eps, N * NKV, HD, HD);
+      op->rmsnorm(be, q, q, w->q_norm, (float)c->norm_eps, N * NH, HD, HD, NULL);
+      op->rmsnorm(be, k, k, w->k_norm, (float)c->norm_eps, N * NKV, HD, HD, NULL);
     }
     op->rope(be, q, m->cos_t, m->sin_t, bt, N, NH, HD, QD);
     op->rope(be, k, m->cos_t, m->sin_t, bt, N, NKV, HD, KD);
-    op->attention(be, m->att, q, k, v, QD, KD, bt, N, NH, NKV, HD, c->sliding_window);  // att (N, NH*HD)
+    op->attention(be, m->att, q, k, v, QD, KD, bt, N, NH, NKV, HD, c->sliding_window, NULL);  // att (N, NH*HD)
   }
   op->matmul(be, x, m->att, &w->o, N, NH * HD, C, 1);                     // x (N, C) += att · Wo
 }
@@ -491,12 +494,12 @@ static void mlp_block(pc_model *m, const layer_w *w, float *x, int N) {
   const pc_backend_ops *op = be->ops;
   int C = c->hidden, FF = c->intermediate;
   if (c->family == PC_FAM_GPT2) {
-    op->layernorm(be, m->h, x, w->ln2_w, w->ln2_b, (float)c->norm_eps, N, C);    // h (N, C)
+    op->layernorm(be, m->h, x, w->ln2_w, w->ln2_b, (float)c->norm_eps, N, C, NULL, NULL);    // h (N, C)
     op->matmul(be, m->f1, m->h, &w->fc, N, C, FF, 0);                      // f1 (N, FF)
     op->gelu(be, m->f1, (size_t)N * FF, c->act == PC_ACT_GELU_TANH);
     op->matmul(be, x, m->f1, &w->proj, N, FF, C, 1);                       // x (N, C) += f1 · Wproj
   } else {
-    op->rmsnorm(be, m->h, x, w->ln2_w, (float)c->norm_eps, N, C, C);
+    op->rmsnorm(be, m->h, x, w->ln2_w, (float)c->norm_eps, N, C, C, NULL);
     op->matmul(be, m->f1, m->h, &w->gate, N, C, FF, 0);                    // gate (N, FF)
     op->matmul(be, m->f2, m->h, &w->up, N, C, FF, 0);                      // up (N, FF)
     op->swiglu(be, m->f1, m->f1, m->f2, (size_t)N * FF);                   // silu(gate) * up
@@ -511,55 +514,19 @@ int pc_model_logps(pc_model *m, const pc_model_seq *seqs, int nseq, double *sum,
   const pc_config *c = &m->cfg;
   pc_backend *be = m->be;
   const pc_backend_ops *op = be->ops;
-  size_t N = 0, M = 0;
-  int maxT = 0, shares = 0;
-  for (int s = 0; s < nseq; s++) {
-    const pc_model_seq *q = &seqs[s];
-    if (q->n < 0) { pc_seterr(err, errlen, "sequence %d: negative length", s); return -1; }
-    int k = q->shared_prefix;
-    if (k < 0 || (k > 0 && (s == 0 || seqs[s - 1].shared_prefix != 0 || k > q->n || k > seqs[s - 1].n ||
-                            memcmp(q->ids, seqs[s - 1].ids, sizeof(int32_t) * (size_t)k) != 0))) {
-      pc_seterr(err, errlen, "sequence %d: shared_prefix %d does not match the previous sequence", s, k);
-      return -1;
-    }
-    shares |= k > 0;
-    N += (size_t)(q->n - k);
-    int f = q->score_from < 1 ? 1 : q->score_from;
-    if (q->n > f) M += (size_t)(q->n - f);
-    if (q->n > maxT) maxT = q->n;
-    if (c->learned_pos && q->n > c->max_pos) {
-      pc_seterr(err, errlen, "sequence %d has %d tokens; the model has only %d positions (n_positions)", s, q->n,
-             c->max_pos);
-      return -1;
-    }
-    for (int i = 0; i < q->n; i++)
-      if (q->ids[i] < 0 || q->ids[i] >= c->vocab) {
-        pc_seterr(err, errlen, "sequence %d, position %d: token id %d is outside the vocabulary (0..%d)", s, i,
-               q->ids[i], c->vocab - 1);
-        return -1;
-      }
+  pc_layout lay;
+  if (pc_layout_build(c, seqs, nseq, &lay, err, errlen) != 0) return -1;
+  size_t N = lay.N, M = lay.M;
+  if (reserve(m, N, M) != 0 || rope_reserve(m, lay.maxT) != 0) {
+    pc_layout_free(&lay);
+    pc_seterr(err, errlen, "out of memory for activations");
+    return -1;
   }
-  if (N > (size_t)1 << 30) { pc_seterr(err, errlen, "batch of %zu tokens is too large", N); return -1; }
-  if (reserve(m, N, M) != 0 || rope_reserve(m, maxT) != 0) { pc_seterr(err, errlen, "out of memory for activations"); return -1; }
-  int *start = malloc(sizeof(int) * (size_t)(2 * nseq + 1));
-  if (!start) { pc_seterr(err, errlen, "out of memory"); return -1; }
-  int *plen = start + nseq + 1;
-  // ---- host-side layout: each sequence's own rows (positions shared_prefix..n-1), their ids and
-  // positions; the row holding position p of sequence s is row_of(s, p)
-  int32_t *hv = m->host_i32;
-  size_t r = 0;
-  for (int s = 0; s < nseq; s++) {
-    start[s] = (int)r;
-    plen[s] = seqs[s].shared_prefix;
-    for (int i = plen[s]; i < seqs[s].n; i++) hv[r++] = seqs[s].ids[i];
+  if (N) {
+    op->upload(be, m->ids, lay.ids, N * 4);
+    op->upload(be, m->pos, lay.pos, N * 4);
   }
-  start[nseq] = (int)r;
-#define ROW_OF(s, p) ((p) < plen[s] ? start[(s) - 1] + (p) : start[s] + (p) - plen[s])
-  if (N) op->upload(be, m->ids, hv, N * 4);
-  for (int s = 0; s < nseq; s++)
-    for (int i = plen[s]; i < seqs[s].n; i++) hv[ROW_OF(s, i)] = i;
-  if (N) op->upload(be, m->pos, hv, N * 4);
-  pc_batch bt = {nseq, start, m->pos, shares ? plen : NULL};
+  pc_batch bt = {nseq, lay.start, m->pos, lay.shares ? lay.plen : NULL};
 
   // ---- the stack
   float *x = m->x;
@@ -573,25 +540,14 @@ int pc_model_logps(pc_model *m, const pc_model_seq *seqs, int nseq, double *sum,
 
   // ---- final norm and the fused LM head + log-softmax, only on rows whose next token is scored
   if (M > 0) {
-    size_t k = 0;
-    for (int s = 0; s < nseq; s++) {
-      int f = seqs[s].score_from < 1 ? 1 : seqs[s].score_from;
-      for (int i = f; i < seqs[s].n; i++) hv[k++] = ROW_OF(s, i - 1);
-    }
-    op->upload(be, m->rows, hv, M * 4);
-    k = 0;
-    for (int s = 0; s < nseq; s++) {
-      int f = seqs[s].score_from < 1 ? 1 : seqs[s].score_from;
-      for (int i = f; i < seqs[s].n; i++) hv[k++] = seqs[s].ids[i];
-    }
-    op->upload(be, m->targets, hv, M * 4);
+    op->upload(be, m->rows, lay.rows, M * 4);
+    op->upload(be, m->targets, lay.targets, M * 4);
     op->gather_rows(be, m->xm, x, m->rows, (int)M, c->hidden);                       // xm (M, C)
-    if (c->rms_norm) op->rmsnorm(be, m->hm, m->xm, m->lnf_w, (float)c->norm_eps, (int)M, c->hidden, c->hidden);
-    else op->layernorm(be, m->hm, m->xm, m->lnf_w, m->lnf_b, (float)c->norm_eps, (int)M, c->hidden);
-    op->logprob(be, m->lp, m->hm, &m->head, m->targets, (int)M, c->hidden, c->vocab);  // lp (M)
+    if (c->rms_norm) op->rmsnorm(be, m->hm, m->xm, m->lnf_w, (float)c->norm_eps, (int)M, c->hidden, c->hidden, NULL);
+    else op->layernorm(be, m->hm, m->xm, m->lnf_w, m->lnf_b, (float)c->norm_eps, (int)M, c->hidden, NULL, NULL);
+    op->logprob(be, m->lp, m->hm, &m->head, m->targets, (int)M, c->hidden, c->vocab, NULL);  // lp (M)
     op->download(be, m->lp_host, m->lp, M * 4);
   }
-#undef ROW_OF
   size_t k = 0;
   for (int s = 0; s < nseq; s++) {
     int f = seqs[s].score_from < 1 ? 1 : seqs[s].score_from;
@@ -605,6 +561,83 @@ int pc_model_logps(pc_model *m, const pc_model_seq *seqs, int nseq, double *sum,
     sum[s] = acc;
     count[s] = cnt;
   }
-  free(start);
+  pc_layout_free(&lay);
+  return 0;
+}
+
+// ---- batch layout -------------------------------------------------------------------------------
+
+void pc_layout_free(pc_layout *L) {
+  free(L->start);
+  free(L->ids);
+  memset(L, 0, sizeof *L);
+}
+
+int pc_layout_build(const pc_config *c, const pc_model_seq *seqs, int nseq, pc_layout *L, char *err, size_t errlen) {
+  memset(L, 0, sizeof *L);
+  size_t N = 0, M = 0;
+  for (int s = 0; s < nseq; s++) {
+    const pc_model_seq *q = &seqs[s];
+    if (q->n < 0) { pc_seterr(err, errlen, "sequence %d: negative length", s); return -1; }
+    int k = q->shared_prefix;
+    if (k < 0 || (k > 0 && (s == 0 || seqs[s - 1].shared_prefix != 0 || k > q->n || k > seqs[s - 1].n ||
+                            memcmp(q->ids, seqs[s - 1].ids, sizeof(int32_t) * (size_t)k) != 0))) {
+      pc_seterr(err, errlen, "sequence %d: shared_prefix %d does not match the previous sequence", s, k);
+      return -1;
+    }
+    L->shares |= k > 0;
+    N += (size_t)(q->n - k);
+    int f = q->score_from < 1 ? 1 : q->score_from;
+    if (q->n > f) M += (size_t)(q->n - f);
+    if (q->n > L->maxT) L->maxT = q->n;
+    if (c->learned_pos && q->n > c->max_pos) {
+      pc_seterr(err, errlen, "sequence %d has %d tokens; the model has only %d positions (n_positions)", s, q->n,
+                c->max_pos);
+      return -1;
+    }
+    for (int i = 0; i < q->n; i++)
+      if (q->ids[i] < 0 || q->ids[i] >= c->vocab) {
+        pc_seterr(err, errlen, "sequence %d, position %d: token id %d is outside the vocabulary (0..%d)", s, i,
+                  q->ids[i], c->vocab - 1);
+        return -1;
+      }
+  }
+  if (N > (size_t)1 << 30) { pc_seterr(err, errlen, "batch of %zu tokens is too large", N); return -1; }
+  L->N = N;
+  L->M = M;
+  L->start = malloc(sizeof(int) * (size_t)(3 * nseq + 1));
+  L->ids = malloc(sizeof(int32_t) * (2 * N + 2 * M + 1));
+  if (!L->start || !L->ids) {
+    pc_layout_free(L);
+    pc_seterr(err, errlen, "out of memory");
+    return -1;
+  }
+  L->plen = L->start + nseq + 1;
+  L->cnt = L->plen + nseq;
+  L->pos = L->ids + N;
+  L->rows = L->pos + N;
+  L->targets = L->rows + M;
+  size_t r = 0;
+  for (int s = 0; s < nseq; s++) {
+    L->start[s] = (int)r;
+    L->plen[s] = seqs[s].shared_prefix;
+    for (int i = L->plen[s]; i < seqs[s].n; i++) {
+      L->ids[r] = seqs[s].ids[i];
+      L->pos[r++] = i;
+    }
+  }
+  L->start[nseq] = (int)r;
+  // the row holding position p of sequence s: in s-1's rows when p is inside the shared prefix
+#define ROW_OF(s, p) ((p) < L->plen[s] ? L->start[(s) - 1] + (p) : L->start[s] + (p) - L->plen[s])
+  size_t k = 0;
+  for (int s = 0; s < nseq; s++) {
+    int f = seqs[s].score_from < 1 ? 1 : seqs[s].score_from;
+    L->cnt[s] = seqs[s].n > f ? seqs[s].n - f : 0;
+    for (int i = f; i < seqs[s].n; i++, k++) {
+      L->rows[k] = ROW_OF(s, i - 1);
+      L->targets[k] = seqs[s].ids[i];
+    }
+  }
+#undef ROW_OF
   return 0;
 }

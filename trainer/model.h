@@ -28,6 +28,27 @@ typedef struct {
                           itself; those positions are computed once (a pair's prompt) */
 } pc_model_seq;
 
+/* The host-side layout of a packed batch, shared by scoring and training: each sequence's own rows
+ * (positions shared_prefix..n-1), their token ids and positions, and the M scored rows: the row
+ * whose output predicts each scored token, and that token. Checks the sequences (ids inside the
+ * vocabulary, lengths within learned positions, shared prefixes that match). */
+typedef struct {
+  size_t N, M;      /* rows, scored rows */
+  int maxT;         /* longest sequence */
+  int shares;       /* some sequence shares a prefix */
+  int *start;       /* (nseq + 1) row offsets */
+  int *plen;        /* (nseq) shared prefix lengths */
+  int *cnt;         /* (nseq) scored tokens per sequence */
+  int32_t *ids, *pos, *rows, *targets;  /* (N), (N), (M), (M) */
+} pc_layout;
+int pc_layout_build(const pc_config *c, const pc_model_seq *seqs, int nseq, pc_layout *L, char *err, size_t errlen);
+void pc_layout_free(pc_layout *L);
+/* RoPE inverse frequencies (head_dim / 2 of them) with Llama 3's rescaling, in double. */
+void pc_rope_inv_freq(const pc_config *c, double *out);
+/* cos/sin tables (T, HD/2) for positions 0..T-1 computed in double and rounded once; host memory,
+ * free() both. -1 when out of memory. */
+int pc_rope_tables(const double *inv_freq, int half, int T, float **cos_out, float **sin_out);
+
 /* adapter_dir: NULL, or a PEFT LoRA directory (adapter_config.json + adapter_model.safetensors),
  * merged into the weights at load (W += alpha/r * B A). */
 int pc_model_load(const char *dir, const char *adapter_dir, pc_backend *be, pc_model **out, char *err,
