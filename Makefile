@@ -36,7 +36,7 @@ BENCHES     :=
 all: probe
 
 probe:
-	@if [ -n "$(NVCC)" ]; then echo "✓ nvcc found: $(NVCC) (no CUDA backend is written yet: --device cuda says so)"; else echo "✗ nvcc not found (or CUDA=0): CUDA backend not built"; fi
+	@if [ -n "$(NVCC)" ]; then echo "✓ nvcc found: $(NVCC) (CUDA backend built for $(foreach a,$(CUDA_ARCH),sm_$(a)): --device cuda)"; else echo "✗ nvcc not found (or CUDA=0): CUDA backend not built (--device cuda says so)"; fi
 	@if [ -n "$(HAVE_GPU)" ]; then echo "✓ GPU found"; else echo "✗ no GPU: CUDA tests skipped"; fi
 
 include sdk/sdk.mk

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "backend_cuda.h"
 #include "cli.h"
 #include "data.h"
 #include "model.h"
@@ -38,7 +39,7 @@ static void usage(FILE *f) {
         "  --summary FILE         also write the summary as one JSON object to FILE\n"
         "  --batch-size N         pairs per forward pass (default 8)\n"
         "  --threads N            CPU threads (default: all cores)\n"
-        "  --device NAME          cpu (default; cuda once built)\n"
+        "  --device NAME          cpu (default), cuda, or auto (cuda when a GPU is present)\n"
         "  --max-length N         truncate sequences to N tokens (TRL's max_length; default: none)\n"
         "  --truncation MODE      keep_start (default) or keep_end, as TRL defines them\n"
         "  --chat-template NAME   chatml, qwen3 or llama3: override the format read from\n"
@@ -197,6 +198,10 @@ int pc_cmd_score(int argc, char **argv) {
   }
   if (fo == stdout) fflush(stdout);
   fo = NULL;
+  if (pc_backend_cuda_error(be)) {  // a CUDA failure leaves NaN scores behind: say what failed instead
+    fprintf(stderr, "prefcap-dpo score: %s\n", pc_backend_cuda_error(be));
+    goto done;
+  }
   double n = ds.n ? (double)ds.n : 1;
   fprintf(stderr, "score: %zu pairs, mean margin %.6g, chosen > rejected %.4f, mean chosen_logps %.6g, "
           "mean rejected_logps %.6g, %zu completion tokens, %.0f tokens/s (%.1f s)\n",

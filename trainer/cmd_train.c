@@ -66,7 +66,7 @@ static const optdef OPTS[] = {
   {"loss", O_STR, F(loss), 1, "NAME  sigmoid (DPO), ipo, hinge, robust or simpo [sigmoid]"},
   {"beta", O_DBL, F(beta), 1, "X  DPO beta [0.1; simpo 2.0]"},
   {"label-smoothing", O_DBL, F(label_smoothing), 1, "X  cDPO / robust label smoothing [0]"},
-  {"simpo-gamma", O_DBL, F(simpo_gamma), 1, "X  SimPO's gamma/beta ratio [0.5]"},
+  {"simpo-gamma", O_DBL, F(simpo_gamma), 1, "X  SimPO's target reward margin gamma (TRL's simpo_gamma) [0.5]"},
   {"ref-logps", O_STR, F(ref_logps), 1, "FILE  reference log-probs from `prefcap-dpo score` on the same data"},
   {"lora-r", O_INT, F(lora_r), 1, "N  LoRA rank; 0 = full fine-tune [16]"},
   {"lora-alpha", O_DBL, F(lora_alpha), 1, "X  LoRA alpha (scale alpha/r) [2r]"},
@@ -93,7 +93,7 @@ static const optdef OPTS[] = {
   {"save-steps", O_INT, F(save_steps), 1, "N  checkpoint every N steps [0 = only on SIGINT/SIGTERM]"},
   {"merge", O_FLAG, F(merge), 1, "  LoRA: also write the merged model to OUT/merged"},
   {"threads", O_INT, F(threads), 0, "N  CPU threads [all cores; the manifest's on --from-manifest/--resume]"},
-  {"device", O_STR, F(device), 1, "NAME  cpu [cpu]"},
+  {"device", O_STR, F(device), 1, "NAME  cpu, or auto (the GPU once CUDA training exists) [cpu]"},
   {"dump-tokens", O_STR, F(dump_tokens), 0, "FILE  (tests) write the tokenized training pairs"},
   {"dump-grads", O_STR, F(dump_grads), 0, "FILE  (tests) write the first step's gradients (safetensors)"},
 };
@@ -389,7 +389,7 @@ static pair_out pair_loss(loss_kind k, const topts *o, double pc, double pr, dou
   }
   pc *= wc, pr *= wr, rc *= wc, rr *= wr;
   double b = o->beta, e = o->label_smoothing;
-  double z = k == L_SIMPO ? (pc - pr) - o->simpo_gamma : (pc - pr) - (rc - rr), dz;
+  double z = k == L_SIMPO ? (pc - pr) - o->simpo_gamma / b : (pc - pr) - (rc - rr), dz;  // TRL CPO: gamma / beta
   switch (k) {
     case L_IPO:
       r.loss = (z - 1 / (2 * b)) * (z - 1 / (2 * b));
@@ -930,6 +930,17 @@ static int train_main(run *R, const char *cmdline, int resume) {
   // ---- backend, model, reference
   R->be = pc_backend_new(o->device, o->threads, R->err, sizeof R->err);
   if (!R->be) { fprintf(stderr, PROG ": %s\n", R->err); return 1; }
+  if ((!R->be->ops->matmul_backward || !R->be->ops->adamw) && !strcmp(o->device, "auto")) {
+    // auto: the GPU when it can train, else the CPU (the CUDA backend has the forward ops only, so far)
+    R->be->ops->destroy(R->be);
+    R->be = pc_backend_new("cpu", o->threads, R->err, sizeof R->err);
+    if (!R->be) { fprintf(stderr, PROG ": %s\n", R->err); return 1; }
+  }
+  if (!R->be->ops->matmul_backward || !R->be->ops->adamw) {  // the CUDA backend has the forward ops only
+    fprintf(stderr, PROG ": device '%s': training on %s is not built yet (scoring is); use --device cpu\n", o->device,
+            R->be->ops->name);
+    return 1;
+  }
   int B = o->batch_size;
   R->seqs = malloc(sizeof *R->seqs * 2 * (size_t)B);
   R->sums = malloc(sizeof *R->sums * 2 * (size_t)B);

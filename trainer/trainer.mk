@@ -27,7 +27,7 @@ $(BUILD)/tests/test_safetensors: tests/model/test_safetensors.c $(BUILD)/trainer
 	$(CC) $(CFLAGS_ALL) $< $(BUILD)/trainer/safetensors.o -o $@ $(LDFLAGS_ALL) -lcjson -lm
 
 TEST_BINS += $(BUILD)/tests/model_logps $(BUILD)/tests/test_safetensors
-TESTS     += $(BUILD)/tests/test_safetensors tests/model/test_model.py
+TESTS     += $(BUILD)/tests/test_safetensors tests/model/test_model.py tests/train/test_train.py
 
 # ---- prefcap-dpo: needs the tokenizer (trainer/tokenizer.mk) and the data reader (trainer/data.mk)
 ifneq ($(wildcard trainer/tokenizer.mk),)

@@ -1,0 +1,646 @@
+/* tests/gpu/test_cuda_ops.c: every forward op of the CUDA backend against the CPU backend (the
+ * reference), on random inputs of awkward sizes: rows not a multiple of any tile, odd head counts,
+ * grouped-query ratios 1, 2 and 7, head sizes from 8 to 300 (300 takes the simple attention kernel),
+ * packed sequences with shared prefixes, sliding windows, strided q/k/v, vocabularies that span
+ * several chunks of the fused log-prob, and more rows than one of its row chunks.
+ *
+ *   test_cuda_ops           both modes: fp32 (PREFCAP_CUDA_FP32's mode) then bf16
+ *   test_cuda_ops --bench   times the large ops on the GPU in bf16 (--bench --fp32: in fp32)
+ *
+ * Tolerance, per element: |cuda - cpu| <= tol * (|cpu| + rms(cpu)), the rms taken over the whole
+ * output (so that an element that happens to be near zero is held to the scale of its tensor, not to
+ * its own). fp32 mode: tol 1e-5. Both sides are fp32 and differ only in the order of additions
+ * (~1e-7 relative through sums of a few hundred terms), so 1e-5 leaves two orders of headroom, while
+ * a wrong index, mask or head moves values by 1e-1 or more. bf16 mode: tol 1e-2. The matmul operands
+ * are rounded to bf16 (relative 2^-9 each), which moves a dot product by about 1.6e-3 of its tensor's
+ * rms (~6e-3 at the worst of a few hundred thousand elements); everything else stays fp32. Outputs are
+ * poisoned with NaN before each op (every element must be written), and a NaN never passes.
+ *
+ * Without a GPU (cudaGetDeviceCount fails or finds none) it prints one SKIP line and exits 0: that is
+ * what CI, which has no GPU, sees. */
+#include "backend.h"
+#include "backend_cuda.h"
+
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static pc_backend *CPU, *GPU;
+static const char *MODE;  /* "fp32" or "bf16" */
+static double TOL;
+static int failures;
+
+// ---- random numbers and the pair of buffers -------------------------------------------------------
+
+static uint64_t rng = 0x9E3779B97F4A7C15ull;
+static uint32_t next_u32(void) {  // xorshift64*
+  rng ^= rng >> 12;
+  rng ^= rng << 25;
+  rng ^= rng >> 27;
+  return (uint32_t)((rng * 0x2545F4914F6CDD1Dull) >> 32);
+}
+static float frand(void) { return (float)next_u32() / 4294967296.0f * 2.0f - 1.0f; }  // [-1, 1)
+static int irand(int n) { return (int)(next_u32() % (uint32_t)n); }
+
+/* One tensor on both backends: c in CPU memory, g in GPU memory, n floats (or ints). */
+typedef struct { void *c, *g; size_t n; } pair;
+
+static void die(const char *what) {
+  printf("FAIL cuda_%s_%s: %s\n", MODE, "setup", what);
+  exit(1);
+}
+
+static pair pair_new(size_t n, const void *host) {
+  pair p = {CPU->ops->alloc(CPU, n * 4 + 4), GPU->ops->alloc(GPU, n * 4 + 4), n};
+  if (!p.c || !p.g) die("out of memory");
+  if (host) {
+    CPU->ops->upload(CPU, p.c, host, n * 4);
+    GPU->ops->upload(GPU, p.g, host, n * 4);
+  }
+  return p;
+}
+
+static pair pair_rand(size_t n, float scale) {
+  float *h = malloc(n * 4 + 4);
+  if (!h) die("out of memory");
+  for (size_t i = 0; i < n; i++) h[i] = frand() * scale;
+  pair p = pair_new(n, h);
+  free(h);
+  return p;
+}
+
+static pair pair_ints(size_t n, const int32_t *v) { return pair_new(n, v); }
+
+/* NaN everywhere, so that an element the op does not write fails the comparison */
+static void poison(pair p) {
+  unsigned char *h = malloc(p.n * 4 + 4);
+  if (!h) die("out of memory");
+  memset(h, 0xff, p.n * 4);
+  CPU->ops->upload(CPU, p.c, h, p.n * 4);
+  GPU->ops->upload(GPU, p.g, h, p.n * 4);
+  free(h);
+}
+
+static void pair_free(pair p) {
+  CPU->ops->free(CPU, p.c);
+  GPU->ops->free(GPU, p.g);
+}
+
+/* A weight: through weight() on both (the GPU keeps it registered, so bf16 mode multiplies its bf16
+ * twin), or, with registered = 0, plain alloc'd memory (the GPU multiplies it in fp32). */
+typedef struct { const float *c, *g; int gowned; float *host; size_t n; } wpair;
+
+static wpair weight_new(size_t n, float scale, int registered) {
+  wpair w = {NULL, NULL, 0, malloc(n * 4 + 4), n};
+  if (!w.host) die("out of memory");
+  for (size_t i = 0; i < n; i++) w.host[i] = frand() * scale;
+  int owned = 0;
+  w.c = CPU->ops->weight(CPU, w.host, n, &owned);  // the CPU borrows host
+  if (registered) {
+    w.g = GPU->ops->weight(GPU, w.host, n, &w.gowned);
+  } else {
+    float *g = GPU->ops->alloc(GPU, n * 4 + 4);
+    if (g) GPU->ops->upload(GPU, g, w.host, n * 4);
+    w.g = g;
+    w.gowned = 1;
+  }
+  if (!w.g) die("out of GPU memory for a weight");
+  return w;
+}
+
+static void weight_free(wpair w) {
+  if (w.gowned) GPU->ops->free(GPU, (void *)w.g);
+  free(w.host);
+}
+
+// ---- comparison ---------------------------------------------------------------------------------
+
+static void check(const char *name, pair p) {
+  float *c = malloc(p.n * 4 + 4), *g = malloc(p.n * 4 + 4);
+  if (!c || !g) die("out of memory");
+  CPU->ops->download(CPU, c, p.c, p.n * 4);
+  GPU->ops->download(GPU, g, p.g, p.n * 4);
+  const char *gerr = pc_backend_cuda_error(GPU);
+  double ss = 0;
+  for (size_t i = 0; i < p.n; i++) ss += (double)c[i] * c[i];
+  double rms = p.n ? sqrt(ss / (double)p.n) : 0, worst = 0;
+  size_t bad = 0, first = 0, nan = 0;
+  for (size_t i = 0; i < p.n; i++) {
+    if (isnan(g[i]) || isnan(c[i])) {
+      if (!nan++ && !bad) first = i;
+      bad++;
+      continue;
+    }
+    double e = fabs((double)g[i] - c[i]) / (fabs(c[i]) + rms + 1e-30);
+    if (e > worst) worst = e;
+    if (e > TOL && !bad++) first = i;
+  }
+  if (gerr) {
+    printf("FAIL cuda_%s_%s: the backend failed: %s\n", name, MODE, gerr);
+    failures++;
+  } else if (bad) {
+    printf("FAIL cuda_%s_%s: %zu of %zu elements off (%zu NaN); first at %zu: cuda %.9g, cpu %.9g (rms %.3g, "
+           "worst relative %.3g, tol %.0e)\n", name, MODE, bad, p.n, nan, first, g[first], c[first], rms, worst, TOL);
+    failures++;
+  } else {
+    printf("PASS cuda_%s_%s (worst %.2e of tol %.0e over %zu)\n", name, MODE, worst, TOL, p.n);
+  }
+  fflush(stdout);
+  free(c);
+  free(g);
+}
+
+// ---- the ops --------------------------------------------------------------------------------------
+
+/* A batch layout for both backends: sequence s has len[s] positions and shares plen[s] of them with
+ * sequence s-1 (its rows hold positions plen..len-1). */
+typedef struct {
+  pc_batch c, g;
+  int *start, *plen;
+  pair pos;
+  int N, maxT;
+} layout;
+
+static layout layout_new(int nseq, const int *len, const int *plen) {
+  layout L;
+  memset(&L, 0, sizeof L);
+  L.start = malloc(sizeof(int) * (size_t)(nseq + 1));
+  L.plen = malloc(sizeof(int) * (size_t)(nseq + 1));
+  if (!L.start || !L.plen) die("out of memory");
+  int N = 0, shares = 0;
+  for (int s = 0; s < nseq; s++) {
+    L.start[s] = N;
+    L.plen[s] = plen ? plen[s] : 0;
+    shares |= L.plen[s] > 0;
+    N += len[s] - L.plen[s];
+    if (len[s] > L.maxT) L.maxT = len[s];
+  }
+  L.start[nseq] = N;
+  L.N = N;
+  int32_t *pos = malloc(sizeof(int32_t) * (size_t)(N + 1));
+  if (!pos) die("out of memory");
+  for (int s = 0; s < nseq; s++)
+    for (int r = L.start[s]; r < L.start[s + 1]; r++) pos[r] = L.plen[s] + (r - L.start[s]);
+  L.pos = pair_ints((size_t)N, pos);
+  free(pos);
+  L.c = (pc_batch){nseq, L.start, L.pos.c, shares ? L.plen : NULL};
+  L.g = (pc_batch){nseq, L.start, L.pos.g, shares ? L.plen : NULL};
+  return L;
+}
+
+static void layout_free(layout *L) {
+  pair_free(L->pos);
+  free(L->start);
+  free(L->plen);
+}
+
+static void test_embedding(void) {
+  int V = 101, C = 45, maxpos = 300;
+  int len[] = {37, 90, 1}, plen[] = {0, 20, 0};
+  layout L = layout_new(3, len, plen);
+  int32_t *ids = malloc(sizeof(int32_t) * (size_t)L.N);
+  if (!ids) die("out of memory");
+  for (int i = 0; i < L.N; i++) ids[i] = irand(V);
+  pair id = pair_ints((size_t)L.N, ids);
+  wpair wte = weight_new((size_t)V * C, 1, 1), wpe = weight_new((size_t)maxpos * C, 1, 1);
+  pair out = pair_new((size_t)L.N * C, NULL);
+  for (int with_wpe = 0; with_wpe < 2; with_wpe++) {
+    poison(out);
+    CPU->ops->embedding(CPU, out.c, id.c, wte.c, with_wpe ? wpe.c : NULL, &L.c, L.N, C);
+    GPU->ops->embedding(GPU, out.g, id.g, wte.g, with_wpe ? wpe.g : NULL, &L.g, L.N, C);
+    check(with_wpe ? "embedding_wpe" : "embedding", out);
+  }
+  pair_free(out);
+  pair_free(id);
+  weight_free(wte);
+  weight_free(wpe);
+  layout_free(&L);
+  free(ids);
+}
+
+static void test_matmul_case(const char *name, int N, int C, int OC, pc_wlayout lay, int bias, int accumulate,
+                             int registered) {
+  pair inp = pair_rand((size_t)N * C, 1), out = accumulate ? pair_rand((size_t)N * OC, 1) : pair_new((size_t)N * OC, NULL);
+  if (!accumulate) poison(out);
+  wpair w = weight_new((size_t)C * OC, 1.0f / sqrtf((float)C), registered), b = weight_new((size_t)OC, 0.5f, 1);
+  pc_weight wc = {w.c, bias ? b.c : NULL, lay}, wg = {w.g, bias ? b.g : NULL, lay};
+  CPU->ops->matmul(CPU, out.c, inp.c, &wc, N, C, OC, accumulate);
+  GPU->ops->matmul(GPU, out.g, inp.g, &wg, N, C, OC, accumulate);
+  check(name, out);
+  pair_free(inp);
+  pair_free(out);
+  weight_free(w);
+  weight_free(b);
+}
+
+static void test_matmul(void) {
+  test_matmul_case("matmul_out_in", 37, 45, 77, PC_W_OUT_IN, 0, 0, 1);
+  test_matmul_case("matmul_out_in_bias", 37, 45, 77, PC_W_OUT_IN, 1, 0, 1);
+  test_matmul_case("matmul_out_in_bias_accumulate", 37, 45, 77, PC_W_OUT_IN, 1, 1, 1);
+  test_matmul_case("matmul_in_out", 37, 45, 77, PC_W_IN_OUT, 0, 0, 1);
+  test_matmul_case("matmul_in_out_bias_accumulate", 37, 45, 77, PC_W_IN_OUT, 1, 1, 1);
+  test_matmul_case("matmul_in_out_accumulate", 1, 45, 77, PC_W_IN_OUT, 0, 1, 1);
+  test_matmul_case("matmul_unregistered_weight", 37, 45, 77, PC_W_OUT_IN, 1, 1, 0);
+  test_matmul_case("matmul_large", 301, 512, 1003, PC_W_OUT_IN, 1, 0, 1);
+  test_matmul_case("matmul_large_in_out", 301, 512, 1003, PC_W_IN_OUT, 0, 1, 1);
+}
+
+static void test_norms(void) {
+  int N = 37, C = 67;
+  pair inp = pair_rand((size_t)N * C, 3), out = pair_new((size_t)N * C, NULL);
+  pair mean = pair_new((size_t)N, NULL), rstd = pair_new((size_t)N, NULL);
+  wpair w = weight_new((size_t)C, 1, 1), b = weight_new((size_t)C, 1, 1);
+  // offset the rows so that the mean matters
+  float *h = malloc(sizeof(float) * (size_t)N * C);
+  if (!h) die("out of memory");
+  for (int i = 0; i < N * C; i++) h[i] = frand() * 3 + 2.5f;
+  CPU->ops->upload(CPU, inp.c, h, (size_t)N * C * 4);
+  GPU->ops->upload(GPU, inp.g, h, (size_t)N * C * 4);
+  free(h);
+  poison(out);
+  poison(mean);
+  poison(rstd);
+  CPU->ops->layernorm(CPU, out.c, inp.c, w.c, b.c, 1e-5f, N, C, mean.c, rstd.c);
+  GPU->ops->layernorm(GPU, out.g, inp.g, w.g, b.g, 1e-5f, N, C, mean.g, rstd.g);
+  check("layernorm", out);
+  check("layernorm_mean", mean);
+  check("layernorm_rstd", rstd);
+  poison(out);
+  CPU->ops->layernorm(CPU, out.c, inp.c, w.c, b.c, 1e-5f, N, C, NULL, NULL);
+  GPU->ops->layernorm(GPU, out.g, inp.g, w.g, b.g, 1e-5f, N, C, NULL, NULL);
+  check("layernorm_no_stats", out);
+  poison(out);
+  poison(rstd);
+  CPU->ops->rmsnorm(CPU, out.c, inp.c, w.c, 1e-6f, N, C, C, rstd.c);
+  GPU->ops->rmsnorm(GPU, out.g, inp.g, w.g, 1e-6f, N, C, C, rstd.g);
+  check("rmsnorm", out);
+  check("rmsnorm_rstd", rstd);
+  // strided: rows of 20 inside rows of 67 (what is outside the 20 stays as it was, on both sides)
+  pair st = pair_rand((size_t)N * C, 2);
+  CPU->ops->rmsnorm(CPU, st.c, st.c, w.c, 1e-6f, N, 20, C, NULL);
+  GPU->ops->rmsnorm(GPU, st.g, st.g, w.g, 1e-6f, N, 20, C, NULL);
+  check("rmsnorm_strided_in_place", st);
+  pair_free(st);
+  // Qwen3's q/k norms: each head of HD=12 of 5 heads, in place
+  int H = 5, HD = 12;
+  pair qk = pair_rand((size_t)N * H * HD, 2);
+  wpair wn = weight_new((size_t)HD, 1, 1);
+  CPU->ops->rmsnorm(CPU, qk.c, qk.c, wn.c, 1e-6f, N * H, HD, HD, NULL);
+  GPU->ops->rmsnorm(GPU, qk.g, qk.g, wn.g, 1e-6f, N * H, HD, HD, NULL);
+  check("rmsnorm_heads_in_place", qk);
+  pair_free(qk);
+  weight_free(wn);
+  pair_free(inp);
+  pair_free(out);
+  pair_free(mean);
+  pair_free(rstd);
+  weight_free(w);
+  weight_free(b);
+}
+
+static void test_rope(void) {
+  int len[] = {37, 90, 5}, plen[] = {0, 30, 0};
+  layout L = layout_new(3, len, plen);
+  int H = 3, HD = 10, half = HD / 2, stride = H * HD + 7, maxpos = L.maxT + 3;
+  float *c = malloc(sizeof(float) * (size_t)maxpos * half), *s = malloc(sizeof(float) * (size_t)maxpos * half);
+  if (!c || !s) die("out of memory");
+  for (int p = 0; p < maxpos; p++)
+    for (int i = 0; i < half; i++) {
+      double a = p * pow(10000.0, -2.0 * i / HD);
+      c[p * half + i] = (float)cos(a);
+      s[p * half + i] = (float)sin(a);
+    }
+  pair ct = pair_new((size_t)maxpos * half, c), stab = pair_new((size_t)maxpos * half, s);
+  pair x = pair_rand((size_t)L.N * stride, 2);
+  CPU->ops->rope(CPU, x.c, ct.c, stab.c, &L.c, L.N, H, HD, stride);
+  GPU->ops->rope(GPU, x.g, ct.g, stab.g, &L.g, L.N, H, HD, stride);
+  check("rope_strided", x);
+  pair_free(x);
+  pair_free(ct);
+  pair_free(stab);
+  free(c);
+  free(s);
+  layout_free(&L);
+}
+
+/* q, k, v packed in one buffer as GPT-2's c_attn output is (rows of (NH + 2 NKV) HD + extra floats),
+ * so the strides are exercised; the output and the lse are compared. */
+static void test_attention_case(const char *name, int nseq, const int *len, const int *plen, int NH, int NKV, int HD,
+                                int window, int with_lse) {
+  layout L = layout_new(nseq, len, plen);
+  int stride = (NH + 2 * NKV) * HD + 3;
+  pair qkv = pair_rand((size_t)L.N * stride, 1.5f), out = pair_new((size_t)L.N * NH * HD, NULL);
+  pair lse = pair_new((size_t)L.N * NH, NULL);
+  poison(out);
+  poison(lse);
+  float *qc = qkv.c, *qg = qkv.g;
+  CPU->ops->attention(CPU, out.c, qc, qc + NH * HD, qc + (NH + NKV) * HD, stride, stride, &L.c, L.N, NH, NKV, HD,
+                      window, with_lse ? lse.c : NULL);
+  GPU->ops->attention(GPU, out.g, qg, qg + NH * HD, qg + (NH + NKV) * HD, stride, stride, &L.g, L.N, NH, NKV, HD,
+                      window, with_lse ? lse.g : NULL);
+  char nm[128];
+  snprintf(nm, sizeof nm, "attention_%s", name);
+  check(nm, out);
+  if (with_lse) {
+    snprintf(nm, sizeof nm, "attention_%s_lse", name);
+    check(nm, lse);
+  }
+  pair_free(qkv);
+  pair_free(out);
+  pair_free(lse);
+  layout_free(&L);
+}
+
+static void test_attention(void) {
+  // five sequences: a prefix shared by 2 (25 positions of 37) and by 5 (64 of 200: a whole tile)
+  int len[] = {37, 130, 1, 200, 70}, plen[] = {0, 25, 0, 0, 64};
+  test_attention_case("gqa1_hd8", 5, len, plen, 4, 4, 8, 0, 1);
+  test_attention_case("gqa1_hd8_no_lse", 5, len, plen, 4, 4, 8, 0, 0);
+  test_attention_case("gqa2_hd64_window7", 5, len, plen, 6, 3, 64, 7, 1);
+  test_attention_case("gqa7_hd80_window50", 5, len, plen, 7, 1, 80, 50, 1);
+  test_attention_case("gqa3_hd10_window64", 5, len, plen, 3, 1, 10, 64, 1);
+  int len2[] = {300, 290}, plen2[] = {0, 150};
+  test_attention_case("gqa1_hd128_long_prefix", 2, len2, plen2, 3, 3, 128, 0, 1);
+  test_attention_case("gqa2_hd256", 2, len2, plen2, 2, 1, 256, 0, 1);
+  test_attention_case("gqa1_hd300_rows_kernel", 2, len2, plen2, 2, 2, 300, 100, 1);
+  int len3[] = {1, 2, 3, 65}, plen3[] = {0, 1, 0, 3};
+  test_attention_case("gqa2_tiny_seqs", 4, len3, plen3, 2, 1, 16, 0, 1);
+  int len4[] = {129};
+  test_attention_case("gqa1_no_prefix_layout", 1, len4, NULL, 5, 5, 32, 0, 1);
+}
+
+static void test_activations(void) {
+  size_t n = 100003;
+  pair x = pair_rand(n, 4);
+  CPU->ops->gelu(CPU, x.c, n, 1);
+  GPU->ops->gelu(GPU, x.g, n, 1);
+  check("gelu_tanh", x);
+  pair_free(x);
+  x = pair_rand(n, 4);
+  CPU->ops->gelu(CPU, x.c, n, 0);
+  GPU->ops->gelu(GPU, x.g, n, 0);
+  check("gelu_erf", x);
+  pair_free(x);
+  pair gate = pair_rand(n, 4), up = pair_rand(n, 2), out = pair_new(n, NULL);
+  poison(out);
+  CPU->ops->swiglu(CPU, out.c, gate.c, up.c, n);
+  GPU->ops->swiglu(GPU, out.g, gate.g, up.g, n);
+  check("swiglu", out);
+  CPU->ops->swiglu(CPU, gate.c, gate.c, up.c, n);  // in place, as the model calls it
+  GPU->ops->swiglu(GPU, gate.g, gate.g, up.g, n);
+  check("swiglu_in_place", gate);
+  pair_free(gate);
+  pair_free(up);
+  pair_free(out);
+}
+
+static void test_gather_and_memory(void) {
+  int N = 91, C = 45, M = 50;
+  int32_t rows[50];
+  for (int i = 0; i < M; i++) rows[i] = irand(N);
+  pair inp = pair_rand((size_t)N * C, 1), r = pair_ints((size_t)M, rows), out = pair_new((size_t)M * C, NULL);
+  poison(out);
+  CPU->ops->gather_rows(CPU, out.c, inp.c, r.c, M, C);
+  GPU->ops->gather_rows(GPU, out.g, inp.g, r.g, M, C);
+  check("gather_rows", out);
+  pair cp = pair_new((size_t)N * C, NULL);
+  poison(cp);
+  CPU->ops->copy(CPU, cp.c, inp.c, (size_t)N * C * 4);
+  GPU->ops->copy(GPU, cp.g, inp.g, (size_t)N * C * 4);
+  CPU->ops->scale(CPU, cp.c, (size_t)N * C, -0.37f);
+  GPU->ops->scale(GPU, cp.g, (size_t)N * C, -0.37f);
+  check("copy_scale", cp);
+  CPU->ops->zero(CPU, cp.c, (size_t)N * C * 2);  // half of it
+  GPU->ops->zero(GPU, cp.g, (size_t)N * C * 2);
+  check("zero", cp);
+  pair_free(cp);
+  pair_free(inp);
+  pair_free(r);
+  pair_free(out);
+}
+
+static void test_logprob_case(const char *name, int M, int C, int V, pc_wlayout lay, int bias, int registered) {
+  int32_t *tg = malloc(sizeof(int32_t) * (size_t)M);
+  if (!tg) die("out of memory");
+  for (int i = 0; i < M; i++) tg[i] = i % 7 == 0 ? V - 1 : irand(V);  // the last id too: the last chunk's edge
+  pair h = pair_rand((size_t)M * C, 1), t = pair_ints((size_t)M, tg);
+  pair out = pair_new((size_t)M, NULL), lse = pair_new((size_t)M, NULL);
+  wpair w = weight_new((size_t)V * C, 2.0f / sqrtf((float)C), registered), b = weight_new((size_t)V, 1, 1);
+  pc_weight wc = {w.c, bias ? b.c : NULL, lay}, wg = {w.g, bias ? b.g : NULL, lay};
+  poison(out);
+  poison(lse);
+  CPU->ops->logprob(CPU, out.c, h.c, &wc, t.c, M, C, V, lse.c);
+  GPU->ops->logprob(GPU, out.g, h.g, &wg, t.g, M, C, V, lse.g);
+  char nm[128];
+  snprintf(nm, sizeof nm, "logprob_%s", name);
+  check(nm, out);
+  snprintf(nm, sizeof nm, "logprob_%s_lse", name);
+  check(nm, lse);
+  poison(out);
+  CPU->ops->logprob(CPU, out.c, h.c, &wc, t.c, M, C, V, NULL);
+  GPU->ops->logprob(GPU, out.g, h.g, &wg, t.g, M, C, V, NULL);
+  snprintf(nm, sizeof nm, "logprob_%s_no_lse", name);
+  check(nm, out);
+  pair_free(h);
+  pair_free(t);
+  pair_free(out);
+  pair_free(lse);
+  weight_free(w);
+  weight_free(b);
+  free(tg);
+}
+
+static void test_logprob(void) {
+  test_logprob_case("out_in_bias_4_vocab_chunks", 37, 45, 50001, PC_W_OUT_IN, 1, 1);
+  test_logprob_case("in_out", 37, 45, 50001, PC_W_IN_OUT, 0, 1);
+  test_logprob_case("2_row_chunks", 1100, 16, 20000, PC_W_OUT_IN, 0, 1);
+  test_logprob_case("unregistered_head", 5, 33, 1000, PC_W_OUT_IN, 0, 0);
+  test_logprob_case("one_row_small_vocab", 1, 8, 3, PC_W_OUT_IN, 1, 1);
+}
+
+static void test_table(void) {
+  const pc_backend_ops *o = GPU->ops;
+  int ok = o->matmul_backward == NULL && o->attention_backward == NULL && o->adamw == NULL && o->sumsq == NULL &&
+           o->logprob_backward == NULL && !strcmp(o->name, "cuda");
+  printf("%s cuda_training_ops_null_%s\n", ok ? "PASS" : "FAIL", MODE);  // cmd_train.c relies on it
+  if (!ok) failures++;
+}
+
+// ---- benchmark ------------------------------------------------------------------------------------
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Median of `reps` timings of fn, each ended by a download of one float (which waits for the device). */
+typedef void (*bench_fn)(void *);
+static double time_op(bench_fn fn, void *arg, void *sync_ptr, int reps) {
+  float dummy;
+  double t[64];
+  if (reps > 64) reps = 64;
+  for (int i = 0; i < 3; i++) fn(arg);  // warm-up: module load, twins, workspaces
+  GPU->ops->download(GPU, &dummy, sync_ptr, 4);
+  for (int i = 0; i < reps; i++) {
+    double t0 = now_s();
+    fn(arg);
+    GPU->ops->download(GPU, &dummy, sync_ptr, 4);
+    t[i] = now_s() - t0;
+  }
+  for (int i = 1; i < reps; i++)  // insertion sort
+    for (int j = i; j > 0 && t[j] < t[j - 1]; j--) { double x = t[j]; t[j] = t[j - 1]; t[j - 1] = x; }
+  return t[reps / 2];
+}
+
+typedef struct {
+  float *out, *inp, *lse;
+  pc_weight w;
+  int N, C, OC;
+  pc_batch *bt;
+  int NH, NKV, HD;
+  int32_t *tg;
+} bench_arg;
+static void b_matmul(void *p) { bench_arg *a = p; GPU->ops->matmul(GPU, a->out, a->inp, &a->w, a->N, a->C, a->OC, 0); }
+static void b_attention(void *p) {
+  bench_arg *a = p;
+  int st = (a->NH + 2 * a->NKV) * a->HD;
+  GPU->ops->attention(GPU, a->out, a->inp, a->inp + a->NH * a->HD, a->inp + (a->NH + a->NKV) * a->HD, st, st, a->bt,
+                      a->N, a->NH, a->NKV, a->HD, 0, a->lse);
+}
+static void b_logprob(void *p) { bench_arg *a = p; GPU->ops->logprob(GPU, a->out, a->inp, &a->w, a->tg, a->N, a->C, a->OC, NULL); }
+static void b_rmsnorm(void *p) { bench_arg *a = p; GPU->ops->rmsnorm(GPU, a->out, a->inp, a->w.w, 1e-6f, a->N, a->C, a->C, NULL); }
+
+static float *gpu_rand(size_t n, float scale) {
+  float *h = malloc(n * 4), *g = GPU->ops->alloc(GPU, n * 4);
+  if (!h || !g) die("out of memory for the benchmark");
+  for (size_t i = 0; i < n; i++) h[i] = frand() * scale;
+  GPU->ops->upload(GPU, g, h, n * 4);
+  free(h);
+  return g;
+}
+
+static int bench(void) {
+  printf("benchmark, cuda backend, %s (median of 20; times include one 4-byte download)\n", MODE);
+  printf("%-44s %10s %12s\n", "op", "ms", "rate");
+  // matmul 8192 x 4096 -> 4096 (a 7B layer's projection on 8192 tokens)
+  {
+    int N = 8192, C = 4096, OC = 4096;
+    float *hw = malloc(sizeof(float) * (size_t)C * OC);
+    if (!hw) die("out of memory");
+    for (size_t i = 0; i < (size_t)C * OC; i++) hw[i] = frand() * 0.02f;
+    int owned;
+    bench_arg a = {.out = gpu_rand((size_t)N * OC, 0), .inp = gpu_rand((size_t)N * C, 1),
+                   .w = {GPU->ops->weight(GPU, hw, (size_t)C * OC, &owned), NULL, PC_W_OUT_IN}, .N = N, .C = C, .OC = OC};
+    double t = time_op(b_matmul, &a, a.out, 20);
+    printf("%-44s %10.3f %9.1f TFLOP/s\n", "matmul 8192x4096 . 4096x4096", t * 1e3, 2.0 * N * C * OC / t / 1e12);
+    GPU->ops->free(GPU, a.out);
+    GPU->ops->free(GPU, a.inp);
+    GPU->ops->free(GPU, (void *)a.w.w);
+    free(hw);
+  }
+  // attention: 4 sequences of 2048, 32 query heads, 8 kv heads, HD 128 (Llama-3-8B's shape)
+  {
+    int nseq = 4, T = 2048, NH = 32, NKV = 8, HD = 128, len[4] = {T, T, T, T};
+    layout L = layout_new(nseq, len, NULL);
+    bench_arg a = {.out = gpu_rand((size_t)L.N * NH * HD, 0), .inp = gpu_rand((size_t)L.N * (NH + 2 * NKV) * HD, 1),
+                   .lse = gpu_rand((size_t)L.N * NH, 0), .N = L.N, .bt = &L.g, .NH = NH, .NKV = NKV, .HD = HD};
+    double t = time_op(b_attention, &a, a.out, 20);
+    double flops = 4.0 * nseq * ((double)T * (T + 1) / 2) * HD * NH;  // QK^T and PV over the causal half
+    printf("%-44s %10.3f %9.1f TFLOP/s\n", "attention 4x2048, 32/8 heads, HD 128, causal", t * 1e3, flops / t / 1e12);
+    GPU->ops->free(GPU, a.out);
+    GPU->ops->free(GPU, a.inp);
+    GPU->ops->free(GPU, a.lse);
+    layout_free(&L);
+  }
+  // fused log-prob: 8192 rows, C 4096, V 128256 (Llama 3's vocabulary)
+  {
+    int M = 8192, C = 4096, V = 128256;
+    float *hw = malloc(sizeof(float) * (size_t)V * C);
+    int32_t *tg = malloc(sizeof(int32_t) * (size_t)M);
+    if (!hw || !tg) die("out of memory");
+    for (size_t i = 0; i < (size_t)V * C; i++) hw[i] = frand() * 0.02f;
+    for (int i = 0; i < M; i++) tg[i] = irand(V);
+    int owned;
+    int32_t *tgd = GPU->ops->alloc(GPU, sizeof(int32_t) * (size_t)M);
+    if (!tgd) die("out of memory");
+    GPU->ops->upload(GPU, tgd, tg, sizeof(int32_t) * (size_t)M);
+    bench_arg a = {.out = gpu_rand((size_t)M, 0), .inp = gpu_rand((size_t)M * C, 1),
+                   .w = {GPU->ops->weight(GPU, hw, (size_t)V * C, &owned), NULL, PC_W_OUT_IN}, .N = M, .C = C, .OC = V,
+                   .tg = tgd};
+    double t = time_op(b_logprob, &a, a.out, 10);
+    printf("%-44s %10.3f %9.1f TFLOP/s\n", "logprob 8192 rows, C 4096, V 128256", t * 1e3, 2.0 * M * C * V / t / 1e12);
+    GPU->ops->free(GPU, a.out);
+    GPU->ops->free(GPU, a.inp);
+    GPU->ops->free(GPU, tgd);
+    GPU->ops->free(GPU, (void *)a.w.w);
+    free(hw);
+    free(tg);
+  }
+  // rmsnorm: 16384 x 4096, memory-bound (read once, write once)
+  {
+    int N = 16384, C = 4096;
+    bench_arg a = {.out = gpu_rand((size_t)N * C, 0), .inp = gpu_rand((size_t)N * C, 1),
+                   .w = {gpu_rand((size_t)C, 1), NULL, PC_W_OUT_IN}, .N = N, .C = C};
+    double t = time_op(b_rmsnorm, &a, a.out, 20);
+    printf("%-44s %10.3f %9.1f GB/s\n", "rmsnorm 16384x4096", t * 1e3, 2.0 * N * C * 4 / t / 1e9);
+    GPU->ops->free(GPU, a.out);
+    GPU->ops->free(GPU, a.inp);
+    GPU->ops->free(GPU, (void *)a.w.w);
+  }
+  const char *e = pc_backend_cuda_error(GPU);
+  if (e) { printf("FAIL cuda_bench_%s: %s\n", MODE, e); return 1; }
+  return 0;
+}
+
+// ---- main -----------------------------------------------------------------------------------------
+
+int main(int argc, char **argv) {
+  int do_bench = 0, bench_fp32 = 0;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--bench")) do_bench = 1;
+    else if (!strcmp(argv[i], "--fp32")) bench_fp32 = 1;
+    else { fprintf(stderr, "usage: %s [--bench [--fp32]]\n", argv[0]); return 2; }
+  }
+  int ndev = 0;
+  cudaError_t e = cudaGetDeviceCount(&ndev);
+  if (e != cudaSuccess || ndev == 0) {
+    printf("SKIP cuda_ops: no GPU (%s)\n", e != cudaSuccess ? cudaGetErrorString(e) : "cudaGetDeviceCount found none");
+    return 0;
+  }
+  char err[512];
+  if (!(CPU = pc_backend_cpu_new(0))) { printf("FAIL cuda_ops: no CPU backend\n"); return 1; }
+  if (do_bench) {
+    MODE = bench_fp32 ? "fp32" : "bf16";
+    if (!(GPU = pc_backend_cuda_new(bench_fp32, err, sizeof err))) { printf("FAIL cuda_bench: %s\n", err); return 1; }
+    int rc = bench();
+    GPU->ops->destroy(GPU);
+    CPU->ops->destroy(CPU);
+    return rc;
+  }
+  for (int fp32 = 1; fp32 >= 0; fp32--) {
+    MODE = fp32 ? "fp32" : "bf16";
+    TOL = fp32 ? 1e-5 : 1e-2;
+    if (!(GPU = pc_backend_cuda_new(fp32, err, sizeof err))) {
+      printf("FAIL cuda_backend_new_%s: %s\n", MODE, err);
+      failures++;
+      continue;
+    }
+    test_table();
+    test_embedding();
+    test_matmul();
+    test_norms();
+    test_rope();
+    test_attention();
+    test_activations();
+    test_gather_and_memory();
+    test_logprob();
+    GPU->ops->destroy(GPU);
+  }
+  CPU->ops->destroy(CPU);
+  return failures ? 1 : 0;
+}
