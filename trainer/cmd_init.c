@@ -16,6 +16,7 @@
 #include "config.h"
 #include "data.h"
 #include "safetensors.h"
+#include "util.h"
 #include "tokenizer.h"
 
 static void usage(FILE *f) {
@@ -40,18 +41,11 @@ static void usage(FILE *f) {
         "  --dtype D          f32 (default), bf16 or f16\n", f);
 }
 
-// ---- a seeded normal generator (splitmix64 + Box-Muller) ------------------------------------------
+// ---- a seeded normal generator (splitmix64, util.h, + Box-Muller) ------------------------------------------
 
-static uint64_t rng_next(uint64_t *s) {
-  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-static double rng_unit(uint64_t *s) { return ((rng_next(s) >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
 static void fill_normal(float *x, size_t n, double std, uint64_t *s) {
   for (size_t i = 0; i < n; i += 2) {
-    double u1 = rng_unit(s), u2 = rng_unit(s), r = sqrt(-2.0 * log(u1));
+    double u1 = pc_rand_unit(s), u2 = pc_rand_unit(s), r = sqrt(-2.0 * log(u1));
     x[i] = (float)(std * r * cos(2 * M_PI * u2));
     if (i + 1 < n) x[i + 1] = (float)(std * r * sin(2 * M_PI * u2));
   }
@@ -142,22 +136,6 @@ static void build(tlist *L, const pc_config *c) {
     add(L, INIT_ONES, 0, C, 0, "model.norm.weight", 0);
   }
   if (!c->tie_embeddings) add(L, INIT_NORMAL, s, V, C, "lm_head.weight", 0);
-}
-
-static int copy_file(const char *src, const char *dst) {
-  FILE *in = fopen(src, "rb");
-  if (!in) return errno == ENOENT ? 1 : -1;
-  FILE *out = fopen(dst, "wb");
-  if (!out) { fclose(in); return -1; }
-  char buf[65536];
-  size_t n;
-  int bad = 0;
-  while ((n = fread(buf, 1, sizeof buf, in)) > 0)
-    if (fwrite(buf, 1, n, out) != n) { bad = 1; break; }
-  if (ferror(in)) bad = 1;
-  fclose(in);
-  if (fclose(out) != 0) bad = 1;
-  return bad ? -1 : 0;
 }
 
 static int parse_int(const char *opt, const char *s, int lo, int *out) {
@@ -256,7 +234,7 @@ int pc_cmd_init(int argc, char **argv) {
   for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
     snprintf(path, sizeof path, "%s/%s", tokdir, files[i]);
     snprintf(dst, sizeof dst, "%s/%s", outdir, files[i]);
-    if (copy_file(path, dst) < 0) { fprintf(stderr, "prefcap-dpo init: cannot copy %s to %s: %s\n", path, dst, strerror(errno)); goto done; }
+    if (pc_copy_file(path, dst) < 0) { fprintf(stderr, "prefcap-dpo init: cannot copy %s to %s: %s\n", path, dst, strerror(errno)); goto done; }
   }
   size_t params = 0;
   for (int i = 0; i < L.n; i++) params += (size_t)L.t[i].shape[0] * (size_t)(L.t[i].ndim == 2 ? L.t[i].shape[1] : 1);

@@ -30,6 +30,7 @@
 #include "report.h"
 #include "tokenizer.h"
 #include "train_model.h"
+#include "util.h"
 
 #define PROG "prefcap-dpo train"
 
@@ -311,20 +312,6 @@ static int write_json(const char *path, const cJSON *j) {
   return ok ? 0 : -1;
 }
 
-static int copy_file(const char *src, const char *dst) {
-  FILE *a = fopen(src, "rb");
-  if (!a) return errno == ENOENT ? 1 : -1;
-  FILE *b = fopen(dst, "wb");
-  if (!b) { fclose(a); return -1; }
-  char buf[1 << 16];
-  size_t n;
-  int ok = 1;
-  while ((n = fread(buf, 1, sizeof buf, a)) > 0) ok &= fwrite(buf, 1, n, b) == n;
-  fclose(a);
-  if (fclose(b) != 0) ok = 0;
-  return ok ? 0 : -1;
-}
-
 static int copy_tokenizer_files(const char *from, const char *to) {
   static const char *names[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                                 "generation_config.json", "chat_template.jinja", "vocab.json", "merges.txt"};
@@ -332,28 +319,9 @@ static int copy_tokenizer_files(const char *from, const char *to) {
   for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
     snprintf(a, sizeof a, "%s/%s", from, names[i]);
     snprintf(b, sizeof b, "%s/%s", to, names[i]);
-    if (copy_file(a, b) < 0) { fprintf(stderr, PROG ": cannot copy %s to %s: %s\n", a, b, strerror(errno)); return -1; }
+    if (pc_copy_file(a, b) < 0) { fprintf(stderr, PROG ": cannot copy %s to %s: %s\n", a, b, strerror(errno)); return -1; }
   }
   return 0;
-}
-
-static int mkdir_p(const char *dir) {
-  char p[4096];
-  snprintf(p, sizeof p, "%s", dir);
-  for (char *s = p + 1; *s; s++)
-    if (*s == '/') {
-      *s = 0;
-      if (mkdir(p, 0755) != 0 && errno != EEXIST) return -1;
-      *s = '/';
-    }
-  return mkdir(p, 0755) != 0 && errno != EEXIST ? -1 : 0;
-}
-
-static uint64_t splitmix(uint64_t *s) {
-  uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
 }
 
 /* A seeded permutation of 0..n-1 (Fisher-Yates); stream is a label that separates its uses. */
@@ -361,7 +329,7 @@ static void permutation(size_t *p, size_t n, uint64_t seed, uint64_t stream) {
   uint64_t s = seed * 0x100000001B3ull ^ (stream + 0x5DEECE66Dull);
   for (size_t i = 0; i < n; i++) p[i] = i;
   for (size_t i = n; i > 1; i--) {
-    size_t j = (size_t)(splitmix(&s) % i);
+    size_t j = (size_t)(pc_splitmix64(&s) % i);
     size_t t = p[i - 1];
     p[i - 1] = p[j];
     p[j] = t;
@@ -543,14 +511,14 @@ done:
 
 /* Reference sums under the starting model (full) or the base (LoRA): the checkpoint as loaded, with
  * no adapter. Computed once, before training (TRL's precompute_ref_log_probs). */
-static int compute_ref(run *R, const pc_pair **pairs, size_t n, double *out, const char *what) {
+static int compute_ref(run *R, const pc_pair **pairs, size_t n, double *out) {
   pc_model *base = NULL;
   if (pc_model_load(R->o.model, NULL, R->be, &base, R->err, sizeof R->err) != 0) {
     fprintf(stderr, PROG ": %s\n", R->err);
     return -1;
   }
   int B = R->o.batch_size, rc = -1;
-  pc_progress *pg = pc_progress_new(stderr, what, "pairs", "tok", n);
+  pc_progress *pg = pc_progress_new(stderr, "reference", "pairs", "tok", n);
   double tokens = 0;
   for (size_t b = 0; b < n; b += (size_t)B) {
     int nb = n - b < (size_t)B ? (int)(n - b) : B;
@@ -560,7 +528,8 @@ static int compute_ref(run *R, const pc_pair **pairs, size_t n, double *out, con
     }
     if (pc_model_logps(base, R->seqs, 2 * nb, out + 2 * b, R->cnts, NULL, R->err, sizeof R->err) != 0) {
       pc_progress_break(pg);
-      fprintf(stderr, PROG ": %s:%d: %s\n", R->o.data, pairs[b]->line, R->err);
+      int ev = pairs + b >= R->eval && R->o.eval_data[0];  // pairs of --eval-data come after the training ones
+      fprintf(stderr, PROG ": %s:%d: %s\n", ev ? R->o.eval_data : R->o.data, pairs[b]->line, R->err);
       goto done;
     }
     pc_progress_update(pg, b + (size_t)nb, tokens, NULL);
@@ -629,18 +598,18 @@ static double lr_at(const topts *o, int k, int T) {
   return o->lr;
 }
 
-/* The stream of pairs: index i of the run's sequence of pairs → a training pair. */
+/* The stream of pairs: index i of the run's sequence of pairs → its index in R->train (and R->ref). */
 typedef struct { size_t *perm; long epoch; } order;
 
-static const pc_pair *pair_at(run *R, order *od, size_t i) {
+static size_t train_index(run *R, order *od, size_t i) {
   size_t n = R->ntrain;
-  if (R->o.no_shuffle) return R->train[i % n];
+  if (R->o.no_shuffle) return i % n;
   long e = (long)(i / n);
   if (e != od->epoch) {
     permutation(od->perm, n, (uint64_t)R->o.seed, 1000 + (uint64_t)e);
     od->epoch = e;
   }
-  return R->train[od->perm[i % n]];
+  return od->perm[i % n];
 }
 
 // ---- checkpoints --------------------------------------------------------------------------------
@@ -679,7 +648,7 @@ static int save_checkpoint(run *R, int step) {
   snprintf(dir, sizeof dir, "%s/checkpoint-%d", R->o.out, step);
   snprintf(tmp, sizeof tmp, "%s/.checkpoint-%d.tmp", R->o.out, step);
   R->err[0] = 0;
-  if (mkdir_p(tmp) != 0) { fprintf(stderr, PROG ": %s: cannot create: %s\n", tmp, strerror(errno)); return -1; }
+  if (pc_mkdir_p(tmp) != 0) { fprintf(stderr, PROG ": %s: cannot create: %s\n", tmp, strerror(errno)); return -1; }
   snprintf(path, sizeof path, "%s/trainable.safetensors", tmp);
   if (write_tensors(R, path, 0) != 0) goto fail;
   snprintf(path, sizeof path, "%s/optimizer.safetensors", tmp);
@@ -948,13 +917,12 @@ static int train_main(run *R, const char *cmdline, int resume) {
   R->dsum = malloc(sizeof *R->dsum * 2 * (size_t)B);
   R->ref = calloc(2 * (R->ntrain + R->neval) + 1, sizeof *R->ref);
   if (!R->seqs || !R->sums || !R->cnts || !R->dsum || !R->ref) { fprintf(stderr, PROG ": out of memory\n"); return 1; }
-  if (R->lk != L_SIMPO) {
+  if (R->lk != L_SIMPO) {  // R->eval follows R->train in one array, and R->ref likewise: one pass
     if (o->ref_logps[0]) {
-      if (load_ref_file(R) != 0) return 1;
-    } else if (compute_ref(R, R->train, R->ntrain, R->ref, "reference") != 0) {
+      if (load_ref_file(R) != 0 || (R->neval && compute_ref(R, R->eval, R->neval, R->ref + 2 * R->ntrain) != 0)) return 1;
+    } else if (compute_ref(R, R->train, R->ntrain + R->neval, R->ref) != 0) {
       return 1;
     }
-    if (R->neval && compute_ref(R, R->eval, R->neval, R->ref + 2 * R->ntrain, "reference (eval)") != 0) return 1;
   }
   pc_tmodel_opts mo = {R->lora ? o->lora_r : 0, o->lora_alpha, o->lora_targets[0] ? o->lora_targets : NULL,
                        o->init_adapter[0] ? o->init_adapter : NULL, (uint64_t)o->seed};
@@ -1035,31 +1003,24 @@ static int train_main(run *R, const char *cmdline, int resume) {
   if (!od.perm) { fprintf(stderr, PROG ": out of memory\n"); return 1; }
   pc_progress *pg = pc_progress_new(stderr, "train", "steps", "tok", (size_t)(R->total_steps - R->start_step));
   const pc_pair **mb = malloc(sizeof *mb * (size_t)B);
+  double *mbref = malloc(sizeof *mbref * 2 * (size_t)B);
+  size_t *idx = malloc(sizeof *idx * (size_t)P);  // the step's pairs, as indices into R->train
   double all_tokens = 0, t_start = pc_now_s();
   int last_saved = R->start_step, step = R->start_step;
-  if (!mb) goto fail;
+  if (!mb || !mbref || !idx) { fprintf(stderr, PROG ": out of memory\n"); goto fail; }
   for (; step < R->total_steps; step++) {
     double t0 = pc_now_s(), tokens = 0;
     stats st = {0};
     pc_tmodel_zero_grad(R->m);
+    for (int k = 0; k < P; k++) idx[k] = train_index(R, &od, (size_t)step * P + k);
     for (int j = 0; j < o->grad_accum; j++) {
-      size_t first = ((size_t)step * o->grad_accum + j) * B;
-      for (int b = 0; b < B; b++) mb[b] = pair_at(R, &od, first + b);
-      double ref[2 * 64], *refp = NULL;
-      double *refbuf = B <= 64 ? ref : malloc(sizeof(double) * 2 * B);
-      if (!refbuf) goto fail;
-      if (R->lk != L_SIMPO) {
-        refp = refbuf;
-        for (int b = 0; b < B; b++) {
-          // the pair's position in R->train: the stream gives it directly
-          size_t i = first + b, ti = o->no_shuffle ? i % R->ntrain : od.perm[i % R->ntrain];
-          refp[2 * b] = R->ref[2 * ti];
-          refp[2 * b + 1] = R->ref[2 * ti + 1];
-        }
+      for (int b = 0; b < B; b++) {
+        size_t t = idx[j * B + b];
+        mb[b] = R->train[t];
+        mbref[2 * b] = R->ref[2 * t];
+        mbref[2 * b + 1] = R->ref[2 * t + 1];
       }
-      int r = run_batch(R, mb, refp, B, 1, 1.0 / P, &st, &tokens);
-      if (refbuf != ref) free(refbuf);
-      if (r != 0) {
+      if (run_batch(R, mb, R->lk == L_SIMPO ? NULL : mbref, B, 1, 1.0 / P, &st, &tokens) != 0) {
         pc_progress_break(pg);
         fprintf(stderr, PROG ": step %d: %s\n", step + 1, R->err);
         goto fail;
@@ -1076,9 +1037,7 @@ static int train_main(run *R, const char *cmdline, int resume) {
       pc_progress_break(pg);
       fprintf(stderr, PROG ": step %d: the %s is %s (data lines", step + 1, isfinite(mean_loss) ? "gradient norm" : "loss",
               isnan(isfinite(mean_loss) ? norm : mean_loss) ? "NaN" : "infinite");
-      for (int j = 0; j < o->grad_accum; j++)
-        for (int b = 0; b < B; b++)
-          fprintf(stderr, " %d", pair_at(R, &od, ((size_t)step * o->grad_accum + j) * B + b)->line);
+      for (int k = 0; k < P; k++) fprintf(stderr, " %d", R->train[idx[k]]->line);
       fprintf(stderr, "); stopping. Lower --lr, check the data and the model's weights%s\n",
               last_saved ? ", or resume from the last checkpoint" : "");
       set_status(R, "failed");
@@ -1154,7 +1113,7 @@ static int train_main(run *R, const char *cmdline, int resume) {
     }
     if (o->merge) {
       snprintf(path, sizeof path, "%s/merged", o->out);
-      if (mkdir_p(path) != 0 ||
+      if (pc_mkdir_p(path) != 0 ||
           pc_tmodel_save_model(R->m, path, pc_tmodel_dtype(R->m), 1, R->err, sizeof R->err) != 0 ||
           copy_tokenizer_files(o->model, path) != 0) {
         fprintf(stderr, PROG ": %s: %s\n", path, R->err[0] ? R->err : strerror(errno));
@@ -1184,6 +1143,8 @@ static int train_main(run *R, const char *cmdline, int resume) {
 fail:
   pc_progress_free(pg);
   free(mb);
+  free(mbref);
+  free(idx);
   free(od.perm);
   if (rc == 1 && R->manifest) {
     const cJSON *s = cJSON_GetObjectItemCaseSensitive(R->manifest, "status");
@@ -1276,7 +1237,7 @@ int pc_cmd_train(int argc, char **argv) {
     goto done;
   }
   if (check_opts(&R->o) != 0) goto done;
-  if (mkdir_p(R->o.out) != 0) { fprintf(stderr, PROG ": %s: cannot create: %s\n", R->o.out, strerror(errno)); rc = 1; goto done; }
+  if (pc_mkdir_p(R->o.out) != 0) { fprintf(stderr, PROG ": %s: cannot create: %s\n", R->o.out, strerror(errno)); rc = 1; goto done; }
   rc = train_main(R, cmdline, resume != NULL);
 done:
   run_free(R);

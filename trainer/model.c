@@ -73,6 +73,13 @@ static int keep(pc_model *m, void *p, int backend) {
   return 0;
 }
 
+void pc_lora_apply(float *w, pc_wlayout layout, int out_f, int in_f, const float *a, const float *b, int r, float s) {
+  if (layout == PC_W_OUT_IN)  // W (out, in) += s * B (out, r) A (r, in)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out_f, in_f, r, s, b, r, a, in_f, 1.0f, w, in_f);
+  else  // W (in, out) += s * A^T (in, r) B^T (r, out)
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasTrans, in_f, out_f, r, s, a, in_f, b, r, 1.0f, w, out_f);
+}
+
 /* Merges the adapter's lora_A/lora_B for module `mod` (a path without ".weight") into w, a host copy
  * that we own, laid out (rows, cols) as in the checkpoint. Returns 1 when merged, 0 when the adapter
  * has no such module, -1 on error. */
@@ -112,13 +119,7 @@ static int lora_merge(pc_model *m, const char *mod, float *w, int64_t rows, int6
     free(b);
     return -1;
   }
-  float s = (float)m->lora_scale;
-  if (layout == PC_W_OUT_IN)  // W (out, in) += s * B (out, r) A (r, in)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)out_f, (int)in_f, r, s, b, r, a, (int)in_f, 1.0f, w,
-                (int)in_f);
-  else  // W (in, out) += s * A^T (in, r) B^T (r, out)
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasTrans, (int)in_f, (int)out_f, r, s, a, (int)in_f, b, r, 1.0f, w,
-                (int)out_f);
+  pc_lora_apply(w, layout, (int)out_f, (int)in_f, a, b, r, (float)m->lora_scale);
   free(a);
   free(b);
   m->lora_merged++;
@@ -290,7 +291,7 @@ int pc_rope_tables(const double *inv_freq, int half, int T, float **cos_out, flo
   return 0;
 }
 
-static int load_adapter(pc_model *m, const char *dir, char *err, size_t errlen) {
+int pc_adapter_config(const char *dir, double *r_out, double *alpha_out, char *err, size_t errlen) {
   char path[4096];
   snprintf(path, sizeof path, "%s/adapter_config.json", dir);
   FILE *fp = fopen(path, "rb");
@@ -331,7 +332,8 @@ static int load_adapter(pc_model *m, const char *dir, char *err, size_t errlen) 
       goto done;
     }
   }
-  m->lora_scale = alpha->valuedouble / r->valuedouble;
+  *r_out = r->valuedouble;
+  *alpha_out = alpha->valuedouble;
   rc = 0;
 done:
   cJSON_Delete(o);
@@ -349,7 +351,9 @@ int pc_model_load(const char *dir, const char *adapter_dir, pc_backend *be, pc_m
   if (pc_config_load(path, &m->cfg, err, errlen) != 0) goto fail;
   if (pc_ckpt_open(dir, &m->ckpt, err, errlen) != 0) goto fail;
   if (adapter_dir) {
-    if (load_adapter(m, adapter_dir, err, errlen) != 0) goto fail;
+    double r, alpha;
+    if (pc_adapter_config(adapter_dir, &r, &alpha, err, errlen) != 0) goto fail;
+    m->lora_scale = alpha / r;
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", adapter_dir);
     if (pc_ckpt_open_file(path, &m->lora, err, errlen) != 0) goto fail;
   }

@@ -49,6 +49,12 @@ void pc_rope_inv_freq(const pc_config *c, double *out);
  * free() both. -1 when out of memory. */
 int pc_rope_tables(const double *inv_freq, int half, int T, float **cos_out, float **sin_out);
 
+/* Reads a PEFT LoRA adapter's adapter_config.json in DIR: r and lora_alpha, refusing what the model
+ * code does not compute (DoRA, rsLoRA, biases, rank/alpha patterns, modules_to_save). */
+int pc_adapter_config(const char *dir, double *r, double *alpha, char *err, size_t errlen);
+/* W += s B A (nn.Linear, W (out, in)) or its transpose (Conv1D, W (in, out)); A (r, in), B (out, r). */
+void pc_lora_apply(float *w, pc_wlayout layout, int out_f, int in_f, const float *a, const float *b, int r, float s);
+
 /* adapter_dir: NULL, or a PEFT LoRA directory (adapter_config.json + adapter_model.safetensors),
  * merged into the weights at load (W += alpha/r * B A). */
 int pc_model_load(const char *dir, const char *adapter_dir, pc_backend *be, pc_model **out, char *err,

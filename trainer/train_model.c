@@ -8,6 +8,7 @@
  * backend table, so the CUDA backend gets training by implementing the same ops. */
 #include "train_model.h"
 #include "err.h"
+#include "util.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -252,37 +253,6 @@ static int targeted(const char *path, const char *targets) {
   return 0;
 }
 
-static uint64_t splitmix64(uint64_t *s) {
-  uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-/* Reads r and lora_alpha from DIR/adapter_config.json. */
-static int adapter_config(const char *dir, int *r, double *alpha, char *err, size_t errlen) {
-  char path[4096];
-  snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-  FILE *f = fopen(path, "rb");
-  if (!f) { pc_seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno)); return -1; }
-  char buf[1 << 16];
-  size_t n = fread(buf, 1, sizeof buf - 1, f);
-  fclose(f);
-  buf[n] = 0;
-  cJSON *o = cJSON_Parse(buf);
-  cJSON *jr = cJSON_GetObjectItemCaseSensitive(o, "r"), *ja = cJSON_GetObjectItemCaseSensitive(o, "lora_alpha");
-  int rc = 0;
-  if (!cJSON_IsNumber(jr) || jr->valueint <= 0 || !cJSON_IsNumber(ja)) {
-    pc_seterr(err, errlen, "%s: needs \"r\" (positive integer) and \"lora_alpha\"", path);
-    rc = -1;
-  } else {
-    *r = jr->valueint;
-    *alpha = ja->valuedouble;
-  }
-  cJSON_Delete(o);
-  return rc;
-}
-
 /* Adds A and B to every targeted module: PEFT's initialization (A ~ U(-1/sqrt(in), 1/sqrt(in)), the
  * bound of kaiming_uniform_(a=sqrt(5)); B = 0) or the matrices of an initial adapter. */
 static int add_lora(pc_tmodel *m, const pc_tmodel_opts *o, char *err, size_t errlen) {
@@ -292,7 +262,10 @@ static int add_lora(pc_tmodel *m, const pc_tmodel_opts *o, char *err, size_t err
   double alpha = o->lora_alpha;
   if (o->init_adapter) {
     char path[4096];
-    if (adapter_config(o->init_adapter, &r, &alpha, err, errlen) != 0) return -1;
+    double rr;
+    if (pc_adapter_config(o->init_adapter, &rr, &alpha, err, errlen) != 0) return -1;
+    r = (int)rr;
+    if (r != rr) { pc_seterr(err, errlen, "%s/adapter_config.json: \"r\" must be an integer", o->init_adapter); return -1; }
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", o->init_adapter);
     if (pc_ckpt_open_file(path, &init, err, errlen) != 0) return -1;
   }
@@ -335,7 +308,7 @@ static int add_lora(pc_tmodel *m, const pc_tmodel_opts *o, char *err, size_t err
       } else {
         double bound = 1.0 / sqrt((double)L->in);
         for (size_t i = 0; i < A->n; i++)
-          ha[i] = (float)(((double)(splitmix64(&rng) >> 11) * 0x1.0p-53 * 2.0 - 1.0) * bound);
+          ha[i] = (float)((pc_rand_unit(&rng) * 2.0 - 1.0) * bound);
         memset(hb, 0, sizeof(float) * B->n);
       }
       if (!bad) {
@@ -811,28 +784,17 @@ static int host_params(pc_tmodel *m, int lora, int merged, pc_st_write_tensor *t
     (*n)++;
   }
   if (!merged) return 0;
-  // W += scale B A (nn.Linear, W (out, in)) or its transpose (Conv1D, W (in, out)), in double
+  // W += scale B A, as score --adapter merges it. The model's own weights come first in P (LoRA
+  // matrices are appended after them), so hosts[i] is parameter i's copy.
   for (int l = 0; l < m->cfg.layers; l++)
     for (int k = 0; k < M_COUNT; k++) {
       const lin *L = &m->L[l].mod[k];
       if (L->pw < 0 || L->la < 0) continue;
-      int wi = -1;
-      for (int j = 0; j < *n; j++)
-        if (!strcmp(ts[j].name, m->P[L->pw].name)) wi = j;
-      if (wi < 0) continue;
-      int r = m->lora_r;
       float *a = malloc(sizeof(float) * m->P[L->la].n), *b = malloc(sizeof(float) * m->P[L->lb].n);
       if (!a || !b) { free(a); free(b); pc_seterr(err, errlen, "out of memory merging"); return -1; }
       m->be->ops->download(m->be, a, m->P[L->la].w, sizeof(float) * m->P[L->la].n);
       m->be->ops->download(m->be, b, m->P[L->lb].w, sizeof(float) * m->P[L->lb].n);
-      float *w = hosts[wi];
-      for (int o = 0; o < L->out; o++)
-        for (int i = 0; i < L->in; i++) {
-          double acc = 0;
-          for (int j = 0; j < r; j++) acc += (double)b[(size_t)o * r + j] * a[(size_t)j * L->in + i];
-          size_t at = L->layout == PC_W_OUT_IN ? (size_t)o * L->in + i : (size_t)i * L->out + o;
-          w[at] = (float)(w[at] + m->lora_scale * acc);
-        }
+      pc_lora_apply(hosts[L->pw], L->layout, L->out, L->in, a, b, m->lora_r, (float)m->lora_scale);
       free(a);
       free(b);
     }

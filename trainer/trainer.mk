@@ -2,7 +2,8 @@
 # scoring and init, the `prefcap-dpo` CLI, their tests and the scoring benchmark.
 # Other fragments (tokenizer.mk, data.mk; included before this one) append to TRAINER_OBJS/TRAINER_LIBS.
 
-PC_MODEL_SRCS := trainer/safetensors.c trainer/config.c trainer/backend_cpu.c trainer/model.c trainer/train_model.c
+PC_MODEL_SRCS := trainer/safetensors.c trainer/config.c trainer/backend_cpu.c trainer/model.c trainer/train_model.c \
+                 trainer/util.c
 PC_MODEL_OBJS := $(PC_MODEL_SRCS:%.c=$(BUILD)/%.o)
 PC_CLI_SRCS   := trainer/main.c trainer/cmd_score.c trainer/cmd_init.c trainer/cmd_train.c
 PC_CLI_OBJS   := $(PC_CLI_SRCS:%.c=$(BUILD)/%.o)

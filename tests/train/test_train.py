@@ -21,7 +21,8 @@ resume bad):
   - accum: --batch-size 1 --grad-accum 4 equals --batch-size 4 --grad-accum 1.
   - resume: a run killed with SIGKILL after a checkpoint, then --resume, gives the uninterrupted run's
     metrics.jsonl bit for bit; so does --from-manifest OUT/run.json.
-  - bad input: empty data file, prompts longer than --max-length (keep_start drops them), a NaN weight.
+  - bad input: empty data file, prompts longer than --max-length (keep_start drops them), a NaN weight;
+    and, with shuffling, a micro-batch across an epoch boundary keeps each pair's own reference.
 
 Needs Debian's python3-torch (fails, never skips, without it). Exits non-zero on any failure.
 """
@@ -559,6 +560,22 @@ def bad_input_checks(tmp, models, data):
     p = run(train_args(nd, data, os.path.join(tmp, "out_nan"), o))
     report("train_bad_nan_weight", p.returncode != 0 and "NaN" in p.stderr and re.search(r"step \d+", p.stderr),
            f"exit {p.returncode}, message {p.stderr.strip()[-300:]!r}")
+    shuffled_reference_check(tmp, d, data)
+
+
+def shuffled_reference_check(tmp, model_dir, data):
+    """With shuffling, a micro-batch that spans two epochs must take each pair's own reference
+    log-probs. --lr 0 keeps the policy equal to the reference, so every reward must stay 0 (up to the
+    rounding between the scoring and training forward passes, ~1e-7 here; a pair matched with another
+    pair's reference is off by whole nats). 6 pairs, batch 4: step 2 holds stream pairs 4..7, the end of
+    epoch 0 and the start of epoch 1."""
+    out = os.path.join(tmp, "out_shuffled_lr0")
+    p = run([CLI, "train", "--model", model_dir, "--data", data, "--out", out, "--threads", "2", "--lr", "0",
+             "--batch-size", "4", "--max-steps", "4", "--seed", "3", "--lora-r", "4"])
+    rows = read_metrics(os.path.join(out, "metrics.jsonl")) if p.returncode == 0 else []
+    worst = max((abs(r[k]) for r in rows for k in ("rewards/chosen", "rewards/rejected")), default=float("inf"))
+    report("train_shuffled_epoch_boundary_reference", len(rows) == 4 and worst < 1e-4,
+           f"exit {p.returncode}, {len(rows)} steps, worst |reward| {worst:.3g} (limit 1e-4); {p.stderr.strip()[-200:]!r}")
 
 
 # ---- main ------------------------------------------------------------------------------------------
