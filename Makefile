@@ -7,7 +7,7 @@
 #   make bench      the benchmarks of bench/ (results go to bench/RESULTS.md by hand, with the machine)
 #   make install    PREFIX=/usr/local DESTDIR= : headers, libraries, CLIs and prefcap.pc
 #
-# Each area adds its own rules in a fragment (sdk/sdk.mk, trainer/*.mk) to ALL_TARGETS and TESTS.
+# Each area adds its own rules in a fragment (sdk/sdk.mk, trainer/*/*.mk) to ALL_TARGETS and TESTS.
 
 VERSION    := 0.1.0
 PREFIX     ?= /usr/local
@@ -40,7 +40,14 @@ probe:
 	@if [ -n "$(HAVE_GPU)" ]; then echo "✓ GPU found"; else echo "✗ no GPU: CUDA tests skipped"; fi
 
 include sdk/sdk.mk
--include $(sort $(wildcard trainer/*.mk))
+# the trainer, part by part in dependency order (docs/architecture.md draws it)
+include trainer/trainer.mk
+include trainer/util/util.mk
+include trainer/text/text.mk
+include trainer/backend/backend.mk
+include trainer/model/model.mk
+include trainer/train/train.mk
+include trainer/cli/cli.mk
 
 all: $(ALL_TARGETS)
 

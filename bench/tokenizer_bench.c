@@ -1,4 +1,4 @@
-/* bench/tokenizer_bench.c: encoding throughput of trainer/tokenizer.c on a JSONL corpus of strings,
+/* bench/tokenizer_bench.c: encoding throughput of trainer/text/tokenizer.c on a JSONL corpus of strings,
  * single-threaded, the same measurement bench/tokenizer_bench.mjs makes for tokenizers.js:
  *   tokenizer_bench TOKENIZER_JSON CORPUS_JSONL REPEAT
  * prints one JSON line: load time, MB/s over one pass of the corpus on a fresh tokenizer (cold word
@@ -9,7 +9,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "tokenizer.h"
+#include "text/tokenizer.h"
 
 static double now(void) { struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts); return ts.tv_sec + ts.tv_nsec * 1e-9; }
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// tests/data/ref.cjs: the reference the preference-data tests compare trainer/data.c and chat.c with.
+// tests/data/ref.cjs: the reference the preference-data tests compare trainer/text/data.c and chat.c with.
 // Hugging Face's own code does the work: @huggingface/jinja executes the real chat_template of the
 // model's tokenizer_config.json, and @huggingface/tokenizers (tokenizers.js) encodes with the real
 // tokenizer.json. On top, the steps of TRL's DPOTrainer (trl/trainer/dpo_trainer.py, TRL 1.x:

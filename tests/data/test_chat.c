@@ -1,4 +1,4 @@
-/* tests/data/test_chat.c: trainer/chat.c's renderings against Hugging Face's own: tests/data/ref.cjs runs
+/* tests/data/test_chat.c: trainer/text/chat.c's renderings against Hugging Face's own: tests/data/ref.cjs runs
  * @huggingface/jinja on the real chat_template of Llama 3 and Qwen 3 (their tokenizer_config.json from
  * npm) and on SmolLM's ChatML templates, over 600 generated conversations (system or not, multi-turn,
  * tool turns, reasoning, unicode, whitespace at the edges, <think> inside content), with and without
@@ -10,7 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "chat.h"
+#include "text/chat.h"
 #include "test.h"
 
 static const char *root(void) { const char *r = getenv("PREFCAP_ROOT"); return r ? r : "."; }

@@ -1,4 +1,4 @@
-/* tests/data/test_data.c: trainer/data.c against TRL's preprocessing run on Hugging Face's tokenizer.
+/* tests/data/test_data.c: trainer/text/data.c against TRL's preprocessing run on Hugging Face's tokenizer.
  *
  * tests/data/ref.cjs applies the steps of TRL's DPOTrainer (extract_prompt, add_eos, tokenize_fn with
  * tokenizers.js on the real tokenizer.json and @huggingface/jinja on the real chat_template, the
@@ -15,7 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "data.h"
+#include "text/data.h"
 #include "test.h"
 
 /* snprintf without -Wformat-truncation's guesses: every buffer here is far larger than the paths. */

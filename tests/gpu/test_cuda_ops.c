@@ -18,8 +18,8 @@
  *
  * Without a GPU (cudaGetDeviceCount fails or finds none) it prints one SKIP line and exits 0: that is
  * what CI, which has no GPU, sees. */
-#include "backend.h"
-#include "backend_cuda.h"
+#include "backend/backend.h"
+#include "backend/backend_cuda.h"
 
 #include <cuda_runtime_api.h>
 #include <math.h>

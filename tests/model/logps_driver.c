@@ -16,8 +16,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "../../trainer/backend.h"
-#include "../../trainer/model.h"
+#include "backend/backend.h"
+#include "model/model.h"
 
 int main(int argc, char **argv) {
   const char *model = NULL, *adapter = NULL;

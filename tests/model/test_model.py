@@ -324,10 +324,10 @@ def cli_checks(tmp, models):
     the float64 reference on the tokens TRL would build (prompt tokens, then the tokens of
     prompt+completion+EOS after them, ids from `prefcap-dpo tokenize`); bad data is refused by line."""
     if not os.access(CLI, os.X_OK):
-        if os.path.exists(os.path.join(hf.ROOT, "trainer/tokenizer.mk")):
-            report("cli_built", False, f"{CLI} is missing although trainer/tokenizer.mk exists")
+        if os.path.exists(os.path.join(hf.ROOT, "trainer/cli/cli.mk")):
+            report("cli_built", False, f"{CLI} is missing although trainer/cli/cli.mk exists")
         else:
-            print("SKIP cli_score: prefcap-dpo is not built yet (trainer/tokenizer.mk missing)")
+            print("SKIP cli_score: prefcap-dpo is not built yet (trainer/cli/cli.mk missing)")
         return
     # init: every family, every dtype, loads and scores like the reference on what it wrote
     rng = random.Random(5)

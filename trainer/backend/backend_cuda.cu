@@ -1,0 +1,941 @@
+/* trainer/backend/backend_cuda.cu: the CUDA backend: the forward ops of backend.h as kernels, matmuls and the
+ * LM head through cuBLAS (bf16 operands, fp32 accumulation), a fused flash-attention kernel and the
+ * chunked log-softmax of the fused log-prob. The CPU backend (backend_cpu.c) is the reference: every
+ * op here computes the same function, and tests/gpu/test_cuda_ops.c checks that it does.
+ *
+ * Precision. Two modes, chosen when the backend is made (pc_backend_cuda_new's fp32 argument, or the
+ * environment variable PREFCAP_CUDA_FP32=1 through pc_backend_new):
+ *   bf16 (default): the matmuls and the LM head multiply bf16 operands (weights converted once,
+ *     activations converted per call) with fp32 accumulation and fp32 outputs; everything else
+ *     (norms, RoPE, attention, softmax statistics, the residual stream) is fp32.
+ *   fp32: every matmul is cuBLAS's pedantic fp32 (no TF32), for parity with the CPU within 1e-5.
+ *
+ * Weights and their bf16 twins. backend.h hands weights to ops as `const float *`, and the same weight
+ * is read as floats by some ops (the tied wte by the embedding) and multiplied by others (by the LM
+ * head). So weight() keeps the simple contract: it returns an fp32 device copy (owned=1), which every
+ * op can read, and registers it in a small table. The first matmul or logprob that multiplies a
+ * registered weight in bf16 mode makes its bf16 twin (a conversion kernel, once) and keeps it in that
+ * table, keyed by the fp32 pointer; free() of the weight frees the twin. Only matrices ever get twins,
+ * so the cost is 6 bytes per matrix parameter (4 for the fp32 copy, 2 for the twin): a 7B model needs
+ * about 42 GB. A matrix not from weight() (alloc'd by the training code) is multiplied in fp32.
+ *
+ * Errors. Every CUDA and cuBLAS call is checked and every launch is followed by cudaGetLastError()
+ * (and, with PREFCAP_CUDA_SYNC=1, a device synchronisation, so that an asynchronous fault is named at
+ * the op that caused it). Ops cannot return an error (backend.h): the first failure is kept
+ * (pc_backend_cuda_error()), later ops are skipped and download() fills its destination with NaN bytes.
+ *
+ * Streams. Everything runs on the legacy default stream, in order; upload() and download() are
+ * synchronous cudaMemcpy, so host buffers may be reused as soon as they return. One thread drives a
+ * backend (backend.h).
+ *
+ * Attention. A flash-attention kernel (one block per 64 queries of one head, 64-key tiles through
+ * shared memory, an online softmax in registers; the T x T scores never exist) in fp32 on the CUDA
+ * cores, for head sizes up to 256; larger heads, or PREFCAP_CUDA_ATTN=rows, use a simple kernel (one
+ * warp per query row) that is also the fallback to compare with when the tiled one is in doubt.
+ * A tensor-core (bf16 mma) version is the next step for speed.
+ *
+ * Training ops (the *_backward, sumsq, adamw, scatter_rows) are not written yet: NULL in the table;
+ * `prefcap-dpo train --device cuda` says so before it starts. */
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/backend.h"
+#include "backend/backend_cuda.h"
+
+/* The fused log-prob works on LP_ROWS rows x LP_VOCAB logits at a time (64 MB of fp32 logits): large
+ * enough that the GEMM runs at full rate, small enough to stay far from (M x V). */
+#define LP_ROWS 1024
+#define LP_VOCAB 16384
+/* Flash attention: queries and keys per tile; AT_LD is the padded leading dimension of the shared
+ * tiles stored transposed (a multiple of 4 floats for 16-byte loads, off the 32-bank stride). */
+#define AT_BQ 64
+#define AT_BK 64
+#define AT_LD 68
+#define AT_THREADS 256
+
+typedef struct {
+  const float *p;      /* fp32 device copy, as weight() returned it */
+  size_t n;
+  __nv_bfloat16 *bf;   /* its bf16 twin, made on first use by a bf16 matmul (NULL until then) */
+} weight_entry;
+
+typedef struct { int q0, nq, p0, plen, pbase, base; } att_tile;  /* 64 query rows of one sequence */
+
+typedef struct {
+  pc_backend base;
+  int fp32;
+  int sync_each;        /* PREFCAP_CUDA_SYNC=1: synchronise after every launch */
+  int attn_rows;        /* PREFCAP_CUDA_ATTN=rows: always the one-warp-per-row attention */
+  int failed;
+  char err[512];
+  cublasHandle_t blas;
+  size_t smem_optin;    /* the device's largest dynamic shared memory per block */
+  // ---- registered weights (linear search: a few hundred entries, looked up once per matmul)
+  weight_entry *w;
+  int nw, capw;
+  // ---- workspaces, grown on demand
+  __nv_bfloat16 *act16; size_t act16_cap;   /* bf16 copy of a matmul's input */
+  float *lp_ws; size_t lp_ws_cap;           /* a chunk of logits */
+  float *lp_stats; size_t lp_stats_cap;     /* running max, sum, target logit per row (3 x LP_ROWS) */
+  // ---- attention tiles of the last batch layout (the same for every layer of a forward pass)
+  att_tile *tiles_host, *tiles_dev;
+  int ntiles, tiles_cap;
+  int *lay_start, *lay_plen, lay_nseq, lay_cap, lay_has_plen;
+} cuda_backend;
+
+static cuda_backend *CB(pc_backend *be) { return (cuda_backend *)be; }
+
+// ---- error checking -----------------------------------------------------------------------------
+
+static void fail(cuda_backend *cb, const char *file, int line, const char *what, const char *msg) {
+  if (cb->failed) return;  // keep the first: later ones are usually its consequences
+  cb->failed = 1;
+  snprintf(cb->err, sizeof cb->err, "%s:%d: %s: %s", file, line, what, msg);
+}
+
+static int check_cuda(cuda_backend *cb, cudaError_t e, const char *what, const char *file, int line) {
+  if (e == cudaSuccess) return 0;
+  fail(cb, file, line, what, cudaGetErrorString(e));
+  return -1;
+}
+
+static const char *blas_status_name(cublasStatus_t s) {
+  switch (s) {
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    default: return "cuBLAS error";
+  }
+}
+
+static int check_blas(cuda_backend *cb, cublasStatus_t s, const char *what, const char *file, int line) {
+  if (s == CUBLAS_STATUS_SUCCESS) return 0;
+  fail(cb, file, line, what, blas_status_name(s));
+  return -1;
+}
+
+#define CUDA_CHECK(cb, call) check_cuda((cb), (call), #call, __FILE__, __LINE__)
+#define BLAS_CHECK(cb, call) check_blas((cb), (call), #call, __FILE__, __LINE__)
+/* after every <<<>>>: the launch's own error, and with PREFCAP_CUDA_SYNC=1 the kernel's */
+#define LAUNCH_CHECK(cb, name) launch_check((cb), (name), __FILE__, __LINE__)
+
+static void launch_check(cuda_backend *cb, const char *name, const char *file, int line) {
+  cudaError_t e = cudaGetLastError();
+  if (e == cudaSuccess && cb->sync_each) e = cudaDeviceSynchronize();
+  if (e != cudaSuccess) fail(cb, file, line, name, cudaGetErrorString(e));
+}
+
+/* Blocks for a grid-stride loop over n elements, 256 threads each. */
+static unsigned grid_for(size_t n) {
+  size_t b = (n + 255) / 256;
+  if (b < 1) b = 1;
+  return b > 65536 ? 65536u : (unsigned)b;
+}
+
+// ---- device helpers -----------------------------------------------------------------------------
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+/* Over a block of up to 1024 threads (a multiple of 32); every thread gets the result. */
+__device__ float block_sum(float v, float *sh) {
+  int lane = threadIdx.x % 32, w = threadIdx.x / 32, nw = blockDim.x / 32;
+  v = warp_sum(v);
+  __syncthreads();  // sh may still be read by a previous reduction
+  if (lane == 0) sh[w] = v;
+  __syncthreads();
+  v = lane < nw ? sh[lane] : 0.0f;
+  return warp_sum(v);
+}
+__device__ float block_max(float v, float *sh) {
+  int lane = threadIdx.x % 32, w = threadIdx.x / 32, nw = blockDim.x / 32;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) sh[w] = v;
+  __syncthreads();
+  v = lane < nw ? sh[lane] : -INFINITY;
+  return warp_max(v);
+}
+
+// ---- elementwise and norm kernels ---------------------------------------------------------------
+
+__global__ void embedding_kernel(float *out, const int32_t *ids, const float *wte, const float *wpe,
+                                 const int32_t *pos, int N, int C) {
+  size_t n = (size_t)N * C;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    size_t r = i / C, c = i % C;
+    float v = wte[(size_t)ids[r] * C + c];
+    if (wpe) v += wpe[(size_t)pos[r] * C + c];
+    out[i] = v;
+  }
+}
+
+/* One warp per row; the row is read twice (mean, then variance about it: no cancellation) and once
+ * more to write, from L1/L2. */
+__global__ void layernorm_kernel(float *out, const float *inp, const float *w, const float *b, float eps, int N,
+                                 int C, float *mean_out, float *rstd_out) {
+  int row = (int)((blockIdx.x * (size_t)blockDim.x + threadIdx.x) / 32), lane = threadIdx.x % 32;
+  if (row >= N) return;  // whole warps leave together
+  const float *x = inp + (size_t)row * C;
+  float s = 0;
+  for (int i = lane; i < C; i += 32) s += x[i];
+  float m = warp_sum(s) / C;
+  float v = 0;
+  for (int i = lane; i < C; i += 32) {
+    float d = x[i] - m;
+    v += d * d;
+  }
+  float rs = 1.0f / sqrtf(warp_sum(v) / C + eps);
+  if (lane == 0) {
+    if (mean_out) mean_out[row] = m;
+    if (rstd_out) rstd_out[row] = rs;
+  }
+  float *o = out + (size_t)row * C;
+  for (int i = lane; i < C; i += 32) o[i] = (x[i] - m) * rs * w[i] + b[i];
+}
+
+__global__ void rmsnorm_kernel(float *out, const float *inp, const float *w, float eps, int rows, int C, int stride,
+                               float *rstd_out) {
+  int row = (int)((blockIdx.x * (size_t)blockDim.x + threadIdx.x) / 32), lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  const float *x = inp + (size_t)row * stride;
+  float s = 0;
+  for (int i = lane; i < C; i += 32) s += x[i] * x[i];
+  float rs = 1.0f / sqrtf(warp_sum(s) / C + eps);
+  if (lane == 0 && rstd_out) rstd_out[row] = rs;
+  float *o = out + (size_t)row * stride;  // may be inp (q/k norms in place): each lane reads before it writes
+  for (int i = lane; i < C; i += 32) o[i] = x[i] * rs * w[i];
+}
+
+/* One thread per rotated pair (i, i + HD/2) of one head of one row. */
+__global__ void rope_kernel(float *x, const float *cos_t, const float *sin_t, const int32_t *pos, int N, int H,
+                            int HD, int stride) {
+  int half = HD / 2;
+  size_t n = (size_t)N * H * half;
+  for (size_t t = blockIdx.x * (size_t)blockDim.x + threadIdx.x; t < n; t += (size_t)gridDim.x * blockDim.x) {
+    size_t r = t / ((size_t)H * half);
+    int rem = (int)(t % ((size_t)H * half)), h = rem / half, i = rem % half;
+    size_t p = (size_t)pos[r] * half + i;
+    float c = cos_t[p], s = sin_t[p];
+    float *v = x + r * stride + (size_t)h * HD;
+    float x1 = v[i], x2 = v[i + half];
+    v[i] = x1 * c - x2 * s;
+    v[i + half] = x2 * c + x1 * s;
+  }
+}
+
+__global__ void gelu_kernel(float *x, size_t n, int tanh_approx) {
+  const float k = 0.7978845608028654f;  // sqrt(2/pi)
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    float v = x[i];
+    // the CPU's form of gelu_new: 0.5 v (1 + tanh(u)) == v * sigmoid(2u)
+    x[i] = tanh_approx ? v / (1.0f + expf(-2.0f * k * (v + 0.044715f * v * v * v)))
+                       : 0.5f * v * (1.0f + erff(v * 0.7071067811865476f));
+  }
+}
+
+__global__ void swiglu_kernel(float *out, const float *gate, const float *up, size_t n) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    float g = gate[i];
+    out[i] = g / (1.0f + expf(-g)) * up[i];
+  }
+}
+
+__global__ void gather_rows_kernel(float *out, const float *inp, const int32_t *rows, int M, int C) {
+  size_t n = (size_t)M * C;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+    out[i] = inp[(size_t)rows[i / C] * C + i % C];
+}
+
+__global__ void scale_kernel(float *x, size_t n, float s) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+    x[i] *= s;
+}
+
+/* out (N, OC) = b, or += b: the bias goes in first and the GEMM adds into it (beta 1), as on the CPU */
+__global__ void bias_kernel(float *out, const float *b, int N, int OC, int accumulate) {
+  size_t n = (size_t)N * OC;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+    out[i] = accumulate ? out[i] + b[i % OC] : b[i % OC];
+}
+
+__global__ void to_bf16_kernel(__nv_bfloat16 *dst, const float *src, size_t n) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+    dst[i] = __float2bfloat16_rn(src[i]);
+}
+
+// ---- launchers: elementwise and norms -----------------------------------------------------------
+
+static void cuda_embedding(pc_backend *be, float *out, const int32_t *ids, const float *wte, const float *wpe,
+                           const pc_batch *bt, int N, int C) {
+  cuda_backend *cb = CB(be);
+  if (cb->failed || N <= 0) return;
+  embedding_kernel<<<grid_for((size_t)N * C), 256>>>(out, ids, wte, wpe, bt->pos, N, C);
+  LAUNCH_CHECK(cb, "embedding_kernel");
+}
+
+static void cuda_layernorm(pc_backend *be, float *out, const float *inp, const float *w, const float *b, float eps,
+                           int N, int C, float *mean, float *rstd) {
+  cuda_backend *cb = CB(be);
+  if (cb->failed || N <= 0) return;
+  layernorm_kernel<<<(N + 7) / 8, 256>>>(out, inp, w, b, eps, N, C, mean, rstd);
+  LAUNCH_CHECK(cb, "layernorm_kernel");
+}
+
+static void cuda_rmsnorm(pc_backend *be, float *out, const float *inp, const float *w, float eps, int rows, int C,
+                         int stride, float *rstd) {
+  cuda_backend *cb = CB(be);
+  if (cb->failed || rows <= 0) return;
+  rmsnorm_kernel<<<(rows + 7) / 8, 256>>>(out, inp, w, eps, rows, C, stride, rstd);
+  LAUNCH_CHECK(cb, "rmsnorm_kernel");
+}
+
+static void cuda_rope(pc_backend *be, float *x, const float *cos_t, const float *sin_t, const pc_batch *bt, int N,
+                      int H, int HD, int stride) {
+  cuda_backend *cb = CB(be);
+  if (cb->failed || N <= 0 || HD < 2) return;
+  rope_kernel<<<grid_for((size_t)N * H * (HD / 2)), 256>>>(x, cos_t, sin_t, bt->pos, N, H, HD, stride);
+  LAUNCH_CHECK(cb, "rope_kernel");
+}
+
+static void cuda_gelu(pc_backend *be, float *x, size_t n, int tanh_approx) {
+  cuda_backend *cb = CB(be);
+  if (cb->failed || !n) return;
+  gelu_kernel<<<grid_for(n), 256>>>(x, n, tanh_approx);
+  LAUNCH_CHECK(cb, "gelu_kernel");
+}
+
+static void cuda_swiglu(pc_backend *be, float *out, const float *gate, const float *up, size_t n) {
+  cuda_backend *cb = CB(be);
+  if (cb->failed || !n) return;
+  swiglu_kernel<<<grid_for(n), 256>>>(out, gate, up, n);
+  LAUNCH_CHECK(cb, "swiglu_kernel");
+}
+
+static void cuda_gather_rows(pc_backend *be, float *out, const float *inp, const int32_t *rows, int M, int C) {
+  cuda_backend *cb = CB(be);
+  if (cb->failed || M <= 0) return;
+  gather_rows_kernel<<<grid_for((size_t)M * C), 256>>>(out, inp, rows, M, C);
+  LAUNCH_CHECK(cb, "gather_rows_kernel");
+}
+
+static void cuda_scale(pc_backend *be, float *x, size_t n, float s) {
+  cuda_backend *cb = CB(be);
+  if (cb->failed || !n) return;
+  scale_kernel<<<grid_for(n), 256>>>(x, n, s);
+  LAUNCH_CHECK(cb, "scale_kernel");
+}
+
+// ---- memory -------------------------------------------------------------------------------------
+
+static void *cuda_alloc(pc_backend *be, size_t bytes) {
+  void *p = NULL;
+  if (cudaMalloc(&p, bytes ? bytes : 16) != cudaSuccess) {
+    cudaGetLastError();  // exhaustion is reported by the NULL (backend.h), not kept as a failure
+    return NULL;
+  }
+  return p;
+}
+
+static int find_weight(cuda_backend *cb, const void *p) {
+  for (int i = 0; i < cb->nw; i++)
+    if (cb->w[i].p == p) return i;
+  return -1;
+}
+
+static void cuda_free(pc_backend *be, void *p) {
+  cuda_backend *cb = CB(be);
+  if (!p) return;
+  int i = find_weight(cb, p);
+  if (i >= 0) {
+    if (cb->w[i].bf) CUDA_CHECK(cb, cudaFree(cb->w[i].bf));
+    cb->w[i] = cb->w[--cb->nw];
+  }
+  CUDA_CHECK(cb, cudaFree(p));
+}
+
+static void cuda_upload(pc_backend *be, void *dst, const void *src, size_t bytes) {
+  cuda_backend *cb = CB(be);
+  if (cb->failed || !bytes) return;
+  CUDA_CHECK(cb, cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+}
+
+static void cuda_download(pc_backend *be, void *dst, const void *src, size_t bytes) {
+  cuda_backend *cb = CB(be);
+  if (!bytes) return;
+  if (!cb->failed) CUDA_CHECK(cb, cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+  if (cb->failed) memset(dst, 0xff, bytes);  // NaN floats: a failed run never looks like a result
+}
+
+static void cuda_copy(pc_backend *be, void *dst, const void *src, size_t bytes) {
+  cuda_backend *cb = CB(be);
+  if (cb->failed || !bytes) return;
+  CUDA_CHECK(cb, cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice));
+}
+
+static void cuda_zero(pc_backend *be, void *p, size_t bytes) {
+  cuda_backend *cb = CB(be);
+  if (cb->failed || !bytes) return;
+  CUDA_CHECK(cb, cudaMemset(p, 0, bytes));
+}
+
+/* The fp32 device copy of a weight, registered so that bf16 matmuls can find (or make) its twin. */
+static const float *cuda_weight(pc_backend *be, const float *host, size_t n, int *owned) {
+  cuda_backend *cb = CB(be);
+  *owned = 1;
+  if (cb->nw == cb->capw) {
+    int nc = cb->capw ? 2 * cb->capw : 256;
+    weight_entry *nwp = (weight_entry *)realloc(cb->w, sizeof *nwp * (size_t)nc);
+    if (!nwp) return NULL;
+    cb->w = nwp;
+    cb->capw = nc;
+  }
+  float *d = (float *)cuda_alloc(be, n * sizeof(float));
+  if (!d) return NULL;
+  if (n && cudaMemcpy(d, host, n * sizeof(float), cudaMemcpyHostToDevice) != cudaSuccess) {
+    cudaGetLastError();
+    cudaFree(d);
+    return NULL;
+  }
+  weight_entry we = {d, n, NULL};
+  cb->w[cb->nw++] = we;
+  return d;
+}
+
+/* The bf16 twin of the n-element matrix at w, made on first use; NULL when w is not (inside) a
+ * registered weight, or in fp32 mode: the caller then multiplies in fp32. */
+static const __nv_bfloat16 *bf16_twin(cuda_backend *cb, const float *w, size_t n) {
+  if (cb->fp32) return NULL;
+  for (int i = 0; i < cb->nw; i++) {
+    weight_entry *e = &cb->w[i];
+    if (w < e->p || w + n > e->p + e->n) continue;
+    if (!e->bf) {
+      void *p = NULL;
+      if (cudaMalloc(&p, e->n * sizeof(__nv_bfloat16)) != cudaSuccess) {
+        cudaGetLastError();
+        return NULL;  // no room for the twin: this matmul runs in fp32
+      }
+      e->bf = (__nv_bfloat16 *)p;
+      to_bf16_kernel<<<grid_for(e->n), 256>>>(e->bf, e->p, e->n);
+      LAUNCH_CHECK(cb, "to_bf16_kernel");
+    }
+    return e->bf + (w - e->p);
+  }
+  return NULL;
+}
+
+/* Grows a workspace to `bytes` (never shrinks); -1 with the failure kept when the device is full. */
+static int ws_reserve(cuda_backend *cb, void **p, size_t *cap, size_t bytes) {
+  if (bytes <= *cap) return 0;
+  if (*p) CUDA_CHECK(cb, cudaFree(*p));
+  *p = NULL;
+  *cap = 0;
+  if (CUDA_CHECK(cb, cudaMalloc(p, bytes))) { *p = NULL; return -1; }
+  *cap = bytes;
+  return 0;
+}
+
+/* The bf16 copy of an (n) fp32 activation, in the act16 workspace (valid until the next call). */
+static const __nv_bfloat16 *act_bf16(cuda_backend *cb, const float *x, size_t n) {
+  if (ws_reserve(cb, (void **)&cb->act16, &cb->act16_cap, n * sizeof(__nv_bfloat16))) return NULL;
+  to_bf16_kernel<<<grid_for(n), 256>>>(cb->act16, x, n);
+  LAUNCH_CHECK(cb, "to_bf16_kernel");
+  return cb->failed ? NULL : cb->act16;
+}
+
+// ---- matmul -------------------------------------------------------------------------------------
+
+/* Column-major C (m x n, ldc) = op(A) (m x k) · B (k x n) + beta C, A and B both fp32 or both bf16,
+ * fp32 accumulation and output. Row-major callers pass their product transposed: row-major
+ * out = inp · W is column-major out^T = W^T · inp^T. */
+static void gemm(cuda_backend *cb, cublasOperation_t opA, int m, int n, int k, const void *A, int lda, const void *B,
+                 int ldb, float beta, float *C, int ldc, int bf16) {
+  const float one = 1.0f;
+  cudaDataType_t t = bf16 ? CUDA_R_16BF : CUDA_R_32F;
+  // fp32 mode: pedantic, so cuBLAS never substitutes TF32 or reduced-precision reductions
+  cublasComputeType_t ct = bf16 || !cb->fp32 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_PEDANTIC;
+  BLAS_CHECK(cb, cublasGemmEx(cb->blas, opA, CUBLAS_OP_N, m, n, k, &one, A, t, lda, B, t, ldb, &beta, C, CUDA_R_32F,
+                              ldc, ct, CUBLAS_GEMM_DEFAULT));
+}
+
+static void cuda_matmul(pc_backend *be, float *out, const float *inp, const pc_weight *w, int N, int C, int OC,
+                        int accumulate) {
+  cuda_backend *cb = CB(be);
+  if (cb->failed || N <= 0) return;
+  float beta = accumulate ? 1.0f : 0.0f;
+  if (w->b) {
+    bias_kernel<<<grid_for((size_t)N * OC), 256>>>(out, w->b, N, OC, accumulate);
+    LAUNCH_CHECK(cb, "bias_kernel");
+    beta = 1.0f;
+  }
+  // out^T (OC x N) = op(W) · inp^T (C x N): W (OC, C) row-major is column-major (C x OC), transposed;
+  // W (C, OC) row-major is column-major (OC x C) as it is.
+  cublasOperation_t op = w->layout == PC_W_OUT_IN ? CUBLAS_OP_T : CUBLAS_OP_N;
+  int ldw = w->layout == PC_W_OUT_IN ? C : OC;
+  const __nv_bfloat16 *w16 = bf16_twin(cb, w->w, (size_t)C * OC);
+  const __nv_bfloat16 *x16 = w16 ? act_bf16(cb, inp, (size_t)N * C) : NULL;
+  if (cb->failed) return;
+  if (w16 && x16) gemm(cb, op, OC, N, C, w16, ldw, x16, C, beta, out, OC, 1);
+  else gemm(cb, op, OC, N, C, w->w, ldw, inp, C, beta, out, OC, 0);
+}
+
+// ---- attention ----------------------------------------------------------------------------------
+
+/* Flash attention, fp32. Block (tile, head): 64 queries of one sequence against its visible keys in
+ * tiles of 64. 256 threads as 16 x 16: thread (ty, tx) computes the scores of queries ty*4..ty*4+3
+ * with keys tx*4..tx*4+3 (16 in registers, operands as float4 from the transposed shared tiles), the
+ * 16 threads of a query row (one half-warp) reduce its max and sum by shuffles, and the thread keeps
+ * the output columns tx, tx+16, ... of its 4 queries (NJ of them: NJ*16 >= HD) in registers.
+ *
+ * Keys are addressed by position: position j of sequence s is row pbase + j of sequence s-1 when j is
+ * inside the shared prefix (j < plen), else row base + j - plen of its own; so the prefix and the
+ * sequence's own keys are one range of positions, lo .. p1-1. A key is visible from query position i
+ * when j <= i and, with a window, i - j < window. */
+template <int NJ>
+__global__ void __launch_bounds__(AT_THREADS) flash_attention_kernel(float *out, float *lse, const float *q,
+                                                                      const float *k, const float *v, int q_stride,
+                                                                      int kv_stride, const att_tile *tiles, int NH,
+                                                                      int NKV, int HD, int window, float scale) {
+  extern __shared__ float4 smem4[];
+  float *Qs = (float *)smem4;      // [HD][AT_LD]: the queries, transposed and scaled
+  float *KV = Qs + HD * AT_LD;     // [HD][AT_LD]: a key tile transposed; then [AT_BK][HD]: its values
+  float *Ps = KV + HD * AT_LD;     // [AT_BK][AT_LD]: the tile's probabilities, transposed
+  const att_tile t = tiles[blockIdx.x];
+  const int h = blockIdx.y, kvh = h / (NH / NKV);
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  const int p1 = t.p0 + t.nq;  // one past the tile's last query position
+  const int lo = window > 0 && t.p0 - window + 1 > 0 ? t.p0 - window + 1 : 0;
+  const size_t kvoff = (size_t)kvh * HD;
+
+  for (int e = tid; e < AT_BQ * HD; e += AT_THREADS) {
+    int r = e / HD, d = e % HD;
+    Qs[d * AT_LD + r] = r < t.nq ? q[(size_t)(t.q0 + r) * q_stride + (size_t)h * HD + d] * scale : 0.0f;
+  }
+  float o[4][NJ], m[4], l[4];
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    m[i] = -INFINITY;
+    l[i] = 0.0f;
+#pragma unroll
+    for (int j = 0; j < NJ; j++) o[i][j] = 0.0f;
+  }
+
+  for (int kt0 = lo; kt0 < p1; kt0 += AT_BK) {
+    __syncthreads();  // the last tile's P·V is done with KV and Ps (and, the first time, Qs is written)
+    for (int e = tid; e < AT_BK * HD; e += AT_THREADS) {
+      int j = e / HD, d = e % HD, pj = kt0 + j;
+      float val = 0.0f;
+      if (pj < p1) val = k[(size_t)(pj < t.plen ? t.pbase + pj : t.base + pj - t.plen) * kv_stride + kvoff + d];
+      KV[d * AT_LD + j] = val;
+    }
+    __syncthreads();
+    // S = Q K^T for this thread's 4 x 4
+    float s[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+      for (int j = 0; j < 4; j++) s[i][j] = 0.0f;
+    for (int d = 0; d < HD; d++) {
+      float4 a = *(const float4 *)&Qs[d * AT_LD + ty * 4];
+      float4 b = *(const float4 *)&KV[d * AT_LD + tx * 4];
+      float av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+      for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) s[i][j] += av[i] * bv[j];
+    }
+    // mask, then the online softmax: rescale what was accumulated to the new running maximum
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      int qi = ty * 4 + i, pi = t.p0 + qi;
+      float mx = -INFINITY;
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        int pj = kt0 + tx * 4 + j;
+        bool ok = qi < t.nq && pj <= pi && (window <= 0 || pi - pj < window);
+        s[i][j] = ok ? s[i][j] : -INFINITY;
+        mx = fmaxf(mx, s[i][j]);
+      }
+      for (int off = 8; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+      float mn = fmaxf(m[i], mx), corr = 1.0f, ps = 0.0f;
+      if (mn == -INFINITY) {  // nothing visible to this row yet
+#pragma unroll
+        for (int j = 0; j < 4; j++) s[i][j] = 0.0f;
+      } else {
+        corr = expf(m[i] - mn);  // 0 the first time (m = -inf)
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+          s[i][j] = expf(s[i][j] - mn);  // masked: exp(-inf) = 0
+          ps += s[i][j];
+        }
+      }
+      for (int off = 8; off > 0; off >>= 1) ps += __shfl_xor_sync(0xffffffffu, ps, off);
+      l[i] = l[i] * corr + ps;
+      m[i] = mn;
+#pragma unroll
+      for (int j = 0; j < NJ; j++) o[i][j] *= corr;
+    }
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+      *(float4 *)&Ps[(tx * 4 + j) * AT_LD + ty * 4] = make_float4(s[0][j], s[1][j], s[2][j], s[3][j]);
+    __syncthreads();  // every thread is done reading the keys; P is complete
+    for (int e = tid; e < AT_BK * HD; e += AT_THREADS) {
+      int j = e / HD, d = e % HD, pj = kt0 + j;
+      float val = 0.0f;
+      if (pj < p1) val = v[(size_t)(pj < t.plen ? t.pbase + pj : t.base + pj - t.plen) * kv_stride + kvoff + d];
+      KV[j * HD + d] = val;
+    }
+    __syncthreads();
+    // O += P V
+    int nk = p1 - kt0 < AT_BK ? p1 - kt0 : AT_BK;
+    for (int kk = 0; kk < nk; kk++) {
+      float4 p = *(const float4 *)&Ps[kk * AT_LD + ty * 4];
+#pragma unroll
+      for (int j = 0; j < NJ; j++) {
+        int d = tx + 16 * j;
+        if (d < HD) {
+          float vv = KV[kk * HD + d];
+          o[0][j] += p.x * vv;
+          o[1][j] += p.y * vv;
+          o[2][j] += p.z * vv;
+          o[3][j] += p.w * vv;
+        }
+      }
+    }
+  }
+  const int OD = NH * HD;
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    int qi = ty * 4 + i;
+    if (qi >= t.nq) continue;
+    size_t row = (size_t)(t.q0 + qi);
+    float inv = 1.0f / l[i];  // l >= 1: the row's own key is always visible and is its max or below it
+#pragma unroll
+    for (int j = 0; j < NJ; j++) {
+      int d = tx + 16 * j;
+      if (d < HD) out[row * OD + (size_t)h * HD + d] = o[i][j] * inv;
+    }
+    if (lse && tx == 0) lse[row * NH + h] = m[i] + logf(l[i]);
+  }
+}
+
+/* The simple attention: one warp per query row, keys one at a time with an online softmax, the row's
+ * scaled query and its output accumulator in shared memory (lane d owns elements d, d+32, ...). Any
+ * head size; slow. */
+__global__ void attention_rows_kernel(float *out, float *lse, const float *q, const float *k, const float *v,
+                                      int q_stride, int kv_stride, const att_tile *tiles, int NH, int NKV, int HD,
+                                      int window, float scale) {
+  extern __shared__ float4 smem4[];
+  const att_tile t = tiles[blockIdx.x];
+  const int h = blockIdx.y, kvh = h / (NH / NKV), warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float *qv = (float *)smem4 + (size_t)warp * 2 * HD, *ov = qv + HD;
+  const size_t kvoff = (size_t)kvh * HD;
+  for (int r = warp; r < t.nq; r += blockDim.x / 32) {
+    int pi = t.p0 + r;
+    size_t row = (size_t)(t.q0 + r);
+    for (int d = lane; d < HD; d += 32) {
+      qv[d] = q[row * q_stride + (size_t)h * HD + d] * scale;
+      ov[d] = 0.0f;
+    }
+    float mx = -INFINITY, l = 0.0f;
+    int jlo = window > 0 && pi - window + 1 > 0 ? pi - window + 1 : 0;
+    for (int pj = jlo; pj <= pi; pj++) {
+      size_t kr = (size_t)(pj < t.plen ? t.pbase + pj : t.base + pj - t.plen) * kv_stride + kvoff;
+      float s = 0.0f;
+      for (int d = lane; d < HD; d += 32) s += qv[d] * k[kr + d];
+      s = warp_sum(s);
+      float mn = fmaxf(mx, s), corr = expf(mx - mn), p = expf(s - mn);
+      l = l * corr + p;
+      mx = mn;
+      for (int d = lane; d < HD; d += 32) ov[d] = ov[d] * corr + p * v[kr + d];
+    }
+    for (int d = lane; d < HD; d += 32) out[row * NH * HD + (size_t)h * HD + d] = ov[d] / l;
+    if (lse && lane == 0) lse[row * NH + h] = mx + logf(l);
+  }
+}
+
+/* The tiles of 64 query rows for this batch's layout, on the device. Every layer of a forward pass
+ * uses the same layout, so they are rebuilt (and uploaded) only when the layout changes. */
+static int attention_tiles(cuda_backend *cb, const pc_batch *bt) {
+  int ns = bt->nseq, same = ns == cb->lay_nseq && (bt->prefix_len != NULL) == cb->lay_has_plen && cb->tiles_dev;
+  for (int s = 0; same && s <= ns; s++) same = bt->seq_start[s] == cb->lay_start[s];
+  for (int s = 0; same && bt->prefix_len && s < ns; s++) same = bt->prefix_len[s] == cb->lay_plen[s];
+  if (same) return 0;
+  if (ns + 1 > cb->lay_cap) {
+    int *a = (int *)realloc(cb->lay_start, sizeof(int) * (size_t)(ns + 1));
+    if (a) cb->lay_start = a;
+    int *b = a ? (int *)realloc(cb->lay_plen, sizeof(int) * (size_t)(ns + 1)) : NULL;
+    if (b) cb->lay_plen = b;
+    if (!a || !b) { fail(cb, __FILE__, __LINE__, "attention", "out of host memory"); return -1; }
+    cb->lay_cap = ns + 1;
+  }
+  int nt = 0;
+  for (int s = 0; s < ns; s++) nt += (bt->seq_start[s + 1] - bt->seq_start[s] + AT_BQ - 1) / AT_BQ;
+  if (nt > cb->tiles_cap) {
+    int cap = nt + nt / 4 + 16;
+    att_tile *th = (att_tile *)realloc(cb->tiles_host, sizeof(att_tile) * (size_t)cap);
+    if (!th) { fail(cb, __FILE__, __LINE__, "attention", "out of host memory"); return -1; }
+    cb->tiles_host = th;
+    if (cb->tiles_dev) CUDA_CHECK(cb, cudaFree(cb->tiles_dev));
+    cb->tiles_dev = NULL;
+    if (CUDA_CHECK(cb, cudaMalloc((void **)&cb->tiles_dev, sizeof(att_tile) * (size_t)cap))) {
+      cb->tiles_dev = NULL;
+      cb->tiles_cap = 0;
+      return -1;
+    }
+    cb->tiles_cap = cap;
+  }
+  nt = 0;
+  for (int s = 0; s < ns; s++) {
+    int base = bt->seq_start[s], own = bt->seq_start[s + 1] - base;
+    int plen = bt->prefix_len ? bt->prefix_len[s] : 0, pbase = plen ? bt->seq_start[s - 1] : 0;
+    for (int r0 = 0; r0 < own; r0 += AT_BQ) {
+      att_tile t = {base + r0, own - r0 < AT_BQ ? own - r0 : AT_BQ, plen + r0, plen, pbase, base};
+      cb->tiles_host[nt++] = t;
+    }
+  }
+  if (nt && CUDA_CHECK(cb, cudaMemcpy(cb->tiles_dev, cb->tiles_host, sizeof(att_tile) * (size_t)nt,
+                                      cudaMemcpyHostToDevice)))
+    return -1;
+  cb->ntiles = nt;
+  cb->lay_nseq = ns;
+  cb->lay_has_plen = bt->prefix_len != NULL;
+  memcpy(cb->lay_start, bt->seq_start, sizeof(int) * (size_t)(ns + 1));
+  if (bt->prefix_len) memcpy(cb->lay_plen, bt->prefix_len, sizeof(int) * (size_t)ns);
+  return 0;
+}
+
+template <int NJ>
+static void launch_flash(cuda_backend *cb, float *out, const float *q, const float *k, const float *v, int q_stride,
+                         int kv_stride, int NH, int NKV, int HD, int window, float *lse, float scale) {
+  size_t smem = sizeof(float) * ((size_t)2 * HD * AT_LD + (size_t)AT_BK * AT_LD);
+  if (smem > 48 * 1024 &&
+      CUDA_CHECK(cb, cudaFuncSetAttribute(flash_attention_kernel<NJ>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          (int)smem)))
+    return;
+  dim3 grid((unsigned)cb->ntiles, (unsigned)NH);
+  flash_attention_kernel<NJ><<<grid, AT_THREADS, smem>>>(out, lse, q, k, v, q_stride, kv_stride, cb->tiles_dev, NH,
+                                                          NKV, HD, window, scale);
+  LAUNCH_CHECK(cb, "flash_attention_kernel");
+}
+
+static void cuda_attention(pc_backend *be, float *out, const float *q, const float *k, const float *v, int q_stride,
+                           int kv_stride, const pc_batch *bt, int N, int NH, int NKV, int HD, int window, float *lse) {
+  cuda_backend *cb = CB(be);
+  if (cb->failed || N <= 0 || attention_tiles(cb, bt) != 0 || cb->ntiles == 0) return;
+  const float scale = 1.0f / sqrtf((float)HD);
+  size_t flash_smem = sizeof(float) * ((size_t)2 * HD * AT_LD + (size_t)AT_BK * AT_LD);
+  if (!cb->attn_rows && HD <= 256 && flash_smem <= cb->smem_optin) {
+    if (HD <= 32) launch_flash<2>(cb, out, q, k, v, q_stride, kv_stride, NH, NKV, HD, window, lse, scale);
+    else if (HD <= 64) launch_flash<4>(cb, out, q, k, v, q_stride, kv_stride, NH, NKV, HD, window, lse, scale);
+    else if (HD <= 128) launch_flash<8>(cb, out, q, k, v, q_stride, kv_stride, NH, NKV, HD, window, lse, scale);
+    else launch_flash<16>(cb, out, q, k, v, q_stride, kv_stride, NH, NKV, HD, window, lse, scale);
+    return;
+  }
+  size_t smem = sizeof(float) * 2 * (size_t)HD * 8;  // 8 warps, query and accumulator each
+  if (smem > 48 * 1024 &&
+      CUDA_CHECK(cb, cudaFuncSetAttribute(attention_rows_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          (int)smem)))
+    return;
+  dim3 grid((unsigned)cb->ntiles, (unsigned)NH);
+  attention_rows_kernel<<<grid, 256, smem>>>(out, lse, q, k, v, q_stride, kv_stride, cb->tiles_dev, NH, NKV, HD,
+                                              window, scale);
+  LAUNCH_CHECK(cb, "attention_rows_kernel");
+}
+
+// ---- fused LM head + log-softmax + gather -------------------------------------------------------
+
+__global__ void lp_init_kernel(float *rmax, float *rsum, float *rtgt, int mr) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < mr) {
+    rmax[i] = -INFINITY;
+    rsum[i] = 0.0f;
+    rtgt[i] = __int_as_float(0x7fc00000);  // NaN until the chunk holding the target is seen
+  }
+}
+
+/* One block per row of a (mr x vc) chunk of logits (vocabulary v0 .. v0+vc-1): the chunk's max and
+ * sum of exp (fp32, tree-reduced), merged into the row's running max and sum (the online log-sum-exp),
+ * and the target's logit when it falls in this chunk. */
+__global__ void lp_chunk_kernel(const float *L, int vc, int v0, const float *bias, const int32_t *targets,
+                                float *rmax, float *rsum, float *rtgt) {
+  __shared__ float sh[32];
+  const int i = blockIdx.x;
+  const float *x = L + (size_t)i * vc;
+  float mx = -INFINITY;
+  for (int j = threadIdx.x; j < vc; j += blockDim.x) mx = fmaxf(mx, x[j] + (bias ? bias[v0 + j] : 0.0f));
+  mx = block_max(mx, sh);
+  float s = 0.0f;
+  for (int j = threadIdx.x; j < vc; j += blockDim.x) s += expf(x[j] + (bias ? bias[v0 + j] : 0.0f) - mx);
+  s = block_sum(s, sh);
+  if (threadIdx.x == 0) {
+    int tg = targets[i];
+    if (tg >= v0 && tg < v0 + vc) rtgt[i] = x[tg - v0] + (bias ? bias[tg] : 0.0f);
+    float om = rmax[i], nm = fmaxf(om, mx);
+    rsum[i] = rsum[i] * expf(om - nm) + s * expf(mx - nm);
+    rmax[i] = nm;
+  }
+}
+
+__global__ void lp_finish_kernel(float *out, float *lse, const float *rmax, const float *rsum, const float *rtgt,
+                                 int mr) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < mr) {
+    float ls = logf(rsum[i]);
+    out[i] = rtgt[i] - rmax[i] - ls;
+    if (lse) lse[i] = rmax[i] + ls;
+  }
+}
+
+static void cuda_logprob(pc_backend *be, float *out, const float *h, const pc_weight *head, const int32_t *targets,
+                         int M, int C, int V, float *lse) {
+  cuda_backend *cb = CB(be);
+  if (cb->failed || M <= 0) return;
+  const __nv_bfloat16 *w16 = bf16_twin(cb, head->w, (size_t)V * C);
+  const __nv_bfloat16 *h16 = w16 ? act_bf16(cb, h, (size_t)M * C) : NULL;
+  int bf = w16 && h16;
+  int RC = M < LP_ROWS ? M : LP_ROWS, VC = V < LP_VOCAB ? V : LP_VOCAB;
+  if (ws_reserve(cb, (void **)&cb->lp_ws, &cb->lp_ws_cap, sizeof(float) * (size_t)RC * VC) ||
+      ws_reserve(cb, (void **)&cb->lp_stats, &cb->lp_stats_cap, sizeof(float) * 3 * LP_ROWS))
+    return;
+  float *rmax = cb->lp_stats, *rsum = rmax + LP_ROWS, *rtgt = rsum + LP_ROWS;
+  for (int r0 = 0; r0 < M; r0 += LP_ROWS) {
+    int mr = M - r0 < LP_ROWS ? M - r0 : LP_ROWS;
+    lp_init_kernel<<<(mr + 255) / 256, 256>>>(rmax, rsum, rtgt, mr);
+    LAUNCH_CHECK(cb, "lp_init_kernel");
+    for (int v0 = 0; v0 < V; v0 += LP_VOCAB) {
+      int vc = V - v0 < LP_VOCAB ? V - v0 : LP_VOCAB;
+      // logits (mr x vc) row-major = column-major (vc x mr) = head[v0..v0+vc) (vc x C) · h^T (C x mr)
+      cublasOperation_t op = head->layout == PC_W_OUT_IN ? CUBLAS_OP_T : CUBLAS_OP_N;
+      int ldw = head->layout == PC_W_OUT_IN ? C : V;
+      size_t woff = head->layout == PC_W_OUT_IN ? (size_t)v0 * C : (size_t)v0;
+      if (bf) gemm(cb, op, vc, mr, C, w16 + woff, ldw, h16 + (size_t)r0 * C, C, 0.0f, cb->lp_ws, vc, 1);
+      else gemm(cb, op, vc, mr, C, head->w + woff, ldw, h + (size_t)r0 * C, C, 0.0f, cb->lp_ws, vc, 0);
+      lp_chunk_kernel<<<mr, 256>>>(cb->lp_ws, vc, v0, head->b, targets + r0, rmax, rsum, rtgt);
+      LAUNCH_CHECK(cb, "lp_chunk_kernel");
+      if (cb->failed) return;
+    }
+    lp_finish_kernel<<<(mr + 255) / 256, 256>>>(out + r0, lse ? lse + r0 : NULL, rmax, rsum, rtgt, mr);
+    LAUNCH_CHECK(cb, "lp_finish_kernel");
+  }
+}
+
+// ---- construction -------------------------------------------------------------------------------
+
+static void cuda_destroy(pc_backend *be) {
+  cuda_backend *cb = CB(be);
+  if (!cb) return;
+  for (int i = 0; i < cb->nw; i++) {  // weights the caller did not free
+    if (cb->w[i].bf) cudaFree(cb->w[i].bf);
+    cudaFree((void *)cb->w[i].p);
+  }
+  if (cb->act16) cudaFree(cb->act16);
+  if (cb->lp_ws) cudaFree(cb->lp_ws);
+  if (cb->lp_stats) cudaFree(cb->lp_stats);
+  if (cb->tiles_dev) cudaFree(cb->tiles_dev);
+  if (cb->blas) cublasDestroy(cb->blas);
+  free(cb->w);
+  free(cb->tiles_host);
+  free(cb->lay_start);
+  free(cb->lay_plen);
+  free(cb);
+}
+
+static pc_backend_ops make_ops(void) {
+  pc_backend_ops o;
+  memset(&o, 0, sizeof o);  // the training ops stay NULL: not written for CUDA yet
+  o.name = "cuda";
+  o.destroy = cuda_destroy;
+  o.alloc = cuda_alloc;
+  o.free = cuda_free;
+  o.upload = cuda_upload;
+  o.download = cuda_download;
+  o.weight = cuda_weight;
+  o.embedding = cuda_embedding;
+  o.matmul = cuda_matmul;
+  o.layernorm = cuda_layernorm;
+  o.rmsnorm = cuda_rmsnorm;
+  o.rope = cuda_rope;
+  o.attention = cuda_attention;
+  o.gelu = cuda_gelu;
+  o.swiglu = cuda_swiglu;
+  o.logprob = cuda_logprob;
+  o.gather_rows = cuda_gather_rows;
+  o.copy = cuda_copy;
+  o.zero = cuda_zero;
+  o.scale = cuda_scale;
+  return o;
+}
+
+static int env_is(const char *name, const char *val) {
+  const char *s = getenv(name);
+  return s && !strcmp(s, val);
+}
+
+extern "C" pc_backend *pc_backend_cuda_new(int fp32, char *err, size_t errlen) {
+  static const pc_backend_ops OPS = make_ops();
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess || n == 0) {
+    snprintf(err, errlen, "no CUDA device (%s)", e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+    cudaGetLastError();
+    return NULL;
+  }
+  int dev = 0;
+  cudaDeviceProp prop;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess) {
+    snprintf(err, errlen, "CUDA device: %s", cudaGetErrorString(cudaGetLastError()));
+    return NULL;
+  }
+  if (prop.major < 8) {
+    snprintf(err, errlen, "CUDA device %s has compute capability %d.%d; the CUDA backend needs 8.0 or newer",
+             prop.name, prop.major, prop.minor);
+    return NULL;
+  }
+  cuda_backend *cb = (cuda_backend *)calloc(1, sizeof *cb);
+  if (!cb) { snprintf(err, errlen, "cuda backend: out of memory"); return NULL; }
+  cb->base.ops = &OPS;
+  cb->base.threads = 1;
+  cb->fp32 = fp32 < 0 ? env_is("PREFCAP_CUDA_FP32", "1") : fp32 != 0;
+  cb->sync_each = env_is("PREFCAP_CUDA_SYNC", "1");
+  cb->attn_rows = env_is("PREFCAP_CUDA_ATTN", "rows");
+  cb->smem_optin = (size_t)prop.sharedMemPerBlockOptin;
+  cublasStatus_t s = cublasCreate(&cb->blas);
+  if (s != CUBLAS_STATUS_SUCCESS) {
+    snprintf(err, errlen, "cublasCreate: %s", blas_status_name(s));
+    cb->blas = NULL;
+    cuda_destroy(&cb->base);
+    return NULL;
+  }
+  // fp32 mode: no TF32 anywhere (the gemm calls also ask for pedantic compute)
+  s = cublasSetMathMode(cb->blas, cb->fp32 ? CUBLAS_PEDANTIC_MATH : CUBLAS_DEFAULT_MATH);
+  if (s != CUBLAS_STATUS_SUCCESS) {
+    snprintf(err, errlen, "cublasSetMathMode: %s", blas_status_name(s));
+    cuda_destroy(&cb->base);
+    return NULL;
+  }
+  return &cb->base;
+}
+
+extern "C" const char *pc_backend_cuda_error(pc_backend *be) {
+  if (!be || strcmp(be->ops->name, "cuda") != 0) return NULL;
+  return CB(be)->failed ? CB(be)->err : NULL;
+}

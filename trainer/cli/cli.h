@@ -1,0 +1,11 @@
+/* trainer/cli/cli.h: the `prefcap-dpo` subcommands, each a main() of its own: argv[0] is the command
+ * name, the options follow. They print and return the process exit status (0 ok, 1 failure, 2 usage). */
+#ifndef PC_CLI_H
+#define PC_CLI_H
+
+int pc_cmd_score(int argc, char **argv);     /* trainer/cli/cmd_score.c */
+int pc_cmd_init(int argc, char **argv);      /* trainer/cli/cmd_init.c */
+int pc_cmd_tokenize(int argc, char **argv);  /* trainer/cli/cmd_tokenize.c */
+int pc_cmd_train(int argc, char **argv);     /* trainer/cli/cmd_train.c */
+
+#endif

@@ -1,0 +1,29 @@
+# trainer/cli/cli.mk: `prefcap-dpo`, the trainer's command line (main.c dispatches to the cmd_*.c
+# subcommands), linked from every part's objects, and the tokenizer's stand-alone runner and benchmark.
+#
+#   build/tests/tok_cli   `tokenize` without the rest of prefcap-dpo, for tests/tokenizer/parity.sh
+#                         and bench/tokenizer_bench.sh
+
+PC_CLI_OBJS := $(BUILD)/trainer/cli/main.o $(BUILD)/trainer/cli/cmd_score.o $(BUILD)/trainer/cli/cmd_init.o \
+               $(BUILD)/trainer/cli/cmd_train.o $(BUILD)/trainer/cli/cmd_tokenize.o
+-include $(PC_CLI_OBJS:.o=.d)
+
+# run.json records how the trainer was built
+$(BUILD)/trainer/cli/cmd_train.o: PC_CFLAGS += -DPC_BUILD_FLAGS='"$(OPT) $(SAN)"'
+
+$(BUILD)/prefcap-dpo: $(PC_CLI_OBJS) $(TRAINER_OBJS) $(BUILD)/sdk/sha256.o
+	@mkdir -p $(dir $@)
+	$(CC) $(PC_CLI_OBJS) $(TRAINER_OBJS) $(BUILD)/sdk/sha256.o -o $@ $(LDFLAGS_ALL) $(TRAINER_LIBS) -fopenmp
+
+$(BUILD)/tests/tok_cli: tests/tokenizer/tok_cli_main.c $(BUILD)/trainer/cli/cmd_tokenize.o $(PC_TOK_OBJS)
+	@mkdir -p $(@D)
+	$(CC) $(PC_CFLAGS) $< $(BUILD)/trainer/cli/cmd_tokenize.o $(PC_TOK_OBJS) -o $@ $(LDFLAGS_ALL) $(PC_TOK_LIBS)
+
+$(BUILD)/bench/tokenizer_bench: bench/tokenizer_bench.c $(PC_TOK_OBJS)
+	@mkdir -p $(@D)
+	$(CC) $(PC_CFLAGS) $< $(PC_TOK_OBJS) -o $@ $(LDFLAGS_ALL) $(PC_TOK_LIBS)
+
+ALL_TARGETS += $(BUILD)/prefcap-dpo
+TEST_BINS   += $(BUILD)/prefcap-dpo $(BUILD)/tests/tok_cli
+BENCHES     += $(BUILD)/bench/tokenizer_bench $(BUILD)/tests/tok_cli
+BENCH_CMDS  += bench/tokenizer_bench.sh

@@ -1,0 +1,25 @@
+# trainer/train/train.mk: training beyond the model: the HTML training report (report.c), and the
+# training tests (tests/train: gradients, trajectories, adapters, resume against float64 PyTorch).
+#
+#   build/tests/report_driver    calls pc_report_write and pc_progress_* for tests/train/test_report.py
+
+PC_TRAIN_OBJS := $(BUILD)/trainer/train/report.o
+TRAINER_OBJS  += $(PC_TRAIN_OBJS)
+TRAINER_LIBS  += -lcjson -lm
+-include $(PC_TRAIN_OBJS:.o=.d)
+
+$(BUILD)/tests/report_driver: tests/train/report_driver.c $(PC_TRAIN_OBJS) $(PC_UTIL_OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(PC_CFLAGS) -o $@ $< $(PC_TRAIN_OBJS) $(PC_UTIL_OBJS) $(LDFLAGS_ALL) -lcjson -lm
+
+TEST_BINS += $(BUILD)/tests/report_driver
+TESTS     += tests/train/test_report.py tests/train/test_train.py
+
+# The training benchmark (bench/bench_train.py: one DPO step against PyTorch) and the sgemm yardstick
+# it measures the machine with.
+$(BUILD)/bench/sgemm_peak: bench/sgemm_peak.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) $< -o $@ $(LDFLAGS_ALL) -lopenblas
+
+BENCHES    += $(BUILD)/bench/sgemm_peak
+BENCH_CMDS += bench/bench_train.py
