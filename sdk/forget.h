@@ -1,4 +1,4 @@
-/* sdk/forget.h: what sdk/forget.c shares with the CLI (sdk/cli_forget.c) beyond the public API: the
+/* sdk/forget.h: what sdk/forget.c shares with the CLI (sdk/cli/cli_forget.c) beyond the public API: the
  * counts of what an erasure or a prune removed, table by table, and a prune that can be dry-run. */
 #ifndef PREFCAP_FORGET_H
 #define PREFCAP_FORGET_H

@@ -1,9 +1,9 @@
 # sdk/sdk.mk: libprefcap (static and shared), the `prefcap` CLI, the SDK's tests, examples and benches.
-# Library sources are sdk/*.c except sdk/cli*.c (the CLI); tests are tests/sdk/test_*.c (one program
+# Library sources are sdk/*.c; the CLI is sdk/cli/*.c; tests are tests/sdk/test_*.c (one program
 # each) and the executable scripts tests/sdk/test_*.{sh,py}.
 
-SDK_LIB_SRCS := $(filter-out sdk/cli%.c,$(sort $(wildcard sdk/*.c)))
-SDK_CLI_SRCS := $(sort $(wildcard sdk/cli*.c))
+SDK_LIB_SRCS := $(sort $(wildcard sdk/*.c))
+SDK_CLI_SRCS := $(sort $(wildcard sdk/cli/*.c))
 SDK_LIB_OBJS := $(SDK_LIB_SRCS:%.c=$(BUILD)/%.o)
 SDK_CLI_OBJS := $(SDK_CLI_SRCS:%.c=$(BUILD)/%.o)
 SDK_LIBS     := -lsqlite3 -lcjson -lcurl -lz -lm
@@ -22,7 +22,7 @@ TESTS       += $(SDK_TEST_BINS) $(SDK_TEST_SCRIPTS)
 BENCHES     += $(BUILD)/bench/ingest_bench
 BENCH_CMDS  += $(BUILD)/bench/ingest_bench bench/export_bench.sh
 
-$(BUILD)/sdk/%.o: sdk/%.c include/prefcap.h $(wildcard sdk/*.h)
+$(BUILD)/sdk/%.o: sdk/%.c include/prefcap.h $(wildcard sdk/*.h sdk/cli/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -fvisibility=hidden -Isdk -c $< -o $@
 

@@ -1,4 +1,4 @@
-/* sdk/cli.c: the `prefcap` command: the SDK from the shell, for backends in any language (ingest JSON
+/* sdk/cli/cli.c: the `prefcap` command: the SDK from the shell, for backends in any language (ingest JSON
  * lines), for looking at what was captured (stats, pairs), and for the nightly job. Every command
  * takes --db PATH (default $PREFCAP_DB, else ./prefcap.db) and --help.
  *

@@ -1,4 +1,4 @@
-/* sdk/cli_forget.c: `prefcap forget`, `prefcap lineage` and `prefcap prune`: a user's erasure and the
+/* sdk/cli/cli_forget.c: `prefcap forget`, `prefcap lineage` and `prefcap prune`: a user's erasure and the
  * list of exports (and so of fine-tunes) that held their data, what one export held, and retention.
  * The work is in sdk/forget.c; this file parses options and prints (text, or JSON with --json).
  * Exit codes as everywhere in the CLI: 0 success, 1 the work failed, 2 usage error. */

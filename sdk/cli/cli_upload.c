@@ -1,4 +1,4 @@
-/* sdk/cli_upload.c: `prefcap upload FILE --to URL`, the CLI face of prefcap_upload (sdk/upload.c).
+/* sdk/cli/cli_upload.c: `prefcap upload FILE --to URL`, the CLI face of prefcap_upload (sdk/upload.c).
  * CLI code: it prints (progress and errors to stderr) and returns the exit code: 0 uploaded, 1 failed,
  * 2 usage. On a terminal the progress is one line rewritten in place, with rate and ETA; otherwise
  * (cron, CI logs) plain lines: one per file started, retried and finished. */

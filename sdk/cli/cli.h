@@ -1,4 +1,4 @@
-/* sdk/cli.h: what the `prefcap` command's files share: the store they open by default, opening it
+/* sdk/cli/cli.h: what the `prefcap` command's files share: the store they open by default, opening it
  * with a clear message, and each command's entry point (argv[0] is the command's name). */
 #ifndef PREFCAP_CLI_H
 #define PREFCAP_CLI_H
@@ -9,8 +9,8 @@ const char *prefcap__cli_default_db(void);
 /* Opens db in mode with opts (NULL: defaults; not freed here); prints why on failure. 0 or 1. */
 int prefcap__cli_open(const char *db, prefcap_durability_t mode, prefcap_options_t *opts, prefcap_t **pc);
 
-int prefcap__cli_upload(int argc, char **argv);   /* sdk/cli_upload.c */
-int prefcap__cli_forget(int argc, char **argv);   /* sdk/cli_forget.c */
-int prefcap__cli_lineage(int argc, char **argv);  /* sdk/cli_forget.c */
-int prefcap__cli_prune(int argc, char **argv);    /* sdk/cli_forget.c */
+int prefcap__cli_upload(int argc, char **argv);   /* sdk/cli/cli_upload.c */
+int prefcap__cli_forget(int argc, char **argv);   /* sdk/cli/cli_forget.c */
+int prefcap__cli_lineage(int argc, char **argv);  /* sdk/cli/cli_forget.c */
+int prefcap__cli_prune(int argc, char **argv);    /* sdk/cli/cli_forget.c */
 #endif
