@@ -15,8 +15,10 @@
  * path, and deletes the files of the pending attempt. A kill after 5 is a finished export. */
 #include "internal.h"
 #include "sha256.h"
+#include "upload.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -564,6 +566,7 @@ static int out_close(outfile *f, char *err, size_t errlen) {
 }
 
 static void out_abort(outfile *f) {
+  prefcap__sha256_free(&f->sha);
   if (f->gz) gzclose(f->gz);
   f->gz = NULL;
   out_stop(f);
@@ -1072,7 +1075,7 @@ static int do_export(prefcap_t *pc, const prefcap_export_options_t *o, prefcap_e
 
   if (o->upload_url) {
     char uerr[512];
-    rc = prefcap_upload(o->upload_opts, o->out, o->upload_url, uerr, sizeof uerr);
+    rc = prefcap__upload(o->upload_opts, o->out, o->upload_url, uerr, sizeof uerr);
     if (!rc && nfiles == 2) {
       /* the eval part beside the train part, without a manifest of its own */
       char eurl[4096];
@@ -1081,7 +1084,7 @@ static int do_export(prefcap_t *pc, const prefcap_export_options_t *o, prefcap_e
       if (!eo) rc = PREFCAP_ENOMEM;
       else {
         prefcap_upload_options_set_manifest(eo, 0);
-        rc = prefcap_upload(eo, evp, eurl, uerr, sizeof uerr);
+        rc = prefcap__upload(eo, evp, eurl, uerr, sizeof uerr);
         prefcap_upload_options_free(eo);
       }
     }
@@ -1098,14 +1101,24 @@ static int do_export(prefcap_t *pc, const prefcap_export_options_t *o, prefcap_e
   return rc;
 }
 
-int prefcap_export(prefcap_t *pc, const prefcap_export_options_t *o, prefcap_export_result_t *res) {
-  if (!pc || !o) return PREFCAP_EINVAL;
-  prefcap_export_result_t dummy;
-  if (!res) res = &dummy;
-  memset(res, 0, sizeof *res);
+int prefcap_export(prefcap_t *pc, const prefcap_export_options_t *o, prefcap_export_result_t *out) {
+  if (!pc) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_export: no handle");
+  if (!o) return prefcap__fail(pc, PREFCAP_EINVAL, "prefcap_export: no options");
+  /* the result is written up to the caller's size (include/prefcap.h: growable structs) */
+  const size_t min = offsetof(prefcap_export_result_t, more) + sizeof(int);
+  if (out && out->size < min)
+    return prefcap__fail(pc, PREFCAP_EINVAL, "prefcap_export_result_t.size is %zu, less than %zu: initialise it "
+                         "with PREFCAP_EXPORT_RESULT_INIT", out->size, min);
+  prefcap_export_result_t res;
+  memset(&res, 0, sizeof res);
   char err[1024] = "";
   pthread_mutex_lock(&pc->db_mu);
-  int rc = do_export(pc, o, res, err, sizeof err);
+  int rc = do_export(pc, o, &res, err, sizeof err);
   pthread_mutex_unlock(&pc->db_mu);
+  if (out) {
+    size_t keep = out->size;
+    memcpy(out, &res, keep < sizeof res ? keep : sizeof res);
+    out->size = keep;
+  }
   return rc ? prefcap__fail(pc, rc, "%s", err) : PREFCAP_OK;
 }

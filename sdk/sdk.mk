@@ -1,12 +1,16 @@
 # sdk/sdk.mk: libprefcap (static and shared), the `prefcap` CLI, the SDK's tests, examples and benches.
-# Library sources are sdk/*.c; the CLI is sdk/cli/*.c; tests are tests/sdk/test_*.c (one program
-# each) and the executable scripts tests/sdk/test_*.{sh,py}.
+# Library sources are sdk/*.c (with common/'s objects inside); the CLI is sdk/cli/*.c; tests are
+# tests/sdk/test_*.c (one program each) and the executable scripts tests/sdk/test_*.{sh,py}.
+#
+# The shared library's ABI: sdk/prefcap.map versions its symbols, and sdk/compat/*.c (only in the .so)
+# keeps the entry points of older headers working (tests/sdk/test_abi.sh runs a 0.1 client on it).
 
 SDK_LIB_SRCS := $(sort $(wildcard sdk/*.c))
 SDK_CLI_SRCS := $(sort $(wildcard sdk/cli/*.c))
 SDK_LIB_OBJS := $(SDK_LIB_SRCS:%.c=$(BUILD)/%.o)
 SDK_CLI_OBJS := $(SDK_CLI_SRCS:%.c=$(BUILD)/%.o)
-SDK_LIBS     := -lsqlite3 -lcjson -lcurl -lz -lm
+SDK_LIBS     := -lsqlite3 -lcjson -lcurl -lcrypto -lz -lm
+SDK_COMPAT_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(sort $(wildcard sdk/compat/*.c)))
 SDK_A        := $(BUILD)/libprefcap.a
 SDK_SO       := $(BUILD)/libprefcap.so
 PREFCAP_CLI  := $(BUILD)/prefcap
@@ -22,19 +26,20 @@ TESTS       += $(SDK_TEST_BINS) $(SDK_TEST_SCRIPTS)
 BENCHES     += $(BUILD)/bench/ingest_bench
 BENCH_CMDS  += $(BUILD)/bench/ingest_bench bench/export_bench.sh
 
-$(BUILD)/sdk/%.o: sdk/%.c include/prefcap.h $(wildcard sdk/*.h sdk/cli/*.h)
+$(BUILD)/sdk/%.o: sdk/%.c include/prefcap.h $(wildcard sdk/*.h sdk/cli/*.h common/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -fvisibility=hidden -Isdk -c $< -o $@
 
-$(SDK_A): $(SDK_LIB_OBJS)
+$(SDK_A): $(SDK_LIB_OBJS) $(COMMON_OBJS)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
-$(SDK_SO): $(SDK_LIB_OBJS)
-	$(CC) -shared -Wl,-soname,libprefcap.so.0 -o $@ $^ $(LDFLAGS_ALL) $(SDK_LIBS)
+$(SDK_SO): $(SDK_LIB_OBJS) $(SDK_COMPAT_OBJS) $(COMMON_OBJS) sdk/prefcap.map
+	$(CC) -shared -Wl,-soname,libprefcap.so.0 -Wl,--version-script=sdk/prefcap.map -Wl,--no-undefined \
+	  -o $@ $(SDK_LIB_OBJS) $(SDK_COMPAT_OBJS) $(COMMON_OBJS) $(LDFLAGS_ALL) $(SDK_LIBS)
 
-$(PREFCAP_CLI): $(SDK_CLI_OBJS) $(SDK_A)
-	$(CC) -o $@ $(SDK_CLI_OBJS) $(SDK_A) $(LDFLAGS_ALL) $(SDK_LIBS)
+$(PREFCAP_CLI): $(SDK_CLI_OBJS) $(SDK_A) $(COMMON_A)
+	$(CC) -o $@ $(SDK_CLI_OBJS) $(SDK_A) $(COMMON_A) $(LDFLAGS_ALL) $(SDK_LIBS)
 
 $(BUILD)/tests/%: tests/sdk/%.c $(SDK_A) tests/test.h tests/sdk/util.h
 	@mkdir -p $(dir $@)

@@ -125,7 +125,7 @@ static int cmd_ingest(int argc, char **argv) {
   free(line);
   if (in != stdin) fclose(in);
   prefcap_flush(pc, -1);
-  prefcap_counters_t k;
+  prefcap_counters_t k = PREFCAP_COUNTERS_INIT;
   prefcap_get_counters(pc, &k);
   int crc = prefcap_close(pc, -1);
   fprintf(stderr, "prefcap ingest: %zu event(s) read, %llu new, %llu already stored, %zu bad line(s)%s\n", ok,
@@ -430,7 +430,7 @@ static int cmd_export(int argc, char **argv) {
   prefcap_t *pc;
   int rc = prefcap__cli_open(db, PREFCAP_SYNC, NULL, &pc);
   if (!rc) {
-    prefcap_export_result_t r;
+    prefcap_export_result_t r = PREFCAP_EXPORT_RESULT_INIT;
     int e = prefcap_export(pc, o, &r);
     if (e) { fprintf(stderr, "prefcap export: %s: %s\n", prefcap_strerror(e), prefcap_errmsg(pc)); rc = 1; }
     else if (!quiet) {

@@ -12,7 +12,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "util/progress.h"
+#include "progress.h"
 #include "train/report.h"
 
 int main(int argc, char **argv) {

@@ -11,9 +11,9 @@ PC_CLI_OBJS := $(BUILD)/trainer/cli/main.o $(BUILD)/trainer/cli/cmd_score.o $(BU
 # run.json records how the trainer was built
 $(BUILD)/trainer/cli/cmd_train.o: PC_CFLAGS += -DPC_BUILD_FLAGS='"$(OPT) $(SAN)"'
 
-$(BUILD)/prefcap-dpo: $(PC_CLI_OBJS) $(TRAINER_OBJS) $(BUILD)/sdk/sha256.o
+$(BUILD)/prefcap-dpo: $(PC_CLI_OBJS) $(TRAINER_OBJS) $(BUILD)/sdk/digest.o
 	@mkdir -p $(dir $@)
-	$(CC) $(PC_CLI_OBJS) $(TRAINER_OBJS) $(BUILD)/sdk/sha256.o -o $@ $(LDFLAGS_ALL) $(TRAINER_LIBS) -fopenmp
+	$(CC) $(PC_CLI_OBJS) $(TRAINER_OBJS) $(BUILD)/sdk/digest.o -o $@ $(LDFLAGS_ALL) $(TRAINER_LIBS) -lcrypto -fopenmp
 
 $(BUILD)/tests/tok_cli: tests/tokenizer/tok_cli_main.c $(BUILD)/trainer/cli/cmd_tokenize.o $(PC_TOK_OBJS)
 	@mkdir -p $(@D)
