@@ -83,8 +83,8 @@ struct prefcap {
   int64_t last_derive_ms;        /* paces background derivation; under db_mu */
 };
 
-/* Records the failure detail for this thread and handle; returns code. The detail is prefixed with the
- * handle's store path unless it already names it. */
+/* Records the failure detail for this thread and handle; returns code. A failure of the store itself
+ * (EIO, EFULL, EBUSY, ECORRUPT, ESCHEMA) is prefixed with its path unless the detail names it. */
 int prefcap__fail(prefcap_t *pc, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* The same for a call without a handle (open, upload, options): prefcap_errmsg(NULL) shows it. */
 int prefcap__fail0(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -53,12 +53,18 @@ static _Thread_local bool tl_err_set;
 
 const char *prefcap_errmsg(prefcap_t *pc) { return (tl_err_set && tl_err_owner == pc) ? tl_errmsg : ""; }
 
-/* A handle's details start with its store's path ("x.db: ..."), unless the detail already names it,
- * so that every message says which file it is about. */
-static void set_detail(const prefcap_t *pc, const char *fmt, va_list ap) {
+/* A failure of the store itself (I/O, a full disk, a lock, damage, a newer schema) starts with the
+ * store's path ("x.db: ..."), unless the detail already names it, so that the message says which file
+ * it is about. A refused argument (a field, UTF-8, a size) is about the call, and says which field. */
+static bool about_the_file(int code) {
+  return code == PREFCAP_EIO || code == PREFCAP_EFULL || code == PREFCAP_EBUSY || code == PREFCAP_ECORRUPT ||
+         code == PREFCAP_ESCHEMA;
+}
+
+static void set_detail(const prefcap_t *pc, int code, const char *fmt, va_list ap) {
   char msg[sizeof tl_errmsg];
   vsnprintf(msg, sizeof msg, fmt, ap);
-  const char *path = pc ? pc->o.path : NULL;
+  const char *path = pc && about_the_file(code) ? pc->o.path : NULL;
   size_t pl = path && !strstr(msg, path) ? strlen(path) : 0;
   if (pl + 2 >= sizeof tl_errmsg) pl = 0;
   if (pl) { memcpy(tl_errmsg, path, pl); memcpy(tl_errmsg + pl, ": ", 2); pl += 2; }
@@ -72,7 +78,7 @@ static void set_detail(const prefcap_t *pc, const char *fmt, va_list ap) {
 int prefcap__fail(prefcap_t *pc, int code, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  set_detail(pc, fmt, ap);
+  set_detail(pc, code, fmt, ap);
   va_end(ap);
   return code;
 }
@@ -80,7 +86,7 @@ int prefcap__fail(prefcap_t *pc, int code, const char *fmt, ...) {
 int prefcap__fail0(int code, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  set_detail(NULL, fmt, ap);
+  set_detail(NULL, code, fmt, ap);
   va_end(ap);
   return code;
 }

@@ -167,7 +167,7 @@ static int run_export(prefcap_t *pc, const char *out, const char *name, prefcap_
   prefcap_export_options_t *o = prefcap_export_options_new();
   prefcap_export_options_set_out(o, out);
   if (name) prefcap_export_options_set_since_last(o, name);
-  memset(res, 0, sizeof *res);
+  *res = (prefcap_export_result_t)PREFCAP_EXPORT_RESULT_INIT;
   int rc = prefcap_export(pc, o, res);
   prefcap_export_options_free(o);
   if (rc) fprintf(stderr, "  export: %s: %s\n", prefcap_strerror(rc), prefcap_errmsg(pc));
