@@ -548,17 +548,16 @@ static int submit(prefcap_t *pc, prefcap__event *ev) {
 #define FB_MIN_SIZE (offsetof(prefcap_feedback_t, ts_ms) + sizeof(int64_t))
 #define COUNTERS_MIN_SIZE (offsetof(prefcap_counters_t, queued) + sizeof(uint64_t))
 
-static int bad_size(prefcap_t *pc, const char *what, const void *p, size_t size, size_t min) {
+static int bad_size(prefcap_t *pc, const char *what, const char *init, const void *p, size_t size, size_t min) {
   if (!p) return prefcap__fail(pc, PREFCAP_EINVAL, "no %s given", what);
-  return prefcap__fail(pc, PREFCAP_EINVAL, "%s.size is %zu, less than %zu: initialise it with its _INIT macro",
-                       what, size, min);
+  return prefcap__fail(pc, PREFCAP_EINVAL, "%s.size is %zu, less than %zu: initialise it with %s", what, size, min, init);
 }
 
 int prefcap_log_generation(prefcap_t *pc, const prefcap_generation_t *gen_in, char id_out[PREFCAP_ID_MAX + 1]) {
   if (!pc) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_log_generation: no handle");
   prefcap_generation_t g;
   const prefcap_generation_t *gen = SIZED_COPY(g, gen_in, GEN_MIN_SIZE);
-  if (!gen) return bad_size(pc, "prefcap_generation_t", gen_in, gen_in ? gen_in->size : 0, GEN_MIN_SIZE);
+  if (!gen) return bad_size(pc, "prefcap_generation_t", "PREFCAP_GENERATION_INIT", gen_in, gen_in ? gen_in->size : 0, GEN_MIN_SIZE);
   prefcap__event *ev;
   char err[256];
   /* A live call without a time happens now: stamping it before the id is made from the content
@@ -575,7 +574,7 @@ int prefcap_log_feedback(prefcap_t *pc, const prefcap_feedback_t *fb_in) {
   if (!pc) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_log_feedback: no handle");
   prefcap_feedback_t f;
   const prefcap_feedback_t *fb = SIZED_COPY(f, fb_in, FB_MIN_SIZE);
-  if (!fb) return bad_size(pc, "prefcap_feedback_t", fb_in, fb_in ? fb_in->size : 0, FB_MIN_SIZE);
+  if (!fb) return bad_size(pc, "prefcap_feedback_t", "PREFCAP_FEEDBACK_INIT", fb_in, fb_in ? fb_in->size : 0, FB_MIN_SIZE);
   prefcap__event *ev;
   char err[256];
   if (f.ts_ms == 0) f.ts_ms = prefcap__now_ms();   /* as above */
@@ -632,7 +631,7 @@ int prefcap_derive(prefcap_t *pc, int all) {
 int prefcap_get_counters(prefcap_t *pc, prefcap_counters_t *out) {
   if (!pc) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_get_counters: no handle");
   if (!out || out->size < COUNTERS_MIN_SIZE)
-    return bad_size(pc, "prefcap_counters_t", out, out ? out->size : 0, COUNTERS_MIN_SIZE);
+    return bad_size(pc, "prefcap_counters_t", "PREFCAP_COUNTERS_INIT", out, out ? out->size : 0, COUNTERS_MIN_SIZE);
   prefcap_counters_t k = {.size = out->size};
   k.accepted = atomic_load(&pc->c_accepted);
   k.stored = atomic_load(&pc->c_stored);

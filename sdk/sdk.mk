@@ -57,6 +57,22 @@ $(BUILD)/bench/%: bench/%.c $(SDK_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -Isdk -o $@ $< $(SDK_A) $(LDFLAGS_ALL) $(SDK_LIBS)
 
+# ---- the ABI test (tests/sdk/test_abi.sh): a 0.1 client linked against a stand-in for the 0.1 library
+# (unversioned symbols, as 0.1 exported them), and a client of today's header linked against the .so.
+SDK_ABI_DIR := $(BUILD)/tests/abi
+$(SDK_ABI_DIR)/lib01/libprefcap.so: tests/sdk/abi/stub01.c
+	@mkdir -p $(dir $@)
+	$(CC) -shared -fPIC -Wl,-soname,libprefcap.so.0 -o $@ $<
+
+$(SDK_ABI_DIR)/client01: tests/sdk/abi/client01.c tests/sdk/abi/prefcap-0.1.h $(SDK_ABI_DIR)/lib01/libprefcap.so
+	$(CC) -std=c11 -g -Wall -Wextra -Werror $(SAN) -Itests/sdk/abi -o $@ $< -L$(SDK_ABI_DIR)/lib01 -lprefcap
+
+$(SDK_ABI_DIR)/client02: tests/sdk/abi/client02.c include/prefcap.h $(SDK_SO)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -o $@ $< $(SDK_SO) $(LDFLAGS_ALL)
+
+TEST_BINS += $(SDK_ABI_DIR)/client01 $(SDK_ABI_DIR)/client02
+
 install: $(SDK_A) $(SDK_SO) $(PREFCAP_CLI)
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
 	install -m 644 include/prefcap.h $(DESTDIR)$(PREFIX)/include/
