@@ -39,7 +39,7 @@ handle = ctypes.c_void_p()
 rc = lib.prefcap_open(opts, ctypes.byref(handle))
 lib.prefcap_options_free(opts)
 if rc:
-    sys.exit(f"cannot open {args.db}: {lib.prefcap_strerror(rc).decode()}")
+    sys.exit(f"cannot open {args.db}: {lib.prefcap_strerror(rc).decode()}: {lib.prefcap_errmsg(None).decode()}")
 
 
 def log(event):
