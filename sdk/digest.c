@@ -22,11 +22,15 @@ static void md_update(struct evp_md_ctx_st *md, int *failed, const void *data, s
   if (EVP_DigestUpdate(md, data, len) != 1) *failed = 1;
 }
 
+static void md_free(struct evp_md_ctx_st **md) {
+  EVP_MD_CTX_free(*md);   /* NULL: nothing */
+  *md = NULL;
+}
+
 static int md_final(struct evp_md_ctx_st **md, int *failed, uint8_t *out, unsigned n) {
   unsigned got = 0;
   int ok = !*failed && EVP_DigestFinal_ex(*md, out, &got) == 1 && got == n;
-  EVP_MD_CTX_free(*md);
-  *md = NULL;
+  md_free(md);
   if (!ok) memset(out, 0, n);
   return ok ? 0 : -1;
 }
@@ -35,11 +39,7 @@ static int md_final(struct evp_md_ctx_st **md, int *failed, uint8_t *out, unsign
 void prefcap__sha256_init(prefcap__sha256_ctx *c) { md_init(&c->md, &c->failed, EVP_sha256()); }
 void prefcap__sha256_update(prefcap__sha256_ctx *c, const void *data, size_t len) { md_update(c->md, &c->failed, data, len); }
 int prefcap__sha256_final(prefcap__sha256_ctx *c, uint8_t out[32]) { return md_final(&c->md, &c->failed, out, 32); }
-void prefcap__sha256_free(prefcap__sha256_ctx *c) {
-  if (!c) return;
-  EVP_MD_CTX_free(c->md);
-  c->md = NULL;
-}
+void prefcap__sha256_free(prefcap__sha256_ctx *c) { if (c) md_free(&c->md); }
 
 int prefcap__sha256(const void *data, size_t len, uint8_t out[32]) {
   unsigned n = 0;
@@ -76,11 +76,7 @@ void prefcap__wipe(void *p, size_t n) { OPENSSL_cleanse(p, n); }
 void prefcap__md5_init(prefcap__md5_ctx *c) { md_init(&c->md, &c->failed, EVP_md5()); }
 void prefcap__md5_update(prefcap__md5_ctx *c, const void *data, size_t len) { md_update(c->md, &c->failed, data, len); }
 int prefcap__md5_final(prefcap__md5_ctx *c, uint8_t out[16]) { return md_final(&c->md, &c->failed, out, 16); }
-void prefcap__md5_free(prefcap__md5_ctx *c) {
-  if (!c) return;
-  EVP_MD_CTX_free(c->md);
-  c->md = NULL;
-}
+void prefcap__md5_free(prefcap__md5_ctx *c) { if (c) md_free(&c->md); }
 
 void prefcap__base64(const uint8_t *in, size_t len, char *out) {
   EVP_EncodeBlock((unsigned char *)out, in, (int)len);   /* writes the NUL too */

@@ -70,29 +70,35 @@ void prefcap_upload_options_free(prefcap_upload_options_t *o) {
 
 static int set_str(char **dst, const char *s) {
   char *c = NULL;
-  if (s && !(c = strdup(s))) return PREFCAP_ENOMEM;
+  if (s && !(c = strdup(s))) return prefcap__fail0(PREFCAP_ENOMEM, "upload options: out of memory");
   free(*dst);
   *dst = c;
   return PREFCAP_OK;
 }
 
 int prefcap_upload_options_set_auth(prefcap_upload_options_t *o, prefcap_upload_auth_t auth) {
-  if (!o || auth < PREFCAP_UPLOAD_AUTO || auth > PREFCAP_UPLOAD_SIGV4) return PREFCAP_EINVAL;
+  if (!o || auth < PREFCAP_UPLOAD_AUTO || auth > PREFCAP_UPLOAD_SIGV4)
+    return prefcap__fail0(PREFCAP_EINVAL, "prefcap_upload_options_set_auth: %s", o ? "unknown auth mode" : "no options object");
   o->auth = auth;
   return PREFCAP_OK;
 }
 int prefcap_upload_options_set_retries(prefcap_upload_options_t *o, int retries) {
-  if (!o || retries < 0 || retries > 1000) return PREFCAP_EINVAL;
+  if (!o || retries < 0 || retries > 1000)
+    return prefcap__fail0(PREFCAP_EINVAL, "prefcap_upload_options_set_retries: %s", o ? "retries must be 0 to 1000" : "no options object");
   o->retries = retries;
   return PREFCAP_OK;
 }
 int prefcap_upload_options_set_backoff(prefcap_upload_options_t *o, int base_ms, int max_ms, int retry_after_max_s) {
-  if (!o || base_ms < 1 || max_ms < base_ms || retry_after_max_s < 0) return PREFCAP_EINVAL;
+  if (!o || base_ms < 1 || max_ms < base_ms || retry_after_max_s < 0)
+    return prefcap__fail0(PREFCAP_EINVAL, "prefcap_upload_options_set_backoff: %s",
+                          o ? "needs base_ms >= 1, max_ms >= base_ms, retry_after_max_s >= 0" : "no options object");
   o->backoff_base_ms = base_ms; o->backoff_max_ms = max_ms; o->retry_after_max_s = retry_after_max_s;
   return PREFCAP_OK;
 }
 int prefcap_upload_options_set_timeouts(prefcap_upload_options_t *o, int connect_s, int stall_s, int total_s) {
-  if (!o || connect_s < 1 || stall_s < 1 || total_s < 0) return PREFCAP_EINVAL;
+  if (!o || connect_s < 1 || stall_s < 1 || total_s < 0)
+    return prefcap__fail0(PREFCAP_EINVAL, "prefcap_upload_options_set_timeouts: %s",
+                          o ? "needs connect_s >= 1, stall_s >= 1, total_s >= 0" : "no options object");
   o->connect_s = connect_s; o->stall_s = stall_s; o->total_s = total_s;
   return PREFCAP_OK;
 }
