@@ -158,20 +158,20 @@ int prefcap_options_set_max_text_bytes(prefcap_options_t *o, size_t n) {
 }
 
 int prefcap_options_set_logger(prefcap_options_t *o, prefcap_logger_fn fn, void *ud) {
-  if (!o) return PREFCAP_EINVAL;
+  if (!o) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_options_set_logger: no options object");
   o->logger = fn;
   o->logger_ud = ud;
   return PREFCAP_OK;
 }
 
 int prefcap_options_set_redact(prefcap_options_t *o, int on) {
-  if (!o) return PREFCAP_EINVAL;
+  if (!o) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_options_set_redact: no options object");
   o->redact = on != 0;
   return PREFCAP_OK;
 }
 
 int prefcap_options_set_block_when_full(prefcap_options_t *o, int on) {
-  if (!o) return PREFCAP_EINVAL;
+  if (!o) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_options_set_block_when_full: no options object");
   o->block_when_full = on != 0;
   return PREFCAP_OK;
 }

@@ -103,24 +103,24 @@ int prefcap_upload_options_set_timeouts(prefcap_upload_options_t *o, int connect
   return PREFCAP_OK;
 }
 int prefcap_upload_options_set_cacert(prefcap_upload_options_t *o, const char *path) {
-  return o ? set_str(&o->cacert, path) : PREFCAP_EINVAL;
+  return o ? set_str(&o->cacert, path) : prefcap__fail0(PREFCAP_EINVAL, "prefcap_upload_options_set_cacert: no options object");
 }
 int prefcap_upload_options_set_region(prefcap_upload_options_t *o, const char *region) {
-  return o ? set_str(&o->region, region) : PREFCAP_EINVAL;
+  return o ? set_str(&o->region, region) : prefcap__fail0(PREFCAP_EINVAL, "prefcap_upload_options_set_region: no options object");
 }
 int prefcap_upload_options_set_service(prefcap_upload_options_t *o, const char *service) {
-  return o ? set_str(&o->service, service) : PREFCAP_EINVAL;
+  return o ? set_str(&o->service, service) : prefcap__fail0(PREFCAP_EINVAL, "prefcap_upload_options_set_service: no options object");
 }
 int prefcap_upload_options_set_manifest_url(prefcap_upload_options_t *o, const char *url) {
-  return o ? set_str(&o->manifest_url, url) : PREFCAP_EINVAL;
+  return o ? set_str(&o->manifest_url, url) : prefcap__fail0(PREFCAP_EINVAL, "prefcap_upload_options_set_manifest_url: no options object");
 }
 int prefcap_upload_options_set_manifest(prefcap_upload_options_t *o, int on) {
-  if (!o) return PREFCAP_EINVAL;
+  if (!o) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_upload_options_set_manifest: no options object");
   o->manifest = on != 0;
   return PREFCAP_OK;
 }
 int prefcap_upload_options_set_progress(prefcap_upload_options_t *o, prefcap_upload_progress_fn fn, void *userdata) {
-  if (!o) return PREFCAP_EINVAL;
+  if (!o) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_upload_options_set_progress: no options object");
   o->progress = fn; o->progress_ud = userdata;
   return PREFCAP_OK;
 }
@@ -448,7 +448,7 @@ static int resolve_target(const char *url, const prefcap_upload_options_t *o, co
     size_t bl = (size_t)(slash - b);
     size_t n = strlen(url) + strlen(region) + 64;
     built = malloc(n);
-    if (!built) return PREFCAP_ENOMEM;
+    if (!built) return fail(errbuf, errlen, PREFCAP_ENOMEM, "upload: out of memory");
     if (memchr(b, '.', bl))   /* dotted bucket names break the TLS wildcard: path style */
       snprintf(built, n, "https://s3.%s.amazonaws.com/%.*s%s", region, (int)bl, b, slash);
     else
@@ -456,7 +456,7 @@ static int resolve_target(const char *url, const prefcap_upload_options_t *o, co
     url = built;
   }
   CURLU *u = curl_url();
-  if (!u) { free(built); return PREFCAP_ENOMEM; }
+  if (!u) { free(built); return fail(errbuf, errlen, PREFCAP_ENOMEM, "upload: out of memory"); }
   char *scheme = NULL, *host = NULL, *port = NULL, *path = NULL, *query = NULL;
   int rc = PREFCAP_OK;
   if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
@@ -748,7 +748,7 @@ int prefcap__upload(const prefcap_upload_options_t *opts, const char *file, cons
   /* the manifest, if any, and where it goes */
   size_t fl = strlen(file);
   char *mpath = malloc(fl + sizeof ".manifest.json");
-  if (!mpath) return PREFCAP_ENOMEM;
+  if (!mpath) return fail(errbuf, errlen, PREFCAP_ENOMEM, "upload of %s: out of memory", file);
   memcpy(mpath, file, fl);
   memcpy(mpath + fl, ".manifest.json", sizeof ".manifest.json");
   bool with_manifest = o->manifest && access(mpath, F_OK) == 0;

@@ -82,6 +82,10 @@ int main(int argc, char **argv) {
   memset(&r0, 0, sizeof r0);
   prefcap_export_options_t *eo = prefcap_export_options_new();
   CHECK(prefcap_export(pc, eo, &r0) == PREFCAP_EINVAL, "an export result without a size accepted");
+  /* an options setter's refusal: the detail names the call and the bad value */
+  CHECK(prefcap_export_options_set_signals(eo, "edit,edti") == PREFCAP_EINVAL &&
+        strstr(prefcap_errmsg(NULL), "set_signals") && strstr(prefcap_errmsg(NULL), "'edti'"),
+        "set_signals detail \"%s\"", prefcap_errmsg(NULL));
   prefcap_export_options_free(eo);
 
   /* upload: no errbuf any more; the detail is prefcap_errmsg(NULL) */
