@@ -4,7 +4,7 @@
  * body), with Content-MD5 and
  * x-amz-content-sha256 checksums, bounded retries with backoff and jitter that honour Retry-After, TLS
  * verification always on, and a stall timeout so a server that stops reading fails the attempt.
- * Library code: it never prints; what the caller sees is the return code, errbuf and the progress
+ * Library code: it never prints; what the caller sees is the return code, the detail (prefcap_errmsg(NULL)) and the progress
  * callback, none of which ever carries a credential or a URL's query string. */
 #include "upload.h"
 

@@ -1,4 +1,4 @@
-/* tests/train/report_driver.c: a thin command over trainer/train/report.c and trainer/util/progress.c, so that
+/* tests/train/report_driver.c: a thin command over trainer/train/report.c and common/progress.c, so that
  * tests/train/test_report.py can check their output with real parsers and a real pseudo-terminal.
  *
  *   report_driver report METRICS HTML [TITLE]   pc_report_write; the error on stderr, exit 1
