@@ -100,11 +100,10 @@ enum {
   PREFCAP_ENETWORK = 16,   /* upload: connection failed, timed out, or was dropped (after retries) */
   PREFCAP_EHTTP = 17,      /* upload: the server answered with an error status (errmsg has it) */
   PREFCAP_ECRYPTO = 18,    /* a checksum or signature could not be computed or did not match */
+  /* Not a code: one past the last, so it moves when a code is appended. prefcap_strerror's table is
+   * checked against it when the library is compiled (a code cannot ship without its name). */
+  PREFCAP__NCODES
 };
-
-/* The number of codes above (one more than the last); prefcap_strerror's table is checked against it
- * when the library is compiled. */
-#define PREFCAP__NCODES 19
 
 /* A short, static, English name for a code ("invalid argument"); never NULL. */
 const char *prefcap_strerror(int code);

@@ -27,14 +27,13 @@
 // ---- codes and messages --------------------------------------------------------------------------
 
 /* Indexed by code. The table is positional, so the build fails when a code is appended to the enum
- * without its name here (PREFCAP__NCODES moves with the enum: it is checked against the last code). */
+ * without its name here (PREFCAP__NCODES, the enum's last member, moves with it). */
 static const char *const code_names[] = {
     "ok", "invalid argument", "out of memory", "I/O error", "disk full", "store busy (locked)",
     "text too big", "invalid UTF-8 or NUL byte", "queue full (event dropped)", "timed out",
     "handle closing", "not a prefcap store, or damaged", "store written by a newer prefcap",
     "not found", "invalid JSON", "refused", "network error", "HTTP error", "checksum or signature error"};
 _Static_assert(sizeof code_names / sizeof *code_names == PREFCAP__NCODES, "prefcap_strerror: one name per code");
-_Static_assert(PREFCAP_ECRYPTO == PREFCAP__NCODES - 1, "PREFCAP__NCODES must follow the last code");
 
 const char *prefcap_strerror(int code) {
   if (code >= 0 && code < PREFCAP__NCODES) return code_names[code];
