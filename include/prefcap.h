@@ -15,8 +15,9 @@
  *   the configured maximum is refused with a code naming the field, and nothing is stored.
  * - The library never exits, aborts or prints; diagnostics go to the logger callback, if one is set.
  * - Thread safety: see the table below.
- * - Errors: every failing call leaves a detail, in this thread, that names the file (the store, the
- *   export, the uploaded file) and the reason: prefcap_errmsg(handle) after a call on a handle,
+ * - Errors: every failing call leaves a detail, in this thread, that names what failed (the file, for
+ *   a failure of the store, an export or an uploaded file; the field, for a refused argument) and the
+ *   reason: prefcap_errmsg(handle) after a call on a handle,
  *   prefcap_errmsg(NULL) after a call that has none (prefcap_open, prefcap_upload, the options'
  *   setters), in the way errno works: read it right after the failing call, in the same thread.
  * - Growable structs: every struct the caller allocates or the library writes into starts with a
@@ -47,21 +48,21 @@ extern "C" {
  *
  * Thread safety, by function (sentry.h's way: one table, every public call in it):
  *
- *   function                                  | thread-safe on one handle?
- *   ------------------------------------------+------------------------------------------------------
- *   prefcap_strerror, prefcap_version(_num),  | yes, always (no state)
- *   prefcap_free                              |
- *   prefcap_errmsg                            | yes: the detail is kept per thread
- *   prefcap_options_*, prefcap_export_options_*,| no: one thread sets an options object; once set it
- *   prefcap_upload_options_*                  | may be read by several calls at once (open, upload)
- *   prefcap_open                              | yes (each call makes its own handle)
- *   prefcap_log_generation, _log_feedback,    | yes: any number of threads at once on one handle
- *   _log_json, prefcap_get_counters           |
- *   prefcap_flush, prefcap_derive,            | no: not concurrently with each other, nor with close,
- *   prefcap_export, prefcap_forget_user,      | on one handle (they may run while other threads log,
- *   prefcap_lineage_*, prefcap_prune          | except forget_user, which needs logging stopped)
- *   prefcap_close                             | no: nothing else may use the handle during or after it
- *   prefcap_upload                            | yes (calls share nothing; see its comment on curl)
+ *   function                                     | thread-safe on one handle?
+ *   ---------------------------------------------+---------------------------------------------------
+ *   prefcap_strerror, prefcap_version(_num),     | yes, always (no state)
+ *   prefcap_free                                 |
+ *   prefcap_errmsg                               | yes: the detail is kept per thread
+ *   prefcap_options_*, prefcap_export_options_*, | no: one thread sets an options object; once set,
+ *   prefcap_upload_options_*                     | several calls may read it at once (open, upload)
+ *   prefcap_open                                 | yes (each call makes its own handle)
+ *   prefcap_log_generation, _log_feedback,       | yes: any number of threads at once on one handle
+ *   _log_json, prefcap_get_counters              |
+ *   prefcap_flush, prefcap_derive,               | no: not concurrently with each other, nor with
+ *   prefcap_export, prefcap_forget_user,         | close, on one handle (they may run while other
+ *   prefcap_lineage_*, prefcap_prune             | threads log, except forget_user: stop logging)
+ *   prefcap_close                                | no: nothing else may use the handle during or after
+ *   prefcap_upload                               | yes (calls share nothing; see its comment on curl)
  *
  * Several processes may open the same store file at once (SQLite's locking, WAL). */
 #if defined(__GNUC__)
