@@ -705,14 +705,20 @@ static void put_filters(prefcap__buf *b, const prefcap_export_options_t *o) {
 
 // ---- the pending export --------------------------------------------------------------------------
 
-static int64_t current_version(sqlite3 *db) {
+/* The store's derivation version in *v. A read error is a code: taken for 0, it would make an export
+ * of nothing and move a name's watermark back. */
+static int current_version(sqlite3 *db, int64_t *v, char *err, size_t errlen) {
   sqlite3_stmt *st;
-  int64_t v = 0;
-  if (!sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = 'derive.version'", -1, &st, NULL)) {
-    if (sqlite3_step(st) == SQLITE_ROW) v = sqlite3_column_int64(st, 0);
+  *v = 0;
+  int rc = sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = 'derive.version'", -1, &st, NULL);
+  if (!rc) {
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) *v = sqlite3_column_int64(st, 0);
+    if (rc == SQLITE_ROW || rc == SQLITE_DONE) rc = SQLITE_OK;
     sqlite3_finalize(st);
   }
-  return v;
+  if (rc) snprintf(err, errlen, "reading the store's version: %.400s", sqlite3_errmsg(db));
+  return prefcap__sqlite_code(rc);
 }
 
 static void new_export_id(char out[40]) {
@@ -750,7 +756,10 @@ static int begin_named(prefcap_t *pc, const prefcap_export_options_t *o, char id
   *resumed = false;
   sqlite3_prepare_v2(db, "SELECT id, path, version_from, version_to FROM exports WHERE name = ?1 AND status = 'pending'", -1, &st, NULL);
   sqlite3_bind_text(st, 1, o->since_last, -1, SQLITE_STATIC);
-  if (sqlite3_step(st) == SQLITE_ROW) {
+  /* a read error here must not pass for "no pending export" or "no watermark": either would export
+   * again what was already published */
+  int step = sqlite3_step(st);
+  if (step == SQLITE_ROW) {
     snprintf(id, 40, "%s", T(st, 0));
     *from = sqlite3_column_int64(st, 2);
     *to = sqlite3_column_int64(st, 3);
@@ -759,15 +768,18 @@ static int begin_named(prefcap_t *pc, const prefcap_export_options_t *o, char id
     if (strcmp(T(st, 1), o->out)) remove_unpublished(T(st, 1));
   }
   sqlite3_finalize(st);
+  if (step != SQLITE_ROW && step != SQLITE_DONE) goto read_failed;
   if (*resumed) {
     sqlite3_prepare_v2(db, "UPDATE exports SET path = ?2 WHERE id = ?1", -1, &st, NULL);
   } else {
     *from = 0;
     sqlite3_prepare_v2(db, "SELECT version FROM watermarks WHERE name = ?1", -1, &st, NULL);
     sqlite3_bind_text(st, 1, o->since_last, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) == SQLITE_ROW) *from = sqlite3_column_int64(st, 0);
+    step = sqlite3_step(st);
+    if (step == SQLITE_ROW) *from = sqlite3_column_int64(st, 0);
     sqlite3_finalize(st);
-    *to = current_version(db);
+    if (step != SQLITE_ROW && step != SQLITE_DONE) goto read_failed;
+    if ((rc = current_version(db, to, err, errlen))) { prefcap__store_rollback(pc->store); return rc; }
     new_export_id(id);
     sqlite3_prepare_v2(db, "INSERT INTO exports(id, name, path, format, filters, status, version_from, version_to, created)"
                            " VALUES(?1, ?3, ?2, ?4, ?5, 'pending', ?6, ?7, ?8)", -1, &st, NULL);
@@ -787,6 +799,11 @@ static int begin_named(prefcap_t *pc, const prefcap_export_options_t *o, char id
   sqlite3_finalize(st);
   if (rc) { snprintf(err, errlen, "cannot record the export: %.400s", sqlite3_errmsg(db)); prefcap__store_rollback(pc->store); return rc; }
   return prefcap__store_commit(pc->store, err, errlen);
+read_failed:
+  rc = prefcap__sqlite_code(sqlite3_errcode(db));
+  snprintf(err, errlen, "reading the export's name '%.200s': %.400s", o->since_last, sqlite3_errmsg(db));
+  prefcap__store_rollback(pc->store);
+  return rc ? rc : PREFCAP_EIO;
 }
 
 /* Step 5: published, with its records (for lineage) and the watermark, in one transaction. */
@@ -971,13 +988,18 @@ static int do_export(prefcap_t *pc, const prefcap_export_options_t *o, prefcap_e
   int rc = prefcap__derive(pc->store, 0, err, errlen);
   if (rc) return rc;
   char id[40] = "";
-  int64_t from = 0, to = current_version(db);
+  int64_t from = 0, to = 0;
   bool resumed = false;
+  if (!o->since_last && (rc = current_version(db, &to, err, errlen))) return rc;
   if (o->since_last && (rc = begin_named(pc, o, id, &from, &to, &resumed, err, errlen))) return rc;
   if (!o->since_last) new_export_id(id);
   snprintf(res->export_id, sizeof res->export_id, "%s", id);
   res->resumed = resumed;
-  if (resumed) res->more = current_version(db) > to;   /* derived since the interrupted run */
+  int64_t now_version = 0;
+  if (resumed) {   /* derived since the interrupted run? */
+    if ((rc = current_version(db, &now_version, err, errlen))) return rc;
+    res->more = now_version > to;
+  }
 
   /* a consistent view for both passes: one read transaction, read through a memory map (no copy of
    * each page through read(2); the export reads every page of the tables it joins) */
@@ -1017,7 +1039,8 @@ static int do_export(prefcap_t *pc, const prefcap_export_options_t *o, prefcap_e
   sqlite3_stmt *st = NULL;
   if (!rc && prepare_rows(db, o, from, to, &st)) { rc = PREFCAP_EIO; snprintf(err, errlen, "export query: %.400s", sqlite3_errmsg(db)); }
   size_t k = 0;
-  while (!rc && sqlite3_step(st) == SQLITE_ROW) {
+  int step = SQLITE_DONE;
+  while (!rc && (step = sqlite3_step(st)) == SQLITE_ROW) {
     int64_t rid = sqlite3_column_int64(st, C_ID);
     if (one_pass) {   /* every row is kept: list it now */
       if (plan.n == plan.cap) {
@@ -1044,6 +1067,10 @@ static int do_export(prefcap_t *pc, const prefcap_export_options_t *o, prefcap_e
     res->records++;
     count_add(&by_signal, T(st, C_SIGNAL));
     count_add(&by_source, is_ai(T(st, C_SOURCE)) ? "ai" : "human");
+  }
+  if (!rc && step != SQLITE_DONE) {   /* a read error ends the rows early: the export is incomplete */
+    rc = prefcap__sqlite_code(step);
+    snprintf(err, errlen, "export query: %.400s", sqlite3_errmsg(db));
   }
   sqlite3_finalize(st);
   free(line.p);
