@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #define WRITE_BATCH 512
@@ -339,6 +340,12 @@ int prefcap_open(const prefcap_options_t *opts, prefcap_t **out) {
     prefcap_close(pc, 0);
     return rc;
   }
+  /* prefcap creates the store 0600 (sdk/store.c); one made or changed by someone else may be open to
+   * others, and it holds users' text: said, not changed (the operator may mean it) */
+  struct stat st;
+  if (!stat(opts->path, &st) && (st.st_mode & 077))
+    prefcap__log(pc, PREFCAP_LOG_WARN, "prefcap: %s is open to %s (mode %04o): it holds users' text; chmod 600 it", opts->path,
+                 st.st_mode & 07 ? "every user" : "its group", (unsigned)(st.st_mode & 07777));
   *out = pc;
   return PREFCAP_OK;
 }

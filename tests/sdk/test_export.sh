@@ -5,7 +5,7 @@
 #   file; every filter; the train/eval split (no prompt on both sides, stable between runs); gzip;
 #   incremental exports by name; uploads that gate the watermark; and 25 exports killed with SIGKILL
 #   at random moments while traffic keeps arriving: the union of what was published equals one clean
-#   export, no record twice, none missing.
+#   export, no record twice, none missing, and no temporary file is left.
 set -u
 BUILD=${BUILD:-build}
 P="$PWD/$BUILD/prefcap"; CB="$PWD/$BUILD/examples/chat_backend"; X=tests/sdk/export
@@ -201,6 +201,9 @@ assert len(pub) >= 5, 'too few runs finished to test resumption between finished
 "
 check crash_store_intact test "$(sqlite3 "$T/crash.db" 'PRAGMA integrity_check')" = ok
 check crash_no_pending_left test "$(sqlite3 "$T/crash.db" "SELECT count(*) FROM exports WHERE status='pending'")" = 0
+# the killed runs' temporary files (whole copies of users' text) were removed by the runs after them
+check crash_no_temporary_files_left test "$(ls "$D" | grep -c '\.tmp\.')" = 0
+check crash_no_temporary_records_left test "$(sqlite3 "$T/crash.db" "SELECT count(*) FROM meta WHERE key >= 'export.tmp:' AND key < 'export.tmp;'")" = 0
 
 echo "# export: $fails failure(s)"
 [ $fails -eq 0 ]
