@@ -156,7 +156,9 @@ span=$(( (t1 - t0) / 1000000 + 2 )); echo "  one nightly run takes ~${span} ms"
 kills=0; k=0; done_runs=0; streak=0
 # the window adapts (this machine's timing is noisy): wider while runs keep dying, narrower while
 # they keep finishing, so that both happen and kills land in every phase
-while { [ $kills -lt 22 ] || [ $done_runs -lt 5 ]; } && [ $k -lt 150 ]; do
+# EXPORT_KILLS: 22 in `make test`; bench/soak.sh asks for 200
+want_kills=${EXPORT_KILLS:-22}
+while { [ $kills -lt $want_kills ] || [ $done_runs -lt 5 ]; } && [ $k -lt $((want_kills * 7)) ]; do
   k=$((k + 1))
   "$CB" --db "$T/crash.db" --users 30 --turns 8 --threads 1 --seed $k --prefix r$k- > /dev/null
   "$P" export --db "$T/crash.db" --since-last nightly --out "$D/night-$k.jsonl" --quiet 2>/dev/null &
@@ -179,23 +181,24 @@ for f in 1 2 3 4 5; do
 done
 "$P" export --db "$T/crash.db" --out "$T/clean.jsonl" --quiet
 echo "  $kills of $k exports killed mid-run, $done_runs finished (kill window ended at ${span} ms)"
-check crash_at_least_20_kills test $kills -ge 20
+check crash_at_least_20_kills test $kills -ge $((want_kills * 10 / 11))
 check crash_union_equals_clean_export py "
 import json, glob, hashlib, os
 pub = [p for p in sorted(glob.glob('$D/night-*.jsonl')) if '.tmp.' not in p and not p.endswith('.eval.jsonl')]
-seen, lines = {}, 0
+seen, lines, twice = {}, 0, []
 for p in pub:
     m = json.load(open(p + '.manifest.json'))
     data = open(p, 'rb').read()
     assert m['sha256'] == hashlib.sha256(data).hexdigest(), p
     for l in data.decode().splitlines():
         r = json.loads(l); lines += 1
-        assert r['id'] not in seen, ('pair %d twice: %s and %s' % (r['id'], seen[r['id']], p))
+        if r['id'] in seen: twice.append((r['id'], seen[r['id']], p))
         seen[r['id']] = p
 clean = {json.loads(l)['id']: l for l in open('$T/clean.jsonl')}
 missing = set(clean) - set(seen); extra = set(seen) - set(clean)
+print('  export kills: %d published file(s), %d records; missing %d, duplicates %d, extra %d' % (len(pub), lines, len(missing), len(twice), len(extra)))
+assert not twice, ('records twice', twice[:5])
 assert not missing and not extra, ('missing', sorted(missing)[:10], 'extra', sorted(extra)[:10])
-print('  %d published file(s), %d records, equal to one clean export' % (len(pub), lines))
 assert len(pub) >= 5, 'too few runs finished to test resumption between finished ones'
 
 "
