@@ -3,7 +3,8 @@
  * call to the real one, and fails the Nth xRead of the database or its WAL after being armed. Each
  * test sweeps N = 1, 2, ... until an operation finishes without reaching the Nth read, and after each
  * failed or finished operation checks that the store holds what it held (derivation) or what a clean
- * run gives (export): a read error may make an operation fail, never make it conclude less.
+ * run gives (export), or that a clean run afterwards completes it (forget): a read error may make an
+ * operation fail, never make it conclude less.
  *
  * The page cache is made tiny, so that reads reach the VFS instead of memory; the VFS offers no
  * memory map (version 2 methods), so that every page is read through xRead. */
@@ -96,7 +97,7 @@ static int logj(prefcap_t *pc, const char *json) {
 }
 
 /* g1 replaced g0 and was accepted, rated +1 (g3, same prompt and user, -1), chosen over g2 and lightly
- * edited: every rule concludes something for g1. */
+ * edited: every rule concludes something for g1. h1 is another user's. */
 static prefcap_t *rich_store(const char *db) {
   prefcap_t *pc = tu_open(db, PREFCAP_SYNC);
   if (!pc) return NULL;
@@ -111,6 +112,8 @@ static prefcap_t *rich_store(const char *db) {
     "{\"type\":\"rating\",\"id\":\"g1\",\"value\":1}",
     "{\"type\":\"edit\",\"id\":\"g1\",\"text\":\"a better answer with seven words\"}",
     "{\"type\":\"copy\",\"id\":\"g2\"}",
+    "{\"type\":\"generation\",\"id\":\"h1\",\"prompt\":\"R\",\"completion\":\"another user's answer\",\"user_id\":\"v\"}",
+    "{\"type\":\"accept\",\"id\":\"h1\"}",
   };
   for (size_t i = 0; i < sizeof ev / sizeof *ev; i++)
     if (logj(pc, ev[i])) { prefcap_close(pc, -1); return NULL; }
@@ -243,10 +246,59 @@ static void export_fails_whole_on_read_errors(void) {
   EXPECT(prefcap_close(pc, -1) == 0);
 }
 
+/* Forget reads the user's rows, what they share with others and the exports that held them: with a
+ * read error anywhere it fails (before or after its commit), and a clean run afterwards completes the
+ * erasure, leaving the other user's rows as they were. Each round starts from a copy of one store. */
+static void forget_completes_after_read_errors(void) {
+  const char *db = tu_dbpath();
+  prefcap_t *pc = rich_store(db);
+  REQUIRE(pc);
+  prefcap_close(pc, -1);
+  char dir[600], tpl[700], it[700], sql[800];
+  snprintf(dir, sizeof dir, "%s", db);
+  *strrchr(dir, '/') = 0;
+  snprintf(tpl, sizeof tpl, "%s/template.db", dir);
+  snprintf(it, sizeof it, "%s/round.db", dir);
+  snprintf(sql, sizeof sql, "VACUUM INTO '%s'", tpl);
+  tu_query(db, sql);
+  size_t len;
+  char *bytes = tu_read_file(tpl, &len);
+  REQUIRE(bytes && len > 0);
+  long n = 1, bad = 0, failed = 0;
+  for (; n < 5000; n++) {
+    char wal[720], shm[720];
+    snprintf(wal, sizeof wal, "%s-wal", it);
+    snprintf(shm, sizeof shm, "%s-shm", it);
+    unlink(wal); unlink(shm);
+    FILE *f = fopen(it, "wb");
+    REQUIRE(f && fwrite(bytes, 1, len, f) == len && fclose(f) == 0);
+    pc = tu_open(it, PREFCAP_SYNC);
+    REQUIRE(pc);
+    sqlite3_exec(prefcap__db(pc), "PRAGMA cache_size = 2", NULL, NULL, NULL);
+    arm(n);
+    int rc = prefcap_forget_user(pc, "u", NULL, NULL, NULL);
+    bool fired = disarm();
+    failed += rc != 0;
+    int rc2 = prefcap_forget_user(pc, "u", NULL, NULL, NULL);
+    prefcap_close(pc, -1);
+    bool ok = rc2 == 0 && tu_query(it, "SELECT count(*) FROM generations WHERE user_id = 'u'") == 0 &&
+              tu_query(it, "SELECT count(*) FROM tombstones") == 1 &&
+              tu_query(it, "SELECT count(*) FROM generations WHERE id = 'h1'") == 1 &&
+              tu_query(it, "SELECT count(*) FROM labels WHERE gen_id = 'h1' AND signal = 'accept'") == 1 && tu_integrity_ok(it);
+    if (!ok && bad++ < 3) fprintf(stderr, "  read %ld failed (forget: %d, then %d): the erasure did not complete cleanly\n", n, rc, rc2);
+    if (!fired) break;
+  }
+  fprintf(stderr, "  %ld reads failed in turn: forget reported %ld\n", n - 1, failed);
+  EXPECT(n > 10 && n < 5000);
+  EXPECT(bad == 0);
+  free(bytes);
+}
+
 int main(void) {
   install_faulty_vfs();
   RUN(derive_keeps_pairs_across_read_errors);
   RUN(incremental_derive_catches_up_after_read_errors);
   RUN(export_fails_whole_on_read_errors);
+  RUN(forget_completes_after_read_errors);
   return tst_end();
 }
