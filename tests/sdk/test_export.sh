@@ -45,6 +45,15 @@ assert m['counts']['by_source'] == {'human': 3, 'ai': 1}, m['counts']
 assert m['format'] == 'trl-dpo' and m['schema_version'] >= 2 and m['sdk_version'] and m['export_id'].startswith('exp-')
 "
 
+# ---- files: private, regular, asked-for modes -----------------------------------------------------
+check files_private_by_default test "$(stat -c %a "$T/text-trl-dpo.jsonl" "$T/text-trl-dpo.jsonl.manifest.json" | sort -u)" = 600
+"$P" export --db "$T/text.db" --out "$T/mode.jsonl" --mode 640 --quiet
+check files_mode_as_asked test "$(stat -c %a "$T/mode.jsonl" "$T/mode.jsonl.manifest.json" | sort -u)" = 640
+check files_bad_mode_is_usage_error test "$("$P" export --db "$T/text.db" --out "$T/m2.jsonl" --mode 9 > /dev/null 2>&1; echo $?)" = 2
+mkfifo "$T/fifo"; ln -s "$T/mode.jsonl" "$T/link.jsonl"
+check files_fifo_target_refused sh -c "! '$P' export --db '$T/text.db' --out '$T/fifo' --quiet 2> '$T/err' && grep -q '$T/fifo is a FIFO' '$T/err' && test -p '$T/fifo'"
+check files_symlink_target_refused sh -c "! '$P' export --db '$T/text.db' --out '$T/link.jsonl' --quiet 2> '$T/err' && grep -q 'symbolic link' '$T/err' && test -L '$T/link.jsonl'"
+
 # ---- filters --------------------------------------------------------------------------------------
 n() { "$P" export --db "$T/text.db" --out - "$@" 2>/dev/null | wc -l; }
 check filter_signal test "$(n --signal edit,choice)" = 2
