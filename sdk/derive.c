@@ -349,10 +349,10 @@ static int read_unit(ctx_t *c, const char *unit, unit_facts *u) {
       u->fb = v;
     }
     fb_event *e = &u->fb[u->nfb++];
-    *e = (fb_event){dup_col(c->get_fb, 0), dup_col(c->get_fb, 1), dup_col(c->get_fb, 2), dup_col(c->get_fb, 4),
-                    sqlite3_column_int(c->get_fb, 3)};
+    *e = (fb_event){dup_col(c->get_fb, 0), dup_col(c->get_fb, 1), NULL, dup_col(c->get_fb, 4), sqlite3_column_int(c->get_fb, 3)};
+    if (e->type && !strcmp(e->type, "edit")) e->text = dup_col(c->get_fb, 2);   /* only an edit's text is used */
     if (!e->type || (!e->other_id && sqlite3_column_type(c->get_fb, 1) != SQLITE_NULL) ||
-        (!e->text && sqlite3_column_type(c->get_fb, 2) != SQLITE_NULL) ||
+        (!e->text && !strcmp(e->type, "edit") && sqlite3_column_type(c->get_fb, 2) != SQLITE_NULL) ||
         (!e->source && sqlite3_column_type(c->get_fb, 4) != SQLITE_NULL)) rc = PREFCAP_ENOMEM;
   }
   sqlite3_reset(c->get_fb);
