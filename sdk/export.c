@@ -25,6 +25,7 @@
 #include <libgen.h>
 #include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -403,13 +404,14 @@ static void users_free(users_t *u) {
 
 // ---- files written safely ------------------------------------------------------------------------
 /* Every file an export writes (data, eval part, manifest) is first a temporary file beside its target:
- *  - created with O_CREAT|O_EXCL|O_NOFOLLOW under a name with 96 random bits (PATH.tmp.<24 hex>): a
- *    name planted in advance (a symlink to some other file, a file) makes the creation fail; nothing is
- *    followed or truncated;
+ *  - named with 96 random bits (PATH.tmp.<24 hex>), and the name recorded in the store (meta
+ *    'export.tmp:PATH') before the file exists: a killed export's leftovers hold whole copies of
+ *    users' text, and the next export to the same directory, and forget, remove every recorded one
+ *    that no live export holds;
+ *  - created with O_CREAT|O_EXCL|O_NOFOLLOW: a name planted in advance (a symlink to some other file,
+ *    a file) makes the creation fail; nothing is followed or truncated;
  *  - 0600 from its first byte (or the mode asked for with prefcap_export_options_set_mode);
- *  - locked (flock) while its export runs, and recorded in the store (meta 'export.tmp:PATH') before a
- *    byte is written: a killed export's leftovers hold whole copies of users' text, and the next
- *    export to the same directory, and forget, remove every recorded one that no live export holds.
+ *  - locked (flock) from its creation until it is renamed into place or removed.
  * The rename into place may replace only a regular file or nothing: a device (/dev/null), a symlink or
  * a directory at the target is an error that names it, before anything is written. */
 
@@ -435,30 +437,34 @@ static int check_target(const char *path, char *err, size_t errlen) {
 
 typedef struct { char tmp[PATH_MAX]; int fd, lockfd; } tempfile;
 
-/* Creates path's temporary file (see above); t->fd is for writing, t->lockfd holds the lock until
- * temp_release, whoever closes t->fd. */
-static int temp_create(tempfile *t, const char *path, unsigned mode, char *err, size_t errlen) {
+/* Names path's temporary file (PATH.tmp.<24 random hex digits>) without creating it: the name is
+ * recorded in the store first, so that a kill at any moment after the file exists leaves it found. */
+static int temp_name(tempfile *t, const char *path, char *err, size_t errlen) {
   t->fd = t->lockfd = -1;
   t->tmp[0] = 0;
-  for (int tries = 0; tries < 8 && t->fd < 0; tries++) {
-    uint8_t r[12];
-    char hex[25];
-    if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) { snprintf(err, errlen, "cannot name a temporary file: getrandom: %s", strerror(errno)); return PREFCAP_EIO; }
-    prefcap__hex(r, sizeof r, hex);
-    if (snprintf(t->tmp, sizeof t->tmp, "%s.tmp.%s", path, hex) >= (int)sizeof t->tmp) {
-      t->tmp[0] = 0;
-      snprintf(err, errlen, "path too long: %.400s", path);
-      return PREFCAP_EINVAL;
-    }
-    t->fd = open(t->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (t->fd < 0 && errno != EEXIST) {
-      int e = errno;
-      snprintf(err, errlen, "cannot create %.400s: %s", t->tmp, strerror(e));
-      t->tmp[0] = 0;
-      return e == ENOSPC || e == EDQUOT ? PREFCAP_EFULL : PREFCAP_EIO;
-    }
+  uint8_t r[12];
+  char hex[25];
+  if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) { snprintf(err, errlen, "cannot name a temporary file: getrandom: %s", strerror(errno)); return PREFCAP_EIO; }
+  prefcap__hex(r, sizeof r, hex);
+  if (snprintf(t->tmp, sizeof t->tmp, "%s.tmp.%s", path, hex) >= (int)sizeof t->tmp) {
+    t->tmp[0] = 0;
+    snprintf(err, errlen, "path too long: %.400s", path);
+    return PREFCAP_EINVAL;
   }
-  if (t->fd < 0) { snprintf(err, errlen, "cannot create a temporary file beside %.400s: every name taken", path); t->tmp[0] = 0; return PREFCAP_EIO; }
+  return PREFCAP_OK;
+}
+
+/* Creates the named temporary file (see above); t->fd is for writing, t->lockfd holds the lock until
+ * temp_release, whoever closes t->fd. A name that exists already (planted: it cannot be guessed) is
+ * an error, never opened. */
+static int temp_create(tempfile *t, unsigned mode, char *err, size_t errlen) {
+  t->fd = open(t->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (t->fd < 0) {
+    int e = errno;
+    snprintf(err, errlen, "cannot create %.400s: %s", t->tmp, strerror(e));
+    t->tmp[0] = 0;   /* not ours: never removed */
+    return e == ENOSPC || e == EDQUOT ? PREFCAP_EFULL : PREFCAP_EIO;
+  }
   if ((mode != 0600 && fchmod(t->fd, mode)) || flock(t->fd, LOCK_EX) || (t->lockfd = dup(t->fd)) < 0 ||
       fcntl(t->lockfd, F_SETFD, FD_CLOEXEC)) {
     snprintf(err, errlen, "cannot prepare %.400s: %s", t->tmp, strerror(errno));
@@ -492,7 +498,7 @@ static int temps_record(prefcap_t *pc, const char *const *paths, int n, bool add
   for (int i = 0; i < n && !rc; i++) {
     if (!paths[i] || !paths[i][0]) continue;
     sqlite3_bind_text(st, 1, paths[i], -1, SQLITE_STATIC);
-    if (add) sqlite3_bind_int64(st, 2, prefcap__now_ms());
+    if (add) sqlite3_bind_int64(st, 2, (int64_t)getpid());   /* the owner, while the file does not exist yet */
     rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(db);
     sqlite3_reset(st);
   }
@@ -516,7 +522,7 @@ int prefcap__export_remove_leftovers(prefcap_t *pc, const char *dir, prefcap__le
                                      char *err, size_t errlen) {
   sqlite3 *db = prefcap__db(pc);
   sqlite3_stmt *st;
-  int rc = sqlite3_prepare_v2(db, "SELECT substr(key, length('" TMP_KEY "') + 1) FROM meta"
+  int rc = sqlite3_prepare_v2(db, "SELECT substr(key, length('" TMP_KEY "') + 1), value FROM meta"
                                   " WHERE key >= '" TMP_KEY "' AND key < 'export.tmp;'", -1, &st, NULL);
   if (rc) { snprintf(err, errlen, "cannot list leftover export files: %.400s", sqlite3_errmsg(db)); return prefcap__sqlite_code(rc); }
   char **gone = NULL;
@@ -527,6 +533,13 @@ int prefcap__export_remove_leftovers(prefcap_t *pc, const char *dir, prefcap__le
     if (dir && (!abs_dir(path, d) || strcmp(d, dir))) continue;
     const char *why = NULL;
     int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    /* a name not created yet may belong to an export about to create it: while the process that
+     * recorded it lives, its record stays */
+    if (fd < 0 && errno == ENOENT) {
+      pid_t owner = (pid_t)sqlite3_column_int64(st, 1);
+      if (owner > 0 && (kill(owner, 0) == 0 || errno == EPERM)) continue;
+      errno = ENOENT;
+    }
     if (fd < 0 && errno != ENOENT && errno != ELOOP) why = strerror(errno);
     else if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB)) why = errno == EWOULDBLOCK ? "a running export is writing it" : strerror(errno);
     else if ((fd >= 0 || errno == ELOOP) && unlink(path)) why = strerror(errno);
@@ -1326,11 +1339,14 @@ static int do_export(prefcap_t *pc, const prefcap_export_options_t *o, prefcap_e
       rc = PREFCAP_EINVAL;
       break;
     }
-    if (!(rc = temp_create(&tf[i], abs, o->mode, err, errlen))) memcpy(names[i], tf[i].tmp, sizeof names[i]);
+    if (!(rc = temp_name(&tf[i], abs, err, errlen))) memcpy(names[i], tf[i].tmp, sizeof names[i]);
   }
+  /* recorded, then created: a kill between the two leaves a record of nothing, which is dropped */
   const char *recorded[3] = {names[0], names[1], names[2]};
   bool kept = !rc && !(rc = temps_record(pc, recorded, 3, true, err, errlen));
-  if (kept) rc = export_body(pc, o, res, tf, err, errlen);
+  for (int i = 0; i < 3 && kept && !rc; i++)
+    if (tf[i].tmp[0]) rc = temp_create(&tf[i], o->mode, err, errlen);
+  if (kept && !rc) rc = export_body(pc, o, res, tf, err, errlen);
   for (int i = 0; i < 3; i++) temp_release(&tf[i]);
   if (kept) {   /* a failure here leaves rows naming files that are gone: the next export drops them */
     char e2[256];
