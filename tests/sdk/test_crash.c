@@ -18,7 +18,18 @@ static const char *child_bin;
 
 typedef struct { int acked, durable, max_queued; } seen;
 
-/* Runs the child for a random 5..150 ms (first run: 0..20 ms), kills it, and parses what it said. */
+/* One line of what the child said. */
+static void take(const char *line, seen *s, int *next, int *ok) {
+  int v;
+  if (sscanf(line, "A %d", &v) == 1) { if (v != *next) *ok = 0; *next = v + 1; s->acked = v; }
+  else if (sscanf(line, "D %d", &v) == 1) s->durable = v;
+  else if (sscanf(line, "Q %d", &v) == 1 && v > s->max_queued) s->max_queued = v;
+}
+
+/* Runs the child, kills it and parses what it said. The first runs are killed 0..5 ms after the fork
+ * (while the file is created and migrated); the others a random 0..145 ms after the child's first
+ * acknowledgement, so that on a loaded machine, where opening alone can take longer than the window,
+ * every kill still lands among writes. */
 static int run_and_kill(const char *db, const char *mode, const char *prefix, bool first, unsigned *seed, seen *s) {
   int fd[2];
   if (pipe(fd)) return -1;
@@ -31,22 +42,18 @@ static int run_and_kill(const char *db, const char *mode, const char *prefix, bo
     _exit(127);
   }
   close(fd[1]);
-  int ms = first ? rand_r(seed) % 6 : 5 + rand_r(seed) % 145;   /* first: while the file is created and migrated */
+  FILE *f = fdopen(fd[0], "r");
+  char line[64];
+  *s = (seen){-1, -1, 0};
+  int next = 0, ok = 1;
+  int ms = first ? rand_r(seed) % 6 : rand_r(seed) % 146;
+  if (!first && fgets(line, sizeof line, f)) take(line, s, &next, &ok);   /* waits for the first acknowledgement */
   struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
   nanosleep(&ts, NULL);
   kill(pid, SIGKILL);
   int st;
   waitpid(pid, &st, 0);
-  FILE *f = fdopen(fd[0], "r");
-  char line[64];
-  *s = (seen){-1, -1, 0};
-  int next = 0, ok = 1;
-  while (fgets(line, sizeof line, f)) {
-    int v;
-    if (sscanf(line, "A %d", &v) == 1) { if (v != next) ok = 0; next = v + 1; s->acked = v; }
-    else if (sscanf(line, "D %d", &v) == 1) s->durable = v;
-    else if (sscanf(line, "Q %d", &v) == 1 && v > s->max_queued) s->max_queued = v;
-  }
+  while (fgets(line, sizeof line, f)) take(line, s, &next, &ok);
   fclose(f);
   if (!ok) fprintf(stderr, "  acknowledgements out of order\n");
   return WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL ? (ok ? 0 : -1) : 1;   /* 1: child ended on its own */
