@@ -386,6 +386,9 @@ int prefcap_export_options_set_dedup(prefcap_export_options_t *o, int on);
  * extension (out.jsonl -> out.eval.jsonl). 0 = no split. */
 int prefcap_export_options_set_eval_fraction(prefcap_export_options_t *o, double f);
 int prefcap_export_options_set_since_last(prefcap_export_options_t *o, const char *name);
+/* The permission bits of the files written (data, eval part, manifest): 0600 by default, as every file
+ * prefcap writes, since an export holds users' text; 0 to 0777. */
+int prefcap_export_options_set_mode(prefcap_export_options_t *o, unsigned mode);
 /* Upload the file and its manifest after writing them; the watermark moves only if that succeeds.
  * upload_opts may be NULL (defaults); it is borrowed until prefcap_export returns. */
 int prefcap_export_options_set_upload(prefcap_export_options_t *o, const char *url,

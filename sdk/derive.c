@@ -13,7 +13,13 @@
  *
  * Incrementally, two cursors (the last generation seq and event seq derived) say what is new; each
  * new event names the units it can change (its generation, the one it replaced, the generations
- * that replaced it, the choices and ratings that mention it), and only those are recomputed. */
+ * that replaced it, the choices and ratings that mention it), and only those are recomputed.
+ *
+ * Recomputing a unit is three steps: read its facts (read_unit), apply the rules to them
+ * (pairing_rules: a pure function, facts in, pairs and label out, no store), write the result
+ * (write_unit). Failing safe: a read that fails is an error that aborts the batch and rolls it back,
+ * never "no rows": a unit read short would conclude fewer pairs and delete the ones it still
+ * deserves (tests/sdk/test_faults.c fails reads one at a time to check it). */
 #include "internal.h"
 #include "sha256.h"
 
@@ -157,19 +163,27 @@ static void gen_free(gen_t *g) {
   memset(g, 0, sizeof *g);
 }
 
-/* Loads generation id; false when it is not (yet) stored. */
-static bool load_gen(ctx_t *c, const char *id, gen_t *g) {
+/* A step's result as a code: a read error is never taken for "no more rows". */
+static int step_code(int rc) { return rc == SQLITE_ROW || rc == SQLITE_DONE ? PREFCAP_OK : prefcap__sqlite_code(rc); }
+
+/* Loads generation id; *found is false when it is not (yet) stored. A code on a read error or out of
+ * memory. */
+static int load_gen(ctx_t *c, const char *id, gen_t *g, bool *found) {
   memset(g, 0, sizeof *g);
   sqlite3_bind_text(c->get_gen, 1, id, -1, SQLITE_TRANSIENT);
-  bool found = sqlite3_step(c->get_gen) == SQLITE_ROW;
-  if (found) {
+  int rc = sqlite3_step(c->get_gen);
+  *found = rc == SQLITE_ROW;
+  if (*found) {
     g->id = dup_col(c->get_gen, 0); g->user = dup_col(c->get_gen, 1); g->session = dup_col(c->get_gen, 2);
     g->regenerates = dup_col(c->get_gen, 3); g->prompt = dup_col(c->get_gen, 4);
     g->messages = dup_col(c->get_gen, 5); g->system = dup_col(c->get_gen, 6);
     g->completion = dup_col(c->get_gen, 7);
+    if (!g->id || !g->completion) rc = SQLITE_NOMEM;
   }
   sqlite3_reset(c->get_gen);
-  return found;
+  rc = step_code(rc);
+  if (rc) { gen_free(g); *found = false; }
+  return rc;
 }
 
 /* What identifies "the same prompt": the system prompt and the prompt text or messages. */
@@ -186,18 +200,20 @@ static void prompt_key(const gen_t *g, char out[65]) {
 
 // ---- the affected set ----------------------------------------------------------------------------
 
-typedef struct { char **v; size_t n, cap; } strset;
+/* A set of ids; oom is set when an id could not be added (the caller fails instead of deriving less). */
+typedef struct { char **v; size_t n, cap; bool oom; } strset;
 
 static void set_add(strset *s, const char *id) {
   if (!id) return;
   if (s->n == s->cap) {
     size_t cap = s->cap ? s->cap * 2 : 256;
     char **v = realloc(s->v, cap * sizeof *v);
-    if (!v) return;
+    if (!v) { s->oom = true; return; }
     s->v = v; s->cap = cap;
   }
   char *d = strdup(id);
   if (d) s->v[s->n++] = d;
+  else s->oom = true;
 }
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
@@ -219,51 +235,59 @@ static void set_free(strset *s) {
   memset(s, 0, sizeof *s);
 }
 
-/* Adds every row's first column of a statement bound to id. */
-static void add_rows(sqlite3_stmt *st, const char *id, strset *out) {
+/* Adds every row's first column of a statement bound to id; a code on a read error. */
+static int add_rows(sqlite3_stmt *st, const char *id, strset *out) {
   sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
-  while (sqlite3_step(st) == SQLITE_ROW) set_add(out, (const char *)sqlite3_column_text(st, 0));
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) set_add(out, (const char *)sqlite3_column_text(st, 0));
   sqlite3_reset(st);
+  return out->oom ? PREFCAP_ENOMEM : step_code(rc);
 }
 
-/* The latest rating of a generation (by event time, then arrival), 0 if none; *source (malloc'd) says
- * who gave it. */
-static int latest_rating(ctx_t *c, const char *id, char **source) {
-  int v = 0;
+/* The latest rating of a generation (by event time, then arrival) in *value, 0 if none; *source
+ * (malloc'd) says who gave it. A code on a read error. */
+static int latest_rating(ctx_t *c, const char *id, int *value, char **source) {
+  *value = 0;
   *source = NULL;
   sqlite3_bind_text(c->last_rating, 1, id, -1, SQLITE_TRANSIENT);
-  if (sqlite3_step(c->last_rating) == SQLITE_ROW) {
-    v = sqlite3_column_int(c->last_rating, 0);
+  int rc = sqlite3_step(c->last_rating);
+  if (rc == SQLITE_ROW) {
+    *value = sqlite3_column_int(c->last_rating, 0);
     *source = dup_col(c->last_rating, 1);
   }
   sqlite3_reset(c->last_rating);
-  return v;
+  return step_code(rc);
 }
 
 /* Adds to out the rated generations with latest rating `value` on the same prompt as g, by the same
  * user or in the same session, other than g itself; with their rating's source when sources is set. */
-static void rated_peers(ctx_t *c, const char *key, const char *id, const char *user, const char *session,
-                        int value, strset *out, strset *sources) {
+static int rated_peers(ctx_t *c, const char *key, const char *id, const char *user, const char *session,
+                       int value, strset *out, strset *sources) {
   sqlite3_stmt *st = c->rated_peers;
   sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
   sqlite3_bind_int(st, 2, value);
   sqlite3_bind_text(st, 3, id, -1, SQLITE_TRANSIENT);
   sqlite3_bind_text(st, 4, user, -1, SQLITE_TRANSIENT);
   sqlite3_bind_text(st, 5, session, -1, SQLITE_TRANSIENT);
-  while (sqlite3_step(st) == SQLITE_ROW) {
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
     set_add(out, (const char *)sqlite3_column_text(st, 0));
     if (sources) set_add(sources, (const char *)sqlite3_column_text(st, 1));
   }
   sqlite3_reset(st);
+  return out->oom || (sources && sources->oom) ? PREFCAP_ENOMEM : step_code(rc);
 }
 
 /* Keeps the `rated` table (prompt key and latest rating of each rated generation) current for id, and
  * adds the +1-rated generations it can pair with to the affected set: their rating pairs may change. */
 static int refresh_rated(ctx_t *c, const char *id, strset *affected) {
   char *source = NULL;
-  int value = latest_rating(c, id, &source);
+  int value;
+  int rc = latest_rating(c, id, &value, &source);
   gen_t g;
-  if (!value || !load_gen(c, id, &g)) { free(source); return PREFCAP_OK; }
+  bool found = false;
+  if (!rc && value) rc = load_gen(c, id, &g, &found);
+  if (rc || !found) { free(source); return rc; }
   char key[65];
   prompt_key(&g, key);
   sqlite3_bind_text(c->rated_up, 1, id, -1, SQLITE_TRANSIENT);
@@ -272,40 +296,102 @@ static int refresh_rated(ctx_t *c, const char *id, strset *affected) {
   sqlite3_bind_text(c->rated_up, 4, g.session, -1, SQLITE_TRANSIENT);
   sqlite3_bind_int(c->rated_up, 5, value);
   sqlite3_bind_text(c->rated_up, 6, source ? source : "human", -1, SQLITE_TRANSIENT);
-  int rc = sqlite3_step(c->rated_up);
+  rc = sqlite3_step(c->rated_up);
   sqlite3_reset(c->rated_up);
   free(source);
-  if (rc == SQLITE_DONE) rated_peers(c, key, id, g.user, g.session, 1, affected, NULL);
+  rc = rc == SQLITE_DONE ? rated_peers(c, key, id, g.user, g.session, 1, affected, NULL) : prefcap__sqlite_code(rc);
   gen_free(&g);
-  return rc == SQLITE_DONE ? PREFCAP_OK : prefcap__sqlite_code(rc);
+  return rc;
 }
 
-// ---- recomputing one unit ------------------------------------------------------------------------
+// ---- reading one unit's facts -------------------------------------------------------------------
 
+/* One feedback event on the unit, as stored. */
+typedef struct { char *type, *other_id, *text, *source; int value; } fb_event;
+
+/* Everything the rules look at for one unit; read by read_unit, owned here, freed by facts_free. */
 typedef struct {
-  const char *edit_text, *edit_source;
-  int rating; const char *rating_source;       /* latest rating, 0 if none */
-  bool copy, accept, abandon, regen_fb;
-  const char *copy_source, *accept_source, *abandon_source, *regen_source;
-} fb_state;
+  bool exists;                 /* the generation is stored; if not, the unit derives nothing */
+  gen_t g;
+  fb_event *fb; int nfb;       /* its feedback, oldest first (by event time, then arrival) */
+  gen_t *rejected;             /* per feedback event: a choice's rejected generation (id NULL when not stored) */
+  bool has_child;              /* a stored generation regenerates it */
+  gen_t *chain; int nchain;    /* the generations it replaced, nearest first: stops at one not stored, at
+                                * the unit itself (a loop) or after 32 */
+  strset peers, peer_sources;  /* when its latest rating is +1: the generations rated -1 on the same
+                                * prompt by the same user or in the same session, with their sources */
+} unit_facts;
 
-static int put_pair(ctx_t *c, const char *unit, const pair_t *p) {
-  sqlite3_stmt *st = c->up_pair;
-  sqlite3_bind_text(st, 1, p->key, -1, SQLITE_TRANSIENT);
-  sqlite3_bind_text(st, 2, unit, -1, SQLITE_TRANSIENT);
-  sqlite3_bind_text(st, 3, p->signal, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 4, p->chosen_id, -1, SQLITE_TRANSIENT);
-  sqlite3_bind_text(st, 5, p->chosen_text, -1, SQLITE_TRANSIENT);
-  sqlite3_bind_text(st, 6, p->rejected_id, -1, SQLITE_TRANSIENT);
-  sqlite3_bind_double(st, 7, p->weight);
-  sqlite3_bind_text(st, 8, p->source ? p->source : "human", -1, SQLITE_TRANSIENT);
-  sqlite3_bind_text(st, 9, p->flags ? p->flags : "", -1, SQLITE_TRANSIENT);
-  sqlite3_bind_int64(st, 10, c->version);
-  sqlite3_bind_int64(st, 11, c->now);
-  int rc = sqlite3_step(st);
-  sqlite3_reset(st);
-  return rc == SQLITE_DONE ? PREFCAP_OK : prefcap__sqlite_code(rc);
+static void facts_free(unit_facts *u) {
+  for (int i = 0; i < u->nfb; i++) {
+    free(u->fb[i].type); free(u->fb[i].other_id); free(u->fb[i].text); free(u->fb[i].source);
+    if (u->rejected) gen_free(&u->rejected[i]);
+  }
+  for (int i = 0; i < u->nchain; i++) gen_free(&u->chain[i]);
+  free(u->fb); free(u->rejected); free(u->chain);
+  gen_free(&u->g);
+  set_free(&u->peers); set_free(&u->peer_sources);
+  memset(u, 0, sizeof *u);
 }
+
+/* Reads the unit's facts. Any failed read is a code (and a partly filled *u for facts_free). */
+static int read_unit(ctx_t *c, const char *unit, unit_facts *u) {
+  memset(u, 0, sizeof *u);
+  int rc = load_gen(c, unit, &u->g, &u->exists);
+  if (rc || !u->exists) return rc;
+  int cap = 0, step = SQLITE_DONE;
+  sqlite3_bind_text(c->get_fb, 1, unit, -1, SQLITE_TRANSIENT);
+  while (!rc && (step = sqlite3_step(c->get_fb)) == SQLITE_ROW) {
+    if (u->nfb == cap) {
+      cap = cap ? cap * 2 : 16;
+      fb_event *v = realloc(u->fb, (size_t)cap * sizeof *v);
+      if (!v) { rc = PREFCAP_ENOMEM; break; }
+      u->fb = v;
+    }
+    fb_event *e = &u->fb[u->nfb++];
+    *e = (fb_event){dup_col(c->get_fb, 0), dup_col(c->get_fb, 1), NULL, dup_col(c->get_fb, 4), sqlite3_column_int(c->get_fb, 3)};
+    if (e->type && !strcmp(e->type, "edit")) e->text = dup_col(c->get_fb, 2);   /* only an edit's text is used */
+    if (!e->type || (!e->other_id && sqlite3_column_type(c->get_fb, 1) != SQLITE_NULL) ||
+        (!e->text && !strcmp(e->type, "edit") && sqlite3_column_type(c->get_fb, 2) != SQLITE_NULL) ||
+        (!e->source && sqlite3_column_type(c->get_fb, 4) != SQLITE_NULL)) rc = PREFCAP_ENOMEM;
+  }
+  sqlite3_reset(c->get_fb);
+  if (!rc) rc = step_code(step);
+  if (!rc && u->nfb && !(u->rejected = calloc((size_t)u->nfb, sizeof *u->rejected))) rc = PREFCAP_ENOMEM;
+  int rating = 0;
+  for (int i = 0; i < u->nfb && !rc; i++) {
+    if (!strcmp(u->fb[i].type, "rating")) rating = u->fb[i].value;
+    bool found;
+    if (!strcmp(u->fb[i].type, "choice") && u->fb[i].other_id) rc = load_gen(c, u->fb[i].other_id, &u->rejected[i], &found);
+  }
+  if (rc) return rc;
+  sqlite3_bind_text(c->has_child, 1, unit, -1, SQLITE_TRANSIENT);
+  step = sqlite3_step(c->has_child);
+  u->has_child = step == SQLITE_ROW;
+  sqlite3_reset(c->has_child);
+  if ((rc = step_code(step))) return rc;
+  /* the chain it replaced (read whatever the rules will make of it: most generations replace none) */
+  const char *prev = u->g.regenerates;
+  for (int depth = 0; prev && depth < 32; depth++) {
+    gen_t *v = realloc(u->chain, (size_t)(u->nchain + 1) * sizeof *v);
+    if (!v) return PREFCAP_ENOMEM;
+    u->chain = v;
+    bool found;
+    if ((rc = load_gen(c, prev, &u->chain[u->nchain], &found))) return rc;
+    if (!found) break;
+    gen_t *a = &u->chain[u->nchain++];
+    if (!strcmp(a->id, unit)) break;   /* a loop back to the unit: kept, and the rules stop there */
+    prev = a->regenerates;
+  }
+  if (rating > 0) {
+    char key[65];
+    prompt_key(&u->g, key);
+    rc = rated_peers(c, key, unit, u->g.user, u->g.session, -1, &u->peers, &u->peer_sources);
+  }
+  return rc;
+}
+
+// ---- the rules: facts in, pairs and a label out ----------------------------------------------------
 
 /* The source of a conclusion drawn from two labels: an AI judge's if either came from one. */
 static const char *either_source(const char *a, const char *b) {
@@ -314,8 +400,12 @@ static const char *either_source(const char *a, const char *b) {
   return "human";
 }
 
-/* What one unit derives: its pairs, and the strings they point to (freed together). */
-typedef struct { pair_t *v; int n, cap; char **owned; int nowned, capowned; bool oom; } derived;
+/* What one unit derives: its pairs (pointing into the facts, or into strings owned here), and its
+ * label. */
+typedef struct {
+  pair_t *v; int n, cap; char **owned; int nowned, capowned; bool oom;
+  bool have_label; int desirable; const char *lsignal, *lsource; double lweight;
+} derived;
 
 static char *own(derived *d, char *p) {
   if (!p) { d->oom = true; return NULL; }
@@ -326,6 +416,12 @@ static char *own(derived *d, char *p) {
     d->owned = v; d->capowned = cap;
   }
   return d->owned[d->nowned++] = p;
+}
+
+static void derived_free(derived *d) {
+  for (int i = 0; i < d->nowned; i++) free(d->owned[i]);
+  free(d->owned); free(d->v);
+  memset(d, 0, sizeof *d);
 }
 
 static void add_pair(derived *d, pair_t p) {
@@ -346,127 +442,121 @@ static char *keyf(derived *d, const char *signal, const char *a, const char *b) 
   return own(d, k);
 }
 
-static int recompute(ctx_t *c, const char *unit) {
-  int rc = PREFCAP_OK;
-  derived d = {0};
-#define OWN(x) own(&d, (x))
-  gen_t g;
-  bool exists = load_gen(c, unit, &g);
-  bool have_label = false;
-  int desirable = 0; const char *lsignal = NULL, *lsource = NULL; double lweight = 0;
+/* The pairing rules (docs/pairing.md): a pure function of the unit's facts and the weights. It reads
+ * no store and writes none; d->oom is set if memory ran out (then d is incomplete). */
+static void pairing_rules(const unit_facts *u, const prefcap__rules *r, derived *d) {
+  memset(d, 0, sizeof *d);
+  if (!u->exists) return;
+  const gen_t *g = &u->g;
+  const char *unit = g->id;
+  /* ---- the feedback, oldest first (so "latest" wins by overwriting) */
+  const char *edit_text = NULL, *edit_source = NULL, *rating_source = NULL;
+  const char *copy_source = NULL, *accept_source = NULL, *abandon_source = NULL, *regen_source = NULL;
+  int rating = 0;
+  bool copy = false, accept = false, abandon = false, regen_fb = false;
+  for (int i = 0; i < u->nfb; i++) {
+    const fb_event *e = &u->fb[i];
+    if (!strcmp(e->type, "edit")) { edit_text = e->text; edit_source = e->source; }
+    else if (!strcmp(e->type, "rating")) { rating = e->value; rating_source = e->source; }
+    else if (!strcmp(e->type, "copy")) { copy = true; copy_source = e->source; }
+    else if (!strcmp(e->type, "accept")) { accept = true; accept_source = e->source; }
+    else if (!strcmp(e->type, "abandon")) { abandon = true; abandon_source = e->source; }
+    else if (!strcmp(e->type, "regenerate")) { regen_fb = true; regen_source = e->source; }
+  }
+  bool regenerated = regen_fb || u->has_child;
 
-  if (exists) {
-    /* ---- gather the feedback on g, oldest first (so "latest" wins by overwriting) */
-    fb_state f = {0};
-    strset choice_rejected = {0}; strset choice_sources = {0};
-    sqlite3_bind_text(c->get_fb, 1, unit, -1, SQLITE_TRANSIENT);
-    while (sqlite3_step(c->get_fb) == SQLITE_ROW) {
-      const char *type = (const char *)sqlite3_column_text(c->get_fb, 0);
-      char *source = OWN(dup_col(c->get_fb, 4));
-      if (!strcmp(type, "edit")) { f.edit_text = OWN(dup_col(c->get_fb, 2)); f.edit_source = source; }
-      else if (!strcmp(type, "rating")) { f.rating = sqlite3_column_int(c->get_fb, 3); f.rating_source = source; }
-      else if (!strcmp(type, "copy")) { f.copy = true; f.copy_source = source; }
-      else if (!strcmp(type, "accept")) { f.accept = true; f.accept_source = source; }
-      else if (!strcmp(type, "abandon")) { f.abandon = true; f.abandon_source = source; }
-      else if (!strcmp(type, "regenerate")) { f.regen_fb = true; f.regen_source = source; }
-      else if (!strcmp(type, "choice")) {
-        set_add(&choice_rejected, (const char *)sqlite3_column_text(c->get_fb, 1));
-        set_add(&choice_sources, source ? source : "human");
-      }
-    }
-    sqlite3_reset(c->get_fb);
-    sqlite3_bind_text(c->has_child, 1, unit, -1, SQLITE_TRANSIENT);
-    bool has_child = sqlite3_step(c->has_child) == SQLITE_ROW;
-    sqlite3_reset(c->has_child);
-    bool regenerated = f.regen_fb || has_child;
-
-    /* ---- edit: the user's final text over the generation */
-    bool light_edit = false;
-    if (f.edit_text && !prefcap__same_but_whitespace(f.edit_text, g.completion)) {
-      double dist = prefcap__edit_distance(f.edit_text, g.completion);
-      double w = c->r.edit;
-      const char *flags = "";
-      if (dist >= c->r.edit_rewrite_min) { w *= c->r.edit_rewrite_factor; flags = "rewrite"; }
-      else if (dist < c->r.edit_light_max) w *= 0.5 + 0.5 * dist / c->r.edit_light_max;
-      light_edit = dist < c->r.edit_light_max;
-      add_pair(&d, (pair_t){keyf(&d, "edit", unit, NULL), "edit", NULL, (char *)f.edit_text, g.id,
-                            (char *)f.edit_source, (char *)flags, w});
-    }
-
-    /* ---- side-by-side choices: g over each rejected generation that is stored */
-    char gkey[65];
-    prompt_key(&g, gkey);
-    for (size_t i = 0; i < choice_rejected.n; i++) {
-      gen_t r;
-      if (!load_gen(c, choice_rejected.v[i], &r)) continue;
-      char rkey[65];
-      prompt_key(&r, rkey);
-      add_pair(&d, (pair_t){keyf(&d, "choice", unit, r.id), "choice", g.id, NULL, OWN(strdup(r.id)),
-                            OWN(strdup(choice_sources.v[i])), strcmp(gkey, rkey) ? "prompt_mismatch" : "", c->r.choice});
-      gen_free(&r);
-    }
-    set_free(&choice_rejected); set_free(&choice_sources);
-
-    /* ---- regeneration chain: a kept answer beats every answer it replaced. An explicit -1 outranks
-     * implicit approval, and a generation that was itself regenerated is never chosen. */
-    double strength = 0; const char *psource = NULL;
-    if (f.rating >= 0) {
-      if (f.rating > 0) { strength = 1.0; psource = f.rating_source; }
-      if (f.accept && strength < 1.0) { strength = 1.0; psource = f.accept_source; }
-      if (f.copy && strength < 0.9) { strength = 0.9; psource = f.copy_source; }
-      if (light_edit && strength < c->r.regenerate_light_edit) { strength = c->r.regenerate_light_edit; psource = f.edit_source; }
-    }
-    if (strength > 0 && !regenerated) {
-      char *prev = g.regenerates ? strdup(g.regenerates) : NULL;
-      for (int depth = 0; prev && depth < 32; depth++) {
-        gen_t a;
-        if (!load_gen(c, prev, &a) || !strcmp(a.id, unit)) { free(prev); prev = NULL; break; }
-        add_pair(&d, (pair_t){keyf(&d, "regenerate", unit, a.id), "regenerate", g.id, NULL, OWN(strdup(a.id)),
-                              (char *)psource, "", c->r.regenerate * strength});
-        free(prev);
-        prev = a.regenerates ? strdup(a.regenerates) : NULL;
-        gen_free(&a);
-      }
-      free(prev);
-    }
-
-    /* ---- ratings: +1 over -1 on the same prompt, by the same user or in the same session */
-    if (f.rating > 0) {
-      strset peers = {0}, sources = {0};
-      rated_peers(c, gkey, unit, g.user, g.session, -1, &peers, &sources);
-      for (size_t i = 0; i < peers.n && i < sources.n; i++)
-        add_pair(&d, (pair_t){keyf(&d, "rating", unit, peers.v[i]), "rating", g.id, NULL, OWN(strdup(peers.v[i])),
-                              OWN(strdup(either_source(f.rating_source, sources.v[i]))), "", c->r.rating});
-      set_free(&peers);
-      set_free(&sources);
-    }
-
-    /* ---- the unpaired label: an explicit rating decides; else implicit signals, none if they
-     * contradict each other (copied, then regenerated anyway) */
-    if (f.rating) {
-      have_label = true; desirable = f.rating > 0; lsignal = "rating"; lweight = c->r.label_rating; lsource = f.rating_source;
-    } else if ((f.accept || f.copy) && regenerated) {
-      have_label = false;
-    } else if (f.accept) {
-      have_label = true; desirable = 1; lsignal = "accept"; lweight = c->r.label_accept; lsource = f.accept_source;
-    } else if (f.copy) {
-      have_label = true; desirable = 1; lsignal = "copy"; lweight = c->r.label_copy; lsource = f.copy_source;
-    } else if (regenerated) {
-      have_label = true; desirable = 0; lsignal = "regenerate"; lweight = c->r.label_regenerated; lsource = f.regen_source;
-    } else if (f.abandon) {
-      have_label = true; desirable = 0; lsignal = "abandon"; lweight = c->r.label_abandon; lsource = f.abandon_source;
-    }
+  /* ---- edit: the user's final text over the generation */
+  bool light_edit = false;
+  if (edit_text && !prefcap__same_but_whitespace(edit_text, g->completion)) {
+    double dist = prefcap__edit_distance(edit_text, g->completion);
+    double w = r->edit;
+    const char *flags = "";
+    if (dist >= r->edit_rewrite_min) { w *= r->edit_rewrite_factor; flags = "rewrite"; }
+    else if (dist < r->edit_light_max) w *= 0.5 + 0.5 * dist / r->edit_light_max;
+    light_edit = dist < r->edit_light_max;
+    add_pair(d, (pair_t){keyf(d, "edit", unit, NULL), "edit", NULL, (char *)edit_text, g->id,
+                         (char *)edit_source, (char *)flags, w});
   }
 
-  /* ---- write: upsert what was derived, delete what this unit derived before and no longer does */
-  if (d.oom) rc = PREFCAP_ENOMEM;
-  for (int i = 0; i < d.n && !rc; i++) rc = put_pair(c, unit, &d.v[i]);
+  /* ---- side-by-side choices: g over each rejected generation that is stored */
+  char gkey[65];
+  prompt_key(g, gkey);
+  for (int i = 0; i < u->nfb; i++) {
+    const gen_t *rj = &u->rejected[i];
+    if (strcmp(u->fb[i].type, "choice") || !rj->id) continue;
+    char rkey[65];
+    prompt_key(rj, rkey);
+    add_pair(d, (pair_t){keyf(d, "choice", unit, rj->id), "choice", g->id, NULL, rj->id,
+                         u->fb[i].source ? u->fb[i].source : "human", strcmp(gkey, rkey) ? "prompt_mismatch" : "", r->choice});
+  }
+
+  /* ---- regeneration chain: a kept answer beats every answer it replaced. An explicit -1 outranks
+   * implicit approval, and a generation that was itself regenerated is never chosen. */
+  double strength = 0; const char *psource = NULL;
+  if (rating >= 0) {
+    if (rating > 0) { strength = 1.0; psource = rating_source; }
+    if (accept && strength < 1.0) { strength = 1.0; psource = accept_source; }
+    if (copy && strength < 0.9) { strength = 0.9; psource = copy_source; }
+    if (light_edit && strength < r->regenerate_light_edit) { strength = r->regenerate_light_edit; psource = edit_source; }
+  }
+  if (strength > 0 && !regenerated)
+    for (int i = 0; i < u->nchain && strcmp(u->chain[i].id, unit); i++)
+      add_pair(d, (pair_t){keyf(d, "regenerate", unit, u->chain[i].id), "regenerate", g->id, NULL, u->chain[i].id,
+                           (char *)psource, "", r->regenerate * strength});
+
+  /* ---- ratings: +1 over -1 on the same prompt, by the same user or in the same session */
+  if (rating > 0)
+    for (size_t i = 0; i < u->peers.n && i < u->peer_sources.n; i++)
+      add_pair(d, (pair_t){keyf(d, "rating", unit, u->peers.v[i]), "rating", g->id, NULL, u->peers.v[i],
+                           (char *)either_source(rating_source, u->peer_sources.v[i]), "", r->rating});
+
+  /* ---- the unpaired label: an explicit rating decides; else implicit signals, none if they
+   * contradict each other (copied, then regenerated anyway) */
+  if (rating) {
+    d->have_label = true; d->desirable = rating > 0; d->lsignal = "rating"; d->lweight = r->label_rating; d->lsource = rating_source;
+  } else if ((accept || copy) && regenerated) {
+    d->have_label = false;
+  } else if (accept) {
+    d->have_label = true; d->desirable = 1; d->lsignal = "accept"; d->lweight = r->label_accept; d->lsource = accept_source;
+  } else if (copy) {
+    d->have_label = true; d->desirable = 1; d->lsignal = "copy"; d->lweight = r->label_copy; d->lsource = copy_source;
+  } else if (regenerated) {
+    d->have_label = true; d->desirable = 0; d->lsignal = "regenerate"; d->lweight = r->label_regenerated; d->lsource = regen_source;
+  } else if (abandon) {
+    d->have_label = true; d->desirable = 0; d->lsignal = "abandon"; d->lweight = r->label_abandon; d->lsource = abandon_source;
+  }
+}
+
+// ---- writing one unit ----------------------------------------------------------------------------
+
+static int put_pair(ctx_t *c, const char *unit, const pair_t *p) {
+  sqlite3_stmt *st = c->up_pair;
+  sqlite3_bind_text(st, 1, p->key, -1, SQLITE_TRANSIENT);
+  sqlite3_bind_text(st, 2, unit, -1, SQLITE_TRANSIENT);
+  sqlite3_bind_text(st, 3, p->signal, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 4, p->chosen_id, -1, SQLITE_TRANSIENT);
+  sqlite3_bind_text(st, 5, p->chosen_text, -1, SQLITE_TRANSIENT);
+  sqlite3_bind_text(st, 6, p->rejected_id, -1, SQLITE_TRANSIENT);
+  sqlite3_bind_double(st, 7, p->weight);
+  sqlite3_bind_text(st, 8, p->source ? p->source : "human", -1, SQLITE_TRANSIENT);
+  sqlite3_bind_text(st, 9, p->flags ? p->flags : "", -1, SQLITE_TRANSIENT);
+  sqlite3_bind_int64(st, 10, c->version);
+  sqlite3_bind_int64(st, 11, c->now);
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  return rc == SQLITE_DONE ? PREFCAP_OK : prefcap__sqlite_code(rc);
+}
+
+/* Upserts what was derived, and deletes what this unit derived before and no longer does. */
+static int write_unit(ctx_t *c, const char *unit, const derived *d) {
+  int rc = d->oom ? PREFCAP_ENOMEM : PREFCAP_OK;
+  for (int i = 0; i < d->n && !rc; i++) rc = put_pair(c, unit, &d->v[i]);
   if (!rc) {
     strset old = {0};
-    add_rows(c->unit_keys, unit, &old);
+    rc = add_rows(c->unit_keys, unit, &old);
     for (size_t i = 0; i < old.n && !rc; i++) {
       bool keep = false;
-      for (int j = 0; j < d.n && !keep; j++) keep = !strcmp(d.v[j].key, old.v[i]);
+      for (int j = 0; j < d->n && !keep; j++) keep = !strcmp(d->v[j].key, old.v[i]);
       if (keep) continue;
       sqlite3_bind_text(c->del_pair, 1, old.v[i], -1, SQLITE_TRANSIENT);
       if (sqlite3_step(c->del_pair) != SQLITE_DONE) rc = prefcap__sqlite_code(sqlite3_errcode(c->db));
@@ -475,38 +565,52 @@ static int recompute(ctx_t *c, const char *unit) {
     set_free(&old);
   }
   if (!rc) {
-    sqlite3_stmt *st = have_label ? c->up_label : c->del_label;
+    sqlite3_stmt *st = d->have_label ? c->up_label : c->del_label;
     sqlite3_bind_text(st, 1, unit, -1, SQLITE_TRANSIENT);
-    if (have_label) {
-      sqlite3_bind_int(st, 2, desirable);
-      sqlite3_bind_text(st, 3, lsignal, -1, SQLITE_STATIC);
-      sqlite3_bind_double(st, 4, lweight);
-      sqlite3_bind_text(st, 5, lsource ? lsource : "human", -1, SQLITE_TRANSIENT);
+    if (d->have_label) {
+      sqlite3_bind_int(st, 2, d->desirable);
+      sqlite3_bind_text(st, 3, d->lsignal, -1, SQLITE_STATIC);
+      sqlite3_bind_double(st, 4, d->lweight);
+      sqlite3_bind_text(st, 5, d->lsource ? d->lsource : "human", -1, SQLITE_TRANSIENT);
       sqlite3_bind_int64(st, 6, c->version);
       sqlite3_bind_int64(st, 7, c->now);
     }
     if (sqlite3_step(st) != SQLITE_DONE) rc = prefcap__sqlite_code(sqlite3_errcode(c->db));
     sqlite3_reset(st);
   }
-  if (rc) snprintf(c->err, c->errlen, "deriving pairs for generation '%s': %s", unit,
+  return rc;
+}
+
+/* Read, conclude, write. A failed read aborts before anything is written: what is stored stays. */
+static int recompute(ctx_t *c, const char *unit) {
+  unit_facts u;
+  derived d = {0};
+  int rc = read_unit(c, unit, &u);
+  if (!rc) {
+    pairing_rules(&u, &c->r, &d);
+    rc = write_unit(c, unit, &d);
+  }
+  if (rc) snprintf(c->err, c->errlen, "deriving pairs for generation '%.200s': %.400s", unit,
                    rc == PREFCAP_ENOMEM ? "out of memory" : sqlite3_errmsg(c->db));
-  for (int i = 0; i < d.nowned; i++) free(d.owned[i]);
-  free(d.owned); free(d.v);
-  gen_free(&g);
-#undef OWN
+  derived_free(&d);
+  facts_free(&u);
   return rc;
 }
 
 // ---- the driver ----------------------------------------------------------------------------------
 
-static int64_t meta_int(sqlite3 *db, const char *key) {
+/* A number from meta (0 when absent). A read error is a code: a cursor or version read as 0 would
+ * re-derive everything under an old version number, and exports would miss the pairs. */
+static int meta_int(sqlite3 *db, const char *key, int64_t *v) {
   sqlite3_stmt *st;
-  int64_t v = 0;
-  if (sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = ?1", -1, &st, NULL)) return 0;
+  *v = 0;
+  int rc = sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = ?1", -1, &st, NULL);
+  if (rc) return prefcap__sqlite_code(rc);
   sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-  if (sqlite3_step(st) == SQLITE_ROW) v = sqlite3_column_int64(st, 0);
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) *v = sqlite3_column_int64(st, 0);
   sqlite3_finalize(st);
-  return v;
+  return step_code(rc);
 }
 
 static int set_meta_int(sqlite3 *db, const char *key, int64_t v) {
@@ -578,21 +682,27 @@ static int ctx_init(ctx_t *c, prefcap__store *s, char *err, size_t errlen) {
 static int derive_batch(ctx_t *c, bool all, int64_t *all_cursor, bool *more) {
   int rc = prefcap__store_begin(c->s, c->err, c->errlen);
   if (rc) return rc;
-  prefcap__store_load_rules(c->s, &c->r);
-  c->version = meta_int(c->db, "derive.version") + 1;
+  int64_t gcur = 0, ecur = 0, version = 0;
+  rc = prefcap__store_load_rules(c->s, &c->r);
+  if (!rc) rc = meta_int(c->db, "derive.version", &version);
+  if (!rc) rc = meta_int(c->db, "derive.gen_seq", &gcur);
+  if (!rc) rc = meta_int(c->db, "derive.event_seq", &ecur);
+  c->version = version + 1;
   c->now = prefcap__now_ms();
-  int64_t gcur = meta_int(c->db, "derive.gen_seq"), ecur = meta_int(c->db, "derive.event_seq");
   int64_t gmax = gcur, emax = ecur;
   strset affected = {0}, rated_ids = {0};
-  sqlite3_stmt *st;
+  sqlite3_stmt *st = NULL;
+  int step = SQLITE_DONE;
   *more = false;
-  if (all) {
+  if (rc) {
+    /* nothing read: fall through to the rollback */
+  } else if (all) {
     /* every generation, a batch at a time; the cursors are set to the ends once done */
     sqlite3_prepare_v2(c->db, "SELECT seq, id FROM generations WHERE seq > ?1 ORDER BY seq LIMIT ?2", -1, &st, NULL);
     sqlite3_bind_int64(st, 1, *all_cursor);
     sqlite3_bind_int(st, 2, DERIVE_BATCH);
     int n = 0;
-    while (sqlite3_step(st) == SQLITE_ROW) {
+    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
       *all_cursor = sqlite3_column_int64(st, 0);
       const char *id = (const char *)sqlite3_column_text(st, 1);
       set_add(&affected, id);
@@ -600,21 +710,23 @@ static int derive_batch(ctx_t *c, bool all, int64_t *all_cursor, bool *more) {
       n++;
     }
     sqlite3_finalize(st);
+    rc = step_code(step);
     *more = n == DERIVE_BATCH;
-    if (!*more) {
+    if (!rc && !*more) {
       sqlite3_prepare_v2(c->db, "SELECT (SELECT ifnull(max(seq),0) FROM generations), (SELECT ifnull(max(seq),0) FROM events)", -1, &st, NULL);
-      if (sqlite3_step(st) == SQLITE_ROW) { gmax = sqlite3_column_int64(st, 0); emax = sqlite3_column_int64(st, 1); }
+      if ((step = sqlite3_step(st)) == SQLITE_ROW) { gmax = sqlite3_column_int64(st, 0); emax = sqlite3_column_int64(st, 1); }
       sqlite3_finalize(st);
+      rc = step_code(step);
       /* derived rows whose generation is gone (erased) go too */
-      sqlite3_exec(c->db, "DELETE FROM pairs WHERE unit NOT IN (SELECT id FROM generations);"
-                          "DELETE FROM labels WHERE gen_id NOT IN (SELECT id FROM generations);", NULL, NULL, NULL);
+      if (!rc) rc = prefcap__sqlite_code(sqlite3_exec(c->db, "DELETE FROM pairs WHERE unit NOT IN (SELECT id FROM generations);"
+                                                             "DELETE FROM labels WHERE gen_id NOT IN (SELECT id FROM generations);", NULL, NULL, NULL));
     }
   } else {
     sqlite3_prepare_v2(c->db, "SELECT seq, id, regenerates FROM generations WHERE seq > ?1 ORDER BY seq LIMIT ?2", -1, &st, NULL);
     sqlite3_bind_int64(st, 1, gcur);
     sqlite3_bind_int(st, 2, DERIVE_BATCH);
     int n = 0;
-    while (sqlite3_step(st) == SQLITE_ROW) {
+    while (!rc && (step = sqlite3_step(st)) == SQLITE_ROW) {
       gmax = sqlite3_column_int64(st, 0);
       const char *id = (const char *)sqlite3_column_text(st, 1);
       set_add(&affected, (const char *)sqlite3_column_text(st, 2));   /* the replaced one is now regenerated */
@@ -622,32 +734,45 @@ static int derive_batch(ctx_t *c, bool all, int64_t *all_cursor, bool *more) {
       /* Most new generations have nothing referring to them yet (their feedback comes later, and is
        * derived then): one check of three indexes, and nothing more to do for them. */
       sqlite3_bind_text(c->referred, 1, id, -1, SQLITE_TRANSIENT);
-      bool referred = sqlite3_step(c->referred) == SQLITE_ROW && sqlite3_column_int(c->referred, 0);
+      int r = sqlite3_step(c->referred);
+      bool referred = r == SQLITE_ROW && sqlite3_column_int(c->referred, 0);
       sqlite3_reset(c->referred);
-      if (!referred) continue;
+      rc = step_code(r);
+      if (rc || !referred) continue;
       set_add(&affected, id);
-      add_rows(c->children, id, &affected);    /* replacements logged before it can now chain through it */
-      add_rows(c->choices_of, id, &affected);  /* choices that rejected it before it arrived */
+      rc = add_rows(c->children, id, &affected);               /* replacements logged before it can now chain through it */
+      if (!rc) rc = add_rows(c->choices_of, id, &affected);    /* choices that rejected it before it arrived */
       set_add(&rated_ids, id);
     }
     sqlite3_finalize(st);
+    if (!rc) rc = step_code(step);
     if (n == DERIVE_BATCH) *more = true;
-    sqlite3_prepare_v2(c->db, "SELECT seq, gen_id, type FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2", -1, &st, NULL);
-    sqlite3_bind_int64(st, 1, ecur);
-    sqlite3_bind_int(st, 2, DERIVE_BATCH);
-    n = 0;
-    while (sqlite3_step(st) == SQLITE_ROW) {
-      emax = sqlite3_column_int64(st, 0);
-      const char *id = (const char *)sqlite3_column_text(st, 1);
-      set_add(&affected, id);
-      if (!strcmp((const char *)sqlite3_column_text(st, 2), "rating")) set_add(&rated_ids, id);
-      n++;
+    if (!rc) {
+      sqlite3_prepare_v2(c->db, "SELECT seq, gen_id, type FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2", -1, &st, NULL);
+      sqlite3_bind_int64(st, 1, ecur);
+      sqlite3_bind_int(st, 2, DERIVE_BATCH);
+      n = 0;
+      while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+        emax = sqlite3_column_int64(st, 0);
+        const char *id = (const char *)sqlite3_column_text(st, 1);
+        set_add(&affected, id);
+        if (!strcmp((const char *)sqlite3_column_text(st, 2), "rating")) set_add(&rated_ids, id);
+        n++;
+      }
+      sqlite3_finalize(st);
+      rc = step_code(step);
+      if (n == DERIVE_BATCH) *more = true;
     }
-    sqlite3_finalize(st);
-    if (n == DERIVE_BATCH) *more = true;
   }
+  if (!rc && (affected.oom || rated_ids.oom)) rc = PREFCAP_ENOMEM;
+  if (rc) snprintf(c->err, c->errlen, "deriving pairs: reading what is new: %.400s", rc == PREFCAP_ENOMEM ? "out of memory" : sqlite3_errmsg(c->db));
   set_unique(&rated_ids);
-  for (size_t i = 0; i < rated_ids.n && !rc; i++) rc = refresh_rated(c, rated_ids.v[i], &affected);
+  for (size_t i = 0; i < rated_ids.n && !rc; i++) {
+    rc = refresh_rated(c, rated_ids.v[i], &affected);
+    if (!rc && affected.oom) rc = PREFCAP_ENOMEM;
+    if (rc) snprintf(c->err, c->errlen, "deriving pairs: the ratings of '%.200s': %.400s", rated_ids.v[i],
+                     rc == PREFCAP_ENOMEM ? "out of memory" : sqlite3_errmsg(c->db));
+  }
   set_unique(&affected);
   for (size_t i = 0; i < affected.n && !rc; i++) rc = recompute(c, affected.v[i]);
   set_free(&affected); set_free(&rated_ids);
@@ -657,6 +782,7 @@ static int derive_batch(ctx_t *c, bool all, int64_t *all_cursor, bool *more) {
       if (!rc) rc = set_meta_int(c->db, "derive.event_seq", emax);
     }
     if (!rc) rc = set_meta_int(c->db, "derive.version", c->version);
+    if (rc) snprintf(c->err, c->errlen, "deriving pairs: moving the cursors: %.400s", sqlite3_errmsg(c->db));
   }
   if (rc) { prefcap__store_rollback(c->s); return rc; }
   return prefcap__store_commit(c->s, c->err, c->errlen);

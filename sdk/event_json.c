@@ -20,6 +20,33 @@ static bool has_nul_escape(const char *s, size_t len) {
   return false;
 }
 
+static int cmp_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* The first key that appears twice in one object, at any depth, or NULL. cJSON keeps both and its
+ * lookups return the first, while another reader may take the last: a second "user_id" would slip
+ * past a check made on the first. Sorting each object's names keeps a wide object O(k log k). */
+static const char *duplicate_key(const cJSON *v) {
+  for (; v; v = v->next) {
+    if (!cJSON_IsObject(v) && !cJSON_IsArray(v)) continue;
+    size_t k = 0;
+    for (const cJSON *c = v->child; c; c = c->next) k++;
+    if (cJSON_IsObject(v) && k > 1) {
+      const char **names = malloc(k * sizeof *names);
+      if (!names) return "(out of memory)";
+      size_t i = 0;
+      for (const cJSON *c = v->child; c; c = c->next) names[i++] = c->string ? c->string : "";
+      qsort(names, k, sizeof *names, cmp_name);
+      const char *dup = NULL;
+      for (i = 1; i < k && !dup; i++) if (!strcmp(names[i], names[i - 1])) dup = names[i];
+      free(names);
+      if (dup) return dup;
+    }
+    const char *d = duplicate_key(v->child);
+    if (d) return d;
+  }
+  return NULL;
+}
+
 typedef struct { cJSON *obj; char *err; size_t errlen; int rc; } reader;
 
 static const char *str_field(reader *r, const char *name, bool required) {
@@ -68,7 +95,14 @@ int prefcap__event_from_json(const char *json, size_t len, size_t max_text, pref
   if (memchr(json, 0, len)) { snprintf(err, errlen, "the line holds a NUL byte"); return PREFCAP_EUTF8; }
   if (!prefcap__utf8_valid(json, len)) { snprintf(err, errlen, "the line is not valid UTF-8"); return PREFCAP_EUTF8; }
   if (has_nul_escape(json, len)) { snprintf(err, errlen, "a string holds a NUL character (\\u0000)"); return PREFCAP_EUTF8; }
-  cJSON *obj = cJSON_ParseWithLength(json, len);
+  /* cJSON skips a byte order mark and stops at the end of the first value: both would let a line mean
+   * something other than what it shows, so both are refused (docs/events.md) */
+  if (len >= 3 && !memcmp(json, "\xEF\xBB\xBF", 3)) {
+    snprintf(err, errlen, "the line starts with a UTF-8 byte order mark (U+FEFF): save the file without one");
+    return PREFCAP_EJSON;
+  }
+  const char *end = NULL;
+  cJSON *obj = cJSON_ParseWithLengthOpts(json, len, &end, false);
   if (!obj) {
     const char *at = cJSON_GetErrorPtr();
     snprintf(err, errlen, "invalid JSON near byte %ld", at && at >= json && at <= json + len ? (long)(at - json) : 0L);
@@ -76,7 +110,16 @@ int prefcap__event_from_json(const char *json, size_t len, size_t max_text, pref
   }
   reader r = {obj, err, errlen, 0};
   int rc;
+  size_t used = end && end >= json && end <= json + len ? (size_t)(end - json) : len;
+  while (used < len && strchr(" \t\r\n", json[used])) used++;
+  if (used < len) {
+    snprintf(err, errlen, "unexpected text after the JSON object at byte %zu (one event per line)", used);
+    rc = PREFCAP_EJSON;
+    goto done;
+  }
   if (!cJSON_IsObject(obj)) { snprintf(err, errlen, "an event must be a JSON object"); rc = PREFCAP_EINVAL; goto done; }
+  const char *dup = duplicate_key(obj);
+  if (dup) { snprintf(err, errlen, "field '%.64s' appears twice in one object", dup); rc = PREFCAP_EINVAL; goto done; }
   const char *type = str_field(&r, "type", true);
   if (r.rc) { rc = r.rc; goto done; }
   int t = prefcap__event_type_from_name(type);

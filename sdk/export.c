@@ -21,9 +21,13 @@
 #include <stddef.h>
 #include <pthread.h>
 #include <fcntl.h>
+#include <sys/file.h>
+#include <sys/random.h>
+#include <sys/stat.h>
 #include <libgen.h>
 #include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +41,7 @@ struct prefcap_export_options {
   char *out, *signals, *model, *user, *since_last, *upload_url;
   const prefcap_upload_options_t *upload_opts;
   int gzip, dedup;
+  unsigned mode;   /* the files' permission bits */
   int64_t since_ms, until_ms;
   double min_weight, max_ai_fraction, eval_fraction;
 };
@@ -47,6 +52,7 @@ prefcap_export_options_t *prefcap_export_options_new(void) {
   o->out = strdup("prefcap-export.jsonl");
   if (!o->out) { free(o); return NULL; }
   o->max_ai_fraction = 1.0;
+  o->mode = 0600;
   return o;
 }
 
@@ -133,6 +139,12 @@ int prefcap_export_options_set_since_last(prefcap_export_options_t *o, const cha
   return set_str(&o->since_last, name, true);
 }
 const char *prefcap_export_options_out(const prefcap_export_options_t *o) { return o ? o->out : NULL; }
+int prefcap_export_options_set_mode(prefcap_export_options_t *o, unsigned mode) {
+  if (!o) return REFUSE(NO_OPTIONS);
+  if (mode > 0777) return REFUSE("mode has bits beyond 0777");
+  o->mode = mode;
+  return PREFCAP_OK;
+}
 
 int prefcap_export_options_set_upload(prefcap_export_options_t *o, const char *url, const prefcap_upload_options_t *uo) {
   if (!o) return REFUSE(NO_OPTIONS);
@@ -411,6 +423,164 @@ static void users_free(users_t *u) {
   free(u->ids); free(u->hash); free(u->slots);
 }
 
+// ---- files written safely ------------------------------------------------------------------------
+/* Every file an export writes (data, eval part, manifest) is first a temporary file beside its target:
+ *  - named with 96 random bits (PATH.tmp.<24 hex>), and the name recorded in the store (meta
+ *    'export.tmp:PATH') before the file exists: a killed export's leftovers hold whole copies of
+ *    users' text, and the next export to the same directory, and forget, remove every recorded one
+ *    that no live export holds;
+ *  - created with O_CREAT|O_EXCL|O_NOFOLLOW: a name planted in advance (a symlink to some other file,
+ *    a file) makes the creation fail; nothing is followed or truncated;
+ *  - 0600 from its first byte (or the mode asked for with prefcap_export_options_set_mode);
+ *  - locked (flock) from its creation until it is renamed into place or removed.
+ * The rename into place may replace only a regular file or nothing: a device (/dev/null), a symlink or
+ * a directory at the target is an error that names it, before anything is written. */
+
+#define TMP_KEY "export.tmp:"
+
+static const char *file_kind(mode_t m) {
+  return S_ISLNK(m) ? "a symbolic link" : S_ISDIR(m) ? "a directory" : S_ISCHR(m) ? "a character device" :
+         S_ISBLK(m) ? "a block device" : S_ISFIFO(m) ? "a FIFO" : S_ISSOCK(m) ? "a socket" : "not a regular file";
+}
+
+/* Only a regular file, or nothing, at path may be replaced. */
+static int check_target(const char *path, char *err, size_t errlen) {
+  struct stat st;
+  if (lstat(path, &st)) {
+    if (errno == ENOENT) return PREFCAP_OK;
+    snprintf(err, errlen, "cannot use %.400s: %s", path, strerror(errno));
+    return PREFCAP_EIO;
+  }
+  if (S_ISREG(st.st_mode)) return PREFCAP_OK;
+  snprintf(err, errlen, "%.400s is %s: an export replaces only a regular file, or creates one", path, file_kind(st.st_mode));
+  return PREFCAP_EINVAL;
+}
+
+typedef struct { char tmp[PATH_MAX]; int fd, lockfd; } tempfile;
+
+/* Names path's temporary file (PATH.tmp.<24 random hex digits>) without creating it: the name is
+ * recorded in the store first, so that a kill at any moment after the file exists leaves it found. */
+static int temp_name(tempfile *t, const char *path, char *err, size_t errlen) {
+  t->fd = t->lockfd = -1;
+  t->tmp[0] = 0;
+  uint8_t r[12];
+  char hex[25];
+  if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) { snprintf(err, errlen, "cannot name a temporary file: getrandom: %s", strerror(errno)); return PREFCAP_EIO; }
+  prefcap__hex(r, sizeof r, hex);
+  if (snprintf(t->tmp, sizeof t->tmp, "%s.tmp.%s", path, hex) >= (int)sizeof t->tmp) {
+    t->tmp[0] = 0;
+    snprintf(err, errlen, "path too long: %.400s", path);
+    return PREFCAP_EINVAL;
+  }
+  return PREFCAP_OK;
+}
+
+/* Creates the named temporary file (see above); t->fd is for writing, t->lockfd holds the lock until
+ * temp_release, whoever closes t->fd. A name that exists already (planted: it cannot be guessed) is
+ * an error, never opened. */
+static int temp_create(tempfile *t, unsigned mode, char *err, size_t errlen) {
+  t->fd = open(t->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (t->fd < 0) {
+    int e = errno;
+    snprintf(err, errlen, "cannot create %.400s: %s", t->tmp, strerror(e));
+    t->tmp[0] = 0;   /* not ours: never removed */
+    return e == ENOSPC || e == EDQUOT ? PREFCAP_EFULL : PREFCAP_EIO;
+  }
+  if ((mode != 0600 && fchmod(t->fd, mode)) || flock(t->fd, LOCK_EX) || (t->lockfd = dup(t->fd)) < 0 ||
+      fcntl(t->lockfd, F_SETFD, FD_CLOEXEC)) {
+    snprintf(err, errlen, "cannot prepare %.400s: %s", t->tmp, strerror(errno));
+    close(t->fd);
+    if (t->lockfd >= 0) close(t->lockfd);
+    unlink(t->tmp);
+    t->fd = t->lockfd = -1;
+    t->tmp[0] = 0;
+    return PREFCAP_EIO;
+  }
+  return PREFCAP_OK;
+}
+
+/* Done with a temporary file: removed unless it was renamed into place (renamed: tmp cleared), and
+ * unlocked. */
+static void temp_release(tempfile *t) {
+  if (t->fd >= 0) close(t->fd);
+  if (t->tmp[0]) unlink(t->tmp);
+  if (t->lockfd >= 0) close(t->lockfd);
+  t->fd = t->lockfd = -1;
+}
+
+/* Records (add) or forgets the temporary files' names in the store, in one transaction. */
+static int temps_record(prefcap_t *pc, const char *const *paths, int n, bool add, char *err, size_t errlen) {
+  sqlite3 *db = prefcap__db(pc);
+  int rc = prefcap__store_begin(pc->store, err, errlen);
+  if (rc) return rc;
+  sqlite3_stmt *st = NULL;
+  rc = sqlite3_prepare_v2(db, add ? "INSERT OR REPLACE INTO meta(key, value) VALUES('" TMP_KEY "' || ?1, ?2)"
+                                  : "DELETE FROM meta WHERE key = '" TMP_KEY "' || ?1", -1, &st, NULL);
+  for (int i = 0; i < n && !rc; i++) {
+    if (!paths[i] || !paths[i][0]) continue;
+    sqlite3_bind_text(st, 1, paths[i], -1, SQLITE_STATIC);
+    if (add) sqlite3_bind_int64(st, 2, (int64_t)getpid());   /* the owner, while the file does not exist yet */
+    rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(db);
+    sqlite3_reset(st);
+  }
+  sqlite3_finalize(st);
+  if (rc) {
+    snprintf(err, errlen, "cannot record the export's temporary files: %.400s", sqlite3_errmsg(db));
+    prefcap__store_rollback(pc->store);
+    return prefcap__sqlite_code(rc);
+  }
+  return prefcap__store_commit(pc->store, err, errlen);
+}
+
+/* The directory a path is in, absolute (realpath of its dirname). */
+static bool abs_dir(const char *path, char out[PATH_MAX]) {
+  char d[PATH_MAX];
+  snprintf(d, sizeof d, "%s", path);
+  return realpath(dirname(d), out) != NULL;
+}
+
+int prefcap__export_remove_leftovers(prefcap_t *pc, const char *dir, prefcap__leftover_fn left, void *ud,
+                                     char *err, size_t errlen) {
+  sqlite3 *db = prefcap__db(pc);
+  sqlite3_stmt *st;
+  int rc = sqlite3_prepare_v2(db, "SELECT substr(key, length('" TMP_KEY "') + 1), value FROM meta"
+                                  " WHERE key >= '" TMP_KEY "' AND key < 'export.tmp;'", -1, &st, NULL);
+  if (rc) { snprintf(err, errlen, "cannot list leftover export files: %.400s", sqlite3_errmsg(db)); return prefcap__sqlite_code(rc); }
+  char **gone = NULL;
+  int ngone = 0, step;
+  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+    const char *path = (const char *)sqlite3_column_text(st, 0);
+    char d[PATH_MAX];
+    if (dir && (!abs_dir(path, d) || strcmp(d, dir))) continue;
+    const char *why = NULL;
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    /* a name not created yet may belong to an export about to create it: while the process that
+     * recorded it lives, its record stays */
+    if (fd < 0 && errno == ENOENT) {
+      pid_t owner = (pid_t)sqlite3_column_int64(st, 1);
+      if (owner > 0 && (kill(owner, 0) == 0 || errno == EPERM)) continue;
+      errno = ENOENT;
+    }
+    if (fd < 0 && errno != ENOENT && errno != ELOOP) why = strerror(errno);
+    else if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB)) why = errno == EWOULDBLOCK ? "a running export is writing it" : strerror(errno);
+    else if ((fd >= 0 || errno == ELOOP) && unlink(path)) why = strerror(errno);
+    if (fd >= 0) close(fd);
+    if (why) { if (left) left(path, why, ud); continue; }
+    char **v = realloc(gone, (size_t)(ngone + 1) * sizeof *v);
+    if (!v || !(v[ngone] = strdup(path))) { gone = v ? v : gone; break; }
+    gone = v;
+    ngone++;
+  }
+  sqlite3_finalize(st);
+  rc = step == SQLITE_DONE || step == SQLITE_ROW ? PREFCAP_OK : prefcap__sqlite_code(step);
+  if (rc) snprintf(err, errlen, "cannot list leftover export files: %.400s", sqlite3_errmsg(db));
+  if (ngone && !rc) rc = temps_record(pc, (const char *const *)gone, ngone, false, err, errlen);
+  if (ngone) prefcap__log(pc, PREFCAP_LOG_INFO, "prefcap: removed %d temporary file(s) left by killed exports", ngone);
+  for (int i = 0; i < ngone; i++) free(gone[i]);
+  free(gone);
+  return rc;
+}
+
 // ---- pass 2: writing -----------------------------------------------------------------------------
 
 /* An output file. Plain: lines are gathered in 4 MiB chunks, and a second thread hashes and writes
@@ -419,7 +589,7 @@ static void users_free(users_t *u) {
  * read back after closing. */
 #define OUT_CHUNK ((size_t)4 << 20)
 typedef struct {
-  char path[PATH_MAX], tmp[PATH_MAX];
+  char path[PATH_MAX], tmp[PATH_MAX];   /* tmp: the temporary file's name (tempfile, created before) */
   gzFile gz;
   int fd;
   prefcap__sha256_ctx sha;
@@ -489,16 +659,15 @@ static void out_stop(outfile *f) {
   f->thread = false;
 }
 
-static int out_open(outfile *f, const char *path, bool gzip, char *err, size_t errlen) {
+/* Starts writing to the temporary file t (already created and recorded) for path; t->fd is the
+ * outfile's from here (t->fd is set to -1). */
+static int out_open(outfile *f, tempfile *t, const char *path, bool gzip, char *err, size_t errlen) {
   memset(f, 0, sizeof *f);
   f->fd = -1;
-  if (snprintf(f->path, sizeof f->path, "%s", path) >= (int)sizeof f->path ||
-      snprintf(f->tmp, sizeof f->tmp, "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof f->tmp) {
-    snprintf(err, errlen, "path too long: %.400s", path);
-    return PREFCAP_EINVAL;
-  }
-  int fd = open(f->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) { snprintf(err, errlen, "cannot create %.400s: %.400s", f->tmp, strerror(errno)); return errno == ENOSPC ? PREFCAP_EFULL : PREFCAP_EIO; }
+  snprintf(f->path, sizeof f->path, "%s", path);
+  snprintf(f->tmp, sizeof f->tmp, "%s", t->tmp);
+  int fd = t->fd;
+  t->fd = -1;
   prefcap__sha256_init(&f->sha);
   if (gzip) {
     f->gz = gzdopen(fd, "wb6");
@@ -517,7 +686,6 @@ static int out_open(outfile *f, const char *path, bool gzip, char *err, size_t e
     close(fd);
     f->fd = -1;
   }
-  unlink(f->tmp);
   snprintf(err, errlen, "cannot open %.400s: out of memory", f->tmp);
   return PREFCAP_ENOMEM;
 }
@@ -592,7 +760,6 @@ static void out_abort(outfile *f) {
   f->fd = -1;
   free(f->buf[0]); free(f->buf[1]);
   f->buf[0] = f->buf[1] = NULL;
-  if (f->tmp[0]) unlink(f->tmp);
 }
 
 /* out.jsonl -> out.eval.jsonl; out.jsonl.gz -> out.eval.jsonl.gz; out -> out.eval */
@@ -726,14 +893,20 @@ static void put_filters(prefcap__buf *b, const prefcap_export_options_t *o) {
 
 // ---- the pending export --------------------------------------------------------------------------
 
-static int64_t current_version(sqlite3 *db) {
+/* The store's derivation version in *v. A read error is a code: taken for 0, it would make an export
+ * of nothing and move a name's watermark back. */
+static int current_version(sqlite3 *db, int64_t *v, char *err, size_t errlen) {
   sqlite3_stmt *st;
-  int64_t v = 0;
-  if (!sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = 'derive.version'", -1, &st, NULL)) {
-    if (sqlite3_step(st) == SQLITE_ROW) v = sqlite3_column_int64(st, 0);
+  *v = 0;
+  int rc = sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = 'derive.version'", -1, &st, NULL);
+  if (!rc) {
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) *v = sqlite3_column_int64(st, 0);
+    if (rc == SQLITE_ROW || rc == SQLITE_DONE) rc = SQLITE_OK;
     sqlite3_finalize(st);
   }
-  return v;
+  if (rc) snprintf(err, errlen, "reading the store's version: %.400s", sqlite3_errmsg(db));
+  return prefcap__sqlite_code(rc);
 }
 
 static void new_export_id(char out[40]) {
@@ -752,13 +925,18 @@ static void new_export_id(char out[40]) {
 }
 
 /* Removes the files of a killed attempt that was never published: its data, eval part and manifest. */
+static void unlink_regular(const char *path) {
+  struct stat st;
+  if (!lstat(path, &st) && S_ISREG(st.st_mode)) unlink(path);   /* never a device or link put there since */
+}
+
 static void remove_unpublished(const char *path) {
   char b[PATH_MAX + 32];
-  unlink(path);
+  unlink_regular(path);
   eval_path(path, b, sizeof b);
-  unlink(b);
+  unlink_regular(b);
   snprintf(b, sizeof b, "%s.manifest.json", path);
-  unlink(b);
+  unlink_regular(b);
 }
 
 /* Fixes the range of a named export: resumes a pending one (same range, same id) or starts one. */
@@ -771,7 +949,10 @@ static int begin_named(prefcap_t *pc, const prefcap_export_options_t *o, char id
   *resumed = false;
   sqlite3_prepare_v2(db, "SELECT id, path, version_from, version_to FROM exports WHERE name = ?1 AND status = 'pending'", -1, &st, NULL);
   sqlite3_bind_text(st, 1, o->since_last, -1, SQLITE_STATIC);
-  if (sqlite3_step(st) == SQLITE_ROW) {
+  /* a read error here must not pass for "no pending export" or "no watermark": either would export
+   * again what was already published */
+  int step = sqlite3_step(st);
+  if (step == SQLITE_ROW) {
     snprintf(id, 40, "%s", T(st, 0));
     *from = sqlite3_column_int64(st, 2);
     *to = sqlite3_column_int64(st, 3);
@@ -780,15 +961,18 @@ static int begin_named(prefcap_t *pc, const prefcap_export_options_t *o, char id
     if (strcmp(T(st, 1), o->out)) remove_unpublished(T(st, 1));
   }
   sqlite3_finalize(st);
+  if (step != SQLITE_ROW && step != SQLITE_DONE) goto read_failed;
   if (*resumed) {
     sqlite3_prepare_v2(db, "UPDATE exports SET path = ?2 WHERE id = ?1", -1, &st, NULL);
   } else {
     *from = 0;
     sqlite3_prepare_v2(db, "SELECT version FROM watermarks WHERE name = ?1", -1, &st, NULL);
     sqlite3_bind_text(st, 1, o->since_last, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) == SQLITE_ROW) *from = sqlite3_column_int64(st, 0);
+    step = sqlite3_step(st);
+    if (step == SQLITE_ROW) *from = sqlite3_column_int64(st, 0);
     sqlite3_finalize(st);
-    *to = current_version(db);
+    if (step != SQLITE_ROW && step != SQLITE_DONE) goto read_failed;
+    if ((rc = current_version(db, to, err, errlen))) { prefcap__store_rollback(pc->store); return rc; }
     new_export_id(id);
     sqlite3_prepare_v2(db, "INSERT INTO exports(id, name, path, format, filters, status, version_from, version_to, created)"
                            " VALUES(?1, ?3, ?2, ?4, ?5, 'pending', ?6, ?7, ?8)", -1, &st, NULL);
@@ -808,6 +992,11 @@ static int begin_named(prefcap_t *pc, const prefcap_export_options_t *o, char id
   sqlite3_finalize(st);
   if (rc) { snprintf(err, errlen, "cannot record the export: %.400s", sqlite3_errmsg(db)); prefcap__store_rollback(pc->store); return rc; }
   return prefcap__store_commit(pc->store, err, errlen);
+read_failed:
+  rc = prefcap__sqlite_code(sqlite3_errcode(db));
+  snprintf(err, errlen, "reading the export's name '%.200s': %.400s", o->since_last, sqlite3_errmsg(db));
+  prefcap__store_rollback(pc->store);
+  return rc ? rc : PREFCAP_EIO;
 }
 
 /* Step 5: published, with its records (for lineage) and the watermark, in one transaction. */
@@ -924,7 +1113,7 @@ static int finish_empty(prefcap_t *pc, const char *name, const char *id, int64_t
 }
 
 
-static int write_manifest(const char *tmp, const prefcap_export_options_t *o, const char *id,
+static int write_manifest(int fd, const char *tmp, const prefcap_export_options_t *o, const char *id,
                           int64_t from, int64_t to, outfile *files, int nfiles, const counts_t *by_signal,
                           const counts_t *by_source, const plan_t *plan, const char *db_path, char *err, size_t errlen) {
   prefcap__buf b = {0};
@@ -968,17 +1157,24 @@ static int write_manifest(const char *tmp, const prefcap_export_options_t *o, co
   prefcap__buf_puts(&b, "]}\n");
   if (b.oom) { free(b.p); snprintf(err, errlen, "out of memory for the manifest"); return PREFCAP_ENOMEM; }
   int rc = PREFCAP_OK;
-  FILE *f = fopen(tmp, "wb");
-  if (!f || fwrite(b.p, 1, b.len, f) != b.len || fflush(f) || fsync(fileno(f))) {
-    snprintf(err, errlen, "cannot write %.400s: %.400s", tmp, strerror(errno));
-    rc = errno == ENOSPC ? PREFCAP_EFULL : PREFCAP_EIO;
+  const char *p = b.p;
+  size_t n = b.len;
+  while (n && !rc) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) rc = werr_code(errno);
+    else { p += w; n -= (size_t)w; }
   }
-  if (f && fclose(f) && !rc) rc = PREFCAP_EIO;
+  if (!rc && fsync(fd)) rc = werr_code(errno);
+  if (rc) snprintf(err, errlen, "cannot write %.400s: %.400s", tmp, strerror(errno));
   free(b.p);
   return rc;
 }
 
-static int do_export(prefcap_t *pc, const prefcap_export_options_t *o, prefcap_export_result_t *res, char *err, size_t errlen) {
+/* The export itself. tf: the temporary files of the data, the eval part and the manifest, created and
+ * recorded by do_export (NULL for stdout); a file renamed into place has its tf[i].tmp cleared. */
+static int export_body(prefcap_t *pc, const prefcap_export_options_t *o, prefcap_export_result_t *res, tempfile *tf,
+                       char *err, size_t errlen) {
   sqlite3 *db = prefcap__db(pc);
   bool to_stdout = !strcmp(o->out, "-");
   if (to_stdout && (o->since_last || o->upload_url || o->eval_fraction > 0 || o->gzip)) {
@@ -992,13 +1188,18 @@ static int do_export(prefcap_t *pc, const prefcap_export_options_t *o, prefcap_e
   int rc = prefcap__derive(pc->store, 0, err, errlen);
   if (rc) return rc;
   char id[40] = "";
-  int64_t from = 0, to = current_version(db);
+  int64_t from = 0, to = 0;
   bool resumed = false;
+  if (!o->since_last && (rc = current_version(db, &to, err, errlen))) return rc;
   if (o->since_last && (rc = begin_named(pc, o, id, &from, &to, &resumed, err, errlen))) return rc;
   if (!o->since_last) new_export_id(id);
   snprintf(res->export_id, sizeof res->export_id, "%s", id);
   res->resumed = resumed;
-  if (resumed) res->more = current_version(db) > to;   /* derived since the interrupted run */
+  int64_t now_version = 0;
+  if (resumed) {   /* derived since the interrupted run? */
+    if ((rc = current_version(db, &now_version, err, errlen))) return rc;
+    res->more = now_version > to;
+  }
 
   /* a consistent view for both passes: one read transaction, read through a memory map (no copy of
    * each page through read(2); the export reads every page of the tables it joins) */
@@ -1029,7 +1230,7 @@ static int do_export(prefcap_t *pc, const prefcap_export_options_t *o, prefcap_e
   char evp[PATH_MAX];
   eval_path(o->out, evp, sizeof evp);
   for (int i = 0; i < nfiles && !rc; i++) {
-    rc = out_open(&files[i], i ? evp : o->out, o->gzip, err, errlen);
+    rc = out_open(&files[i], &tf[i], i ? evp : o->out, o->gzip, err, errlen);
     if (rc) nfiles = i;
   }
   counts_t by_signal = {0}, by_source = {0};
@@ -1038,7 +1239,8 @@ static int do_export(prefcap_t *pc, const prefcap_export_options_t *o, prefcap_e
   sqlite3_stmt *st = NULL;
   if (!rc && prepare_rows(db, o, from, to, &st)) { rc = PREFCAP_EIO; snprintf(err, errlen, "export query: %.400s", sqlite3_errmsg(db)); }
   size_t k = 0;
-  while (!rc && sqlite3_step(st) == SQLITE_ROW) {
+  int step = SQLITE_DONE;
+  while (!rc && (step = sqlite3_step(st)) == SQLITE_ROW) {
     int64_t rid = sqlite3_column_int64(st, C_ID);
     if (one_pass) {   /* every row is kept: list it now */
       if (plan.n == plan.cap) {
@@ -1066,6 +1268,10 @@ static int do_export(prefcap_t *pc, const prefcap_export_options_t *o, prefcap_e
     count_add(&by_signal, T(st, C_SIGNAL));
     count_add(&by_source, is_ai(T(st, C_SOURCE)) ? "ai" : "human");
   }
+  if (!rc && step != SQLITE_DONE) {   /* a read error ends the rows early: the export is incomplete */
+    rc = prefcap__sqlite_code(step);
+    snprintf(err, errlen, "export query: %.400s", sqlite3_errmsg(db));
+  }
   sqlite3_finalize(st);
   free(line.p);
   sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
@@ -1076,20 +1282,26 @@ static int do_export(prefcap_t *pc, const prefcap_export_options_t *o, prefcap_e
     return rc;
   }
   for (int i = 0; i < nfiles && !rc; i++) rc = out_close(&files[i], err, errlen);
-  char mpath[PATH_MAX + 32], mtmp[PATH_MAX + 48];
+  char mpath[PATH_MAX + 32];
   snprintf(mpath, sizeof mpath, "%s.manifest.json", o->out);
-  snprintf(mtmp, sizeof mtmp, "%s.tmp.%d", mpath, (int)getpid());
-  if (!rc) rc = write_manifest(mtmp, o, id, from, to, files, nfiles, &by_signal, &by_source, &plan, pc->o.path, err, errlen);
-  /* into place: data first, then the manifest (a manifest never describes a missing file) */
-  for (int i = 0; i < nfiles && !rc; i++)
+  if (!rc) rc = write_manifest(tf[2].fd, tf[2].tmp, o, id, from, to, files, nfiles, &by_signal, &by_source, &plan, pc->o.path, err, errlen);
+  /* into place: data first, then the manifest (a manifest never describes a missing file); each target
+   * checked again just before (it was checked before writing, but the directory may be shared) */
+  for (int i = 0; i < nfiles && !rc; i++) {
+    if ((rc = check_target(files[i].path, err, errlen))) break;
     if (rename(files[i].tmp, files[i].path)) { rc = PREFCAP_EIO; snprintf(err, errlen, "cannot rename %.400s: %.400s", files[i].tmp, strerror(errno)); }
-  if (!rc && rename(mtmp, mpath)) { rc = PREFCAP_EIO; snprintf(err, errlen, "cannot rename %.400s: %.400s", mtmp, strerror(errno)); }
+    else tf[i].tmp[0] = 0;
+  }
+  if (!rc && !(rc = check_target(mpath, err, errlen))) {
+    if (rename(tf[2].tmp, mpath)) { rc = PREFCAP_EIO; snprintf(err, errlen, "cannot rename %.400s: %.400s", tf[2].tmp, strerror(errno)); }
+    else tf[2].tmp[0] = 0;
+  }
   if (!rc) {
     char dir[PATH_MAX];
     snprintf(dir, sizeof dir, "%s", o->out);
     fsync_path(dirname(dir), O_RDONLY | O_DIRECTORY);
   }
-  if (rc) { for (int i = 0; i < nfiles; i++) out_abort(&files[i]); unlink(mtmp); users_free(&users); free(plan.rows); return rc; }
+  if (rc) { for (int i = 0; i < nfiles; i++) out_abort(&files[i]); users_free(&users); free(plan.rows); return rc; }
 
   if (o->upload_url) {
     char uerr[512];
@@ -1116,6 +1328,52 @@ static int do_export(prefcap_t *pc, const prefcap_export_options_t *o, prefcap_e
   rc = users.oom ? PREFCAP_ENOMEM : publish(pc, o, id, from, to, &plan, &users, files[0].sha_hex, res->records, err, errlen);
   users_free(&users);
   free(plan.rows);
+  return rc;
+}
+
+/* Files first (see "files written safely"): the targets checked, the directory's leftovers removed,
+ * the temporary files created and recorded; then the export; then the temporary files that were not
+ * renamed into place removed, and their records with them. */
+static int do_export(prefcap_t *pc, const prefcap_export_options_t *o, prefcap_export_result_t *res, char *err, size_t errlen) {
+  if (!strcmp(o->out, "-")) return export_body(pc, o, res, NULL, err, errlen);
+  char evp[PATH_MAX], mpath[PATH_MAX + 32], dir[PATH_MAX];
+  eval_path(o->out, evp, sizeof evp);
+  snprintf(mpath, sizeof mpath, "%s.manifest.json", o->out);
+  const char *targets[3] = {o->out, o->eval_fraction > 0 ? evp : NULL, mpath};
+  int rc = PREFCAP_OK;
+  for (int i = 0; i < 3 && !rc; i++)
+    if (targets[i]) rc = check_target(targets[i], err, errlen);
+  if (rc) return rc;
+  if (!abs_dir(o->out, dir)) {
+    snprintf(err, errlen, "cannot write %.400s: its directory: %s", o->out, strerror(errno));
+    return PREFCAP_EIO;
+  }
+  if ((rc = prefcap__export_remove_leftovers(pc, dir, NULL, NULL, err, errlen))) return rc;
+  tempfile tf[3];
+  char names[3][sizeof tf[0].tmp];
+  for (int i = 0; i < 3; i++) { tf[i] = (tempfile){"", -1, -1}; names[i][0] = 0; }
+  for (int i = 0; i < 3 && !rc; i++) {
+    if (!targets[i]) continue;
+    const char *base = strrchr(targets[i], '/');
+    char abs[PATH_MAX];
+    if (snprintf(abs, sizeof abs, "%s/%s", dir, base ? base + 1 : targets[i]) >= (int)sizeof abs) {
+      snprintf(err, errlen, "path too long: %.400s", targets[i]);
+      rc = PREFCAP_EINVAL;
+      break;
+    }
+    if (!(rc = temp_name(&tf[i], abs, err, errlen))) memcpy(names[i], tf[i].tmp, sizeof names[i]);
+  }
+  /* recorded, then created: a kill between the two leaves a record of nothing, which is dropped */
+  const char *recorded[3] = {names[0], names[1], names[2]};
+  bool kept = !rc && !(rc = temps_record(pc, recorded, 3, true, err, errlen));
+  for (int i = 0; i < 3 && kept && !rc; i++)
+    if (tf[i].tmp[0]) rc = temp_create(&tf[i], o->mode, err, errlen);
+  if (kept && !rc) rc = export_body(pc, o, res, tf, err, errlen);
+  for (int i = 0; i < 3; i++) temp_release(&tf[i]);
+  if (kept) {   /* a failure here leaves rows naming files that are gone: the next export drops them */
+    char e2[256];
+    temps_record(pc, recorded, 3, false, e2, sizeof e2);
+  }
   return rc;
 }
 

@@ -202,6 +202,17 @@ static int erase_rows(sqlite3 *db, const char *user_id, const char *hash, prefca
   return rc;
 }
 
+/* The leftovers of killed exports that forget could not remove: each logged, and listed in one
+ * message that forget returns. */
+typedef struct { prefcap_t *pc; prefcap__buf list; int n; } leftovers;
+
+static void leftover_stays(const char *path, const char *why, void *ud) {
+  leftovers *l = ud;
+  prefcap__log(l->pc, PREFCAP_LOG_WARN, "prefcap: forget: could not remove %s, left by a killed export (it may hold"
+               " the user's text): %s", path, why);
+  prefcap__buf_printf(&l->list, "%s%s (%s)", l->n++ ? ", " : "", path, why);
+}
+
 int prefcap__forget_user_ex(prefcap_t *pc, const char *user_id, prefcap_export_fn fn, void *userdata,
                             prefcap__erase_counts *counts) {
   prefcap__erase_counts c = {0};
@@ -248,6 +259,11 @@ int prefcap__forget_user_ex(prefcap_t *pc, const char *user_id, prefcap_export_f
     c.rederived = true;
     if ((rc = prefcap__derive(pc->store, 1, err, sizeof err))) stage = "re-deriving the pairs shared with other users";
   }
+  /* a killed export's temporary files hold whole copies of what it was writing: removed now (each one
+   * a running export still holds, or that cannot be removed, is named in the result) */
+  leftovers left = {pc, {0}, 0};
+  char lerr[512] = "";
+  int lrc = rc ? PREFCAP_OK : prefcap__export_remove_leftovers(pc, NULL, leftover_stays, &left, lerr, sizeof lerr);
   if (!rc && sqlite3_exec(db, "VACUUM", NULL, NULL, NULL) != SQLITE_OK) {
     /* secure_delete zeroes the deleted cells, but b-tree page splits leave stale copies of cells in
      * the unused middle of pages, out of SQLite's reach (tests/sdk/test_forget.c found the user's
@@ -272,7 +288,14 @@ int prefcap__forget_user_ex(prefcap_t *pc, const char *user_id, prefcap_export_f
     for (size_t i = 0; i < exports.n; i++) call_fn(&exports.v[i], fn, userdata);
   list_free(&exports);
   if (counts) *counts = c;
-  if (rc) return prefcap__fail(pc, rc, "forget: the rows are erased, but %s failed: %s", stage, err);
+  if (rc) { free(left.list.p); return prefcap__fail(pc, rc, "forget: the rows are erased, but %s failed: %s", stage, err); }
+  if (lrc) { free(left.list.p); return prefcap__fail(pc, lrc, "forget: the rows are erased, but the leftovers of killed exports were not looked for: %s", lerr); }
+  if (left.n) {
+    rc = prefcap__fail(pc, PREFCAP_EIO, "forget: the rows are erased, but %d file(s) left by killed exports could not be"
+                       " removed: %s", left.n, left.list.p ? left.list.p : "(out of memory)");
+    free(left.list.p);
+    return rc;
+  }
   return PREFCAP_OK;
 }
 

@@ -172,5 +172,11 @@ void prefcap__lineage_put(prefcap__buf *b, int64_t *prev_id, int64_t id, const i
 typedef struct { const uint8_t *p, *end; int64_t id; } prefcap__lineage_iter;
 /* The next record; false at the end, or (with *bad set) on a malformed blob. */
 bool prefcap__lineage_next(prefcap__lineage_iter *it, int64_t *id, int32_t users[2], int *nusers, bool *bad);
+/* Removes the temporary files that killed exports left (their names are recorded in the store before
+ * they are created) and that no running export holds: those in dir (absolute), or all when dir is NULL. Each
+ * one that stays is passed to left (may be NULL) with the reason. Caller holds db_mu. */
+typedef void (*prefcap__leftover_fn)(const char *path, const char *why, void *ud);
+int prefcap__export_remove_leftovers(prefcap_t *pc, const char *dir, prefcap__leftover_fn left, void *ud,
+                                     char *err, size_t errlen);
 
 #endif

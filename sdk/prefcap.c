@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #define WRITE_BATCH 512
@@ -385,6 +386,12 @@ int prefcap_open(const prefcap_options_t *opts, prefcap_t **out) {
     if (strstr(err, opts->path)) return prefcap__fail0(rc, "%s", err);
     return prefcap__fail0(rc, "%s: %s", opts->path, err);
   }
+  /* prefcap creates the store 0600 (sdk/store.c); one made or changed by someone else may be open to
+   * others, and it holds users' text: said, not changed (the operator may mean it) */
+  struct stat st;
+  if (!stat(opts->path, &st) && (st.st_mode & 077))
+    prefcap__log(pc, PREFCAP_LOG_WARN, "prefcap: %s is open to %s (mode %04o): it holds users' text; chmod 600 it", opts->path,
+                 st.st_mode & 07 ? "every user" : "its group", (unsigned)(st.st_mode & 07777));
   *out = pc;
   return PREFCAP_OK;
 }

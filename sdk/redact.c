@@ -1,9 +1,17 @@
 /* sdk/redact.c: capture-time redaction of personal data and secrets (rules, and what they miss, in
  * docs/redaction.md). One left-to-right pass: at each token boundary the matchers are tried in a fixed
  * order (secrets, e-mail, card, phone); the first that matches replaces its span with a placeholder and
- * the scan resumes after it. Every matcher is a small hand-written scanner over ASCII classes, so the
- * whole pass is linear in practice and never splits a UTF-8 sequence (bytes >= 0x80 are never part of a
- * replaced span). */
+ * the scan resumes after it. Every matcher is a small hand-written scanner over ASCII classes, and it
+ * never splits a UTF-8 sequence (bytes >= 0x80 are never part of a replaced span).
+ *
+ * Linear, with a bound: a match may start at every boundary, and many boundaries can share one long
+ * run ("a.a.a.a…" is one e-mail local part with a boundary after each dot). A scanner that walked the
+ * run again from each start would be quadratic (200 kB took 25 s). So each scanner either stops after
+ * a fixed number of bytes (numbers: at most 20 digits), or keeps what does not depend on the start in
+ * a memo (scan_ctx) that the pass carries along: the end of the current run of a class, the verdict on
+ * the domain after an '@', on the value after a key word, the next "-----END". Starts only move right,
+ * so each memo entry is computed once and every byte is examined a bounded number of times
+ * (tests/sdk/test_redact.c times adversarial inputs; bench/redact_bench.c measures each pattern). */
 #include "redact.h"
 #include "internal.h"
 
@@ -30,6 +38,33 @@ static bool starts_ci(const uint8_t *s, size_t n, size_t i, const char *lit) {
   if (i + l > n) return false;
   for (size_t k = 0; k < l; k++) if (lower(s[i + k]) != (uint8_t)lit[k]) return false;
   return true;
+}
+
+// ---- memos: what a scanner learns that does not depend on where the match starts ---------------
+
+/* For every p in [lo, hi], the run of a class starting at p ends at hi (s[lo..hi) are all in the
+ * class, s[hi] is not, or hi == n). */
+typedef struct { size_t lo, hi; bool ok; } run_memo;
+
+/* The value scanned for a key word: its window's byte counts, kept while the start moves right. */
+typedef struct { size_t st, end; int counts[256], nonhex, up, lo, dg; bool ok; } window;
+
+typedef struct {
+  run_memo local, jwt, ident, tok;
+  struct { size_t at, end; bool ok; } dom;              /* e-mail: the domain after the '@' at `at` (end 0: none) */
+  struct { size_t from, at, line_end; bool ok; } pem;   /* the first "-----END" at or after `from`, and its line's end */
+  struct { size_t j; size_t kmax; bool any, ok; } named; /* key word: the last start of a key word that ends by j */
+  struct { size_t j, st; bool ok, found; } kv;          /* key word: where the value after the identifier ending at j starts */
+  size_t tok_trim;                                      /* the tok run's end without trailing dots */
+  window w;
+} scan_ctx;
+
+static size_t run_end(run_memo *m, const uint8_t *s, size_t n, size_t p, bool (*cls)(uint8_t)) {
+  if (m->ok && p >= m->lo && p <= m->hi) return m->hi;
+  size_t j = p;
+  while (j < n && cls(s[j])) j++;
+  *m = (run_memo){p, j, true};
+  return j;
 }
 
 // ---- secrets -----------------------------------------------------------------------------------------------
@@ -66,12 +101,16 @@ static size_t match_key_format(const uint8_t *s, size_t n, size_t i) {
 }
 
 /* A JWT: three base64url parts, the first two starting with "eyJ" ('{"' encoded). */
-static size_t match_jwt(const uint8_t *s, size_t n, size_t i) {
+static size_t match_jwt(scan_ctx *x, const uint8_t *s, size_t n, size_t i) {
   if (i + 3 > n || memcmp(s + i, "eyJ", 3) != 0) return 0;
-  size_t j = i;
-  for (int part = 0; part < 3; part++) {
+  /* the first part's end is the same from every start in its run; the rest is scanned once per first
+   * part (a run is the second part of at most one JWT attempt and the third of at most one) */
+  size_t j = run_end(&x->jwt, s, n, i, is_key_body);
+  if (j - i < 10 || j >= n || s[j] != '.') return 0;
+  j++;
+  for (int part = 1; part < 3; part++) {
     size_t st = j;
-    while (j < n && (is_word(s[j]) || s[j] == '-')) j++;
+    while (j < n && is_key_body(s[j])) j++;
     if (j - st < 10) return 0;
     if (part < 2) { if (j >= n || s[j] != '.') return 0; j++; }
   }
@@ -79,38 +118,55 @@ static size_t match_jwt(const uint8_t *s, size_t n, size_t i) {
 }
 
 /* "-----BEGIN ... PRIVATE KEY-----" up to the matching END line. */
-static size_t match_pem(const uint8_t *s, size_t n, size_t i) {
+static size_t match_pem(scan_ctx *x, const uint8_t *s, size_t n, size_t i) {
   if (i + 11 > n || memcmp(s + i, "-----BEGIN ", 11) != 0) return 0;
-  size_t j = i + 11;
+  size_t j = i + 11;   /* header lines of different BEGINs never overlap: each stops at a '-' */
   while (j < n && s[j] != '\n' && s[j] != '-') j++;
   if (j < 12 || j + 5 > n || memcmp(s + j, "-----", 5) != 0) return 0;
   if (j - i < 11 + 11 || memcmp(s + j - 11, "PRIVATE KEY", 11) != 0) return 0;
-  for (size_t k = j + 5; k + 8 <= n; k++) {
-    if (memcmp(s + k, "-----END", 8) == 0) {
-      size_t e = k + 8;
-      while (e < n && s[e] != '\n' && s[e] != '-') e++;
-      if (e + 5 <= n && memcmp(s + e, "-----", 5) == 0) return e + 5 - i;
-      return 0;
+  size_t k = j + 5;
+  /* many BEGIN lines before one END (or none) must not each search the rest of the text */
+  if (!(x->pem.ok && k >= x->pem.from && k <= x->pem.at)) {
+    const uint8_t *e = k + 8 <= n ? memmem(s + k, n - k, "-----END", 8) : NULL;
+    size_t at = e ? (size_t)(e - s) : n, le = n;
+    if (e) {
+      le = at + 8;
+      while (le < n && s[le] != '\n' && s[le] != '-') le++;
     }
+    x->pem.from = k; x->pem.at = at; x->pem.line_end = le; x->pem.ok = true;
   }
-  return 0;
+  if (x->pem.at == n) return 0;
+  size_t e = x->pem.line_end;
+  return e + 5 <= n && memcmp(s + e, "-----", 5) == 0 ? e + 5 - i : 0;
 }
 
-/* Looks random enough to be a secret: long hex, or mixed character classes with high entropy. */
-static bool high_entropy(const uint8_t *v, size_t len) {
+static void window_count(window *w, uint8_t c, int d) {
+  w->counts[c] += d;
+  w->nonhex += d * !is_hex(c);
+  w->up += d * (c >= 'A' && c <= 'Z');
+  w->lo += d * (c >= 'a' && c <= 'z');
+  w->dg += d * is_digit(c);
+}
+
+/* Looks random enough to be a secret: long hex, or mixed character classes with high entropy. The
+ * counts are of s[st..end); values scanned from later starts in the same run share its end, so the
+ * window only drops bytes from its front. */
+static bool high_entropy(window *w, const uint8_t *s, size_t st, size_t end) {
+  size_t len = end - st;
   if (len < 16) return false;
-  bool all_hex = true;
-  int up = 0, lo = 0, dg = 0, counts[256] = { 0 };
-  for (size_t k = 0; k < len; k++) {
-    all_hex &= is_hex(v[k]);
-    up |= v[k] >= 'A' && v[k] <= 'Z'; lo |= v[k] >= 'a' && v[k] <= 'z'; dg |= is_digit(v[k]);
-    counts[v[k]]++;
-  }
-  if (all_hex && len >= 32 && dg) return true;
-  if (up + lo + dg < 2 || !dg) return false;   /* words, CamelCaseWords and snake_case are not keys */
+  if (!(w->ok && w->end == end && st >= w->st)) {
+    memset(w, 0, sizeof *w);
+    w->st = w->end = end;
+    w->ok = true;
+    for (size_t k = st; k < end; k++) window_count(w, s[k], 1);
+  } else
+    for (size_t k = w->st; k < st; k++) window_count(w, s[k], -1);
+  w->st = st;
+  if (!w->nonhex && len >= 32 && w->dg) return true;
+  if (!!w->up + !!w->lo + !!w->dg < 2 || !w->dg) return false;   /* words, CamelCaseWords and snake_case are not keys */
   double h = 0;
   for (int c = 0; c < 256; c++)
-    if (counts[c]) { double p = (double)counts[c] / (double)len; h -= p * log2(p); }
+    if (w->counts[c]) { double p = (double)w->counts[c] / (double)len; h -= p * log2(p); }
   return h >= 3.3;
 }
 
@@ -130,44 +186,68 @@ static size_t match_auth_scheme(const uint8_t *s, size_t n, size_t i, size_t *ke
   return j - i;
 }
 
+static bool is_ident(uint8_t c) { return is_word(c) || c == '-' || c == '.'; }
+
 /* An identifier naming a secret (api_key, token, client_secret, password, ...) then '=' or ':', then
  * a value that looks random: the value is replaced, the name kept. Quotes around either are allowed
  * (JSON, YAML, env files, headers such as "X-Api-Key: ..."). */
-static size_t match_keyword_value(const uint8_t *s, size_t n, size_t i, size_t *keep) {
-  size_t j = i;
-  while (j < n && (is_word(s[j]) || s[j] == '-' || s[j] == '.')) j++;
+static size_t match_keyword_value(scan_ctx *x, const uint8_t *s, size_t n, size_t i, size_t *keep) {
+  size_t j = run_end(&x->ident, s, n, i, is_ident);
   size_t il = j - i;
   if (il < 3 || il > 64) return 0;
   static const char *const words[] = { "key", "token", "secret", "passw", "pwd", "auth", "credential", "signature", NULL };
-  bool named = false;
-  for (int w = 0; words[w] && !named; w++) {
-    size_t wl = strlen(words[w]);
-    for (size_t k = i; k + wl <= j && !named; k++) named = starts_ci(s, j, k, words[w]);
+  if (!(x->named.ok && x->named.j == j)) {   /* once per identifier end: the last key word inside the 64 bytes before it */
+    x->named.j = j; x->named.ok = true; x->named.any = false;
+    size_t lo = j > 64 ? j - 64 : 0;
+    if (lo < x->ident.lo) lo = x->ident.lo;
+    for (size_t k = j; k-- > lo && !x->named.any;)
+      for (int w = 0; words[w] && !x->named.any; w++)
+        if (k + strlen(words[w]) <= j && starts_ci(s, j, k, words[w])) { x->named.any = true; x->named.kmax = k; }
   }
-  if (!named) return 0;
-  if (j < n && (s[j] == '"' || s[j] == '\'')) j++;
-  while (j < n && s[j] == ' ') j++;
-  if (j >= n || (s[j] != '=' && s[j] != ':')) return 0;
-  j++;
-  while (j < n && s[j] == ' ') j++;
-  if (j < n && (s[j] == '"' || s[j] == '\'')) j++;
-  size_t st = j;
-  while (j < n && is_tok(s[j])) j++;
-  while (j > st && s[j - 1] == '.') j--;
-  if (!high_entropy(s + st, j - st)) return 0;
+  if (!x->named.any || i > x->named.kmax) return 0;
+  if (!(x->kv.ok && x->kv.j == j)) {   /* what follows the identifier does not depend on where it started */
+    x->kv.j = j; x->kv.ok = true; x->kv.found = false;
+    size_t v = j;
+    if (v < n && (s[v] == '"' || s[v] == '\'')) v++;
+    while (v < n && s[v] == ' ') v++;
+    if (v < n && (s[v] == '=' || s[v] == ':')) {
+      v++;
+      while (v < n && s[v] == ' ') v++;
+      if (v < n && (s[v] == '"' || s[v] == '\'')) v++;
+      x->kv.found = true;
+      x->kv.st = v;
+    }
+  }
+  if (!x->kv.found) return 0;
+  size_t st = x->kv.st;
+  bool fresh = !(x->tok.ok && st >= x->tok.lo && st <= x->tok.hi);
+  size_t end = run_end(&x->tok, s, n, st, is_tok);
+  if (fresh) {   /* a sentence's full stop is not part of it (once per run) */
+    x->tok_trim = end;
+    while (x->tok_trim > x->tok.lo && s[x->tok_trim - 1] == '.') x->tok_trim--;
+  }
+  if (end > st) end = x->tok_trim > st ? x->tok_trim : st;
+  if (!high_entropy(&x->w, s, st, end)) return 0;
   *keep = st - i;
-  return j - i;
+  return end - i;
 }
 
 // ---- e-mail ----------------------------------------------------------------------------------------------
 static bool is_local(uint8_t c) { return is_alnum(c) || c == '.' || c == '_' || c == '%' || c == '+' || c == '-'; }
 
 /* local@label.label...tld, ASCII; the TLD is 2+ letters; a trailing dot is left out. */
-static size_t match_email(const uint8_t *s, size_t n, size_t i) {
-  size_t j = i;
-  while (j < n && is_local(s[j])) j++;
+static size_t email_domain(const uint8_t *s, size_t n, size_t at);
+
+static size_t match_email(scan_ctx *x, const uint8_t *s, size_t n, size_t i) {
+  size_t j = run_end(&x->local, s, n, i, is_local);   /* "a.a.a…": every start shares the run's end */
   if (j == i || j >= n || s[j] != '@' || s[i] == '.' || s[j - 1] == '.') return 0;
-  size_t at = j++;
+  if (!(x->dom.ok && x->dom.at == j)) { x->dom.at = j; x->dom.end = email_domain(s, n, j); x->dom.ok = true; }
+  return x->dom.end ? x->dom.end - i : 0;
+}
+
+/* The end of a valid domain after the '@' at `at`, 0 if there is none. */
+static size_t email_domain(const uint8_t *s, size_t n, size_t at) {
+  size_t j = at + 1;
   size_t labels = 0, last_start = j, last_alpha = 0;
   for (;;) {
     size_t st = j;
@@ -181,24 +261,26 @@ static size_t match_email(const uint8_t *s, size_t n, size_t i) {
   (void)last_start;
   if (labels < 2 || last_alpha < 2 || j == at + 1) return 0;
   if (j < n && (is_word(s[j]) || s[j] == '@')) return 0;
-  return j - i;
+  return j;
 }
 
 // ---- numbers: cards and phones ----------------------------------------------------------------------------
 /* A run of digit groups separated by single separators from seps (the same one throughout when
  * same_sep). Fills the digits (at most 20), the group count and the longest/shortest group. Returns the
- * run's length in bytes (trailing separators not included). */
+ * run's length in bytes (trailing separators not included). Stops once it has seen more than max_nd
+ * (<= 19) digits: then nd > max_nd and the rest is unset. */
 typedef struct { char d[24]; int nd, groups, min_group, max_group, first_group; uint8_t sep; } digit_run;
 
-static size_t scan_groups(const uint8_t *s, size_t n, size_t i, const char *seps, bool same_sep, digit_run *r) {
+static size_t scan_groups(const uint8_t *s, size_t n, size_t i, const char *seps, bool same_sep, int max_nd, digit_run *r) {
   memset(r, 0, sizeof *r);
   r->min_group = 99;
   size_t j = i, end = i;
   for (;;) {
     size_t st = j;
-    while (j < n && is_digit(s[j])) { if (r->nd < 20) r->d[r->nd] = (char)s[j]; r->nd++; j++; }
+    /* past max_nd digits the caller refuses the number: stop there ("2 2 2 2 …" has a start at every digit) */
+    while (j < n && is_digit(s[j]) && r->nd <= max_nd) { if (r->nd < 20) r->d[r->nd] = (char)s[j]; r->nd++; j++; }
     int g = (int)(j - st);
-    if (!g) break;
+    if (!g || r->nd > max_nd) break;
     if (!r->groups) r->first_group = g;
     r->groups++;
     if (g < r->min_group) r->min_group = g;
@@ -238,7 +320,7 @@ static bool luhn(const char *d, int nd) {
 static size_t match_card(const uint8_t *s, size_t n, size_t i) {
   if (s[i] < '2' || s[i] > '6') return 0;
   digit_run r;
-  size_t len = scan_groups(s, n, i, " -", true, &r);
+  size_t len = scan_groups(s, n, i, " -", true, 19, &r);
   if (r.nd < 13 || r.nd > 19 || (r.groups > 1 && r.min_group < 3) || !number_ends(s, n, i + len)) return 0;
   return luhn(r.d, r.nd) ? len : 0;
 }
@@ -249,7 +331,7 @@ static size_t match_intl_phone(const uint8_t *s, size_t n, size_t i) {
   size_t j = i + 1, end = j;
   int nd = 0, paren = 0;
   while (j < n) {
-    if (is_digit(s[j])) { nd++; j++; end = j; continue; }
+    if (is_digit(s[j])) { if (++nd > 15) return 0; j++; end = j; continue; }
     if (s[j] == '(' && !paren && j + 1 < n && is_digit(s[j + 1])) { paren = 1; j++; continue; }
     if (s[j] == ')' && paren == 1) { paren = 2; j++; if (j < n && s[j] == ' ') j++; continue; }
     if ((s[j] == ' ' || s[j] == '-' || s[j] == '.') && j + 1 < n && (is_digit(s[j + 1]) || (s[j + 1] == '(' && !paren))) { j++; continue; }
@@ -304,7 +386,7 @@ static size_t match_trunk_phone(const uint8_t *s, size_t n, size_t i) {
   if (j >= n || (s[j] != ' ' && s[j] != '-')) return 0;
   if (paren || g1 <= 5) j++; else return 0;
   digit_run r;
-  size_t len = scan_groups(s, n, j, " -", true, &r);
+  size_t len = scan_groups(s, n, j, " -", true, 12, &r);
   if (!len || r.min_group < 2 || r.max_group > 8) return 0;
   int total = (int)g1 + r.nd;
   if (total < 9 || total > 12 || !number_ends(s, n, j + len)) return 0;
@@ -315,11 +397,11 @@ static size_t match_trunk_phone(const uint8_t *s, size_t n, size_t i) {
  * by space, dash, dot, slash or parentheses. */
 static size_t match_context_phone(const uint8_t *s, size_t n, size_t i) {
   size_t j = i, end = i;
-  int nd = 0;
+  int nd = 0, seps = 0;   /* at most 15 digits, and 3 separators in a row ("((((" is no number) */
   while (j < n) {
-    if (is_digit(s[j])) { nd++; j++; end = j; continue; }
+    if (is_digit(s[j])) { if (++nd > 15) return 0; seps = 0; j++; end = j; continue; }
     if ((s[j] == ' ' || s[j] == '-' || s[j] == '.' || s[j] == '/' || s[j] == '(' || s[j] == ')') && j + 1 < n &&
-        (is_digit(s[j + 1]) || s[j + 1] == '(' || (s[j] == ')' && s[j + 1] == ' '))) { j++; continue; }
+        (is_digit(s[j + 1]) || s[j + 1] == '(' || (s[j] == ')' && s[j + 1] == ' ')) && ++seps <= 3) { j++; continue; }
     break;
   }
   if (nd < 7 || nd > 15 || !number_ends(s, n, end)) return 0;
@@ -343,6 +425,8 @@ int prefcap__redact(const char *in, size_t len, char **out, size_t *out_len) {
   prefcap__buf_reserve(&b, len + len / 8 + 32);   /* placeholders rarely grow the text by much */
   if (b.oom) return PREFCAP_ENOMEM;
   const uint8_t *s = (const uint8_t *)in;
+  scan_ctx x;
+  memset(&x, 0, sizeof x);
   size_t phone_ctx_until = 0;   /* a phone word was seen: numbers up to here may be phones */
   size_t i = 0;
   while (i < len && !b.oom) {
@@ -351,11 +435,11 @@ int prefcap__redact(const char *in, size_t len, char **out, size_t *out_len) {
     if (boundary && (is_alnum(c) || c == '+' || c == '(' || c == '-' || c == '_')) {
       size_t m, keep = 0;
       const char *ph = NULL;
-      if ((m = match_pem(s, len, i))) ph = "[API_KEY]";
-      else if ((m = match_key_format(s, len, i)) || (m = match_jwt(s, len, i))) ph = "[API_KEY]";
+      if ((m = match_pem(&x, s, len, i))) ph = "[API_KEY]";
+      else if ((m = match_key_format(s, len, i)) || (m = match_jwt(&x, s, len, i))) ph = "[API_KEY]";
       else if ((m = match_auth_scheme(s, len, i, &keep))) ph = "[API_KEY]";
-      else if ((m = match_email(s, len, i))) ph = "[EMAIL]";
-      else if ((m = match_keyword_value(s, len, i, &keep))) ph = "[API_KEY]";
+      else if ((m = match_email(&x, s, len, i))) ph = "[EMAIL]";
+      else if ((m = match_keyword_value(&x, s, len, i, &keep))) ph = "[API_KEY]";
       else if (is_digit(c) && (m = match_card(s, len, i))) ph = "[CARD]";
       else if ((c == '+' && (i == 0 || !is_digit(s[i - 1])) && (m = match_intl_phone(s, len, i))) ||
                ((is_digit(c) || c == '(') && (m = match_nanp(s, len, i))) ||

@@ -21,10 +21,10 @@ SDK_TEST_SCRIPTS := $(sort $(wildcard tests/sdk/test_*.sh tests/sdk/test_*.py))
 SDK_EXAMPLES := $(BUILD)/examples/chat_backend
 
 ALL_TARGETS += $(SDK_A) $(SDK_SO) $(PREFCAP_CLI) $(SDK_EXAMPLES)
-TEST_BINS   += $(SDK_TEST_BINS) $(BUILD)/tests/crashchild $(BUILD)/bench/ingest_bench
+TEST_BINS   += $(SDK_TEST_BINS) $(BUILD)/tests/crashchild $(BUILD)/bench/ingest_bench $(BUILD)/bench/redact_bench
 TESTS       += $(SDK_TEST_BINS) $(SDK_TEST_SCRIPTS)
-BENCHES     += $(BUILD)/bench/ingest_bench
-BENCH_CMDS  += $(BUILD)/bench/ingest_bench bench/export_bench.sh
+BENCHES     += $(BUILD)/bench/ingest_bench $(BUILD)/bench/redact_bench
+BENCH_CMDS  += $(BUILD)/bench/ingest_bench $(BUILD)/bench/redact_bench bench/export_bench.sh
 
 $(BUILD)/sdk/%.o: sdk/%.c include/prefcap.h $(wildcard sdk/*.h sdk/cli/*.h common/*.h)
 	@mkdir -p $(dir $@)
@@ -41,7 +41,7 @@ $(SDK_SO): $(SDK_LIB_OBJS) $(SDK_COMPAT_OBJS) $(COMMON_OBJS) sdk/prefcap.map
 $(PREFCAP_CLI): $(SDK_CLI_OBJS) $(SDK_A) $(COMMON_A)
 	$(CC) -o $@ $(SDK_CLI_OBJS) $(SDK_A) $(COMMON_A) $(LDFLAGS_ALL) $(SDK_LIBS)
 
-$(BUILD)/tests/%: tests/sdk/%.c $(SDK_A) tests/test.h tests/sdk/util.h
+$(BUILD)/tests/%: tests/sdk/%.c $(SDK_A) tests/test.h $(wildcard tests/sdk/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -Isdk -Itests -o $@ $< $(SDK_A) $(LDFLAGS_ALL) $(SDK_LIBS)
 
@@ -53,7 +53,7 @@ $(BUILD)/examples/%: examples/%.c $(SDK_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -o $@ $< $(SDK_A) $(LDFLAGS_ALL) $(SDK_LIBS)
 
-$(BUILD)/bench/%: bench/%.c $(SDK_A)
+$(BUILD)/bench/%: bench/%.c $(SDK_A) $(wildcard tests/sdk/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -Isdk -o $@ $< $(SDK_A) $(LDFLAGS_ALL) $(SDK_LIBS)
 

@@ -274,8 +274,15 @@ int prefcap__store_begin(prefcap__store *s, char *err, size_t errlen) {
   int rc = step_reset(s, s->begin, "cannot begin a write transaction", err, errlen);
   if (rc) return rc;
   s->have_tombstones = false;
-  if (sqlite3_step(s->any_erased) == SQLITE_ROW) s->have_tombstones = sqlite3_column_int(s->any_erased, 0) != 0;
+  int step = sqlite3_step(s->any_erased);
+  if (step == SQLITE_ROW) s->have_tombstones = sqlite3_column_int(s->any_erased, 0) != 0;
   sqlite3_reset(s->any_erased);
+  if (step != SQLITE_ROW && step != SQLITE_DONE) {
+    /* an I/O error may have ended the transaction already; what follows must not run without one */
+    snprintf(err, errlen, "cannot begin a write transaction: reading the tombstones: %.400s", sqlite3_errmsg(s->db));
+    prefcap__store_rollback(s);
+    return prefcap__sqlite_code(step);
+  }
   return PREFCAP_OK;
 }
 

@@ -368,7 +368,7 @@ static int cmd_export(int argc, char **argv) {
       {"until", 1, 0, 'u'}, {"signal", 1, 0, 'S'}, {"min-weight", 1, 0, 'w'}, {"model", 1, 0, 'm'},
       {"user", 1, 0, 'U'}, {"max-ai-fraction", 1, 0, 'a'}, {"dedup", 0, 0, 'D'}, {"eval-fraction", 1, 0, 'e'},
       {"since-last", 1, 0, 'n'}, {"upload", 1, 0, 'p'}, {"manifest-url", 1, 0, 'M'}, {"quiet", 0, 0, 'q'},
-      {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+      {"mode", 1, 0, 'P'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
   const char *db = prefcap__cli_default_db(), *upload = NULL, *manifest_url = NULL;
   bool quiet = false;
   prefcap_export_options_t *o = prefcap_export_options_new();
@@ -400,17 +400,19 @@ static int cmd_export(int argc, char **argv) {
       case 'p': upload = optarg; break;
       case 'M': manifest_url = optarg; break;
       case 'q': quiet = true; break;
+      case 'P': if (prefcap_export_options_set_mode(o, (unsigned)strtoul(optarg, &end, 8)) || *end || !*optarg) bad = usage_error("export", "--mode wants octal permission bits, e.g. 640 (default 600)"); break;
       case 'h':
         printf("usage: prefcap export [--db PATH] [--format trl-dpo|trl-kto|openai-dpo] [--out PATH|-] [--gzip]\n"
                "         [--since T] [--until T] [--signal LIST] [--min-weight W] [--model M] [--user ID]\n"
                "         [--max-ai-fraction F] [--dedup] [--eval-fraction F] [--since-last NAME]\n"
-               "         [--upload URL [--manifest-url URL]] [--quiet]\n\n"
+               "         [--upload URL [--manifest-url URL]] [--mode OCTAL] [--quiet]\n\n"
                "Writes the derived pairs (trl-dpo, openai-dpo) or labels (trl-kto) as JSON lines, with\n"
                "PATH.manifest.json beside them (checksums, counts, filters, the records held). The file\n"
                "appears complete or not at all. With --since-last NAME only what is new since NAME's last\n"
                "published export is written, and a run killed at any point and run again publishes the\n"
                "same records, none missing, none twice. --eval-fraction splits by a hash of the prompt\n"
-               "into PATH and PATH's .eval twin. --upload PUTs the files (docs/export.md).\n"
+               "into PATH and PATH's .eval twin. --upload PUTs the files (docs/export.md). The files are\n"
+               "0600 unless --mode says otherwise; PATH may be a regular file or nothing, never a link or device.\n"
                "Times: 2026-11-21 or 2026-11-21T10:00:00Z; --since is inclusive, --until exclusive.\n");
         prefcap_export_options_free(o);
         return 0;

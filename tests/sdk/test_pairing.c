@@ -266,6 +266,18 @@ static void bad_input_is_refused_whole(void) {
   EXPECT(ev("{\"type\":\"generation\",\"id\":\"x\",\"prompt\":\"p\",\"completion\":\"c\",\"ts\":\"yesterday\"}") == PREFCAP_EINVAL);
   EXPECT(ev("not json") == PREFCAP_EJSON);
   EXPECT(ev("[1,2]") == PREFCAP_EINVAL);
+  /* one field smuggled past a check on another: a second user_id is refused, at any depth */
+  EXPECT(ev("{\"type\":\"generation\",\"id\":\"d1\",\"prompt\":\"p\",\"user_id\":\"alice\",\"completion\":\"c\",\"user_id\":\"mallory\"}") == PREFCAP_EINVAL);
+  EXPECT(strstr(prefcap_errmsg(pc), "'user_id' appears twice") != NULL);
+  EXPECT(ev("{\"type\":\"generation\",\"id\":\"d2\",\"prompt\":\"p\",\"completion\":\"c\",\"params\":{\"t\":1,\"t\":2}}") == PREFCAP_EINVAL);
+  EXPECT(ev("{\"type\":\"generation\",\"id\":\"d3\",\"completion\":\"c\",\"messages\":[{\"role\":\"user\",\"content\":\"a\",\"content\":\"b\"}]}") == PREFCAP_EINVAL);
+  /* a byte order mark, or anything but whitespace after the object, is refused */
+  EXPECT(ev("\xEF\xBB\xBF{\"type\":\"generation\",\"id\":\"b1\",\"prompt\":\"p\",\"completion\":\"c\"}") == PREFCAP_EJSON);
+  EXPECT(strstr(prefcap_errmsg(pc), "byte order mark") != NULL);
+  EXPECT(ev("{\"type\":\"generation\",\"id\":\"t1\",\"prompt\":\"p\",\"completion\":\"c\"} {\"type\":\"generation\",\"id\":\"t2\",\"prompt\":\"p\",\"completion\":\"c\"}") == PREFCAP_EJSON);
+  EXPECT(strstr(prefcap_errmsg(pc), "after the JSON object") != NULL);
+  EXPECT(ev("{\"type\":\"generation\",\"id\":\"t3\",\"prompt\":\"p\",\"completion\":\"c\"}x") == PREFCAP_EJSON);
+  EXPECT(ev("{\"type\":\"generation\",\"id\":\"ok2\",\"prompt\":\"p\",\"completion\":\"c\"} \r\n") == 0);   /* trailing whitespace is fine */
   /* oversize: a 2 MiB completion against the default 1 MiB limit */
   size_t big = 2u << 20;
   char *huge = malloc(big + 128);
@@ -283,7 +295,7 @@ static void bad_input_is_refused_whole(void) {
   prefcap_message_t m[1] = {{"user", NULL}};
   prefcap_generation_t g2 = {.size = sizeof g2, .id = "z", .messages = m, .n_messages = 1, .completion = "c"};
   EXPECT(prefcap_log_generation(pc, &g2, NULL) == PREFCAP_EINVAL);
-  EXPECT(tu_query(db, "SELECT count(*) FROM generations") == 1);   /* only ok1 */
+  EXPECT(tu_query(db, "SELECT count(*) FROM generations") == 2);   /* only ok1 and ok2 */
   EXPECT(tu_query(db, "SELECT count(*) FROM events") == 0);
   prefcap_close(pc, -1);
 }

@@ -2,11 +2,14 @@
  * be redacted, and one of texts that must come through untouched (dates, versions, prices, order
  * numbers, UUIDs, times, IPs...). Each row states the exact expected output, so a rule that eats too
  * much or too little fails with both strings shown. Also: UTF-8 stays valid, and a pass over 8 MiB of
- * mixed text stays linear (a time bound generous enough for ASan). */
+ * mixed text stays linear (a time bound generous enough for ASan), and so do inputs built to make a
+ * scanner rescan (tests/sdk/redact_adversarial.h). */
 #include "redact.h"
+#include "redact_adversarial.h"
 #include "test.h"
 #include "util.h"
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -166,6 +169,56 @@ static void test_utf8_and_speed(void) {
   free(big);
 }
 
+/* Every scanner linear: 1 MiB built to make a scanner rescan a long run from each start must be
+ * redacted in well under a second (about 10 ms here; quadratic scanners took minutes: 200 kB of
+ * "a.a.a…" took 25 s). The limit, 5 s per input, leaves room for sanitizers and a loaded machine; an
+ * alarm ends the program if one never finishes. */
+static void on_alarm(int sig) {
+  (void)sig;
+  static const char msg[] = "  a redaction of 1 MiB ran for 60 s\nFAIL test_adversarial_linear\n";
+  if (write(1, msg, sizeof msg - 1)) {}
+  _exit(1);
+}
+
+static void test_adversarial_linear(void) {
+  signal(SIGALRM, on_alarm);
+  alarm(60);
+  double worst = 0;
+  for (size_t a = 0; a < REDACT_ADVERSARIES; a++) {
+    size_t n;
+    char *in = redact_adversary_text(&redact_adversaries[a], 1u << 20, &n), *out = NULL;
+    REQUIRE(in);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    size_t len;
+    int rc = prefcap__redact(in, n, &out, &len);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    EXPECTF(rc == 0 && s < 5.0, "%s: rc %d, %.2f s for 1 MiB", redact_adversaries[a].name, rc, s);
+    if (getenv("REDACT_VERBOSE")) fprintf(stderr, "  %-22s %.4f s\n", redact_adversaries[a].name, s);
+    if (s > worst) worst = s;
+    free(in);
+    free(out);
+  }
+  alarm(0);
+  fprintf(stderr, "  slowest adversarial 1 MiB: %.3f s\n", worst);
+  /* the memos change no verdict: a match after a long run of near-misses is still found */
+  char *out = NULL;
+  size_t len;
+  static const char *const cases[][2] = {
+    {"a.a.a.b@example.com", "[EMAIL]"},
+    {"x.y eyJ-eyJ eyJaaaaaaaaaa.eyJbbbbbbbbbb.cccccccccc", "x.y eyJ-eyJ [API_KEY]"},
+    {"key=a=a=a=a=a=a=a=a=a=a=a=a=a=a= token=Zq3vX9pL2mN8rT5wK1yB7", "key=a=a=a=a=a=a=a=a=a=a=a=a=a=a= token=[API_KEY]"},
+    {"a.token.x token: Zq3vX9pL2mN8rT5wK1yB7.", "a.token.x token: [API_KEY]."},
+    {"-----BEGIN RSA PRIVATE KEY----- -----BEGIN RSA PRIVATE KEY-----\nx\n-----END RSA PRIVATE KEY-----", "[API_KEY]"},
+  };
+  for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+    EXPECT(prefcap__redact(cases[k][0], strlen(cases[k][0]), &out, &len) == 0);
+    EXPECTF(out && !strcmp(out, cases[k][1]), "%s -> %s", cases[k][0], out ? out : "(null)");
+    free(out);
+  }
+}
+
 static void test_edges(void) {
   char *out = NULL;
   size_t len = 1;
@@ -188,5 +241,6 @@ int main(void) {
   RUN(test_negatives);
   RUN(test_edges);
   RUN(test_utf8_and_speed);
+  RUN(test_adversarial_linear);
   return tst_end();
 }
