@@ -263,7 +263,37 @@ static void test_conversational_rows_match_trl(void) {
             run_dir(bos_dir, NULL, NULL, s, n, &t) + run_dir(smol_dir, NULL, NULL, s, n, &t);
   EXPECTF(bad == 0, "%d differences", bad);
   check_totals(&t, "conversational");
-  EXPECT(t.mismatch > 0);  /* Qwen3: a prompt ending with an assistant turn renders it differently */
+  /* Rows whose prompt rendering is not a prefix of the joint one are refused now (test_prefix_refused);
+   * the rest split cleanly at the token level too. */
+  EXPECT(t.mismatch == 0);
+}
+
+/* Qwen3 renders a prompt that ends with an assistant turn differently from the same turn followed by
+ * the completion (line 1), and with enable_thinking=false its generation prompt holds an empty think
+ * block that a completion with reasoning_content does not (line 2): TRL would train on a shifted mask,
+ * we refuse the line and name it. ChatML-style templates render both as prefixes, and they load. */
+static void test_prefix_refused(void) {
+  char p[600], err[600], tokpath[700];
+  sfmt(p, sizeof p, "%s/tests/data/conv_refused.jsonl", root());
+  pc_dataset d;
+  const char *dirs[2] = {qwen_dir, smol_dir};
+  for (int k = 0; k < 2; k++) {
+    sfmt(tokpath, sizeof tokpath, "%s/tokenizer.json", dirs[k]);
+    pc_tokenizer *tok = pc_tok_load(tokpath, err, sizeof err);
+    REQUIRE(tok);
+    int rc = pc_data_load(p, tok, dirs[k], NULL, &d, err, sizeof err);
+    if (k == 0) {
+      EXPECT(rc == -1);
+      EXPECTF(strstr(err, "conv_refused.jsonl:1: the chat template renders the prompt (with add_generation_prompt) as text "
+                          "that does not begin its rendering of prompt + chosen"), "%s", err);
+      pc_data_opts skip = {0, PC_TRUNC_KEEP_START, 1, NULL};
+      EXPECT(pc_data_load(p, tok, dirs[k], &skip, &d, err, sizeof err) == -1 || (d.n == 0));
+    } else {
+      EXPECTF(rc == 0 && d.n == 2, "%s", err);
+      if (rc == 0) pc_data_free(&d);
+    }
+    pc_tok_free(tok);
+  }
 }
 
 /* --chat-template chatml over Qwen3's tokenizer: the same tokens as HF with a plain ChatML template. */
@@ -442,9 +472,17 @@ static void test_setup_errors(void) {
   sfmt(want, sizeof want, "%s:1: %s: no chat_template, and the data is conversational; pass --chat-template chatml|qwen3|llama3", cf, p);
   EXPECTF(!strcmp(err, want), "%s", err);
 
+  /* any template is run by the interpreter; one outside its subset is refused with its line and construct,
+   * and the template's own raise_exception names the data line */
   write_text(p, "{\"eos_token\": {\"content\": \"</s>\"}, \"chat_template\": \"{% for m in messages %}[INST] {{ m.content }}{% endfor %}\"}");
-  EXPECT(pc_data_load(cf, tok, dir, &skip, &d, err, sizeof err) == -1);
-  EXPECTF(strstr(err, "chat_template not recognised (known: chatml, qwen3, llama3); pass --chat-template") != NULL, "%s", err);
+  EXPECTF(pc_data_load(cf, tok, dir, &skip, &d, err, sizeof err) == 0 && d.n == 1 && !strcmp(d.chat_format, "template"), "%s", err);
+  pc_data_free(&d);
+  write_text(p, "{\"eos_token\": \"</s>\", \"chat_template\": \"{{ x }}\\n{% include 'other' %}\"}");
+  EXPECT(pc_data_load(cf, tok, dir, NULL, &d, err, sizeof err) == -1);
+  EXPECTF(strstr(err, "tokenizer_config.json: chat_template: line 2: {% include %} is not supported"), "%s", err);
+  write_text(p, "{\"eos_token\": \"</s>\", \"chat_template\": \"{{ raise_exception('no system prompt') }}\"}");
+  EXPECT(pc_data_load(cf, tok, dir, NULL, &d, err, sizeof err) == -1);
+  EXPECTF(strstr(err, "conv1.jsonl:1: ") && strstr(err, "chat_template line 1: raise_exception: no system prompt"), "%s", err);
 
   write_text(p, "{\"eos_token\": ");
   EXPECT(pc_data_load(sf, tok, dir, NULL, &d, err, sizeof err) == -1);
@@ -479,6 +517,7 @@ int main(void) {
   setup();
   RUN(test_standard_rows_match_trl);
   RUN(test_conversational_rows_match_trl);
+  RUN(test_prefix_refused);
   RUN(test_chat_template_override_matches_trl);
   RUN(test_eos_and_split);
   RUN(test_bad_lines);

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "text/chat.h"
+#include "text/jinja.h"
 
 // ---- small helpers -----------------------------------------------------------------------------
 
@@ -470,11 +471,42 @@ typedef struct {
   pc_tokcfg cfg;
   pc_chat_format fmt;
   int fmt_ready;
+  pc_jinja *tpl;             /* the model's own chat_template, run by the interpreter (NULL: a built-in format by name) */
   ivec p, pc;
   pc_chat_msg *scratch; int scratch_cap;
 } loader;
 
-static char *render(loader *L, const conv *prompt, const conv *completion, int agp, const pc_chat_opts *co) {
+/* apply_chat_template's rendering through the model's template: the variables transformers passes. */
+static char *render_template(loader *L, const conv *prompt, const conv *completion, int agp, const pc_chat_opts *co,
+                             char *err, size_t errlen) {
+  cJSON *vars = cJSON_CreateObject(), *msgs = cJSON_AddArrayToObject(vars, "messages");
+  const conv *parts[2] = {prompt, completion};
+  for (int k = 0; k < 2; k++)
+    for (int i = 0; parts[k] && i < parts[k]->n; i++) {
+      const pc_chat_msg *m = &parts[k]->m[i];
+      cJSON *o = cJSON_CreateObject();
+      cJSON_AddStringToObject(o, "role", m->role);
+      cJSON_AddStringToObject(o, "content", m->content);
+      if (m->reasoning) cJSON_AddStringToObject(o, "reasoning_content", m->reasoning);
+      cJSON_AddItemToArray(msgs, o);
+    }
+  cJSON_AddNullToObject(vars, "tools");
+  cJSON_AddNullToObject(vars, "documents");
+  cJSON_AddBoolToObject(vars, "add_generation_prompt", agp);
+  const char *names[] = {"bos_token", "eos_token", "pad_token", "unk_token"};
+  const char *vals[] = {L->cfg.bos_token, L->cfg.eos_token, L->cfg.pad_token, L->cfg.unk_token};
+  for (int i = 0; i < 4; i++) if (vals[i]) cJSON_AddStringToObject(vars, names[i], vals[i]);
+  if (co && co->enable_thinking >= 0) cJSON_AddBoolToObject(vars, "enable_thinking", co->enable_thinking);
+  char why[512];
+  char *out = pc_jinja_render(L->tpl, vars, NULL, why, sizeof why);
+  cJSON_Delete(vars);
+  if (!out) fmt(err, errlen, "%s: chat_template %s", L->cfg.path, why);
+  return out;
+}
+
+static char *render(loader *L, const conv *prompt, const conv *completion, int agp, const pc_chat_opts *co,
+                    char *err, size_t errlen) {
+  if (L->tpl) return render_template(L, prompt, completion, agp, co, err, errlen);
   int n = prompt->n + (completion ? completion->n : 0);
   if (n > L->scratch_cap) {
     pc_chat_msg *q = realloc(L->scratch, (size_t)n * sizeof *q);
@@ -498,9 +530,14 @@ static int ensure_format(loader *L, char *err, size_t errlen) {
     snprintf(err, errlen, "%s: no chat_template, and the data is conversational; pass --chat-template chatml|qwen3|llama3",
              L->cfg.path);
     return -1;
-  } else if (pc_chat_detect(L->cfg.chat_template, L->cfg.bos_token, &L->fmt, why, sizeof why)) {
-    fmt(err, errlen, "%s: %s; pass --chat-template chatml|qwen3|llama3 to choose one", L->cfg.path, why);
-    return -1;
+  } else {
+    /* The model's own template, run as transformers runs it. A built-in format it is recognised as
+     * only names it in the report. */
+    if (!(L->tpl = pc_jinja_parse(L->cfg.chat_template, why, sizeof why))) {
+      fmt(err, errlen, "%s: chat_template: %s", L->cfg.path, why);
+      return -1;
+    }
+    if (pc_chat_detect(L->cfg.chat_template, L->cfg.bos_token, &L->fmt, why, sizeof why)) L->fmt.kind = PC_CHAT_NONE;
   }
   L->fmt_ready = 1;
   return 0;
@@ -528,10 +565,22 @@ static int tokenize_row(loader *L, row *r, int line, pc_pair *out, pc_dataset *d
     add_special = 1;
   } else {
     if (ensure_format(L, err, errlen)) return -1;
-    texts[0] = render(L, &r->cp, NULL, 1, &r->chat);
-    texts[1] = render(L, &r->cp, &r->cc, 0, &r->chat);
-    texts[2] = render(L, &r->cp, &r->cr, 0, &r->chat);
+    err[0] = 0;
+    texts[0] = render(L, &r->cp, NULL, 1, &r->chat, err, errlen);
+    if (texts[0]) texts[1] = render(L, &r->cp, &r->cc, 0, &r->chat, err, errlen);
+    if (texts[1]) texts[2] = render(L, &r->cp, &r->cr, 0, &r->chat, err, errlen);
     add_special = 0;  /* apply_chat_template tokenizes without them: the template wrote BOS itself */
+    if (err[0]) goto out;
+    /* TRL takes the completion as the tokens after the prompt's. When the template renders the
+     * prompt (with its generation prompt) as text that the joint rendering does not start with, that
+     * split lands in the wrong place: refuse the row rather than train on a shifted mask. */
+    for (int k = 1; k <= 2 && texts[0] && texts[k]; k++)
+      if (strncmp(texts[k], texts[0], strlen(texts[0])) != 0) {
+        snprintf(err, errlen, "the chat template renders the prompt (with add_generation_prompt) as text that does not "
+                 "begin its rendering of prompt + %s: the completion would not start where the prompt ends",
+                 k == 1 ? "chosen" : "rejected");
+        goto out;
+      }
   }
   if (!texts[0] || !texts[1] || !texts[2]) { snprintf(err, errlen, "out of memory"); goto out; }
 
@@ -632,7 +681,9 @@ int pc_data_load(const char *path, const pc_tokenizer *tok, const char *model_di
   free(line);
   if (f != stdin) fclose(f);
   d->conversational = first_kind == ROW_CONV;
-  if (L.fmt_ready) snprintf(d->chat_format, sizeof d->chat_format, "%s", pc_chat_kind_name(L.fmt.kind));
+  if (L.fmt_ready) snprintf(d->chat_format, sizeof d->chat_format, "%s",
+                            L.fmt.kind == PC_CHAT_NONE ? "template" : pc_chat_kind_name(L.fmt.kind));
+  pc_jinja_free(L.tpl);
   free(L.p.v); free(L.pc.v); free(L.scratch);
   pc_chat_format_free(&L.fmt);
   pc_tokcfg_free(&L.cfg);
