@@ -292,8 +292,10 @@ typedef struct {
   int single_word, lstrip, rstrip, normalized, special;
 } added_tok;
 
-/* Candidates by first byte, longest first, so the first hit at a position is the longest one. */
-typedef struct { int32_t *idx[256]; size_t n[256]; size_t count; } added_matcher;
+/* Candidates by first byte, longest first, so the first hit at a position is the longest one. With
+ * many candidates for one byte (Gemma's 6,000 "<unusedN>" tokens), each position tries only the
+ * distinct lengths among them, looking the substring up in `map`. */
+typedef struct { int32_t *idx[256]; size_t n[256]; size_t count; uint32_t *lens[256]; size_t nlens[256]; smap map; } added_matcher;
 
 /* Word cache: shards of a small open-addressing table, each behind its own mutex; a full shard is
  * emptied (the cache only ever saves work, so forgetting is harmless). */
@@ -613,6 +615,19 @@ static int matcher_build(added_matcher *m, const added_tok *A, size_t n, int nor
   }
   for (int c = 0; c < 256; c++)
     if (m->n[c] > 1) qsort_r(m->idx[c], m->n[c], sizeof(int32_t), cmp_added_len_desc, (void *)A);
+  if (smap_init(&m->map, m->count)) return -1;
+  for (int c = 0; c < 256; c++)
+    for (size_t k = m->n[c]; k-- > 0;) {              /* shortest first: on equal contents the first listed wins */
+      const added_tok *a = &A[m->idx[c][k]];
+      if (smap_put(&m->map, a->content, a->len, m->idx[c][k])) return -1;
+      if (m->nlens[c] && m->lens[c][m->nlens[c] - 1] == a->len) continue;
+      uint32_t *nl = realloc(m->lens[c], (m->nlens[c] + 1) * sizeof *nl);
+      if (!nl) return -1;
+      m->lens[c] = nl;
+      nl[m->nlens[c]++] = (uint32_t)a->len;
+    }
+  for (int c = 0; c < 256; c++)                        /* longest first */
+    for (size_t i = 0, j = m->nlens[c]; i + 1 < j; i++, j--) { uint32_t x = m->lens[c][i]; m->lens[c][i] = m->lens[c][j - 1]; m->lens[c][j - 1] = x; }
   return 0;
 }
 
@@ -1089,7 +1104,10 @@ void pc_tok_free(pc_tokenizer *t) {
   free(t->dec);
   for (size_t i = 0; i < t->n_post; i++) free(t->post[i].items);
   free(t->post);
-  for (int c = 0; c < 256; c++) { free(t->raw_match.idx[c]); free(t->norm_match.idx[c]); }
+  for (int c = 0; c < 256; c++) {
+    free(t->raw_match.idx[c]); free(t->norm_match.idx[c]); free(t->raw_match.lens[c]); free(t->norm_match.lens[c]);
+  }
+  free(t->raw_match.map.e); free(t->norm_match.map.e);
   for (int i = 0; i < CACHE_SHARDS; i++) {
     if (t->cache[i].e) for (size_t k = 0; k < CACHE_SLOTS; k++) free(t->cache[i].e[k].blob);
     free(t->cache[i].e);
@@ -1629,10 +1647,17 @@ static int split_added(encstate *st, const added_matcher *m, const char *s, size
   while (pos < n) {
     unsigned char c = (unsigned char)s[pos];
     const added_tok *hit = NULL;
-    for (size_t k = 0; k < m->n[c]; k++) {
-      const added_tok *a = &t->added[m->idx[c][k]];
-      if (a->len <= n - pos && memcmp(s + pos, a->content, a->len) == 0) { hit = a; break; }
-    }
+    if (m->n[c] <= 8) {
+      for (size_t k = 0; k < m->n[c]; k++) {
+        const added_tok *a = &t->added[m->idx[c][k]];
+        if (a->len <= n - pos && memcmp(s + pos, a->content, a->len) == 0) { hit = a; break; }
+      }
+    } else
+      for (size_t k = 0; k < m->nlens[c]; k++) {
+        if (m->lens[c][k] > n - pos) continue;
+        int32_t i = smap_get(&m->map, s + pos, m->lens[c][k]);
+        if (i >= 0) { hit = &t->added[i]; break; }
+      }
     if (!hit) { pos++; continue; }
     size_t ms = pos, me = pos + hit->len;
     if (hit->single_word) {
