@@ -42,6 +42,7 @@ static void test_runtime_errors(void) {
   FAILS_WITH("\n\n{{ raise_exception('Roles must alternate') }}", NULL, "line 3: raise_exception: Roles must alternate");
   FAILS_WITH("{{ x.y }}", NULL, "line 1: 'x' is undefined (reading .y)");
   FAILS_WITH("{{ 'a' + 1 }}", NULL, "unsupported operand types for +: str and int");
+  FAILS_WITH("\n{{ bos_token + 'x' }}", NULL, "line 2: 'bos_token' is undefined");
   FAILS_WITH("{{ 'abc'.zfill(5) }}", NULL, "method str.zfill() is not supported");
   FAILS_WITH("{% set d = {} %}{% set d.x = 1 %}", NULL, "only a namespace() can be assigned to");
   FAILS_WITH("{{ open('/etc/passwd') }}", NULL, "'open' is undefined");

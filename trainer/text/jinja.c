@@ -1651,6 +1651,10 @@ static val *binop(rstate *R, int op, val *a, val *b, int line) {
     for (int64_t i = 0; i < k; i++) sb_add(R, &o, s->s, s->n, line);
     return vstr(R, o.p ? o.p : "", o.n, line);
   }
+  if (a->t == V_UNDEF || b->t == V_UNDEF) {           /* jinja2's Undefined raises on arithmetic */
+    const val *u = a->t == V_UNDEF ? a : b;
+    RFAIL(R, line, "'%.*s' is undefined", (int)u->n, u->s ? u->s : "value");
+  }
   if (!is_num(a) || !is_num(b)) {
     static const char *ops[] = {"+", "-", "*", "/", "//", "%", "**"};
     RFAIL(R, line, "unsupported operand types for %s: %s and %s", ops[op], type_name(a), type_name(b));
