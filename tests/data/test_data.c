@@ -483,6 +483,14 @@ static void test_setup_errors(void) {
   write_text(p, "{\"eos_token\": \"</s>\", \"chat_template\": \"{{ raise_exception('no system prompt') }}\"}");
   EXPECT(pc_data_load(cf, tok, dir, NULL, &d, err, sizeof err) == -1);
   EXPECTF(strstr(err, "conv1.jsonl:1: ") && strstr(err, "chat_template line 1: raise_exception: no system prompt"), "%s", err);
+  /* chat_template.jinja beside tokenizer_config.json takes priority, as in transformers */
+  char jp[700];
+  sfmt(jp, sizeof jp, "%s/chat_template.jinja", dir);
+  write_text(p, "{\"eos_token\": \"</s>\", \"chat_template\": \"{% for m in messages %}{{ m.content }}{% endfor %}\"}");
+  write_text(jp, "{{ raise_exception('the .jinja file was used') }}");
+  EXPECT(pc_data_load(cf, tok, dir, NULL, &d, err, sizeof err) == -1);
+  EXPECTF(strstr(err, "raise_exception: the .jinja file was used"), "%s", err);
+  unlink(jp);
 
   write_text(p, "{\"eos_token\": ");
   EXPECT(pc_data_load(sf, tok, dir, NULL, &d, err, sizeof err) == -1);

@@ -175,11 +175,12 @@ int pc_tokcfg_load(const char *dir, pc_tokcfg *c, char *err, size_t errlen) {
     }
     cJSON_Delete(e); free(t); free(p);
   }
-  if (!c->chat_template) {
-    char *p = path_join(dir, "chat_template.jinja");
-    if (p) c->chat_template = read_file(p, NULL);
-    free(p);
-  }
+  /* transformers: "if independent chat template file(s) exist, they take priority over template
+   * entries in the tokenizer config"; `prefcap-dpo render` reads them in the same order */
+  char *jp = path_join(dir, "chat_template.jinja");
+  char *jt = jp ? read_file(jp, NULL) : NULL;
+  free(jp);
+  if (jt) { free(c->chat_template); c->chat_template = jt; }
   return 0;
 }
 

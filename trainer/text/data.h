@@ -75,7 +75,8 @@ int pc_data_truncation_from_name(const char *name);
 
 /* The special-token texts and chat template of a model directory, read from tokenizer_config.json
  * (entries may be strings or {"content": …} objects), falling back to special_tokens_map.json for the
- * tokens and to chat_template.jinja / chat_template.json for the template, as transformers does.
+ * tokens and to chat_template.json for the template, with chat_template.jinja, when present, taking
+ * priority over both, as transformers does.
  * Absent or null entries are NULL. */
 typedef struct {
   char *eos_token, *bos_token, *pad_token, *unk_token;
