@@ -272,6 +272,39 @@ static void test_conversational_rows_match_trl(void) {
  * the completion (line 1), and with enable_thinking=false its generation prompt holds an empty think
  * block that a completion with reasoning_content does not (line 2): TRL would train on a shifted mask,
  * we refuse the line and name it. ChatML-style templates render both as prefixes, and they load. */
+static char *write_jsonl(const char *name, const char *content);
+
+/* Tools and tool calls reach the model's template as TRL passes them: the row's "tools" and each
+ * message object as written (tool_calls, a tool message's name). Qwen 3's template
+ * lists the tools in its system turn and writes each call in <tool_call> tags; the built-in formats
+ * refuse them. */
+static void test_tools(void) {
+  char err[600], tokpath[700];
+  sfmt(tokpath, sizeof tokpath, "%s/tokenizer.json", qwen_dir);
+  pc_tokenizer *tok = pc_tok_load(tokpath, err, sizeof err);
+  REQUIRE(tok);
+  const char *row =
+    "{\"prompt\":[{\"role\":\"user\",\"content\":\"Weather in Paris?\"}],"
+    "\"chosen\":[{\"role\":\"assistant\",\"content\":\"\",\"tool_calls\":[{\"type\":\"function\",\"function\":"
+    "{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Paris\"}}}]}],"
+    "\"rejected\":[{\"role\":\"assistant\",\"content\":\"I cannot know.\"}],"
+    "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"parameters\":{\"type\":\"object\"}}}]}\n";
+  char *p = strdup(write_jsonl("tools.jsonl", row));
+  pc_dataset d;
+  REQUIRE(pc_data_load(p, tok, qwen_dir, NULL, &d, err, sizeof err) == 0 || (fprintf(stderr, "  %s\n", err), 0));
+  REQUIRE(d.n == 1);
+  char *chosen = pc_tok_decode(tok, d.pairs[0].chosen.ids, (size_t)d.pairs[0].chosen.n, 0);
+  EXPECTF(chosen && strstr(chosen, "<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\"") &&
+          strstr(chosen, "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>"), "%s", chosen);
+  free(chosen);
+  pc_data_free(&d);
+  pc_data_opts named = {0, PC_TRUNC_KEEP_START, 0, "chatml"};
+  EXPECT(pc_data_load(p, tok, qwen_dir, &named, &d, err, sizeof err) == -1);
+  EXPECTF(strstr(err, "tools.jsonl:1: tools and tool_calls need the model's own chat_template (the built-in format 'chatml' has none)"), "%s", err);
+  free(p);
+  pc_tok_free(tok);
+}
+
 static void test_prefix_refused(void) {
   char p[600], err[600], tokpath[700];
   sfmt(p, sizeof p, "%s/tests/data/conv_refused.jsonl", root());
@@ -392,7 +425,7 @@ static void test_bad_lines(void) {
       {"{\"prompt\":\"p\",\"chosen\":\"c\",\"rejected\":\"r\",\"weight\":-1}\n", "1: field 'weight' must be a non-negative number"},
       {"{\"prompt\":\"p\",\"chosen\":\"c\",\"rejected\":\"r\",\"weight\":\"high\"}\n", "1: field 'weight' must be a non-negative number"},
       {"{\"prompt\":\"p\",\"chosen\":\"c\",\"rejected\":\"r\",\"id\":[1]}\n", "1: field 'id' must be a string or a number"},
-      {"{\"prompt\":\"p\",\"chosen\":\"c\",\"rejected\":\"r\",\"tools\":[{\"name\":\"f\"}]}\n", "1: field 'tools' is not supported"},
+      {"{\"prompt\":\"p\",\"chosen\":\"c\",\"rejected\":\"r\",\"tools\":[{\"name\":\"f\"}]}\n", "1: field 'tools' needs conversational rows (a chat template renders it)"},
       {"{\"prompt\":\"p\",\"chosen\":\"c\",\"rejected\":\"r\",\"chat_template_kwargs\":{\"foo\":1}}\n",
        "1: field 'chat_template_kwargs.foo' is not supported"},
       {"{\"prompt\":\"p\",\"chosen\":\"c\xff\",\"rejected\":\"r\"}\n", "1: invalid UTF-8 at byte 26"},
@@ -526,6 +559,7 @@ int main(void) {
   RUN(test_standard_rows_match_trl);
   RUN(test_conversational_rows_match_trl);
   RUN(test_prefix_refused);
+  RUN(test_tools);
   RUN(test_chat_template_override_matches_trl);
   RUN(test_eos_and_split);
   RUN(test_bad_lines);

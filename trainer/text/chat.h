@@ -39,6 +39,8 @@ typedef struct {
   const char *role;       /* required */
   const char *content;    /* required (may be "") */
   const char *reasoning;  /* qwen3: message.reasoning_content, NULL when absent */
+  const void *json;       /* the message as read (a cJSON object, borrowed), or NULL: what a model's own
+                             template sees, tool_calls and all; the built-in formats ignore it */
 } pc_chat_msg;
 
 typedef struct {

@@ -203,6 +203,7 @@ typedef struct {
   char *prompt, *chosen, *rejected;      /* standard rows (owned) */
   conv cp, cc, cr;                       /* conversational rows (message arrays owned, strings borrowed) */
   pc_chat_opts chat;
+  const cJSON *tools;                    /* the row's tool list (borrowed from tree), NULL when none */
   float weight;
   char *id;
   cJSON *tree;                           /* the parsed line; conversational rows borrow its strings */
@@ -234,19 +235,19 @@ static int parse_messages(const cJSON *a, const char *field, conv *c, char *msg,
     if (!cJSON_IsString(role) || !*role->valuestring) {
       snprintf(msg, msglen, "field '%s[%d].role' must be a non-empty string", field, i); return -1;
     }
-    if (!content) { snprintf(msg, msglen, "field '%s[%d].content' missing", field, i); return -1; }
-    if (!cJSON_IsString(content)) {
+    int has_calls = tools && !cJSON_IsNull(tools);
+    if (has_calls && !cJSON_IsArray(tools)) { snprintf(msg, msglen, "field '%s[%d].tool_calls' must be a list", field, i); return -1; }
+    if (!content && !has_calls) { snprintf(msg, msglen, "field '%s[%d].content' missing", field, i); return -1; }
+    if ((content && !cJSON_IsNull(content)) || !has_calls) if (!cJSON_IsString(content)) {
       snprintf(msg, msglen, "field '%s[%d].content' must be a string (multimodal content is not supported)", field, i);
       return -1;
     }
     if (reasoning && !cJSON_IsNull(reasoning) && !cJSON_IsString(reasoning)) {
       snprintf(msg, msglen, "field '%s[%d].reasoning_content' must be a string", field, i); return -1;
     }
-    if (tools && !cJSON_IsNull(tools)) {
-      snprintf(msg, msglen, "field '%s[%d].tool_calls' is not supported", field, i); return -1;
-    }
     c->m[i].role = role->valuestring;
-    c->m[i].content = content->valuestring;
+    c->m[i].content = cJSON_IsString(content) ? content->valuestring : "";   /* null beside tool_calls */
+    c->m[i].json = it;
     c->m[i].reasoning = cJSON_IsString(reasoning) ? reasoning->valuestring : NULL;
     c->n++;
   }
@@ -254,6 +255,7 @@ static int parse_messages(const cJSON *a, const char *field, conv *c, char *msg,
 }
 
 static int msg_equal(const pc_chat_msg *a, const pc_chat_msg *b) {
+  if (a->json && b->json) return cJSON_Compare(a->json, b->json, 1);   /* Python's dict == */
   return !strcmp(a->role, b->role) && !strcmp(a->content, b->content) &&
          ((!a->reasoning && !b->reasoning) || (a->reasoning && b->reasoning && !strcmp(a->reasoning, b->reasoning)));
 }
@@ -391,8 +393,10 @@ static int parse_row(const char *line, size_t len, int first_kind, row *r, char 
     } else { snprintf(msg, msglen, "field 'id' must be a string or a number"); goto out; }
   }
   const cJSON *tools = cJSON_GetObjectItemCaseSensitive(j, "tools");
-  if (tools && !cJSON_IsNull(tools) && !(cJSON_IsArray(tools) && cJSON_GetArraySize(tools) == 0)) {
-    snprintf(msg, msglen, "field 'tools' is not supported"); goto out;
+  if (tools && !cJSON_IsNull(tools) && !cJSON_IsArray(tools)) { snprintf(msg, msglen, "field 'tools' must be a list"); goto out; }
+  if (cJSON_IsArray(tools) && cJSON_GetArraySize(tools) > 0) {
+    if (r->kind == ROW_STANDARD) { snprintf(msg, msglen, "field 'tools' needs conversational rows (a chat template renders it)"); goto out; }
+    r->tools = tools;
   }
   const cJSON *kw = cJSON_GetObjectItemCaseSensitive(j, "chat_template_kwargs");
   if (kw && !cJSON_IsNull(kw)) {
@@ -479,19 +483,24 @@ typedef struct {
 
 /* apply_chat_template's rendering through the model's template: the variables transformers passes. */
 static char *render_template(loader *L, const conv *prompt, const conv *completion, int agp, const pc_chat_opts *co,
-                             char *err, size_t errlen) {
+                             const cJSON *tools, char *err, size_t errlen) {
   cJSON *vars = cJSON_CreateObject(), *msgs = cJSON_AddArrayToObject(vars, "messages");
   const conv *parts[2] = {prompt, completion};
   for (int k = 0; k < 2; k++)
     for (int i = 0; parts[k] && i < parts[k]->n; i++) {
       const pc_chat_msg *m = &parts[k]->m[i];
-      cJSON *o = cJSON_CreateObject();
-      cJSON_AddStringToObject(o, "role", m->role);
-      cJSON_AddStringToObject(o, "content", m->content);
-      if (m->reasoning) cJSON_AddStringToObject(o, "reasoning_content", m->reasoning);
+      cJSON *o;
+      if (m->json) o = cJSON_Duplicate(m->json, 1);            /* the message as given, as TRL passes it */
+      else {
+        o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "role", m->role);
+        cJSON_AddStringToObject(o, "content", m->content);
+        if (m->reasoning) cJSON_AddStringToObject(o, "reasoning_content", m->reasoning);
+      }
       cJSON_AddItemToArray(msgs, o);
     }
-  cJSON_AddNullToObject(vars, "tools");
+  if (tools) cJSON_AddItemToObject(vars, "tools", cJSON_Duplicate(tools, 1));
+  else cJSON_AddNullToObject(vars, "tools");
   cJSON_AddNullToObject(vars, "documents");
   cJSON_AddBoolToObject(vars, "add_generation_prompt", agp);
   const char *names[] = {"bos_token", "eos_token", "pad_token", "unk_token"};
@@ -506,8 +515,21 @@ static char *render_template(loader *L, const conv *prompt, const conv *completi
 }
 
 static char *render(loader *L, const conv *prompt, const conv *completion, int agp, const pc_chat_opts *co,
-                    char *err, size_t errlen) {
-  if (L->tpl) return render_template(L, prompt, completion, agp, co, err, errlen);
+                    const cJSON *tools, char *err, size_t errlen) {
+  if (L->tpl) return render_template(L, prompt, completion, agp, co, tools, err, errlen);
+  /* the built-in formats know no tools */
+  const conv *parts[2] = {prompt, completion};
+  int calls = 0;
+  for (int k = 0; k < 2; k++)
+    for (int i = 0; parts[k] && i < parts[k]->n; i++) {
+      const cJSON *tc = parts[k]->m[i].json ? cJSON_GetObjectItemCaseSensitive(parts[k]->m[i].json, "tool_calls") : NULL;
+      calls |= tc && !cJSON_IsNull(tc);
+    }
+  if (tools || calls) {
+    snprintf(err, errlen, "tools and tool_calls need the model's own chat_template (the built-in format '%s' has none)",
+             pc_chat_kind_name(L->fmt.kind));
+    return NULL;
+  }
   int n = prompt->n + (completion ? completion->n : 0);
   if (n > L->scratch_cap) {
     pc_chat_msg *q = realloc(L->scratch, (size_t)n * sizeof *q);
@@ -567,9 +589,9 @@ static int tokenize_row(loader *L, row *r, int line, pc_pair *out, pc_dataset *d
   } else {
     if (ensure_format(L, err, errlen)) return -1;
     err[0] = 0;
-    texts[0] = render(L, &r->cp, NULL, 1, &r->chat, err, errlen);
-    if (texts[0]) texts[1] = render(L, &r->cp, &r->cc, 0, &r->chat, err, errlen);
-    if (texts[1]) texts[2] = render(L, &r->cp, &r->cr, 0, &r->chat, err, errlen);
+    texts[0] = render(L, &r->cp, NULL, 1, &r->chat, r->tools, err, errlen);
+    if (texts[0]) texts[1] = render(L, &r->cp, &r->cc, 0, &r->chat, r->tools, err, errlen);
+    if (texts[1]) texts[2] = render(L, &r->cp, &r->cr, 0, &r->chat, r->tools, err, errlen);
     add_special = 0;  /* apply_chat_template tokenizes without them: the template wrote BOS itself */
     if (err[0]) goto out;
     /* TRL takes the completion as the tokens after the prompt's. When the template renders the

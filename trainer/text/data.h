@@ -15,7 +15,8 @@
  *     --chat-template) and add_generation_prompt, and prompt+chosen / prompt+rejected rendered without
  *     it, each encoded without special tokens (as apply_chat_template(tokenize=True) does; the template
  *     prints BOS itself). A row whose prompt rendering does not begin the joint rendering is refused
- *     with its line (TRL would train on a shifted mask); so is a row the template raises on.
+ *     with its line (TRL would train on a shifted mask); so is a row the template raises on. The
+ *     row's "tools" and each message object as written (tool_calls and all) are what the template sees.
  *  3. The completion is the prompt+completion tokens after the first len(prompt tokens); the sequence
  *     is the prompt's own tokens followed by that completion. Where the prompt's tokens are not a prefix
  *     of prompt+completion's, TRL warns and goes on: we count (prefix_mismatch) and go on the same way.
