@@ -138,7 +138,7 @@ static void test_llama3_trim_is_python_strip(void) {
   pc_chat_format f;
   char err[128];
   REQUIRE(pc_chat_by_name("llama3", "<|begin_of_text|>", &f, err, sizeof err) == 0);
-  pc_chat_msg m[2] = {{"user", "\x1c hi \xc2\x85", NULL}, {"assistant", "\xef\xbb\xbfyo\xe3\x80\x80\xe2\x80\xa8", NULL}};
+  pc_chat_msg m[2] = {{"user", "\x1c hi \xc2\x85", NULL, NULL}, {"assistant", "\xef\xbb\xbfyo\xe3\x80\x80\xe2\x80\xa8", NULL, NULL}};
   char *s = pc_chat_render(&f, m, 2, 1, NULL);
   const char *want = "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"
                      "<|start_header_id|>assistant<|end_header_id|>\n\n\xef\xbb\xbfyo<|eot_id|>"
@@ -179,7 +179,7 @@ static void test_chatml_default_system(void) {
   REQUIRE(pc_chat_detect(t, NULL, &f, err, sizeof err) == 0);
   EXPECT(f.kind == PC_CHAT_CHATML);
   EXPECTF(f.default_system && !strcmp(f.default_system, "You are 'helpful'."), "%s", f.default_system ? f.default_system : "(null)");
-  pc_chat_msg m = {"user", "hi", NULL};
+  pc_chat_msg m = {"user", "hi", NULL, NULL};
   char *s = pc_chat_render(&f, &m, 1, 1, NULL);
   EXPECT(s && !strcmp(s, "<|im_start|>system\nYou are 'helpful'.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"));
   free(s);

@@ -263,7 +263,70 @@ static void test_conversational_rows_match_trl(void) {
             run_dir(bos_dir, NULL, NULL, s, n, &t) + run_dir(smol_dir, NULL, NULL, s, n, &t);
   EXPECTF(bad == 0, "%d differences", bad);
   check_totals(&t, "conversational");
-  EXPECT(t.mismatch > 0);  /* Qwen3: a prompt ending with an assistant turn renders it differently */
+  /* Rows whose prompt rendering is not a prefix of the joint one are refused now (test_prefix_refused);
+   * the rest split cleanly at the token level too. */
+  EXPECT(t.mismatch == 0);
+}
+
+/* Qwen3 renders a prompt that ends with an assistant turn differently from the same turn followed by
+ * the completion (line 1), and with enable_thinking=false its generation prompt holds an empty think
+ * block that a completion with reasoning_content does not (line 2): TRL would train on a shifted mask,
+ * we refuse the line and name it. ChatML-style templates render both as prefixes, and they load. */
+static char *write_jsonl(const char *name, const char *content);
+
+/* Tools and tool calls reach the model's template as TRL passes them: the row's "tools" and each
+ * message object as written (tool_calls, a tool message's name). Qwen 3's template
+ * lists the tools in its system turn and writes each call in <tool_call> tags; the built-in formats
+ * refuse them. */
+static void test_tools(void) {
+  char err[600], tokpath[700];
+  sfmt(tokpath, sizeof tokpath, "%s/tokenizer.json", qwen_dir);
+  pc_tokenizer *tok = pc_tok_load(tokpath, err, sizeof err);
+  REQUIRE(tok);
+  const char *row =
+    "{\"prompt\":[{\"role\":\"user\",\"content\":\"Weather in Paris?\"}],"
+    "\"chosen\":[{\"role\":\"assistant\",\"content\":\"\",\"tool_calls\":[{\"type\":\"function\",\"function\":"
+    "{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Paris\"}}}]}],"
+    "\"rejected\":[{\"role\":\"assistant\",\"content\":\"I cannot know.\"}],"
+    "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"parameters\":{\"type\":\"object\"}}}]}\n";
+  char *p = strdup(write_jsonl("tools.jsonl", row));
+  pc_dataset d;
+  REQUIRE(pc_data_load(p, tok, qwen_dir, NULL, &d, err, sizeof err) == 0 || (fprintf(stderr, "  %s\n", err), 0));
+  REQUIRE(d.n == 1);
+  char *chosen = pc_tok_decode(tok, d.pairs[0].chosen.ids, (size_t)d.pairs[0].chosen.n, 0);
+  EXPECTF(chosen && strstr(chosen, "<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\"") &&
+          strstr(chosen, "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>"), "%s", chosen);
+  free(chosen);
+  pc_data_free(&d);
+  pc_data_opts named = {0, PC_TRUNC_KEEP_START, 0, "chatml"};
+  EXPECT(pc_data_load(p, tok, qwen_dir, &named, &d, err, sizeof err) == -1);
+  EXPECTF(strstr(err, "tools.jsonl:1: tools and tool_calls need the model's own chat_template (the built-in format 'chatml' has none)"), "%s", err);
+  free(p);
+  pc_tok_free(tok);
+}
+
+static void test_prefix_refused(void) {
+  char p[600], err[600], tokpath[700];
+  sfmt(p, sizeof p, "%s/tests/data/conv_refused.jsonl", root());
+  pc_dataset d;
+  const char *dirs[2] = {qwen_dir, smol_dir};
+  for (int k = 0; k < 2; k++) {
+    sfmt(tokpath, sizeof tokpath, "%s/tokenizer.json", dirs[k]);
+    pc_tokenizer *tok = pc_tok_load(tokpath, err, sizeof err);
+    REQUIRE(tok);
+    int rc = pc_data_load(p, tok, dirs[k], NULL, &d, err, sizeof err);
+    if (k == 0) {
+      EXPECT(rc == -1);
+      EXPECTF(strstr(err, "conv_refused.jsonl:1: the chat template renders the prompt (with add_generation_prompt) as text "
+                          "that does not begin its rendering of prompt + chosen"), "%s", err);
+      pc_data_opts skip = {0, PC_TRUNC_KEEP_START, 1, NULL};
+      EXPECT(pc_data_load(p, tok, dirs[k], &skip, &d, err, sizeof err) == -1 || (d.n == 0));
+    } else {
+      EXPECTF(rc == 0 && d.n == 2, "%s", err);
+      if (rc == 0) pc_data_free(&d);
+    }
+    pc_tok_free(tok);
+  }
 }
 
 /* --chat-template chatml over Qwen3's tokenizer: the same tokens as HF with a plain ChatML template. */
@@ -362,7 +425,7 @@ static void test_bad_lines(void) {
       {"{\"prompt\":\"p\",\"chosen\":\"c\",\"rejected\":\"r\",\"weight\":-1}\n", "1: field 'weight' must be a non-negative number"},
       {"{\"prompt\":\"p\",\"chosen\":\"c\",\"rejected\":\"r\",\"weight\":\"high\"}\n", "1: field 'weight' must be a non-negative number"},
       {"{\"prompt\":\"p\",\"chosen\":\"c\",\"rejected\":\"r\",\"id\":[1]}\n", "1: field 'id' must be a string or a number"},
-      {"{\"prompt\":\"p\",\"chosen\":\"c\",\"rejected\":\"r\",\"tools\":[{\"name\":\"f\"}]}\n", "1: field 'tools' is not supported"},
+      {"{\"prompt\":\"p\",\"chosen\":\"c\",\"rejected\":\"r\",\"tools\":[{\"name\":\"f\"}]}\n", "1: field 'tools' needs conversational rows (a chat template renders it)"},
       {"{\"prompt\":\"p\",\"chosen\":\"c\",\"rejected\":\"r\",\"chat_template_kwargs\":{\"foo\":1}}\n",
        "1: field 'chat_template_kwargs.foo' is not supported"},
       {"{\"prompt\":\"p\",\"chosen\":\"c\xff\",\"rejected\":\"r\"}\n", "1: invalid UTF-8 at byte 26"},
@@ -442,9 +505,25 @@ static void test_setup_errors(void) {
   sfmt(want, sizeof want, "%s:1: %s: no chat_template, and the data is conversational; pass --chat-template chatml|qwen3|llama3", cf, p);
   EXPECTF(!strcmp(err, want), "%s", err);
 
+  /* any template is run by the interpreter; one outside its subset is refused with its line and construct,
+   * and the template's own raise_exception names the data line */
   write_text(p, "{\"eos_token\": {\"content\": \"</s>\"}, \"chat_template\": \"{% for m in messages %}[INST] {{ m.content }}{% endfor %}\"}");
-  EXPECT(pc_data_load(cf, tok, dir, &skip, &d, err, sizeof err) == -1);
-  EXPECTF(strstr(err, "chat_template not recognised (known: chatml, qwen3, llama3); pass --chat-template") != NULL, "%s", err);
+  EXPECTF(pc_data_load(cf, tok, dir, &skip, &d, err, sizeof err) == 0 && d.n == 1 && !strcmp(d.chat_format, "template"), "%s", err);
+  pc_data_free(&d);
+  write_text(p, "{\"eos_token\": \"</s>\", \"chat_template\": \"{{ x }}\\n{% include 'other' %}\"}");
+  EXPECT(pc_data_load(cf, tok, dir, NULL, &d, err, sizeof err) == -1);
+  EXPECTF(strstr(err, "tokenizer_config.json: chat_template: line 2: {% include %} is not supported"), "%s", err);
+  write_text(p, "{\"eos_token\": \"</s>\", \"chat_template\": \"{{ raise_exception('no system prompt') }}\"}");
+  EXPECT(pc_data_load(cf, tok, dir, NULL, &d, err, sizeof err) == -1);
+  EXPECTF(strstr(err, "conv1.jsonl:1: ") && strstr(err, "chat_template line 1: raise_exception: no system prompt"), "%s", err);
+  /* chat_template.jinja beside tokenizer_config.json takes priority, as in transformers */
+  char jp[700];
+  sfmt(jp, sizeof jp, "%s/chat_template.jinja", dir);
+  write_text(p, "{\"eos_token\": \"</s>\", \"chat_template\": \"{% for m in messages %}{{ m.content }}{% endfor %}\"}");
+  write_text(jp, "{{ raise_exception('the .jinja file was used') }}");
+  EXPECT(pc_data_load(cf, tok, dir, NULL, &d, err, sizeof err) == -1);
+  EXPECTF(strstr(err, "raise_exception: the .jinja file was used"), "%s", err);
+  unlink(jp);
 
   write_text(p, "{\"eos_token\": ");
   EXPECT(pc_data_load(sf, tok, dir, NULL, &d, err, sizeof err) == -1);
@@ -479,6 +558,8 @@ int main(void) {
   setup();
   RUN(test_standard_rows_match_trl);
   RUN(test_conversational_rows_match_trl);
+  RUN(test_prefix_refused);
+  RUN(test_tools);
   RUN(test_chat_template_override_matches_trl);
   RUN(test_eos_and_split);
   RUN(test_bad_lines);

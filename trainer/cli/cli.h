@@ -7,5 +7,6 @@ int pc_cmd_score(int argc, char **argv);     /* trainer/cli/cmd_score.c */
 int pc_cmd_init(int argc, char **argv);      /* trainer/cli/cmd_init.c */
 int pc_cmd_tokenize(int argc, char **argv);  /* trainer/cli/cmd_tokenize.c */
 int pc_cmd_train(int argc, char **argv);     /* trainer/cli/cmd_train.c */
+int pc_cmd_render(int argc, char **argv);    /* trainer/cli/cmd_render.c */
 
 #endif

@@ -3,9 +3,10 @@
 #
 #   build/tests/tok_cli   `tokenize` without the rest of prefcap-dpo, for tests/tokenizer/parity.sh
 #                         and bench/tokenizer_bench.sh
+#   build/tests/render_cli  `render` alone, for tests/data/jinja_parity.sh
 
 PC_CLI_OBJS := $(BUILD)/trainer/cli/main.o $(BUILD)/trainer/cli/cmd_score.o $(BUILD)/trainer/cli/cmd_init.o \
-               $(BUILD)/trainer/cli/cmd_train.o $(BUILD)/trainer/cli/cmd_tokenize.o
+               $(BUILD)/trainer/cli/cmd_train.o $(BUILD)/trainer/cli/cmd_tokenize.o $(BUILD)/trainer/cli/cmd_render.o
 -include $(PC_CLI_OBJS:.o=.d)
 
 # run.json records how the trainer was built
@@ -19,11 +20,15 @@ $(BUILD)/tests/tok_cli: tests/tokenizer/tok_cli_main.c $(BUILD)/trainer/cli/cmd_
 	@mkdir -p $(@D)
 	$(CC) $(PC_CFLAGS) $< $(BUILD)/trainer/cli/cmd_tokenize.o $(PC_TOK_OBJS) $(COMMON_A) -o $@ $(LDFLAGS_ALL) $(PC_TOK_LIBS)
 
+$(BUILD)/tests/render_cli: tests/data/render_cli_main.c $(BUILD)/trainer/cli/cmd_render.o $(BUILD)/trainer/text/jinja.o
+	@mkdir -p $(@D)
+	$(CC) $(PC_CFLAGS) $< $(BUILD)/trainer/cli/cmd_render.o $(BUILD)/trainer/text/jinja.o -o $@ $(LDFLAGS_ALL) -lcjson -lm
+
 $(BUILD)/bench/tokenizer_bench: bench/tokenizer_bench.c $(PC_TOK_OBJS)
 	@mkdir -p $(@D)
 	$(CC) $(PC_CFLAGS) $< $(PC_TOK_OBJS) -o $@ $(LDFLAGS_ALL) $(PC_TOK_LIBS)
 
 ALL_TARGETS += $(BUILD)/prefcap-dpo
-TEST_BINS   += $(BUILD)/prefcap-dpo $(BUILD)/tests/tok_cli
+TEST_BINS   += $(BUILD)/prefcap-dpo $(BUILD)/tests/tok_cli $(BUILD)/tests/render_cli
 BENCHES     += $(BUILD)/bench/tokenizer_bench $(BUILD)/tests/tok_cli
 BENCH_CMDS  += bench/tokenizer_bench.sh

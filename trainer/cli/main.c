@@ -9,6 +9,7 @@ static const struct { const char *name; int (*fn)(int, char **); const char *wha
   {"score", pc_cmd_score, "log-probs of chosen and rejected completions under a model"},
   {"init", pc_cmd_init, "write a small randomly initialised model in Hugging Face layout"},
   {"tokenize", pc_cmd_tokenize, "show the token ids the trainer sees (or decode them)"},
+  {"render", pc_cmd_render, "render conversations with the model's chat template, as transformers does"},
 };
 
 static void usage(FILE *f) {

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "text/chat.h"
+#include "text/jinja.h"
 
 // ---- small helpers -----------------------------------------------------------------------------
 
@@ -174,11 +175,12 @@ int pc_tokcfg_load(const char *dir, pc_tokcfg *c, char *err, size_t errlen) {
     }
     cJSON_Delete(e); free(t); free(p);
   }
-  if (!c->chat_template) {
-    char *p = path_join(dir, "chat_template.jinja");
-    if (p) c->chat_template = read_file(p, NULL);
-    free(p);
-  }
+  /* transformers: "if independent chat template file(s) exist, they take priority over template
+   * entries in the tokenizer config"; `prefcap-dpo render` reads them in the same order */
+  char *jp = path_join(dir, "chat_template.jinja");
+  char *jt = jp ? read_file(jp, NULL) : NULL;
+  free(jp);
+  if (jt) { free(c->chat_template); c->chat_template = jt; }
   return 0;
 }
 
@@ -201,6 +203,7 @@ typedef struct {
   char *prompt, *chosen, *rejected;      /* standard rows (owned) */
   conv cp, cc, cr;                       /* conversational rows (message arrays owned, strings borrowed) */
   pc_chat_opts chat;
+  const cJSON *tools;                    /* the row's tool list (borrowed from tree), NULL when none */
   float weight;
   char *id;
   cJSON *tree;                           /* the parsed line; conversational rows borrow its strings */
@@ -232,19 +235,19 @@ static int parse_messages(const cJSON *a, const char *field, conv *c, char *msg,
     if (!cJSON_IsString(role) || !*role->valuestring) {
       snprintf(msg, msglen, "field '%s[%d].role' must be a non-empty string", field, i); return -1;
     }
-    if (!content) { snprintf(msg, msglen, "field '%s[%d].content' missing", field, i); return -1; }
-    if (!cJSON_IsString(content)) {
+    int has_calls = tools && !cJSON_IsNull(tools);
+    if (has_calls && !cJSON_IsArray(tools)) { snprintf(msg, msglen, "field '%s[%d].tool_calls' must be a list", field, i); return -1; }
+    if (!content && !has_calls) { snprintf(msg, msglen, "field '%s[%d].content' missing", field, i); return -1; }
+    if ((content && !cJSON_IsNull(content)) || !has_calls) if (!cJSON_IsString(content)) {
       snprintf(msg, msglen, "field '%s[%d].content' must be a string (multimodal content is not supported)", field, i);
       return -1;
     }
     if (reasoning && !cJSON_IsNull(reasoning) && !cJSON_IsString(reasoning)) {
       snprintf(msg, msglen, "field '%s[%d].reasoning_content' must be a string", field, i); return -1;
     }
-    if (tools && !cJSON_IsNull(tools)) {
-      snprintf(msg, msglen, "field '%s[%d].tool_calls' is not supported", field, i); return -1;
-    }
     c->m[i].role = role->valuestring;
-    c->m[i].content = content->valuestring;
+    c->m[i].content = cJSON_IsString(content) ? content->valuestring : "";   /* null beside tool_calls */
+    c->m[i].json = it;
     c->m[i].reasoning = cJSON_IsString(reasoning) ? reasoning->valuestring : NULL;
     c->n++;
   }
@@ -252,6 +255,7 @@ static int parse_messages(const cJSON *a, const char *field, conv *c, char *msg,
 }
 
 static int msg_equal(const pc_chat_msg *a, const pc_chat_msg *b) {
+  if (a->json && b->json) return cJSON_Compare(a->json, b->json, 1);   /* Python's dict == */
   return !strcmp(a->role, b->role) && !strcmp(a->content, b->content) &&
          ((!a->reasoning && !b->reasoning) || (a->reasoning && b->reasoning && !strcmp(a->reasoning, b->reasoning)));
 }
@@ -389,8 +393,10 @@ static int parse_row(const char *line, size_t len, int first_kind, row *r, char 
     } else { snprintf(msg, msglen, "field 'id' must be a string or a number"); goto out; }
   }
   const cJSON *tools = cJSON_GetObjectItemCaseSensitive(j, "tools");
-  if (tools && !cJSON_IsNull(tools) && !(cJSON_IsArray(tools) && cJSON_GetArraySize(tools) == 0)) {
-    snprintf(msg, msglen, "field 'tools' is not supported"); goto out;
+  if (tools && !cJSON_IsNull(tools) && !cJSON_IsArray(tools)) { snprintf(msg, msglen, "field 'tools' must be a list"); goto out; }
+  if (cJSON_IsArray(tools) && cJSON_GetArraySize(tools) > 0) {
+    if (r->kind == ROW_STANDARD) { snprintf(msg, msglen, "field 'tools' needs conversational rows (a chat template renders it)"); goto out; }
+    r->tools = tools;
   }
   const cJSON *kw = cJSON_GetObjectItemCaseSensitive(j, "chat_template_kwargs");
   if (kw && !cJSON_IsNull(kw)) {
@@ -470,11 +476,60 @@ typedef struct {
   pc_tokcfg cfg;
   pc_chat_format fmt;
   int fmt_ready;
+  pc_jinja *tpl;             /* the model's own chat_template, run by the interpreter (NULL: a built-in format by name) */
   ivec p, pc;
   pc_chat_msg *scratch; int scratch_cap;
 } loader;
 
-static char *render(loader *L, const conv *prompt, const conv *completion, int agp, const pc_chat_opts *co) {
+/* apply_chat_template's rendering through the model's template: the variables transformers passes. */
+static char *render_template(loader *L, const conv *prompt, const conv *completion, int agp, const pc_chat_opts *co,
+                             const cJSON *tools, char *err, size_t errlen) {
+  cJSON *vars = cJSON_CreateObject(), *msgs = cJSON_AddArrayToObject(vars, "messages");
+  const conv *parts[2] = {prompt, completion};
+  for (int k = 0; k < 2; k++)
+    for (int i = 0; parts[k] && i < parts[k]->n; i++) {
+      const pc_chat_msg *m = &parts[k]->m[i];
+      cJSON *o;
+      if (m->json) o = cJSON_Duplicate(m->json, 1);            /* the message as given, as TRL passes it */
+      else {
+        o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "role", m->role);
+        cJSON_AddStringToObject(o, "content", m->content);
+        if (m->reasoning) cJSON_AddStringToObject(o, "reasoning_content", m->reasoning);
+      }
+      cJSON_AddItemToArray(msgs, o);
+    }
+  if (tools) cJSON_AddItemToObject(vars, "tools", cJSON_Duplicate(tools, 1));
+  else cJSON_AddNullToObject(vars, "tools");
+  cJSON_AddNullToObject(vars, "documents");
+  cJSON_AddBoolToObject(vars, "add_generation_prompt", agp);
+  const char *names[] = {"bos_token", "eos_token", "pad_token", "unk_token"};
+  const char *vals[] = {L->cfg.bos_token, L->cfg.eos_token, L->cfg.pad_token, L->cfg.unk_token};
+  for (int i = 0; i < 4; i++) if (vals[i]) cJSON_AddStringToObject(vars, names[i], vals[i]);
+  if (co && co->enable_thinking >= 0) cJSON_AddBoolToObject(vars, "enable_thinking", co->enable_thinking);
+  char why[512];
+  char *out = pc_jinja_render(L->tpl, vars, NULL, why, sizeof why);
+  cJSON_Delete(vars);
+  if (!out) fmt(err, errlen, "%s: chat_template %s", L->cfg.path, why);
+  return out;
+}
+
+static char *render(loader *L, const conv *prompt, const conv *completion, int agp, const pc_chat_opts *co,
+                    const cJSON *tools, char *err, size_t errlen) {
+  if (L->tpl) return render_template(L, prompt, completion, agp, co, tools, err, errlen);
+  /* the built-in formats know no tools */
+  const conv *parts[2] = {prompt, completion};
+  int calls = 0;
+  for (int k = 0; k < 2; k++)
+    for (int i = 0; parts[k] && i < parts[k]->n; i++) {
+      const cJSON *tc = parts[k]->m[i].json ? cJSON_GetObjectItemCaseSensitive(parts[k]->m[i].json, "tool_calls") : NULL;
+      calls |= tc && !cJSON_IsNull(tc);
+    }
+  if (tools || calls) {
+    snprintf(err, errlen, "tools and tool_calls need the model's own chat_template (the built-in format '%s' has none)",
+             pc_chat_kind_name(L->fmt.kind));
+    return NULL;
+  }
   int n = prompt->n + (completion ? completion->n : 0);
   if (n > L->scratch_cap) {
     pc_chat_msg *q = realloc(L->scratch, (size_t)n * sizeof *q);
@@ -498,9 +553,14 @@ static int ensure_format(loader *L, char *err, size_t errlen) {
     snprintf(err, errlen, "%s: no chat_template, and the data is conversational; pass --chat-template chatml|qwen3|llama3",
              L->cfg.path);
     return -1;
-  } else if (pc_chat_detect(L->cfg.chat_template, L->cfg.bos_token, &L->fmt, why, sizeof why)) {
-    fmt(err, errlen, "%s: %s; pass --chat-template chatml|qwen3|llama3 to choose one", L->cfg.path, why);
-    return -1;
+  } else {
+    /* The model's own template, run as transformers runs it. A built-in format it is recognised as
+     * only names it in the report. */
+    if (!(L->tpl = pc_jinja_parse(L->cfg.chat_template, why, sizeof why))) {
+      fmt(err, errlen, "%s: chat_template: %s", L->cfg.path, why);
+      return -1;
+    }
+    if (pc_chat_detect(L->cfg.chat_template, L->cfg.bos_token, &L->fmt, why, sizeof why)) L->fmt.kind = PC_CHAT_NONE;
   }
   L->fmt_ready = 1;
   return 0;
@@ -528,10 +588,22 @@ static int tokenize_row(loader *L, row *r, int line, pc_pair *out, pc_dataset *d
     add_special = 1;
   } else {
     if (ensure_format(L, err, errlen)) return -1;
-    texts[0] = render(L, &r->cp, NULL, 1, &r->chat);
-    texts[1] = render(L, &r->cp, &r->cc, 0, &r->chat);
-    texts[2] = render(L, &r->cp, &r->cr, 0, &r->chat);
+    err[0] = 0;
+    texts[0] = render(L, &r->cp, NULL, 1, &r->chat, r->tools, err, errlen);
+    if (texts[0]) texts[1] = render(L, &r->cp, &r->cc, 0, &r->chat, r->tools, err, errlen);
+    if (texts[1]) texts[2] = render(L, &r->cp, &r->cr, 0, &r->chat, r->tools, err, errlen);
     add_special = 0;  /* apply_chat_template tokenizes without them: the template wrote BOS itself */
+    if (err[0]) goto out;
+    /* TRL takes the completion as the tokens after the prompt's. When the template renders the
+     * prompt (with its generation prompt) as text that the joint rendering does not start with, that
+     * split lands in the wrong place: refuse the row rather than train on a shifted mask. */
+    for (int k = 1; k <= 2 && texts[0] && texts[k]; k++)
+      if (strncmp(texts[k], texts[0], strlen(texts[0])) != 0) {
+        snprintf(err, errlen, "the chat template renders the prompt (with add_generation_prompt) as text that does not "
+                 "begin its rendering of prompt + %s: the completion would not start where the prompt ends",
+                 k == 1 ? "chosen" : "rejected");
+        goto out;
+      }
   }
   if (!texts[0] || !texts[1] || !texts[2]) { snprintf(err, errlen, "out of memory"); goto out; }
 
@@ -632,7 +704,9 @@ int pc_data_load(const char *path, const pc_tokenizer *tok, const char *model_di
   free(line);
   if (f != stdin) fclose(f);
   d->conversational = first_kind == ROW_CONV;
-  if (L.fmt_ready) snprintf(d->chat_format, sizeof d->chat_format, "%s", pc_chat_kind_name(L.fmt.kind));
+  if (L.fmt_ready) snprintf(d->chat_format, sizeof d->chat_format, "%s",
+                            L.fmt.kind == PC_CHAT_NONE ? "template" : pc_chat_kind_name(L.fmt.kind));
+  pc_jinja_free(L.tpl);
   free(L.p.v); free(L.pc.v); free(L.scratch);
   pc_chat_format_free(&L.fmt);
   pc_tokcfg_free(&L.cfg);

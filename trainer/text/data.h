@@ -10,9 +10,13 @@
  *  2. Standard rows: the EOS token text is appended to chosen and rejected unless they end with it;
  *     prompt and prompt+chosen / prompt+rejected are each encoded as one string with the tokenizer's
  *     default special tokens (as `tokenizer(text)` does).
- *     Conversational rows: prompt rendered with the chat format and add_generation_prompt, and
- *     prompt+chosen / prompt+rejected rendered without it, each encoded without special tokens (as
- *     apply_chat_template(tokenize=True) does; the template prints BOS itself).
+ *     Conversational rows: prompt rendered with the model's chat_template (run by the Jinja
+ *     interpreter, text/jinja.h, as transformers runs it; or a built-in format named by
+ *     --chat-template) and add_generation_prompt, and prompt+chosen / prompt+rejected rendered without
+ *     it, each encoded without special tokens (as apply_chat_template(tokenize=True) does; the template
+ *     prints BOS itself). A row whose prompt rendering does not begin the joint rendering is refused
+ *     with its line (TRL would train on a shifted mask); so is a row the template raises on. The
+ *     row's "tools" and each message object as written (tool_calls and all) are what the template sees.
  *  3. The completion is the prompt+completion tokens after the first len(prompt tokens); the sequence
  *     is the prompt's own tokens followed by that completion. Where the prompt's tokens are not a prefix
  *     of prompt+completion's, TRL warns and goes on: we count (prefix_mismatch) and go on the same way.
@@ -46,7 +50,8 @@ typedef struct {
   char first_skipped_msg[256]; /* its error message ("FILE:LINE: ...") */
   int first_mismatch_line;  /* 1-based line of the first prefix mismatch, 0 if none */
   int conversational;       /* 1 when the rows were conversational (then chat_format says how rendered) */
-  char chat_format[16];     /* "chatml", "qwen3", "llama3", or "" when no row needed one */
+  char chat_format[16];     /* "chatml", "qwen3", "llama3" (recognised or named), "template" (another
+                               chat_template, interpreted), or "" when no row needed one */
 } pc_dataset;
 
 enum { PC_TRUNC_KEEP_START = 0, PC_TRUNC_KEEP_END = 1 };
@@ -71,7 +76,8 @@ int pc_data_truncation_from_name(const char *name);
 
 /* The special-token texts and chat template of a model directory, read from tokenizer_config.json
  * (entries may be strings or {"content": …} objects), falling back to special_tokens_map.json for the
- * tokens and to chat_template.jinja / chat_template.json for the template, as transformers does.
+ * tokens and to chat_template.json for the template, with chat_template.jinja, when present, taking
+ * priority over both, as transformers does.
  * Absent or null entries are NULL. */
 typedef struct {
   char *eos_token, *bos_token, *pad_token, *unk_token;

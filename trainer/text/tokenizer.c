@@ -1,16 +1,18 @@
-/* trainer/text/tokenizer.c: byte-level BPE from a Hugging Face tokenizer.json, encoding as `tokenizers` does.
+/* trainer/text/tokenizer.c: BPE from a Hugging Face tokenizer.json, encoding as `tokenizers` (Rust) does.
  *
  * The pipeline of HF's TokenizerImpl::encode, step by step:
  *   1. added tokens whose `normalized` is false are cut out of the raw text (leftmost-longest, as the
  *      Rust crate's Aho-Corasick does), honouring single_word / lstrip / rstrip;
- *   2. each remaining section is normalized (NFC through ICU), then the `normalized` added tokens are
- *      cut out of it;
+ *   2. each remaining section goes through the normalizers (Unicode forms through ICU, Prepend,
+ *      Replace, Strip, Lowercase), then the `normalized` added tokens are cut out of it;
  *   3. the pre-tokenizers split each piece (Split with the file's regex through PCRE2 + JIT; ByteLevel's
- *      optional prefix space and GPT-2 regex);
- *   4. each word goes through BPE. We work on raw bytes, not on ByteLevel's printable alphabet: the map
- *      byte <-> char is a bijection, so merging bytes is merging those chars; vocabulary strings are
- *      mapped back to bytes once, at load;
+ *      optional prefix space and GPT-2 regex; Metaspace's ▁; Digits; Punctuation);
+ *   4. each word goes through BPE. Byte-level vocabularies: we work on raw bytes, not on ByteLevel's
+ *      printable alphabet: the map byte <-> char is a bijection, so merging bytes is merging those
+ *      chars; vocabulary strings are mapped back to bytes once, at load. SentencePiece-style ones (no
+ *      ByteLevel step): one symbol per char, <0xNN> byte tokens or unk for chars outside the vocabulary;
  *   5. the post-processor adds template tokens (BOS) when asked.
+ * Decoding runs the decoder steps over the list of token strings, as Rust's decode_chain does.
  * Regexes are written for Oniguruma (the Rust crate's engine); translate_regex() rewrites the few
  * escapes whose meaning differs in PCRE2 (\s, \h, \w, \b and `^`/`$` being line anchors).
  */
@@ -247,7 +249,10 @@ static char *arena_dup(arena_blk **a, const char *s, size_t n) {
 
 // ---- the tokenizer ----------------------------------------------------------------------------------
 
-enum { PRE_SPLIT, PRE_BYTELEVEL };
+enum { PRE_SPLIT, PRE_BYTELEVEL, PRE_METASPACE };
+enum { PREPEND_ALWAYS, PREPEND_FIRST, PREPEND_NEVER };
+enum { NORM_UNICODE, NORM_LOWER, NORM_STRIP, NORM_PREPEND, NORM_REPLACE };
+enum { DEC_BYTELEVEL, DEC_REPLACE, DEC_BYTEFALLBACK, DEC_FUSE, DEC_STRIP, DEC_METASPACE };
 enum { BEH_REMOVED, BEH_ISOLATED, BEH_MERGED_PREV, BEH_MERGED_NEXT, BEH_CONTIGUOUS };
 enum { POST_BYTELEVEL, POST_TEMPLATE };
 
@@ -256,7 +261,27 @@ typedef struct {
   pcre2_code *re;            /* Split: the file's pattern; ByteLevel with use_regex: GPT-2's */
   int behavior, invert;
   int add_prefix_space;
+  char repl[8]; size_t repl_len;   /* Metaspace: the replacement char (UTF-8) */
+  int prepend_scheme;              /* Metaspace: PREPEND_* */
 } pre_step;
+
+/* One normalizer. NORM_UNICODE: nf with `stable_below` (bytes under it are unchanged by the form);
+ * NORM_STRIP: left/right; NORM_PREPEND: a; NORM_REPLACE: pattern a (literal) or re, content b. */
+typedef struct {
+  int kind;
+  const UNormalizer2 *nf; unsigned char stable_below;
+  int left, right;
+  char *a; size_t alen; char *b; size_t blen;
+  pcre2_code *re;
+} norm_step;
+
+/* One decoder. DEC_REPLACE: a -> b; DEC_STRIP: cp removed up to start/stop times; DEC_METASPACE:
+ * cp -> ' ', dropped in the first token when prepend (Rust's decoder, not tokenizers.js's: see decode). */
+typedef struct {
+  int kind;
+  char *a; size_t alen; char *b; size_t blen;
+  uint32_t cp; int start, stop, prepend;
+} dec_step;
 
 typedef struct { int is_seq; int32_t *ids; size_t n; } tmpl_item;   /* a run of special ids, or "$A" */
 typedef struct { int kind; tmpl_item *items; size_t n_items; } post_step;
@@ -267,8 +292,10 @@ typedef struct {
   int single_word, lstrip, rstrip, normalized, special;
 } added_tok;
 
-/* Candidates by first byte, longest first, so the first hit at a position is the longest one. */
-typedef struct { int32_t *idx[256]; size_t n[256]; size_t count; } added_matcher;
+/* Candidates by first byte, longest first, so the first hit at a position is the longest one. With
+ * many candidates for one byte (Gemma's 6,000 "<unusedN>" tokens), each position tries only the
+ * distinct lengths among them, looking the substring up in `map`. */
+typedef struct { int32_t *idx[256]; size_t n[256]; size_t count; uint32_t *lens[256]; size_t nlens[256]; smap map; } added_matcher;
 
 /* Word cache: shards of a small open-addressing table, each behind its own mutex; a full shard is
  * emptied (the cache only ever saves work, so forgetting is harmless). */
@@ -293,13 +320,16 @@ struct pc_tokenizer {
   pmap merges;
   int32_t unk_id;
   int fuse_unk, ignore_merges;
+  int byte_level;               /* vocabulary in ByteLevel's alphabet: BPE over bytes, else over chars */
+  int byte_fallback;            /* chars outside the vocabulary become <0xNN> tokens */
+  int32_t fallback_id[256];     /* ids of <0x00>..<0xFF>, -1 when absent */
   added_tok *added; size_t n_added;
   added_matcher raw_match, norm_match;
-  const UNormalizer2 *nfc;      /* NULL: no normalizer */
+  norm_step *norm; size_t n_norm;  /* the normalizer pipeline (empty: none) */
   pre_step *pre; size_t n_pre;
   uint32_t max_ovec;
   post_step *post; size_t n_post;
-  int decoder;                  /* 0: none (tokens joined by spaces), 1: ByteLevel */
+  dec_step *dec; size_t n_dec;    /* the decoder pipeline (empty: tokens joined by spaces) */
   cache_shard cache[CACHE_SHARDS];
 };
 
@@ -476,7 +506,10 @@ static int load_model(loadctx *L, const cJSON *model, const cJSON *added) {
     if (!cJSON_GetObjectItemCaseSensitive(model, "merges")) LERR("field \"model.type\" is missing");
     type = "BPE";
   }
-  if (strcmp(type, "BPE") != 0) LERR("model type \"%s\" is not supported (only BPE)", type);
+  if (strcmp(type, "BPE") != 0)
+    LERR("model type \"%s\" is not supported: only BPE models (byte-level, or SentencePiece-style with "
+         "byte fallback) can be read; Unigram, WordPiece and WordLevel tokenizers are not used by the causal "
+         "LM families this trainer loads", type);
   const cJSON *dropout = cJSON_GetObjectItemCaseSensitive(model, "dropout");
   if (cJSON_IsNumber(dropout) && dropout->valuedouble != 0.0 && dropout->valuedouble != 1.0)
     LERR("model.dropout %g is not supported (training-time randomness)", dropout->valuedouble);
@@ -484,7 +517,7 @@ static int load_model(loadctx *L, const cJSON *model, const cJSON *added) {
   if (cont && *cont) LERR("model.continuing_subword_prefix \"%s\" is not supported", cont);
   const char *eow = jstr(model, "end_of_word_suffix");
   if (eow && *eow) LERR("model.end_of_word_suffix \"%s\" is not supported", eow);
-  if (jbool(model, "byte_fallback", 0)) LERR("model.byte_fallback is not supported (not a byte-level BPE)");
+  t->byte_fallback = jbool(model, "byte_fallback", 0);
   t->ignore_merges = jbool(model, "ignore_merges", 0);
   t->fuse_unk = jbool(model, "fuse_unk", 0);
 
@@ -513,18 +546,25 @@ static int load_model(loadctx *L, const cJSON *model, const cJSON *added) {
   if (!t->id_str || !t->id_dec || !t->id_dec_len || !t->id_special) LERR("out of memory");
   if (smap_init(&t->vocab_str, nv) || smap_init(&t->vocab_bytes, nv)) LERR("out of memory");
 
-  for (int b = 0; b < 256; b++) t->byte_id[b] = -1;
+  for (int b = 0; b < 256; b++) t->byte_id[b] = t->fallback_id[b] = -1;
   for (const cJSON *e = vocab->child; e; e = e->next) {
     size_t n = strlen(e->string);
     if (set_id_str(L, e->valueint, e->string, n)) return -1;
     const char *k = t->id_str[e->valueint];
     if (smap_put(&t->vocab_str, k, n, e->valueint)) LERR("out of memory");
+    if (!t->byte_level) continue;
     long bl = bl_to_bytes(k, n, (unsigned char *)t->id_dec[e->valueint]);
     if (bl >= 0 && t->id_dec_len[e->valueint] == (uint32_t)bl) {
       if (smap_put(&t->vocab_bytes, (const char *)t->id_dec[e->valueint], (size_t)bl, e->valueint)) LERR("out of memory");
       if (bl == 1) t->byte_id[t->id_dec[e->valueint][0]] = e->valueint;
     }
   }
+  if (t->byte_fallback)
+    for (int b = 0; b < 256; b++) {
+      char name[8];
+      snprintf(name, sizeof name, "<0x%02X>", b);     /* Rust: format!("<{b:#04X}>") */
+      t->fallback_id[b] = smap_get(&t->vocab_str, name, 6);
+    }
   t->unk_id = -1;
   const char *unk = jstr(model, "unk_token");
   if (unk) {
@@ -575,10 +615,23 @@ static int matcher_build(added_matcher *m, const added_tok *A, size_t n, int nor
   }
   for (int c = 0; c < 256; c++)
     if (m->n[c] > 1) qsort_r(m->idx[c], m->n[c], sizeof(int32_t), cmp_added_len_desc, (void *)A);
+  if (smap_init(&m->map, m->count)) return -1;
+  for (int c = 0; c < 256; c++)
+    for (size_t k = m->n[c]; k-- > 0;) {              /* shortest first: on equal contents the first listed wins */
+      const added_tok *a = &A[m->idx[c][k]];
+      if (smap_put(&m->map, a->content, a->len, m->idx[c][k])) return -1;
+      if (m->nlens[c] && m->lens[c][m->nlens[c] - 1] == a->len) continue;
+      uint32_t *nl = realloc(m->lens[c], (m->nlens[c] + 1) * sizeof *nl);
+      if (!nl) return -1;
+      m->lens[c] = nl;
+      nl[m->nlens[c]++] = (uint32_t)a->len;
+    }
+  for (int c = 0; c < 256; c++)                        /* longest first */
+    for (size_t i = 0, j = m->nlens[c]; i + 1 < j; i++, j--) { uint32_t x = m->lens[c][i]; m->lens[c][i] = m->lens[c][j - 1]; m->lens[c][j - 1] = x; }
   return 0;
 }
 
-static int nfc_apply(const UNormalizer2 *nf, const char *s, size_t n, bbuf *out, int *changed);
+static int norm_apply(const pc_tokenizer *t, const char *s, size_t n, bbuf *out);
 
 static int load_added(loadctx *L, const cJSON *added) {
   pc_tokenizer *t = L->t;
@@ -604,17 +657,44 @@ static int load_added(loadctx *L, const cJSON *added) {
     if (smap_put(&t->added_str, t->id_str[k->id], cl, k->id)) LERR("out of memory");
     t->id_special[k->id] = (unsigned char)k->special;
     k->content = t->id_str[k->id]; k->len = cl;
-    if (k->normalized && t->nfc) {               /* matched against normalized text: normalize it too */
-      bbuf nb = {0}; int ch;
-      if (nfc_apply(t->nfc, content, cl, &nb, &ch)) { free(nb.p); LERR("added_tokens[%zu]: normalization failed", i); }
-      if (ch) { k->content = arena_dup(&t->arena, nb.p, nb.n); k->len = nb.n; }
+    if (k->normalized && t->n_norm) {            /* matched against normalized text: normalize it too */
+      bbuf nb = {0};
+      if (norm_apply(t, content, cl, &nb)) { free(nb.p); LERR("added_tokens[%zu]: normalization failed", i); }
+      if (nb.n != cl || memcmp(nb.p, content, cl) != 0) { k->content = arena_dup(&t->arena, nb.p ? nb.p : "", nb.n); k->len = nb.n; }
       free(nb.p);
       if (!k->content) LERR("out of memory");
     }
-    if (!t->nfc) k->normalized = 0;             /* no normalizer: both passes see the same text */
+    if (!t->n_norm) k->normalized = 0;          /* no normalizer: both passes see the same text */
   }
   if (matcher_build(&t->raw_match, t->added, t->n_added, 0) ||
       matcher_build(&t->norm_match, t->added, t->n_added, 1)) LERR("out of memory");
+  return 0;
+}
+
+static int add_norm(loadctx *L, norm_step n) {
+  pc_tokenizer *t = L->t;
+  norm_step *np = realloc(t->norm, (t->n_norm + 1) * sizeof *np);
+  if (!np) { if (n.re) pcre2_code_free(n.re); LERR("out of memory"); }
+  t->norm = np;
+  t->norm[t->n_norm++] = n;
+  return 0;
+}
+
+static pcre2_code *compile_regex(const char *onig, int literal, char *err, size_t errlen);
+
+/* A {"String": s} or {"Regex": r} pattern of Replace: the literal in *lit (arena), or a compiled regex. */
+static int load_pattern(loadctx *L, const cJSON *pat, const char *where, char **lit, size_t *litlen, pcre2_code **re) {
+  const char *rx = jstr(pat, "Regex"), *str = jstr(pat, "String");
+  *lit = NULL; *litlen = 0; *re = NULL;
+  if (str) {
+    if (!*str) LERR("%s.pattern.String is empty", where);
+    if (!(*lit = arena_dup(&L->t->arena, str, strlen(str)))) LERR("out of memory");
+    *litlen = strlen(str);
+    return 0;
+  }
+  if (!rx) LERR("%s.pattern needs a \"Regex\" or a \"String\"", where);
+  char e2[300];
+  if (!(*re = compile_regex(rx, 0, e2, sizeof e2))) LERR("%s.pattern: %s", where, e2);
   return 0;
 }
 
@@ -622,11 +702,38 @@ static int load_normalizer(loadctx *L, const cJSON *nz, const char *where) {
   if (!nz || cJSON_IsNull(nz)) return 0;
   const char *type = jstr(nz, "type");
   if (!type) LERR("%s.type is missing", where);
-  if (strcmp(type, "NFC") == 0) {
+  norm_step n = {0};
+  if (!strcmp(type, "NFC") || !strcmp(type, "NFKC") || !strcmp(type, "NFD") || !strcmp(type, "NFKD")) {
     UErrorCode ue = U_ZERO_ERROR;
-    L->t->nfc = unorm2_getNFCInstance(&ue);
-    if (U_FAILURE(ue)) LERR("%s: ICU NFC normalizer unavailable (%s)", where, u_errorName(ue));
-    return 0;
+    n.kind = NORM_UNICODE;
+    /* Below U+0300 nothing composes or decomposes canonically; the compatibility forms change
+     * Latin-1 (NBSP, superscripts, fractions), so only ASCII is skipped for them. */
+    n.stable_below = type[2] == 'K' ? 0x80 : 0xCC;
+    n.nf = !strcmp(type, "NFC") ? unorm2_getNFCInstance(&ue) : !strcmp(type, "NFKC") ? unorm2_getNFKCInstance(&ue)
+         : !strcmp(type, "NFD") ? unorm2_getNFDInstance(&ue) : unorm2_getNFKDInstance(&ue);
+    if (U_FAILURE(ue)) LERR("%s: ICU %s normalizer unavailable (%s)", where, type, u_errorName(ue));
+    return add_norm(L, n);
+  }
+  if (strcmp(type, "Lowercase") == 0) { n.kind = NORM_LOWER; return add_norm(L, n); }
+  if (strcmp(type, "Strip") == 0) {
+    n.kind = NORM_STRIP;
+    n.left = jbool(nz, "strip_left", 1); n.right = jbool(nz, "strip_right", 1);
+    return add_norm(L, n);
+  }
+  if (strcmp(type, "Prepend") == 0) {
+    const char *pre = jstr(nz, "prepend");
+    if (!pre) LERR("%s.prepend is missing or not a string", where);
+    n.kind = NORM_PREPEND; n.alen = strlen(pre);
+    if (!(n.a = arena_dup(&L->t->arena, pre, n.alen))) LERR("out of memory");
+    return add_norm(L, n);
+  }
+  if (strcmp(type, "Replace") == 0) {
+    const char *content = jstr(nz, "content");
+    if (!content) LERR("%s.content is missing or not a string", where);
+    n.kind = NORM_REPLACE; n.blen = strlen(content);
+    if (!(n.b = arena_dup(&L->t->arena, content, n.blen))) LERR("out of memory");
+    if (load_pattern(L, cJSON_GetObjectItemCaseSensitive(nz, "pattern"), where, &n.a, &n.alen, &n.re)) return -1;
+    return add_norm(L, n);
   }
   if (strcmp(type, "Sequence") == 0) {
     const cJSON *list = cJSON_GetObjectItemCaseSensitive(nz, "normalizers");
@@ -639,7 +746,8 @@ static int load_normalizer(loadctx *L, const cJSON *nz, const char *where) {
     }
     return 0;
   }
-  LERR("%s: normalizer type \"%s\" is not supported (supported: NFC, Sequence)", where, type);
+  LERR("%s: normalizer type \"%s\" is not supported (supported: NFC, NFKC, NFD, NFKD, Lowercase, Strip, "
+       "Prepend, Replace, Sequence)", where, type);
 }
 
 static int add_pre(loadctx *L, pre_step s) {
@@ -654,6 +762,13 @@ static int add_pre(loadctx *L, pre_step s) {
     if (cap + 1 > t->max_ovec) t->max_ovec = cap + 1;
   }
   return 0;
+}
+
+static int parse_behavior(const char *beh, int *out) {
+  static const char *names[] = {"Removed", "Isolated", "MergedWithPrevious", "MergedWithNext", "Contiguous"};
+  static const int vals[] = {BEH_REMOVED, BEH_ISOLATED, BEH_MERGED_PREV, BEH_MERGED_NEXT, BEH_CONTIGUOUS};
+  for (int i = 0; i < 5; i++) if (strcmp(beh, names[i]) == 0) { *out = vals[i]; return 0; }
+  return -1;
 }
 
 static int load_pre(loadctx *L, const cJSON *p, const char *where) {
@@ -676,7 +791,7 @@ static int load_pre(loadctx *L, const cJSON *p, const char *where) {
     return 0;
   }
   if (strcmp(type, "ByteLevel") == 0) {
-    pre_step s = {PRE_BYTELEVEL, NULL, BEH_ISOLATED, 0, jbool(p, "add_prefix_space", 1)};
+    pre_step s = {PRE_BYTELEVEL, NULL, BEH_ISOLATED, 0, jbool(p, "add_prefix_space", 1), {0}, 0, 0};
     if (jbool(p, "use_regex", 1)) {
       s.re = compile_regex(GPT2_REGEX, 0, e2, sizeof e2);
       if (!s.re) LERR("%s: %s", where, e2);
@@ -688,19 +803,55 @@ static int load_pre(loadctx *L, const cJSON *p, const char *where) {
     const char *rx = jstr(pat, "Regex"), *lit = jstr(pat, "String");
     if (!rx && !lit) LERR("%s.pattern needs a \"Regex\" or a \"String\"", where);
     const char *beh = jstr(p, "behavior");
-    pre_step s = {PRE_SPLIT, NULL, BEH_ISOLATED, jbool(p, "invert", 0), 0};
+    pre_step s = {PRE_SPLIT, NULL, BEH_ISOLATED, jbool(p, "invert", 0), 0, {0}, 0, 0};
     if (!beh) LERR("%s.behavior is missing", where);
-    if (strcmp(beh, "Removed") == 0) s.behavior = BEH_REMOVED;
-    else if (strcmp(beh, "Isolated") == 0) s.behavior = BEH_ISOLATED;
-    else if (strcmp(beh, "MergedWithPrevious") == 0) s.behavior = BEH_MERGED_PREV;
-    else if (strcmp(beh, "MergedWithNext") == 0) s.behavior = BEH_MERGED_NEXT;
-    else if (strcmp(beh, "Contiguous") == 0) s.behavior = BEH_CONTIGUOUS;
-    else LERR("%s.behavior \"%s\" is not supported", where, beh);
+    if (parse_behavior(beh, &s.behavior)) LERR("%s.behavior \"%s\" is not supported", where, beh);
     s.re = compile_regex(rx ? rx : lit, rx == NULL, e2, sizeof e2);
     if (!s.re) LERR("%s.pattern: %s", where, e2);
     return add_pre(L, s);
   }
-  LERR("%s: pre-tokenizer type \"%s\" is not supported (supported: ByteLevel, Split, Sequence)", where, type);
+  if (strcmp(type, "Metaspace") == 0) {
+    const char *rep = jstr(p, "replacement");
+    pre_step s = {PRE_METASPACE, NULL, BEH_MERGED_NEXT, 0, 0, {0}, 0, PREPEND_ALWAYS};
+    if (!rep) rep = "\xe2\x96\x81";                       /* U+2581, the default */
+    size_t rl = strlen(rep);
+    if (rl == 0 || rl > 4 || utf8_check((const unsigned char *)rep, rl) != rl || utf8_len((unsigned char)rep[0]) != rl)
+      LERR("%s.replacement must be one character", where);
+    memcpy(s.repl, rep, rl); s.repl_len = rl;
+    const char *scheme = jstr(p, "prepend_scheme");
+    int aps = jbool(p, "add_prefix_space", -1);
+    if (scheme) {
+      if (!strcmp(scheme, "always")) s.prepend_scheme = PREPEND_ALWAYS;
+      else if (!strcmp(scheme, "first")) s.prepend_scheme = PREPEND_FIRST;
+      else if (!strcmp(scheme, "never")) s.prepend_scheme = PREPEND_NEVER;
+      else LERR("%s.prepend_scheme \"%s\" is not one of always, first, never", where, scheme);
+    }
+    if (aps == 0) {                                         /* the legacy field, as Rust reads it */
+      if (scheme && s.prepend_scheme != PREPEND_NEVER) LERR("%s: add_prefix_space false contradicts prepend_scheme \"%s\"", where, scheme);
+      s.prepend_scheme = PREPEND_NEVER;
+    }
+    if (jbool(p, "split", 1)) {
+      s.re = compile_regex(s.repl, 1, e2, sizeof e2);
+      if (!s.re) LERR("%s: %s", where, e2);
+    }
+    return add_pre(L, s);
+  }
+  if (strcmp(type, "Digits") == 0) {
+    /* Rust: split on char::is_numeric (Nd, Nl, No), runs kept together unless individual_digits */
+    pre_step s = {PRE_SPLIT, NULL, jbool(p, "individual_digits", 0) ? BEH_ISOLATED : BEH_CONTIGUOUS, 0, 0, {0}, 0, 0};
+    if (!(s.re = compile_regex("\\p{N}", 0, e2, sizeof e2))) LERR("%s: %s", where, e2);
+    return add_pre(L, s);
+  }
+  if (strcmp(type, "Punctuation") == 0) {
+    /* Rust: split on char::is_ascii_punctuation or a Unicode P* category, behavior default Isolated */
+    pre_step s = {PRE_SPLIT, NULL, BEH_ISOLATED, 0, 0, {0}, 0, 0};
+    const char *beh = jstr(p, "behavior");
+    if (beh && parse_behavior(beh, &s.behavior)) LERR("%s.behavior \"%s\" is not supported", where, beh);
+    if (!(s.re = compile_regex("[\\p{P}!-/:-@\\[-`{-~]", 0, e2, sizeof e2))) LERR("%s: %s", where, e2);
+    return add_pre(L, s);
+  }
+  LERR("%s: pre-tokenizer type \"%s\" is not supported (supported: ByteLevel, Split, Metaspace, Digits, "
+       "Punctuation, Sequence)", where, type);
 }
 
 static int load_post(loadctx *L, const cJSON *p, const char *where) {
@@ -763,11 +914,56 @@ static int load_post(loadctx *L, const cJSON *p, const char *where) {
   return 0;
 }
 
+static int add_dec(loadctx *L, dec_step d) {
+  pc_tokenizer *t = L->t;
+  dec_step *nd = realloc(t->dec, (t->n_dec + 1) * sizeof *nd);
+  if (!nd) LERR("out of memory");
+  t->dec = nd;
+  t->dec[t->n_dec++] = d;
+  return 0;
+}
+
+/* A one-character field (Strip's content, Metaspace's replacement) as a code point. */
+static int one_char(const char *s, uint32_t *cp) {
+  size_t n = s ? strlen(s) : 0, l;
+  if (n == 0 || utf8_check((const unsigned char *)s, n) != n) return -1;
+  *cp = utf8_decode((const unsigned char *)s, &l);
+  return l == n ? 0 : -1;
+}
+
 static int load_decoder(loadctx *L, const cJSON *d, const char *where) {
   if (!d || cJSON_IsNull(d)) return 0;
   const char *type = jstr(d, "type");
   if (!type) LERR("%s.type is missing", where);
-  if (strcmp(type, "ByteLevel") == 0) { L->t->decoder = 1; return 0; }
+  dec_step s = {0};
+  if (strcmp(type, "ByteLevel") == 0) { s.kind = DEC_BYTELEVEL; return add_dec(L, s); }
+  if (strcmp(type, "ByteFallback") == 0) { s.kind = DEC_BYTEFALLBACK; return add_dec(L, s); }
+  if (strcmp(type, "Fuse") == 0) { s.kind = DEC_FUSE; return add_dec(L, s); }
+  if (strcmp(type, "Replace") == 0) {
+    const cJSON *pat = cJSON_GetObjectItemCaseSensitive(d, "pattern");
+    const char *str = jstr(pat, "String"), *content = jstr(d, "content");
+    if (!str || !*str) LERR("%s.pattern: only a non-empty {\"String\": ...} pattern is supported in a decoder", where);
+    if (!content) LERR("%s.content is missing or not a string", where);
+    s.kind = DEC_REPLACE; s.alen = strlen(str); s.blen = strlen(content);
+    if (!(s.a = arena_dup(&L->t->arena, str, s.alen)) || !(s.b = arena_dup(&L->t->arena, content, s.blen))) LERR("out of memory");
+    return add_dec(L, s);
+  }
+  if (strcmp(type, "Strip") == 0) {
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(d, "start"), *sp = cJSON_GetObjectItemCaseSensitive(d, "stop");
+    s.kind = DEC_STRIP;
+    if (one_char(jstr(d, "content"), &s.cp)) LERR("%s.content must be one character", where);
+    if (!cJSON_IsNumber(st) || !cJSON_IsNumber(sp) || st->valueint < 0 || sp->valueint < 0)
+      LERR("%s.start and .stop must be counts", where);
+    s.start = st->valueint; s.stop = sp->valueint;
+    return add_dec(L, s);
+  }
+  if (strcmp(type, "Metaspace") == 0) {
+    const char *rep = jstr(d, "replacement"), *scheme = jstr(d, "prepend_scheme");
+    s.kind = DEC_METASPACE;
+    if (one_char(rep ? rep : "\xe2\x96\x81", &s.cp)) LERR("%s.replacement must be one character", where);
+    s.prepend = scheme ? strcmp(scheme, "never") != 0 : jbool(d, "add_prefix_space", 1);
+    return add_dec(L, s);
+  }
   if (strcmp(type, "Sequence") == 0) {
     const cJSON *list = cJSON_GetObjectItemCaseSensitive(d, "decoders");
     if (!cJSON_IsArray(list)) LERR("%s.decoders is missing or not an array", where);
@@ -779,7 +975,8 @@ static int load_decoder(loadctx *L, const cJSON *d, const char *where) {
     }
     return 0;
   }
-  LERR("%s: decoder type \"%s\" is not supported (supported: ByteLevel, Sequence)", where, type);
+  LERR("%s: decoder type \"%s\" is not supported (supported: ByteLevel, Replace, ByteFallback, Fuse, Strip, "
+       "Metaspace, Sequence)", where, type);
 }
 
 static char *read_file(const char *path, size_t *n, char *err, size_t errlen) {
@@ -796,6 +993,60 @@ static char *read_file(const char *path, size_t *n, char *err, size_t errlen) {
   if (bbuf_add(&b, "", 1)) { free(b.p); pc_seterr(err, errlen, "%s: out of memory", path); return NULL; }
   *n = b.n - 1;
   return b.p;
+}
+
+/* transformers' Llama/Gemma fast tokenizers rebuild the post-processor from tokenizer_config.json's
+ * add_bos_token / add_eos_token (update_post_processor). Where tokenizer.json itself has no template
+ * (DeepSeek V3 ships a ByteLevel post-processor and add_bos_token true), we add the same template;
+ * a template in tokenizer.json is kept as it is. A missing config file is not an error. */
+static int load_config_template(loadctx *L) {
+  pc_tokenizer *t = L->t;
+  for (size_t i = 0; i < t->n_post; i++) if (t->post[i].kind == POST_TEMPLATE) return 0;
+  const char *slash = strrchr(L->path, '/');
+  size_t dl = slash ? (size_t)(slash - L->path + 1) : 0;
+  char *cpath = malloc(dl + 32);
+  if (!cpath) LERR("out of memory");
+  memcpy(cpath, L->path, dl);
+  strcpy(cpath + dl, "tokenizer_config.json");
+  size_t n;
+  char e2[300];
+  FILE *f = fopen(cpath, "rb");
+  if (!f) { free(cpath); return 0; }
+  fclose(f);
+  char *text = read_file(cpath, &n, e2, sizeof e2);
+  cJSON *root = text ? cJSON_ParseWithLength(text, n) : NULL;
+  free(text);
+  int rc = 0;
+  if (!root) { pc_seterr(L->err, L->errlen, "%s: not valid JSON", cpath); free(cpath); return -1; }
+  int add[2] = {jbool(root, "add_bos_token", 0), jbool(root, "add_eos_token", 0)};
+  const char *names[2] = {"bos_token", "eos_token"};
+  post_step ps = {POST_TEMPLATE, calloc(3, sizeof(tmpl_item)), 0};
+  if (!ps.items) rc = -1;
+  for (int k = 0; k < 2 && !rc; k++) {
+    if (k == 1) ps.items[ps.n_items++].is_seq = 1;                 /* $A between BOS and EOS */
+    if (!add[k]) continue;
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, names[k]);
+    const char *content = cJSON_IsString(v) ? v->valuestring : jstr(v, "content");
+    int32_t id = content ? pc_tok_token_to_id(t, content) : -1;
+    if (id < 0) {
+      pc_seterr(L->err, L->errlen, "%s: add_%s is true but %s %s%s%s is not a token of %s", cpath, names[k], names[k],
+                content ? "\"" : "", content ? content : "is missing", content ? "\"" : "", L->path);
+      rc = -1; break;
+    }
+    tmpl_item *ti = &ps.items[ps.n_items++];
+    ti->n = 1;
+    if (!(ti->ids = (int32_t *)arena_alloc(&t->arena, sizeof(int32_t)))) { rc = -1; break; }
+    ti->ids[0] = id;
+  }
+  cJSON_Delete(root);
+  free(cpath);
+  if (!rc && (add[0] || add[1])) {
+    post_step *np = realloc(t->post, (t->n_post + 1) * sizeof *np);
+    if (!np) rc = -1; else { t->post = np; t->post[t->n_post++] = ps; ps.items = NULL; }
+  }
+  free(ps.items);
+  if (rc && L->err && !L->err[0]) pc_seterr(L->err, L->errlen, "%s: out of memory", L->path);
+  return rc;
 }
 
 pc_tokenizer *pc_tok_load(const char *path, char *err, size_t errlen) {
@@ -824,14 +1075,15 @@ pc_tokenizer *pc_tok_load(const char *path, char *err, size_t errlen) {
     if (!cJSON_IsObject(root)) { pc_seterr(err, errlen, "%s: not a JSON object", path); break; }
     const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens");
     if (load_normalizer(L, cJSON_GetObjectItemCaseSensitive(root, "normalizer"), "normalizer")) break;
+    if (load_pre(L, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), "pre_tokenizer")) break;
+    /* a ByteLevel pre-tokenizer means the vocabulary is written in its byte alphabet */
+    for (size_t i = 0; i < t->n_pre; i++) t->byte_level |= t->pre[i].kind == PRE_BYTELEVEL;
     if (load_model(L, cJSON_GetObjectItemCaseSensitive(root, "model"), added)) break;
     if (load_added(L, added)) break;
-    if (load_pre(L, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), "pre_tokenizer")) break;
-    int has_bl = 0;
-    for (size_t i = 0; i < t->n_pre; i++) has_bl |= t->pre[i].kind == PRE_BYTELEVEL;
-    if (!has_bl) { pc_seterr(err, errlen, "%s: pre_tokenizer has no ByteLevel step: only byte-level BPE is supported", path); break; }
     if (load_post(L, cJSON_GetObjectItemCaseSensitive(root, "post_processor"), "post_processor")) break;
     if (load_decoder(L, cJSON_GetObjectItemCaseSensitive(root, "decoder"), "decoder")) break;
+    if (err && errlen) err[0] = 0;
+    if (load_config_template(L)) break;
     const cJSON *trunc = cJSON_GetObjectItemCaseSensitive(root, "truncation");
     const cJSON *pad = cJSON_GetObjectItemCaseSensitive(root, "padding");
     if (trunc && !cJSON_IsNull(trunc)) { pc_seterr(err, errlen, "%s: \"truncation\" is set; not supported (the trainer truncates itself)", path); break; }
@@ -847,9 +1099,15 @@ void pc_tok_free(pc_tokenizer *t) {
   if (!t) return;
   for (size_t i = 0; i < t->n_pre; i++) if (t->pre[i].re) pcre2_code_free(t->pre[i].re);
   free(t->pre);
+  for (size_t i = 0; i < t->n_norm; i++) if (t->norm[i].re) pcre2_code_free(t->norm[i].re);
+  free(t->norm);
+  free(t->dec);
   for (size_t i = 0; i < t->n_post; i++) free(t->post[i].items);
   free(t->post);
-  for (int c = 0; c < 256; c++) { free(t->raw_match.idx[c]); free(t->norm_match.idx[c]); }
+  for (int c = 0; c < 256; c++) {
+    free(t->raw_match.idx[c]); free(t->norm_match.idx[c]); free(t->raw_match.lens[c]); free(t->norm_match.lens[c]);
+  }
+  free(t->raw_match.map.e); free(t->norm_match.map.e);
   for (int i = 0; i < CACHE_SHARDS; i++) {
     if (t->cache[i].e) for (size_t k = 0; k < CACHE_SLOTS; k++) free(t->cache[i].e[k].blob);
     free(t->cache[i].e);
@@ -863,19 +1121,18 @@ void pc_tok_free(pc_tokenizer *t) {
   free(t);
 }
 
-// ---- NFC ---------------------------------------------------------------------------------------------
+// ---- normalizers -------------------------------------------------------------------------------------
 
-/* Normalizes s into out. Code points below U+0300 are all NFC-stable, so text whose bytes are all
- * below 0xCC (the lead byte of U+0300) is copied without asking ICU. */
-static int nfc_apply(const UNormalizer2 *nf, const char *s, size_t n, bbuf *out, int *changed) {
-  *changed = 0;
+/* Unicode normalization of s into out (out->n reset). Text whose bytes are all below `stable_below` is
+ * copied without asking ICU. */
+static int unicode_apply(const UNormalizer2 *nf, unsigned char stable_below, const char *s, size_t n, bbuf *out) {
   out->n = 0;
   size_t i = 0;
-  while (i < n && (unsigned char)s[i] < 0xCC) i++;
+  while (i < n && (unsigned char)s[i] < stable_below) i++;
   if (i == n) return bbuf_add(out, s, n);
   UErrorCode ue = U_ZERO_ERROR;
   int32_t ulen = 0;
-  if (n > INT32_MAX / 2) return -1;
+  if (n > INT32_MAX / 4) return -1;
   UChar *u = malloc((n + 1) * sizeof(UChar));
   if (!u) return -1;
   u_strFromUTF8(u, (int32_t)n + 1, &ulen, s, (int32_t)n, &ue);
@@ -883,10 +1140,16 @@ static int nfc_apply(const UNormalizer2 *nf, const char *s, size_t n, bbuf *out,
   int32_t span = unorm2_spanQuickCheckYes(nf, u, ulen, &ue);
   if (U_FAILURE(ue)) { free(u); return -1; }
   if (span == ulen) { free(u); return bbuf_add(out, s, n); }
+  /* NFKC/NFKD can expand a code point up to 18 times (U+FDFA); ask ICU for the size when short */
   int32_t cap = ulen * 3 + 16, nl;
   UChar *v = malloc((size_t)cap * sizeof(UChar));
   if (!v) { free(u); return -1; }
   nl = unorm2_normalize(nf, u, ulen, v, cap, &ue);
+  if (ue == U_BUFFER_OVERFLOW_ERROR) {
+    ue = U_ZERO_ERROR; free(v); cap = nl + 1;
+    if (!(v = malloc((size_t)cap * sizeof(UChar)))) { free(u); return -1; }
+    nl = unorm2_normalize(nf, u, ulen, v, cap, &ue);
+  }
   free(u);
   if (U_FAILURE(ue)) { free(v); return -1; }
   int32_t blen = 0;
@@ -898,8 +1161,99 @@ static int nfc_apply(const UNormalizer2 *nf, const char *s, size_t n, bbuf *out,
   free(v);
   if (U_FAILURE(ue)) return -1;
   out->n = (size_t)blen;
-  *changed = out->n != n || memcmp(out->p, s, n) != 0;
   return 0;
+}
+
+/* Rust's NormalizedString::lowercase maps each char on its own (char::to_lowercase, the full mapping,
+ * no final-sigma context); ICU on a one-char string gives exactly that. */
+static int lower_apply(const char *s, size_t n, bbuf *out) {
+  out->n = 0;
+  for (size_t i = 0; i < n;) {
+    unsigned char c = (unsigned char)s[i];
+    if (c < 0x80) { char l = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c); if (bbuf_add(out, &l, 1)) return -1; i++; continue; }
+    size_t l;
+    UChar32 cp = (UChar32)utf8_decode((const unsigned char *)s + i, &l);
+    UChar src[2], dst[8]; int32_t sl = 0, dl; UBool bad = 0;
+    U16_APPEND(src, sl, 2, cp, bad);
+    UErrorCode ue = U_ZERO_ERROR;
+    dl = u_strToLower(dst, 8, src, sl, "", &ue);
+    if (U_FAILURE(ue) || bad) return -1;
+    char u8[32]; int32_t bl = 0;
+    u_strToUTF8(u8, sizeof u8, &bl, dst, dl, &ue);
+    if (U_FAILURE(ue) || bbuf_add(out, u8, (size_t)bl)) return -1;
+    i += l;
+  }
+  return 0;
+}
+
+static int is_space_cp(uint32_t c);
+
+static int replace_apply(const norm_step *ns, const char *s, size_t n, bbuf *out) {
+  out->n = 0;
+  if (!ns->re) {
+    size_t i = 0;
+    while (i < n) {
+      const char *hit = ns->alen <= n - i ? memmem(s + i, n - i, ns->a, ns->alen) : NULL;
+      if (!hit) break;
+      size_t at = (size_t)(hit - s);
+      if (bbuf_add(out, s + i, at - i) || bbuf_add(out, ns->b, ns->blen)) return -1;
+      i = at + ns->alen;
+    }
+    return bbuf_add(out, s + i, n - i);
+  }
+  pcre2_match_data *md = pcre2_match_data_create_from_pattern(ns->re, NULL);
+  if (!md) return -1;
+  size_t pos = 0, prev = 0;
+  int rc = 0;
+  while (pos <= n) {
+    int m = pcre2_match(ns->re, (PCRE2_SPTR)s, n, pos, PCRE2_NO_UTF_CHECK, md, NULL);
+    if (m == PCRE2_ERROR_NOMATCH) break;
+    if (m < 0) { rc = -1; break; }
+    PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+    if (bbuf_add(out, s + prev, ov[0] - prev) || bbuf_add(out, ns->b, ns->blen)) { rc = -1; break; }
+    prev = ov[1];
+    if (ov[1] == ov[0]) { if (ov[0] >= n) break; pos = ov[0] + utf8_len((unsigned char)s[ov[0]]); }
+    else pos = ov[1];
+  }
+  pcre2_match_data_free(md);
+  if (!rc && prev < n) rc = bbuf_add(out, s + prev, n - prev);
+  return rc;
+}
+
+/* Runs the normalizer pipeline over s[0..n) into out (out->n reset). */
+static int norm_apply(const pc_tokenizer *t, const char *s, size_t n, bbuf *out) {
+  bbuf tmp = {0};
+  out->n = 0;
+  if (bbuf_add(out, s, n)) return -1;
+  int rc = 0;
+  for (size_t k = 0; k < t->n_norm && !rc; k++) {
+    const norm_step *ns = &t->norm[k];
+    tmp.n = 0;
+    switch (ns->kind) {
+      case NORM_UNICODE: rc = unicode_apply(ns->nf, ns->stable_below, out->p, out->n, &tmp); break;
+      case NORM_LOWER: rc = lower_apply(out->p, out->n, &tmp); break;
+      case NORM_STRIP: {
+        size_t b = 0, e = out->n, l;
+        while (ns->left && b < e && is_space_cp(utf8_decode((const unsigned char *)out->p + b, &l))) b += l;
+        while (ns->right && e > b) {
+          size_t p = e - 1;
+          while (p > b && ((unsigned char)out->p[p] & 0xC0) == 0x80) p--;
+          if (!is_space_cp(utf8_decode((const unsigned char *)out->p + p, &l))) break;
+          e = p;
+        }
+        rc = bbuf_add(&tmp, out->p + b, e - b);
+        break;
+      }
+      case NORM_PREPEND:               /* Rust: only a non-empty string gets the prefix */
+        if (out->n) rc = bbuf_add(&tmp, ns->a, ns->alen);
+        if (!rc) rc = bbuf_add(&tmp, out->p, out->n);
+        break;
+      case NORM_REPLACE: rc = replace_apply(ns, out->p, out->n, &tmp); break;
+    }
+    bbuf x = *out; *out = tmp; tmp = x;
+  }
+  free(tmp.p);
+  return rc;
 }
 
 // ---- BPE ----------------------------------------------------------------------------------------------
@@ -935,7 +1289,7 @@ static heap_ent heap_pop(heap_ent *h, size_t *n) {
  * the leftmost on ties: Word::merge_all in the Rust crate, with the same stale-entry checks. O(n log n). */
 static int bpe_word(const pc_tokenizer *t, const unsigned char *w, size_t n, ivec *out) {
   if (t->ignore_merges) {
-    int32_t id = smap_get(&t->vocab_bytes, w, n);
+    int32_t id = smap_get(t->byte_level ? &t->vocab_bytes : &t->vocab_str, w, n);
     if (id >= 0) return ivec_push(out, id);
   }
   /* Heap bound: n - 1 initial pairs, and each of the at most n - 1 merges pops one entry and pushes
@@ -952,15 +1306,46 @@ static int bpe_word(const pc_tokenizer *t, const unsigned char *w, size_t n, ive
   /* symbols: one per byte; a byte missing from the vocabulary becomes unk (fused if asked) or is dropped,
    * as Rust's merge_word does */
   size_t ns = 0;
-  for (size_t i = 0; i < n; i++) {
-    int32_t id = t->byte_id[w[i]];
-    if (id < 0) {
-      if (t->unk_id < 0) continue;
-      if (t->fuse_unk && ns > 0 && sid[ns - 1] == t->unk_id) continue;
-      id = t->unk_id;
+#define PUSH_SYM(x) do { sid[ns] = (x); prev[ns] = (int32_t)ns - 1; next[ns] = (int32_t)ns + 1; ns++; } while (0)
+  if (t->byte_level) {
+    for (size_t i = 0; i < n; i++) {
+      int32_t id = t->byte_id[w[i]];
+      if (id < 0) {
+        if (t->unk_id < 0) continue;
+        if (t->fuse_unk && ns > 0 && sid[ns - 1] == t->unk_id) continue;
+        id = t->unk_id;
+      }
+      PUSH_SYM(id);
     }
-    sid[ns] = id; prev[ns] = (int32_t)ns - 1; next[ns] = (int32_t)ns + 1; ns++;
+  } else {
+    /* one symbol per char (Rust's merge_word): a char outside the vocabulary becomes its <0xNN> byte
+     * tokens when all exist, else unk; a pending unk is only written out before the next known char
+     * or at the end, so (as in Rust) byte tokens that follow it come first */
+    int pending_unk = 0;
+    for (size_t i = 0; i < n;) {
+      size_t l = utf8_len(w[i]);
+      if (l > n - i) l = n - i;
+      int32_t id = smap_get(&t->vocab_str, w + i, l);
+      if (id >= 0) {
+        if (pending_unk) { PUSH_SYM(t->unk_id); pending_unk = 0; }
+        PUSH_SYM(id);
+      } else {
+        int fell_back = 0;
+        if (t->byte_fallback) {
+          fell_back = 1;
+          for (size_t k = 0; k < l; k++) if (t->fallback_id[w[i + k]] < 0) fell_back = 0;
+          if (fell_back) for (size_t k = 0; k < l; k++) PUSH_SYM(t->fallback_id[w[i + k]]);
+        }
+        if (!fell_back && t->unk_id >= 0) {
+          if (pending_unk && !t->fuse_unk) PUSH_SYM(t->unk_id);
+          pending_unk = 1;
+        }
+      }
+      i += l;
+    }
+    if (pending_unk) PUSH_SYM(t->unk_id);
   }
+#undef PUSH_SYM
   if (ns) next[ns - 1] = -1;
   size_t hn = 0;
   for (size_t i = 0; i + 1 < ns; i++) {
@@ -1114,6 +1499,7 @@ typedef struct {
   bbuf buf;          /* the pieces' bytes */
   spanvec pa, pb;    /* pieces before / after a pre-tokenizer step */
   segvec sg, sg2;
+  int first_raw, first_norm;   /* the section being encoded starts the text / its normalized section */
   ivec *out;
   char *err; size_t errlen;
 } encstate;
@@ -1200,6 +1586,25 @@ static int encode_plain(encstate *st, const char *text, size_t n) {
     st->pb.n = 0;
     for (size_t i = 0; i < st->pa.n; i++) {
       span p = st->pa.v[i];
+      if (ps->kind == PRE_METASPACE) {
+        /* spaces become the replacement; the replacement is prepended (always, or only to the piece
+         * that starts the original text: Rust's offsets_original().0 == 0) unless already there */
+        int first = st->first_raw && st->first_norm && p.off == 0;
+        if (bbuf_reserve(&st->buf, p.len * ps->repl_len + ps->repl_len)) return -1;
+        const char *src = st->buf.p + p.off;
+        char *dst = st->buf.p + st->buf.n;
+        size_t o = 0;
+        int starts = src[0] == ' ' || (p.len >= ps->repl_len && memcmp(src, ps->repl, ps->repl_len) == 0);
+        if (!starts && (ps->prepend_scheme == PREPEND_ALWAYS || (ps->prepend_scheme == PREPEND_FIRST && first))) {
+          memcpy(dst, ps->repl, ps->repl_len); o = ps->repl_len;
+        }
+        for (size_t c = 0; c < p.len; c++) {
+          if (src[c] == ' ') { memcpy(dst + o, ps->repl, ps->repl_len); o += ps->repl_len; }
+          else dst[o++] = src[c];
+        }
+        p = (span){st->buf.n, o};
+        st->buf.n += o;
+      }
       if (ps->kind == PRE_BYTELEVEL && ps->add_prefix_space && st->buf.p[p.off] != ' ') {
         if (bbuf_reserve(&st->buf, p.len + 1)) return -1;
         size_t no = st->buf.n;
@@ -1210,7 +1615,7 @@ static int encode_plain(encstate *st, const char *text, size_t n) {
       }
       if (!ps->re) { if (spanvec_push(&st->pb, p.off, p.len)) return -1; continue; }
       if (regex_segments(st, ps->re, st->buf.p + p.off, p.len, &st->sg)) return -1;
-      if (apply_behavior(st, ps->kind == PRE_SPLIT ? ps->behavior : BEH_ISOLATED,
+      if (apply_behavior(st, ps->kind == PRE_BYTELEVEL ? BEH_ISOLATED : ps->behavior,
                          ps->kind == PRE_SPLIT ? ps->invert : 0, p.off, &st->pb)) return -1;
     }
     spanvec tmp = st->pa; st->pa = st->pb; st->pb = tmp;
@@ -1235,15 +1640,24 @@ static int encode_plain(encstate *st, const char *text, size_t n) {
 static int split_added(encstate *st, const added_matcher *m, const char *s, size_t n,
                        int (*plain)(encstate *, const char *, size_t)) {
   const pc_tokenizer *t = st->t;
+  int *first = m == &t->raw_match ? &st->first_raw : &st->first_norm;
+  *first = 1;
   if (m->count == 0) return plain(st, s, n);
   size_t pos = 0, start_off = 0;
   while (pos < n) {
     unsigned char c = (unsigned char)s[pos];
     const added_tok *hit = NULL;
-    for (size_t k = 0; k < m->n[c]; k++) {
-      const added_tok *a = &t->added[m->idx[c][k]];
-      if (a->len <= n - pos && memcmp(s + pos, a->content, a->len) == 0) { hit = a; break; }
-    }
+    if (m->n[c] <= 8) {
+      for (size_t k = 0; k < m->n[c]; k++) {
+        const added_tok *a = &t->added[m->idx[c][k]];
+        if (a->len <= n - pos && memcmp(s + pos, a->content, a->len) == 0) { hit = a; break; }
+      }
+    } else
+      for (size_t k = 0; k < m->nlens[c]; k++) {
+        if (m->lens[c][k] > n - pos) continue;
+        int32_t i = smap_get(&m->map, s + pos, m->lens[c][k]);
+        if (i >= 0) { hit = &t->added[i]; break; }
+      }
     if (!hit) { pos++; continue; }
     size_t ms = pos, me = pos + hit->len;
     if (hit->single_word) {
@@ -1266,22 +1680,26 @@ static int split_added(encstate *st, const added_matcher *m, const char *s, size
       while (me < n && is_space_cp(utf8_decode((const unsigned char *)s + me, &l))) me += l;
     }
     if (start_off < ms) {
+      *first = start_off == 0;
       if (plain(st, s + start_off, ms - start_off)) return -1;
     }
     if (ivec_push(st->out, hit->id)) return -1;
     start_off = pos = me;
   }
-  if (start_off < n && plain(st, s + start_off, n - start_off)) return -1;
+  if (start_off < n) {
+    *first = start_off == 0;
+    if (plain(st, s + start_off, n - start_off)) return -1;
+  }
   return 0;
 }
 
 /* A section between raw-matched added tokens: normalize, cut out normalized added tokens, encode. */
 static int encode_section(encstate *st, const char *s, size_t n) {
   const pc_tokenizer *t = st->t;
-  if (!t->nfc) return encode_plain(st, s, n);
+  if (!t->n_norm) { st->first_norm = 1; return encode_plain(st, s, n); }
   bbuf norm = {0};
-  int ch, rc;
-  if (nfc_apply(t->nfc, s, n, &norm, &ch)) { free(norm.p); pc_seterr(st->err, st->errlen, "NFC normalization failed"); return -1; }
+  int rc;
+  if (norm_apply(t, s, n, &norm)) { free(norm.p); pc_seterr(st->err, st->errlen, "normalization failed"); return -1; }
   rc = split_added(st, &t->norm_match, norm.p ? norm.p : "", norm.n, encode_plain);
   free(norm.p);
   return rc;
@@ -1326,19 +1744,139 @@ int pc_tok_encode(const pc_tokenizer *t, const char *text, size_t len, int add_s
 
 // ---- decoding and lookups ------------------------------------------------------------------------------
 
+/* The decoder pipeline over a list of token strings, as Rust's decode_chain: each step maps the list to
+ * a new one. Where tokenizers.js differs from the Rust crate, we follow Rust (what transformers runs):
+ * ByteFallback writes one U+FFFD per byte of an invalid run (tokenizers.js: one per maximal invalid
+ * subsequence), and Metaspace drops every replacement char of the first token (tokenizers.js: one
+ * leading space). Our encoder never produces either case from valid text. */
+typedef struct { bbuf *v; size_t n, cap; } tlist;
+
+static bbuf *tlist_add(tlist *l) {
+  if (l->n == l->cap) {
+    size_t nc = l->cap ? l->cap * 2 : 16;
+    bbuf *nv = realloc(l->v, nc * sizeof *nv);
+    if (!nv) return NULL;
+    l->v = nv; l->cap = nc;
+  }
+  l->v[l->n] = (bbuf){0};
+  return &l->v[l->n++];
+}
+
+static void tlist_free(tlist *l) {
+  for (size_t i = 0; i < l->n; i++) free(l->v[i].p);
+  free(l->v);
+  *l = (tlist){0};
+}
+
+static int hexval(char c) {
+  return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+static int dec_step_run(const dec_step *d, tlist *in, tlist *out) {
+  if (d->kind == DEC_BYTELEVEL || d->kind == DEC_FUSE) {
+    bbuf raw = {0}, *o = tlist_add(out);
+    if (!o) return -1;
+    for (size_t i = 0; i < in->n; i++) {
+      bbuf *tk = &in->v[i];
+      if (d->kind == DEC_FUSE) { if (bbuf_add(o, tk->p, tk->n)) return -1; continue; }
+      if (bbuf_reserve(&raw, tk->n)) { free(raw.p); return -1; }
+      long bl = tk->n ? bl_to_bytes(tk->p, tk->n, (unsigned char *)raw.p + raw.n) : 0;
+      if (bl < 0) memcpy(raw.p + raw.n, tk->p, tk->n), bl = (long)tk->n;
+      raw.n += (size_t)bl;
+    }
+    if (d->kind == DEC_BYTELEVEL) {
+      int rc = utf8_lossy_append(o, (const unsigned char *)(raw.p ? raw.p : ""), raw.n);
+      free(raw.p);
+      if (rc) return -1;
+    }
+    return 0;
+  }
+  if (d->kind == DEC_BYTEFALLBACK) {
+    bbuf bytes = {0};
+    for (size_t i = 0; i <= in->n; i++) {
+      bbuf *tk = i < in->n ? &in->v[i] : NULL;
+      int byte = -1;
+      if (tk && tk->n == 6 && !memcmp(tk->p, "<0x", 3) && tk->p[5] == '>') {
+        int h = hexval(tk->p[3]), l = hexval(tk->p[4]);
+        if (h >= 0 && l >= 0) byte = h * 16 + l;
+      }
+      if (byte >= 0) { unsigned char c = (unsigned char)byte; if (bbuf_add(&bytes, &c, 1)) goto fail; continue; }
+      if (bytes.n) {
+        if (utf8_check((const unsigned char *)bytes.p, bytes.n) == bytes.n) {
+          bbuf *o = tlist_add(out);
+          if (!o || bbuf_add(o, bytes.p, bytes.n)) goto fail;
+        } else
+          for (size_t k = 0; k < bytes.n; k++) {
+            bbuf *o = tlist_add(out);
+            if (!o || bbuf_add(o, "\xEF\xBF\xBD", 3)) goto fail;
+          }
+        bytes.n = 0;
+      }
+      if (tk) { bbuf *o = tlist_add(out); if (!o || bbuf_add(o, tk->p, tk->n)) goto fail; }
+    }
+    free(bytes.p);
+    return 0;
+  fail:
+    free(bytes.p);
+    return -1;
+  }
+  for (size_t i = 0; i < in->n; i++) {
+    const char *p = in->v[i].p ? in->v[i].p : "";
+    size_t n = in->v[i].n, l;
+    bbuf *o = tlist_add(out);
+    if (!o) return -1;
+    if (d->kind == DEC_REPLACE) {
+      norm_step ns = {.kind = NORM_REPLACE, .a = d->a, .alen = d->alen, .b = d->b, .blen = d->blen};
+      if (replace_apply(&ns, p, n, o)) return -1;
+    } else if (d->kind == DEC_STRIP) {
+      size_t b = 0, e = n;
+      for (int k = 0; k < d->start && b < e && utf8_decode((const unsigned char *)p + b, &l) == d->cp; k++) b += l;
+      for (int k = 0; k < d->stop && e > b; k++) {
+        size_t q = utf8_prev(p, e);
+        if (utf8_decode((const unsigned char *)p + q, &l) != d->cp) break;
+        e = q;
+      }
+      if (bbuf_add(o, p + b, e - b)) return -1;
+    } else {                                              /* DEC_METASPACE */
+      for (size_t k = 0; k < n; k += l) {
+        uint32_t cp = utf8_decode((const unsigned char *)p + k, &l);
+        int rc = cp != d->cp ? bbuf_add(o, p + k, l) : (i == 0 && d->prepend) ? 0 : bbuf_add(o, " ", 1);
+        if (rc) return -1;
+      }
+    }
+  }
+  return 0;
+}
+
 char *pc_tok_decode_len(const pc_tokenizer *t, const int32_t *ids, size_t n, int skip_special, size_t *out_len) {
   bbuf raw = {0}, out = {0};
   int first = 1, fail = 0;
+  int fast = t->n_dec == 1 && t->dec[0].kind == DEC_BYTELEVEL;
+  tlist a = {0}, b = {0};
   for (size_t i = 0; i < n && !fail; i++) {
     int32_t id = ids[i];
     if (id < 0 || (size_t)id >= t->n_ids || !t->id_str[id]) continue;   /* unknown ids are dropped, as in HF */
     if (skip_special && t->id_special[id]) continue;
-    if (t->decoder) fail = bbuf_add(&raw, t->id_dec[id], t->id_dec_len[id]);
-    else {
+    if (fast) fail = bbuf_add(&raw, t->id_dec[id], t->id_dec_len[id]);
+    else if (t->n_dec) {
+      bbuf *tk = tlist_add(&a);
+      fail = !tk || bbuf_add(tk, t->id_str[id], strlen(t->id_str[id]));
+    } else {
       if (!first) fail = bbuf_add(&raw, " ", 1);
       fail = fail || bbuf_add(&raw, t->id_str[id], strlen(t->id_str[id]));
     }
     first = 0;
+  }
+  if (!fast && t->n_dec) {
+    for (size_t k = 0; k < t->n_dec && !fail; k++) {
+      b.n = 0;
+      fail = dec_step_run(&t->dec[k], &a, &b);
+      tlist x = a; a = b; b = x;
+      for (size_t i = 0; i < b.n; i++) free(b.v[i].p);
+      b.n = 0;
+    }
+    for (size_t i = 0; i < a.n && !fail; i++) fail = bbuf_add(&raw, a.v[i].p, a.v[i].n);
+    tlist_free(&a); tlist_free(&b);
   }
   if (!fail) fail = utf8_lossy_append(&out, (const unsigned char *)(raw.p ? raw.p : ""), raw.n);
   if (!fail) fail = bbuf_add(&out, "", 1);

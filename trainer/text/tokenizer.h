@@ -1,10 +1,15 @@
-/* trainer/text/tokenizer.h: Hugging Face tokenizer.json (byte-level BPE) for the trainer.
+/* trainer/text/tokenizer.h: Hugging Face tokenizer.json (BPE, byte-level or SentencePiece-style) for the trainer.
  *
- * Reads the tokenizer.json of GPT-2, Llama 3, Qwen 2/3, SmolLM and their kin and encodes exactly as
- * Hugging Face's `tokenizers` does: added/special tokens matched in the text, the normalizer (NFC),
- * the pre-tokenizers (Split with the file's own regex, ByteLevel with GPT-2's, Sequence), BPE merges
- * by rank, the post-processor (ByteLevel, TemplateProcessing such as Llama 3's BOS, Sequence) and the
- * ByteLevel decoder. Anything else in a file is refused at load time, by name.
+ * Reads the tokenizer.json of GPT-2, Llama 2/3, Mistral, Gemma, Qwen 2/3, DeepSeek, gpt-oss, SmolLM and
+ * their kin and encodes exactly as Hugging Face's `tokenizers` does: added/special tokens matched in the
+ * text; normalizers (NFC, NFKC, NFD, NFKD, Lowercase, Strip, Prepend, Replace, Sequence); pre-tokenizers
+ * (Split with the file's own regex or string and any behavior, ByteLevel, Metaspace, Digits, Punctuation,
+ * Sequence); BPE merges by rank over bytes (byte-level) or chars (with byte_fallback's <0xNN> tokens,
+ * unk, fuse_unk, ignore_merges); post-processors (ByteLevel, TemplateProcessing such as Llama's BOS,
+ * Sequence, and add_bos_token/add_eos_token from the tokenizer_config.json beside the file where
+ * tokenizer.json has no template, as transformers' Llama/Gemma tokenizers do); decoders (ByteLevel,
+ * Replace, ByteFallback, Fuse, Strip, Metaspace, Sequence). Anything else, Unigram and WordPiece models
+ * included, is refused at load time, by name.
  *
  * Ownership and threads: a loaded tokenizer is read-only apart from an internal word cache guarded by
  * its own locks, so any number of threads may call pc_tok_encode / pc_tok_decode and the lookups on
