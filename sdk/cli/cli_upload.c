@@ -1,9 +1,8 @@
 /* sdk/cli/cli_upload.c: `prefcap upload FILE --to URL`, the CLI face of prefcap_upload (sdk/upload.c).
- * CLI code: it prints (progress and errors to stderr) and returns the exit code: 0 uploaded, 1 failed,
- * 2 usage. On a terminal the progress is one line rewritten in place, with rate and ETA; otherwise
+ * CLI code (public API only): it prints progress and errors to stderr, through S() (URLs without
+ * their userinfo, a server's bytes without control characters), and returns the exit code: 0
+ * uploaded, 1 failed, 2 usage. On a terminal the progress is one line rewritten in place, with rate and ETA; otherwise
  * (cron, CI logs) plain lines: one per file started, retried and finished. */
-#include "prefcap.h"
-
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,8 +60,7 @@ static int on_progress(const prefcap_upload_progress_t *p, void *ud) {
     case PREFCAP_UPLOAD_EV_START:
       v->last_pct_line = 0;
       if (!v->tty || p->attempt == 1)
-        fprintf(stderr, "%supload: %s (%s) -> %s%s\n", v->line_open ? "\n" : "", base_name(p->file), total, p->url,
-                p->attempt > 1 ? "" : "");
+        fprintf(stderr, "%supload: %s (%s) -> %s\n", v->line_open ? "\n" : "", S(base_name(p->file)), total, S(p->url));
       v->line_open = false;
       if (p->attempt > 1 && !v->tty) fprintf(stderr, "upload: attempt %d of %d\n", p->attempt, p->max_attempts);
       break;
@@ -74,25 +72,25 @@ static int on_progress(const prefcap_upload_progress_t *p, void *ud) {
       if (v->tty) {
         char eta[32] = "--";
         if (rate > 0 && p->total >= p->sent) snprintf(eta, sizeof eta, "%.0fs", (double)(p->total - p->sent) / rate);
-        fprintf(stderr, "\r  %s  %s / %s  %3d%%  %s/s  ETA %s%s   ", base_name(p->file), sent, total, pct, r, eta,
+        fprintf(stderr, "\r  %s  %s / %s  %3d%%  %s/s  ETA %s%s   ", S(base_name(p->file)), sent, total, pct, r, eta,
                 p->attempt > 1 ? "  (retry)" : "");
         v->line_open = true;
       } else if (p->total >= (16u << 20) && pct / 25 > v->last_pct_line && pct < 100) {
         /* logs get a line at each quarter of a large file, not a stream of carriage returns */
         v->last_pct_line = pct / 25;
-        fprintf(stderr, "upload: %s %d%% (%s of %s, %s/s)\n", base_name(p->file), pct, sent, total, r);
+        fprintf(stderr, "upload: %s %d%% (%s of %s, %s/s)\n", S(base_name(p->file)), pct, sent, total, r);
       }
       break;
     }
     case PREFCAP_UPLOAD_EV_RETRY:
       fprintf(stderr, "%supload: %s: attempt %d of %d failed (%s); retrying in %.1f s\n", v->line_open ? "\n" : "",
-              base_name(p->file), p->attempt, p->max_attempts, p->reason ? p->reason : "?", p->retry_in_ms / 1000.0);
+              S(base_name(p->file)), p->attempt, p->max_attempts, p->reason ? S(p->reason) : "?", p->retry_in_ms / 1000.0);
       v->line_open = false;
       break;
     case PREFCAP_UPLOAD_EV_DONE: {
       char r[32];
       human(p->elapsed_s > 0 ? (double)p->total / p->elapsed_s : 0, r, sizeof r);
-      fprintf(stderr, "%supload: %s done, %s in %.1f s (%s/s), HTTP %ld\n", v->line_open ? "\n" : "", base_name(p->file),
+      fprintf(stderr, "%supload: %s done, %s in %.1f s (%s/s), HTTP %ld\n", v->line_open ? "\n" : "", S(base_name(p->file)),
               total, p->elapsed_s, r, p->status);
       v->line_open = false;
       break;
@@ -104,7 +102,7 @@ static int on_progress(const prefcap_upload_progress_t *p, void *ud) {
 // ---- arguments ------------------------------------------------------------------------------------------
 static int usage_error(const char *fmt, const char *arg) {
   fprintf(stderr, "prefcap upload: ");
-  fprintf(stderr, fmt, arg);
+  fprintf(stderr, fmt, S(arg));
   fprintf(stderr, "\n(see prefcap upload --help)\n");
   return 2;
 }
@@ -117,7 +115,7 @@ static bool parse_int(const char *s, int lo, int hi, int *out) {
   return true;
 }
 
-int prefcap__cli_upload(int argc, char **argv) {
+int cli_upload(int argc, char **argv) {
   const char *file = NULL, *to = NULL, *murl = NULL, *cacert = NULL, *region = NULL;
   int retries = -1, timeout = -1;
   bool no_manifest = false, quiet = false;
@@ -168,7 +166,8 @@ int prefcap__cli_upload(int argc, char **argv) {
   prefcap_upload_options_free(o);
   if (v.line_open) fputc('\n', stderr);
   if (rc) {
-    fprintf(stderr, "prefcap upload: %s (%s)\n", err[0] ? err : prefcap_strerror(rc), prefcap_strerror(rc));
+    /* the message quotes the server's answer and the URL: both made safe to print */
+    fprintf(stderr, "prefcap upload: %s (%s)\n", err[0] ? S(err) : prefcap_strerror(rc), prefcap_strerror(rc));
     return 1;
   }
   return 0;
