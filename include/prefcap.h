@@ -196,6 +196,9 @@ typedef struct prefcap_counters {
   uint64_t dropped;   /* async: refused because the queue was full */
   uint64_t failed;    /* accepted, then not stored (a write error that outlived the retries, or close timed out) */
   uint64_t queued;    /* async: waiting in the queue now */
+  uint64_t retrying;  /* async: events the writer holds and keeps retrying because the store refuses
+                         writes for now (a read-only file, a full disk, a lock held past the busy
+                         timeout; the logger has the reason); 0 while writes succeed */
 } prefcap_counters_t;
 /* This handle's counters since open. Thread-safe. (Dropped and failed are also added to the store's
  * own totals, which `prefcap stats` shows across processes and runs.) */

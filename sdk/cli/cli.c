@@ -165,8 +165,10 @@ static int cmd_ingest(int argc, char **argv) {
   if (w.stalled) {
     char why[768];
     cli_last_logged(why, sizeof why);
+    const char *r = strncmp(why, "prefcap: ", 9) ? why : why + 9;
     fprintf(stderr, "prefcap ingest: no event could be stored for %ld s%s%s; giving up (--timeout)\n", timeout_s,
-            why[0] ? ": " : "", S(why));
+            r[0] ? ": " : "", S(r));
+    cli_log_warnings(false);   /* what close drops is counted below, not reported batch by batch */
   }
   prefcap_counters_t k = {0};
   prefcap_get_counters(pc, &k);

@@ -2,7 +2,7 @@
  * with a clear message, printing text that came from outside safely, and each command's entry point
  * (argv[0] is the command's name). The command uses libprefcap through include/prefcap.h only (as
  * curl's tool uses only libcurl): it is compiled without sdk/ on the include path, and
- * tests/sdk/test_cli_public.sh checks that it links to no internal symbol. */
+ * tests/sdk/test_cli_hostile.sh checks that it links to no internal symbol. */
 #ifndef PREFCAP_CLI_H
 #define PREFCAP_CLI_H
 #include "prefcap.h"
@@ -23,6 +23,8 @@ int cli_open_existing(const char *cmd, const char *db, prefcap_t **pc);
 /* The last error the library logged since open (its reason for a failing write), "" if none. Copied
  * into buf. */
 void cli_last_logged(char *buf, size_t len);
+/* Turns the printing of the library's warnings (cli_open's warnings) on or off. */
+void cli_log_warnings(bool on);
 
 /* Text from outside (events, stored names, a server's answer, library messages quoting them) made
  * safe for a terminal or a log: control bytes (C0, DEL, C1) and invalid UTF-8 shown as \xNN escapes

@@ -30,6 +30,12 @@ static void cli_logger(prefcap_log_level_t level, const char *msg, void *ud) {
   pthread_mutex_unlock(&log_mu);
 }
 
+void cli_log_warnings(bool on) {
+  pthread_mutex_lock(&log_mu);
+  print_warnings = on;
+  pthread_mutex_unlock(&log_mu);
+}
+
 void cli_last_logged(char *buf, size_t len) {
   pthread_mutex_lock(&log_mu);
   snprintf(buf, len, "%s", last_logged);
