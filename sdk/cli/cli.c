@@ -386,10 +386,11 @@ static int cmd_check(int argc, char **argv) {
                "Checks the store's file page by page (SQLite's integrity_check; --quick: quick_check,\n"
                "which skips comparing indexes with their tables) and lists what it found (at most 100\n"
                "problems). Exit 0: the store is sound; 1: it is damaged or cannot be opened.\n"
-               "To recover a damaged store (docs/storage.md): stop every writer, keep a copy of the file\n"
-               "and its -wal, then 'sqlite3 BAD.db .recover | sqlite3 NEW.db', run 'prefcap check' and\n"
-               "'prefcap derive --all' on NEW.db, and replace the store with it; events lost in damaged\n"
-               "pages can be ingested again from their source (replays are stored once).\n");
+               "To recover a damaged store (docs/storage.md, \"A damaged store\"): stop every writer, keep\n"
+               "a copy of the file and its -wal, copy what SQLite can still read into a new file\n"
+               "(sqlite3's .dump), run 'prefcap check' and 'prefcap derive --all' on it, and replace the\n"
+               "store with it; events lost in damaged pages can be ingested again from their source\n"
+               "(replays are stored once).\n");
         return 0;
       default: return 2;
     }
