@@ -31,7 +31,8 @@ void cli_log_warnings(bool on);
  * (\n, \r and \t as such), so no escape sequence, bell or forged line reaches the reader. S() also
  * redacts the userinfo (user name and password) of any URL in it: "https://user:PASSWORD@host/"
  * becomes "https://(3 stars)@host/" ("***"). Every URL the CLI prints goes through it. The result
- * lives in a small ring of buffers: valid until eight more calls; NULL prints as "-". */
+ * lives in a small ring of buffers: valid until eight more calls; NULL prints as "-". For the main
+ * thread only. */
 const char *S(const char *text);
 /* "%s: %s" of a library failure: the code's name and the handle's detail, made safe. */
 void cli_fail(const char *cmd, prefcap_t *pc, int code);

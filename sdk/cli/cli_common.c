@@ -8,6 +8,8 @@
 #include <string.h>
 #include <unistd.h>
 
+static char *safe_copy(const char *text);
+
 // ---- the store -----------------------------------------------------------------------------------
 
 const char *cli_default_db(void) {
@@ -26,7 +28,11 @@ static void cli_logger(prefcap_log_level_t level, const char *msg, void *ud) {
   (void)ud;
   pthread_mutex_lock(&log_mu);
   if (level >= PREFCAP_LOG_ERROR) snprintf(last_logged, sizeof last_logged, "%s", msg);
-  if (print_warnings && level >= PREFCAP_LOG_WARN) fprintf(stderr, "%s\n", S(msg));
+  if (print_warnings && level >= PREFCAP_LOG_WARN) {
+    char *safe = safe_copy(msg);
+    fprintf(stderr, "%s\n", safe ? safe : msg);
+    free(safe);
+  }
   pthread_mutex_unlock(&log_mu);
 }
 
@@ -116,13 +122,11 @@ static size_t userinfo_len(const char *p) {
   return at ? (size_t)(at - p) + 1 : 0;
 }
 
-const char *S(const char *text) {
-  static _Thread_local char *ring[8];
-  static _Thread_local int next;
-  if (!text) return "-";
+/* The safe copy of text (malloc'd; NULL when out of memory). */
+static char *safe_copy(const char *text) {
   size_t n = strlen(text);
   char *out = malloc(n * 4 + 1);
-  if (!out) return "(out of memory)";
+  if (!out) return NULL;
   const unsigned char *p = (const unsigned char *)text;
   char *w = out;
   while (*p) {
@@ -142,6 +146,17 @@ const char *S(const char *text) {
     }
   }
   *w = 0;
+  return out;
+}
+
+const char *S(const char *text) {
+  /* only the main thread prints through S() (the logger, which the writer thread calls, uses
+   * safe_copy), so these buffers are freed by reuse and still reachable at exit */
+  static char *ring[8];
+  static int next;
+  if (!text) return "-";
+  char *out = safe_copy(text);
+  if (!out) return "(out of memory)";
   free(ring[next]);
   ring[next] = out;
   next = (next + 1) % 8;

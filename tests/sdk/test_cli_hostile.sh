@@ -68,7 +68,8 @@ check corrupt_stats_says_sqlite_message grep -q "malformed" "$T/st.err"
 "$P" pairs --db "$T/bad.db" --limit 0 > /dev/null 2> "$T/pa.err"; rc=$?
 check corrupt_pairs_exit_1 test $rc -eq 1
 check corrupt_pairs_says_why grep -q "malformed" "$T/pa.err"
-printf '%s\n' '{"type":"generation","id":"late","prompt":"question 7","completion":"late answer","regenerates":"b7"}' \
+# the last unit's pair lies on a damaged page (the first leaf is left intact): deriving it must fail
+printf '%s\n' '{"type":"generation","id":"late","prompt":"question 1499","completion":"late answer","regenerates":"b1499"}' \
   | "$P" ingest --db "$T/bad.db" > /dev/null 2> "$T/in.err"; rc=$?
 check corrupt_ingest_exit_1 test $rc -eq 1
 check corrupt_ingest_says_why grep -q "malformed" "$T/in.err"
