@@ -138,6 +138,8 @@ static int cmd_ingest(int argc, char **argv) {
   ssize_t len;
   const char *name = strcmp(path, "-") ? path : "<stdin>";
   watch w = {pc, (int)timeout_s, finished(pc), now_ms(), false};
+  char sync_why[512] = "";
+  bool damaged = false;
   while (!w.stalled && (len = getline(&line, &cap, in)) != -1) {
     lineno++;
     while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
@@ -153,6 +155,10 @@ static int cmd_ingest(int argc, char **argv) {
     if (e) {
       bad++;
       fprintf(stderr, "%s:%zu: %s: %s\n", S(name), lineno, prefcap_strerror(e), S(prefcap_errmsg(pc)));
+      /* --sync: the store's own failures (not the line's) are bounded by --timeout as well */
+      if (sync_mode && (e == PREFCAP_EFULL || e == PREFCAP_EIO || e == PREFCAP_EBUSY) && stalled(&w))
+        snprintf(sync_why, sizeof sync_why, "%s", prefcap_errmsg(pc));
+      if (sync_mode && e == PREFCAP_ECORRUPT) { damaged = true; break; }   /* said above; nothing more will store */
     } else ok++;
   }
   bool read_error = ferror(in);
@@ -160,11 +166,12 @@ static int cmd_ingest(int argc, char **argv) {
   if (in != stdin) fclose(in);
   /* wait for the queue to be stored, as long as the writer makes progress */
   while (!w.stalled && prefcap_flush(pc, 200) == PREFCAP_ETIMEDOUT) stalled(&w);
-  int drc = w.stalled ? 0 : prefcap_derive(pc, 0);
+  int drc = w.stalled || damaged ? 0 : prefcap_derive(pc, 0);
   if (drc) cli_fail("ingest", pc, drc);
   if (w.stalled) {
     char why[768];
     cli_last_logged(why, sizeof why);
+    if (sync_why[0]) snprintf(why, sizeof why, "%s", sync_why);
     const char *r = strncmp(why, "prefcap: ", 9) ? why : why + 9;
     fprintf(stderr, "prefcap ingest: no event could be stored for %ld s%s%s; giving up (--timeout)\n", timeout_s,
             r[0] ? ": " : "", S(r));
@@ -181,7 +188,8 @@ static int cmd_ingest(int argc, char **argv) {
   if (not_stored) fprintf(stderr, ", %llu event(s) NOT stored (see above)", (unsigned long long)not_stored);
   fputc('\n', stderr);
   if (read_error) fprintf(stderr, "prefcap ingest: read error on %s\n", S(name));
-  return (bad || not_stored || crc || read_error || w.stalled || drc) ? 1 : 0;
+  if (damaged) fprintf(stderr, "prefcap ingest: the store is damaged: stopped at line %zu (see 'prefcap check')\n", lineno);
+  return (bad || not_stored || crc || read_error || w.stalled || drc || damaged) ? 1 : 0;
 }
 
 // ---- stats ---------------------------------------------------------------------------------------
