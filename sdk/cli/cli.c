@@ -69,21 +69,18 @@ static int derive_first(const char *cmd, prefcap_t *pc) {
 #define INGEST_QUEUE 65536
 #define INGEST_TIMEOUT_S 60
 
-/* Progress of the writer: events it has finished with (stored or failed). */
-static uint64_t finished(prefcap_t *pc) {
-  prefcap_counters_t k = {0};
-  prefcap_get_counters(pc, &k);
-  return k.stored + k.failed;
-}
-
-/* The ingest loop's watch on the writer: gives up when it has finished nothing for timeout_s while
- * events wait (a read-only file or a full disk: the library retries forever, for embedded use). */
+/* The ingest loop's watch on the writer: gives up when it has finished nothing (stored or failed)
+ * for timeout_s while events wait (a read-only file or a full disk: the library retries forever,
+ * for embedded use). The clock runs only while something is pending: a slow producer on stdin is
+ * not a stalled store. */
 typedef struct { prefcap_t *pc; int timeout_s; uint64_t seen; int64_t since; bool stalled; } watch;
 
 static bool stalled(watch *w) {
-  uint64_t f = finished(w->pc);
+  prefcap_counters_t k = {0};
+  prefcap_get_counters(w->pc, &k);
+  uint64_t f = k.stored + k.failed;
   int64_t t = now_ms();
-  if (f != w->seen) { w->seen = f; w->since = t; return false; }
+  if (f != w->seen || k.accepted <= f) { w->seen = f; w->since = t; return false; }
   return w->stalled = t - w->since >= (int64_t)w->timeout_s * 1000;
 }
 
@@ -137,9 +134,10 @@ static int cmd_ingest(int argc, char **argv) {
   size_t cap = 0, lineno = 0, bad = 0, ok = 0;
   ssize_t len;
   const char *name = strcmp(path, "-") ? path : "<stdin>";
-  watch w = {pc, (int)timeout_s, finished(pc), now_ms(), false};
+  watch w = {pc, (int)timeout_s, 0, now_ms(), false};
   char sync_why[512] = "";
   bool damaged = false;
+  int64_t last_ok_ms = now_ms();   /* --sync: when a line was last stored */
   while (!w.stalled && (len = getline(&line, &cap, in)) != -1) {
     lineno++;
     while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
@@ -156,10 +154,16 @@ static int cmd_ingest(int argc, char **argv) {
       bad++;
       fprintf(stderr, "%s:%zu: %s: %s\n", S(name), lineno, prefcap_strerror(e), S(prefcap_errmsg(pc)));
       /* --sync: the store's own failures (not the line's) are bounded by --timeout as well */
-      if (sync_mode && (e == PREFCAP_EFULL || e == PREFCAP_EIO || e == PREFCAP_EBUSY) && stalled(&w))
+      if (sync_mode && (e == PREFCAP_EFULL || e == PREFCAP_EIO || e == PREFCAP_EBUSY) &&
+          now_ms() - last_ok_ms >= timeout_s * 1000) {
+        w.stalled = true;
         snprintf(sync_why, sizeof sync_why, "%s", prefcap_errmsg(pc));
+      }
       if (sync_mode && e == PREFCAP_ECORRUPT) { damaged = true; break; }   /* said above; nothing more will store */
-    } else ok++;
+    } else {
+      ok++;
+      last_ok_ms = now_ms();
+    }
   }
   bool read_error = ferror(in);
   free(line);

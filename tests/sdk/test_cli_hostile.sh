@@ -113,12 +113,22 @@ check readonly_ingest_within_timeout elapsed_below "$t0" 15
 check readonly_ingest_says_why grep -q "no event could be stored for 2 s: .*readonly" "$T/ro.err"
 check readonly_ingest_counts_lost grep -q "20 event(s) NOT stored" "$T/ro.err"
 
+# a slow producer is not a stalled store: nothing is pending while ingest waits for input
+(sleep 3; head -1 "$T/few.jsonl") | "$P" ingest --timeout 1 --db "$T/slow.db" > /dev/null 2> "$T/slow.err"; rc=$?
+check slow_producer_is_not_a_stall sh -c "test $rc -eq 0 && grep -q '1 new' '$T/slow.err'"
+
 /usr/bin/python3 - "$T/big.jsonl" <<'PY'
 import json, sys
 with open(sys.argv[1], "w") as f:
     for i in range(70000):   # more than the CLI's queue (65536): the wait for space is bounded too
         f.write(json.dumps({"type": "generation", "id": f"f{i}", "prompt": f"fill {i}", "completion": "y" * 100}) + "\n")
 PY
+# --sync: every line fails at once; the run still ends after --timeout, not after every line
+t0=$(date +%s)
+timeout 60 "${AS[@]}" "$P" ingest --sync --timeout 1 --db "$T/ro/s.db" "$T/big.jsonl" > /dev/null 2> "$T/ros.err"; rc=$?
+check readonly_sync_ingest_gives_up_exit_1 test $rc -eq 1
+check readonly_sync_ingest_within_timeout elapsed_below "$t0" 15
+check readonly_sync_ingest_says_why grep -q "no event could be stored for 1 s: .*readonly" "$T/ros.err"
 printf '%s\n' '{"type":"generation","id":"seed","prompt":"p","completion":"c"}' | "$P" ingest --db "$T/full.db" 2> /dev/null
 t0=$(date +%s)
 # a 3 MB file-size limit (RLIMIT_FSIZE) is a full disk to SQLite; SIGXFSZ ignored so writes fail with EFBIG
