@@ -9,7 +9,10 @@
 #
 # Each area adds its own rules in a fragment (sdk/sdk.mk, trainer/*/*.mk) to ALL_TARGETS and TESTS.
 
-VERSION    := 0.1.0
+# The one source of the version is include/prefcap.h's PREFCAP_VERSION, read here; the -D below
+# hands the same string to the trainer, which does not include that header (an identical
+# redefinition where it is included).
+VERSION    := $(shell sed -n 's/^\#define PREFCAP_VERSION "\(.*\)"/\1/p' include/prefcap.h)
 PREFIX     ?= /usr/local
 DESTDIR    ?=
 BUILD      ?= build
@@ -17,7 +20,7 @@ CC         ?= cc
 OPT        ?= -O2
 SAN        ?=
 CFLAGS_ALL := -std=c11 -D_GNU_SOURCE -g $(OPT) -fPIC -pthread -Wall -Wextra -Werror -Wshadow \
-              -Wno-unused-parameter -Iinclude -DPREFCAP_VERSION='"$(VERSION)"' $(SAN) $(CFLAGS)
+              -Wno-unused-parameter -Iinclude -Icommon -DPREFCAP_VERSION='"$(VERSION)"' $(SAN) $(CFLAGS)
 LDFLAGS_ALL := -pthread $(SAN) $(LDFLAGS)
 
 # ---- optional parts: probe and say what was found -------------------------------------------------
@@ -39,6 +42,7 @@ probe:
 	@if [ -n "$(NVCC)" ]; then echo "✓ nvcc found: $(NVCC) (CUDA backend built for $(foreach a,$(CUDA_ARCH),sm_$(a)): --device cuda)"; else echo "✗ nvcc not found (or CUDA=0): CUDA backend not built (--device cuda says so)"; fi
 	@if [ -n "$(HAVE_GPU)" ]; then echo "✓ GPU found"; else echo "✗ no GPU: CUDA tests skipped"; fi
 
+include common/common.mk
 include sdk/sdk.mk
 # the trainer, part by part in dependency order (docs/architecture.md draws it)
 include trainer/trainer.mk

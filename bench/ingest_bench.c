@@ -116,7 +116,7 @@ static int log_gen(prefcap_t *pc, int i, const char *regenerates) {
   snprintf(id, sizeof id, "gen-%d", i);
   snprintf(user, sizeof user, "user-%d", i % 1000);
   snprintf(session, sizeof session, "sess-%d", i / 4);
-  prefcap_generation_t g = {.id = id, .prompt = prompt, .completion = completion, .model = "acme-chat",
+  prefcap_generation_t g = {.size = sizeof g, .id = id, .prompt = prompt, .completion = completion, .model = "acme-chat",
                             .model_version = "2026-11-01", .params_json = "{\"temperature\":0.7}",
                             .user_id = user, .session_id = session, .regenerates = regenerates,
                             .ts_ms = 1763719200000LL + i, .latency_ms = 850};
@@ -131,7 +131,7 @@ static double api_async(const char *path, int n) {
   for (int i = 0; i < n; i++) log_gen(pc, i, NULL);
   prefcap_flush(pc, -1);
   double dt = now_s() - t0;
-  prefcap_counters_t k;
+  prefcap_counters_t k = PREFCAP_COUNTERS_INIT;
   prefcap_get_counters(pc, &k);
   if (k.stored != (uint64_t)n) fprintf(stderr, "warning: stored %llu of %d\n", (unsigned long long)k.stored, n);
   prefcap_close(pc, -1);
@@ -168,7 +168,7 @@ static void latency(const char *path, int threads, int per_thread) {
     pthread_create(&th[t], NULL, lat_worker, &jobs[t]);
   }
   for (int t = 0; t < threads; t++) pthread_join(th[t], NULL);
-  prefcap_counters_t k;
+  prefcap_counters_t k = PREFCAP_COUNTERS_INIT;
   prefcap_get_counters(pc, &k);
   prefcap_close(pc, -1);
   size_t n = (size_t)threads * per_thread;
@@ -187,7 +187,7 @@ static void derive_rate(const char *path, int n) {
     snprintf(prev, sizeof prev, "gen-%d", i - 1);
     log_gen(pc, i, (i % 4) ? prev : NULL);
     snprintf(id, sizeof id, "gen-%d", i);
-    prefcap_feedback_t f = {.id = id};
+    prefcap_feedback_t f = {.size = sizeof f, .id = id};
     switch (i % 4) {
       case 0: f.kind = PREFCAP_FB_REGENERATE; break;
       case 1: f.kind = PREFCAP_FB_EDIT; f.text = "a shorter, better answer"; break;

@@ -203,7 +203,7 @@ static int serve(job *j, const turn *tu, int concise, const char *regenerates, c
   prefcap_message_t msgs[2] = {{"system", "You are a helpful assistant."}, {"user", tu->prompt}};
   char rid[128];   /* the backend's own request id: pass yours, it is how feedback finds the generation */
   snprintf(rid, sizeof rid, "%sreq-%d-%ld", j->prefix, j->thread, j->generations + j->errors);
-  prefcap_generation_t g = {
+  prefcap_generation_t g = {.size = sizeof g,
       .id = rid,
       .completion = answer,
       .model = "acme-chat", .model_version = concise ? "2026-11-01" : "2026-10-01",
@@ -222,14 +222,14 @@ static int serve(job *j, const turn *tu, int concise, const char *regenerates, c
 }
 
 static void feedback(job *j, prefcap_feedback_kind_t kind, const char *id, const char *text, int rating) {
-  prefcap_feedback_t f = {.kind = kind, .id = id, .text = text, .rating = rating, .ts_ms = now_ms()};
+  prefcap_feedback_t f = {.size = sizeof f, .kind = kind, .id = id, .text = text, .rating = rating, .ts_ms = now_ms()};
   int rc = prefcap_log_feedback(j->pc, &f);
   if (rc) { j->errors++; fprintf(stderr, "log_feedback: %s: %s\n", prefcap_strerror(rc), prefcap_errmsg(j->pc)); }
   else j->feedback++;
 }
 
 static void choice(job *j, const char *chosen, const char *rejected) {
-  prefcap_feedback_t f = {.kind = PREFCAP_FB_CHOICE, .id = chosen, .rejected_id = rejected, .ts_ms = now_ms()};
+  prefcap_feedback_t f = {.size = sizeof f, .kind = PREFCAP_FB_CHOICE, .id = chosen, .rejected_id = rejected, .ts_ms = now_ms()};
   int rc = prefcap_log_feedback(j->pc, &f);
   if (rc) { j->errors++; fprintf(stderr, "log_feedback: %s: %s\n", prefcap_strerror(rc), prefcap_errmsg(j->pc)); }
   else j->feedback++;
@@ -343,7 +343,7 @@ int main(int argc, char **argv) {
   }
 
   // ---- at shutdown: close flushes the queue (up to 5 s here) and derives the pairs
-  prefcap_counters_t k;
+  prefcap_counters_t k = PREFCAP_COUNTERS_INIT;
   prefcap_flush(pc, 5000);
   prefcap_get_counters(pc, &k);
   rc = prefcap_close(pc, 5000);

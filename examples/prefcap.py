@@ -33,9 +33,7 @@ __all__ = ["open", "Prefcap", "PrefcapError", "SYNC", "ASYNC", "FEEDBACK_KINDS"]
 SYNC, ASYNC = 0, 1
 ID_MAX = 128
 FEEDBACK_KINDS = ("regenerate", "edit", "copy", "accept", "rating", "abandon", "choice")
-_LOG_ERROR = 3
 
-_LOGGER = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
 _lib = None
 _lib_lock = threading.Lock()
 
@@ -70,7 +68,7 @@ def _load(path=None):
         sig = {
             "prefcap_options_new": ([], P), "prefcap_options_free": ([P], None),
             "prefcap_options_set_path": ([P, S], I), "prefcap_options_set_durability": ([P, I], I),
-            "prefcap_options_set_logger": ([P, _LOGGER, P], I), "prefcap_options_set_redact": ([P, I], I),
+            "prefcap_options_set_redact": ([P, I], I),
             "prefcap_open": ([P, ctypes.POINTER(P)], I), "prefcap_close": ([P, I], I),
             "prefcap_log_json": ([P, S, ctypes.c_size_t, S], I), "prefcap_flush": ([P, I], I),
             "prefcap_derive": ([P, I], I), "prefcap_errmsg": ([P], S), "prefcap_strerror": ([I], S),
@@ -94,10 +92,6 @@ class Prefcap:
 
     def __init__(self, path, durability=ASYNC, redact=False, lib=None):
         self._lib = _load(lib)
-        self._errors = []
-        # the library reports why an open failed only to its logger: keep the last error it logs
-        self._logger = _LOGGER(lambda level, msg, ud: self._errors.append(msg.decode("utf-8", "replace"))
-                               if level >= _LOG_ERROR else None)
         o = self._lib.prefcap_options_new()
         if not o:
             raise MemoryError("prefcap_options_new")
@@ -105,20 +99,20 @@ class Prefcap:
             self._check(self._lib.prefcap_options_set_path(o, os.fsencode(path)))
             self._check(self._lib.prefcap_options_set_durability(o, durability))
             self._check(self._lib.prefcap_options_set_redact(o, 1 if redact else 0))
-            self._check(self._lib.prefcap_options_set_logger(o, self._logger, None))
             h = ctypes.c_void_p()
             rc = self._lib.prefcap_open(o, ctypes.byref(h))
         finally:
             self._lib.prefcap_options_free(o)
-        if rc:
-            raise PrefcapError(rc, self._lib.prefcap_strerror(rc).decode(), self._errors[-1] if self._errors else "")
+        self._check(rc)   # why an open failed: prefcap_errmsg(NULL), this thread's, read at once
         self._h = h
         self.path = path
 
     # ---- errors ----
     def _check(self, rc, handle=None):
+        """Raises for a failed call: the detail is prefcap_errmsg(handle), or prefcap_errmsg(NULL) for a
+        call without one (open, the options' setters), kept per thread like errno."""
         if rc:
-            detail = self._lib.prefcap_errmsg(handle).decode("utf-8", "replace") if handle else ""
+            detail = self._lib.prefcap_errmsg(handle).decode("utf-8", "replace")
             raise PrefcapError(rc, self._lib.prefcap_strerror(rc).decode(), detail)
         return rc
 

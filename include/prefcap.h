@@ -14,9 +14,22 @@
  * - All text is UTF-8. Invalid UTF-8, an embedded NUL (through the JSON paths) or a text longer than
  *   the configured maximum is refused with a code naming the field, and nothing is stored.
  * - The library never exits, aborts or prints; diagnostics go to the logger callback, if one is set.
- * - Thread safety: the prefcap_log_* calls, prefcap_get_counters and prefcap_errmsg may be called from
- *   any number of threads at once on one handle; open, close, flush and derive may not run concurrently
- *   with each other on one handle. Several processes may open the same file at once.
+ * - Thread safety: see the table below.
+ * - Errors: every failing call leaves a detail, in this thread, that names what failed (the file, for
+ *   a failure of the store, an export or an uploaded file; the field, for a refused argument) and the
+ *   reason: prefcap_errmsg(handle) after a call on a handle,
+ *   prefcap_errmsg(NULL) after a call that has none (prefcap_open, prefcap_upload, the options'
+ *   setters), in the way errno works: read it right after the failing call, in the same thread.
+ * - Growable structs: every struct the caller allocates or the library writes into starts with a
+ *   `size_t size` member that the caller sets to sizeof the struct as it was compiled, with the
+ *   struct's PREFCAP_..._INIT macro. Fields are only ever appended. The library reads and writes only
+ *   the bytes that size covers (fields past it read as 0, so an older caller keeps its old behaviour),
+ *   and ignores fields a newer caller has past the library's own struct (check prefcap_version_num()
+ *   when a field's effect matters). Structs the library hands to a callback (prefcap_export_info_t,
+ *   prefcap_upload_progress_t) are the library's: they only grow at the end, so a callback built
+ *   against an older header reads the fields it knows. prefcap_message_t is fixed (role, content).
+ *   Programs built against 0.1's header, where these structs had no size, keep working: the shared
+ *   library carries the 0.1 entry points under the symbol version PREFCAP_0.1.
  * - Durability: in PREFCAP_SYNC mode a log call returns after its SQLite commit (the event is on disk,
  *   as far as SQLite's synchronous=FULL can promise). In PREFCAP_ASYNC mode it returns once the event
  *   is in a bounded in-memory queue; a writer thread commits queued events in batches; a full queue
@@ -31,12 +44,37 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
-/* The library is built with hidden visibility; what this header declares is its exported ABI. */
+/* The library is built with hidden visibility; what this header declares is its exported ABI.
+ *
+ * Thread safety, by function (sentry.h's way: one table, every public call in it):
+ *
+ *   function                                     | thread-safe on one handle?
+ *   ---------------------------------------------+---------------------------------------------------
+ *   prefcap_strerror, prefcap_version(_num),     | yes, always (no state)
+ *   prefcap_free                                 |
+ *   prefcap_errmsg                               | yes: the detail is kept per thread
+ *   prefcap_options_*, prefcap_export_options_*, | no: one thread sets an options object; once set,
+ *   prefcap_upload_options_*                     | several calls may read it at once (open, upload)
+ *   prefcap_open                                 | yes (each call makes its own handle)
+ *   prefcap_log_generation, _log_feedback,       | yes: any number of threads at once on one handle
+ *   _log_json, prefcap_get_counters              |
+ *   prefcap_flush, prefcap_derive,               | no: not concurrently with each other, nor with
+ *   prefcap_export, prefcap_forget_user,         | close, on one handle (they may run while other
+ *   prefcap_lineage_*, prefcap_prune             | threads log, except forget_user: stop logging)
+ *   prefcap_close                                | no: nothing else may use the handle during or after
+ *   prefcap_upload                               | yes (calls share nothing; see its comment on curl)
+ *
+ * Several processes may open the same store file at once (SQLite's locking, WAL). */
 #if defined(__GNUC__)
 #pragma GCC visibility push(default)
 #endif
 
-#define PREFCAP_VERSION_STRING "0.1.0"
+/* The version of this header. The Makefile reads PREFCAP_VERSION from here (the one source);
+ * prefcap_version() and prefcap_version_num() give the library's at run time, which may be newer.
+ * PREFCAP_VERSION_NUM is major * 1000000 + minor * 1000 + patch, as SQLite numbers its releases. */
+#define PREFCAP_VERSION "0.2.0"
+#define PREFCAP_VERSION_NUM 2000
+#define PREFCAP_VERSION_STRING PREFCAP_VERSION   /* the 0.1 name, kept */
 /* The store's schema version this library writes; older stores are migrated on open. */
 #define PREFCAP_SCHEMA_VERSION 3
 /* Longest id (generation, event, user, session) in bytes, excluding the NUL. */
@@ -63,12 +101,16 @@ enum {
   PREFCAP_ENETWORK = 16,   /* upload: connection failed, timed out, or was dropped (after retries) */
   PREFCAP_EHTTP = 17,      /* upload: the server answered with an error status (errmsg has it) */
   PREFCAP_ECRYPTO = 18,    /* a checksum or signature could not be computed or did not match */
+  /* Not a code: one past the last, so it moves when a code is appended. prefcap_strerror's table is
+   * checked against it when the library is compiled (a code cannot ship without its name). */
+  PREFCAP__NCODES
 };
 
 /* A short, static, English name for a code ("invalid argument"); never NULL. */
 const char *prefcap_strerror(int code);
-/* The version of the library at run time, e.g. "0.1.0". */
+/* The version of the library at run time, e.g. "0.2.0", and as a number (PREFCAP_VERSION_NUM's). */
 const char *prefcap_version(void);
+int prefcap_version_num(void);
 /* Frees memory that a prefcap function handed to the caller. NULL is a no-op. */
 void prefcap_free(void *p);
 
@@ -108,15 +150,18 @@ int prefcap_options_set_weight(prefcap_options_t *opts, const char *name, double
 
 // ---- open / close --------------------------------------------------------------------------------
 /* Opens (creating it 0600 if missing) the store at the options' path, migrates its schema and, in
- * async mode, starts the writer thread. On failure *out is NULL and the code says why; the reason's
- * detail is passed to the logger (there is no handle to carry an errmsg). Not thread-safe. */
+ * async mode, starts the writer thread. On failure *out is NULL, the code says why, and the detail
+ * (the file and the reason, e.g. "x.db: file is not a database") is prefcap_errmsg(NULL) in this
+ * thread until its next failing call; it also goes to the logger. */
 int prefcap_open(const prefcap_options_t *opts, prefcap_t **out);
 /* Flushes within timeout_ms (negative: wait as long as it takes), derives pending pairs, stops the
  * writer and closes the file. Events still queued at the deadline are dropped and counted as failed;
  * the code is then PREFCAP_ETIMEDOUT, but the handle is freed all the same. NULL is a no-op. */
 int prefcap_close(prefcap_t *pc, int timeout_ms);
-/* The detail of the last failure on this handle, in this thread. Owned by the handle; valid until the
- * next call on it from the same thread. "" when there was none. */
+/* The detail of the last failure on this handle, in this thread (pc NULL: of the last failing call
+ * without a handle: prefcap_open, prefcap_upload, a setter of an options object). It names the file
+ * and the reason. Owned by the library, per thread; valid until the next prefcap call from the same
+ * thread. "" when there was none. */
 const char *prefcap_errmsg(prefcap_t *pc);
 
 // ---- logging --------------------------------------------------------------------------------------
@@ -125,9 +170,11 @@ typedef struct prefcap_message {
   const char *content;
 } prefcap_message_t;
 
-/* One generation. Zero-initialise it ({0}) and set what you have: unset pointers are NULL, unset
- * numbers are 0 (ts_ms 0 = now; latency and token counts 0 = unknown). */
+/* One generation. Initialise it with PREFCAP_GENERATION_INIT (it sets size, and everything else to
+ * 0) and set what you have: unset pointers are NULL, unset numbers are 0 (ts_ms 0 = now; latency and
+ * token counts 0 = unknown). A size of 0 (a struct zeroed with {0}) is PREFCAP_EINVAL. */
 typedef struct prefcap_generation {
+  size_t size;                      /* sizeof(prefcap_generation_t): PREFCAP_GENERATION_INIT */
   const char *id;                   /* caller's id; NULL: one is generated and returned */
   const char *prompt;               /* the prompt as text, or ... */
   const prefcap_message_t *messages; size_t n_messages;  /* ... the messages array (role/content) */
@@ -144,6 +191,7 @@ typedef struct prefcap_generation {
   int64_t latency_ms;
   int64_t prompt_tokens, completion_tokens;
 } prefcap_generation_t;
+#define PREFCAP_GENERATION_INIT { .size = sizeof(prefcap_generation_t) }
 
 /* Logs a generation. If id_out is not NULL it receives the generation's id (the caller's, or the one
  * generated), NUL-terminated, at most PREFCAP_ID_MAX bytes + 1. Thread-safe. Replaying the same event
@@ -160,7 +208,9 @@ typedef enum {
   PREFCAP_FB_CHOICE = 7,      /* side by side: id = chosen, rejected_id = rejected */
 } prefcap_feedback_kind_t;
 
+/* Initialise with PREFCAP_FEEDBACK_INIT, as prefcap_generation_t. */
 typedef struct prefcap_feedback {
+  size_t size;                /* sizeof(prefcap_feedback_t): PREFCAP_FEEDBACK_INIT */
   prefcap_feedback_kind_t kind;
   const char *id;             /* the generation the feedback is about (the chosen one for CHOICE) */
   const char *text;           /* EDIT: the user's final text */
@@ -170,6 +220,7 @@ typedef struct prefcap_feedback {
   const char *event_id;       /* idempotency key; NULL: a hash of the content */
   int64_t ts_ms;              /* 0 = now */
 } prefcap_feedback_t;
+#define PREFCAP_FEEDBACK_INIT { .size = sizeof(prefcap_feedback_t) }
 
 /* Logs feedback on a generation. The generation need not be stored yet (another process, clock
  * skew): feedback is kept and paired once it arrives. Thread-safe; idempotent like log_generation. */
@@ -189,7 +240,9 @@ int prefcap_flush(prefcap_t *pc, int timeout_ms);
  * the async writer also derives when idle, and close derives what is left. */
 int prefcap_derive(prefcap_t *pc, int all);
 
+/* Written by the library, up to the caller's size: declare it with PREFCAP_COUNTERS_INIT. */
 typedef struct prefcap_counters {
+  size_t size;        /* sizeof(prefcap_counters_t): PREFCAP_COUNTERS_INIT; kept as it was */
   uint64_t accepted;  /* log calls that returned PREFCAP_OK, this handle */
   uint64_t stored;    /* events committed, this handle (replays of known events included) */
   uint64_t duplicates;/* of those, events that were already stored (nothing written) */
@@ -200,7 +253,8 @@ typedef struct prefcap_counters {
                          writes for now (a read-only file, a full disk, a lock held past the busy
                          timeout; the logger has the reason); 0 while writes succeed */
 } prefcap_counters_t;
-/* This handle's counters since open. Thread-safe. (Dropped and failed are also added to the store's
+#define PREFCAP_COUNTERS_INIT { .size = sizeof(prefcap_counters_t) }
+/* This handle's counters since open, written up to out->size. Thread-safe. (Dropped and failed are also added to the store's
  * own totals, which `prefcap stats` shows across processes and runs.) */
 int prefcap_get_counters(prefcap_t *pc, prefcap_counters_t *out);
 
@@ -291,11 +345,12 @@ int prefcap_upload_options_set_progress(prefcap_upload_options_t *o, prefcap_upl
  * PREFCAP_ECRYPTO (the file's SHA-256 differs from the manifest's, or the file changed while it was
  * sent), PREFCAP_EHTTP (an error status, or 408/429/5xx after the last retry), PREFCAP_ENETWORK
  * (connection, TLS or timeout failure after the last retry, or cancelled), PREFCAP_ENOMEM. On failure
- * errbuf (if not NULL) receives a NUL-terminated English sentence naming the file, the URL without its
- * query, the status and the server's error code/message. Thread-safe (calls share nothing), provided
+ * prefcap_errmsg(NULL), in this thread, is an English sentence naming the file, the URL without its
+ * query, the status and the server's error code/message. (0.1's errbuf and errlen arguments are gone;
+ * programs built against 0.1 still get them filled.) Thread-safe (calls share nothing), provided
  * curl_global_init has run (prefcap_upload calls it once; call it yourself first if other threads use
  * libcurl at the same time). */
-int prefcap_upload(const prefcap_upload_options_t *opts, const char *file, const char *url, char *errbuf, size_t errlen);
+int prefcap_upload(const prefcap_upload_options_t *opts, const char *file, const char *url);
 /* ==== end upload ================================================================================== */
 
 // ---- export (sdk/export.c) -----------------------------------------------------------------------
@@ -339,7 +394,9 @@ int prefcap_export_options_set_since_last(prefcap_export_options_t *o, const cha
 int prefcap_export_options_set_upload(prefcap_export_options_t *o, const char *url,
                                       const prefcap_upload_options_t *upload_opts);
 
+/* Written by the library, up to the caller's size: declare it with PREFCAP_EXPORT_RESULT_INIT. */
 typedef struct prefcap_export_result {
+  size_t size;            /* sizeof(prefcap_export_result_t): PREFCAP_EXPORT_RESULT_INIT; kept */
   char export_id[40];     /* "exp-" + 32 hex digits */
   uint64_t records;       /* lines written, train + eval */
   uint64_t train, eval;
@@ -349,13 +406,16 @@ typedef struct prefcap_export_result {
   int resumed;            /* since_last: a killed export of this name was completed (same range) */
   int more;               /* resumed, and more came since: run the export again to take it */
 } prefcap_export_result_t;
+#define PREFCAP_EXPORT_RESULT_INIT { .size = sizeof(prefcap_export_result_t) }
 
-/* Runs an export on an open store (derives pending pairs first). Not thread-safe with open, close,
- * flush or derive on the same handle. */
+/* Runs an export on an open store (derives pending pairs first). result may be NULL; if not, its size
+ * must be set (PREFCAP_EXPORT_RESULT_INIT). Not thread-safe with open, close, flush or derive on the
+ * same handle. */
 int prefcap_export(prefcap_t *pc, const prefcap_export_options_t *o, prefcap_export_result_t *result);
 
 // ---- erasure, lineage, retention (sdk/forget.c) ---------------------------------------------------
-/* A published export, as lineage reports it. Strings are borrowed for the duration of the callback. */
+/* A published export, as lineage reports it. Strings are borrowed for the duration of the callback.
+ * The library's struct, handed to callbacks: it only grows at the end (see the conventions above). */
 typedef struct prefcap_export_info {
   const char *id, *name, *path, *format, *upload_url;
   int64_t created_ms, published_ms;

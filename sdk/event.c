@@ -6,6 +6,7 @@
  * names the field before anything is queued: nothing is ever stored half-way. */
 #include "internal.h"
 #include "sha256.h"
+#include "jsonstr.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -176,28 +177,13 @@ void prefcap__buf_printf(prefcap__buf *b, const char *fmt, ...) {
   b->len += (size_t)n;
 }
 
-/* JSON string literal per RFC 8259: quote, backslash and control characters escaped; UTF-8 passes
+/* JSON string literal per RFC 8259 (common/jsonstr.c, the project's one escaper); UTF-8 passes
  * through as is (it was validated on the way in). */
 void prefcap__buf_json_str(prefcap__buf *b, const char *s) {
-  prefcap__buf_putn(b, "\"", 1);
-  const char *run = s;
-  for (; *s; s++) {
-    unsigned char c = (unsigned char)*s;
-    if (c >= 0x20 && c != '"' && c != '\\') continue;
-    prefcap__buf_putn(b, run, (size_t)(s - run));
-    char esc[8];
-    switch (c) {
-      case '"': prefcap__buf_putn(b, "\\\"", 2); break;
-      case '\\': prefcap__buf_putn(b, "\\\\", 2); break;
-      case '\n': prefcap__buf_putn(b, "\\n", 2); break;
-      case '\r': prefcap__buf_putn(b, "\\r", 2); break;
-      case '\t': prefcap__buf_putn(b, "\\t", 2); break;
-      default: snprintf(esc, sizeof esc, "\\u%04x", c); prefcap__buf_puts(b, esc);
-    }
-    run = s + 1;
-  }
-  prefcap__buf_putn(b, run, (size_t)(s - run));
-  prefcap__buf_putn(b, "\"", 1);
+  size_t n = strlen(s), q = pc_json_quoted_len(s, n);
+  prefcap__buf_reserve(b, q);
+  if (b->oom) return;
+  b->len += pc_json_quote(b->p + b->len, s, n);
 }
 
 void prefcap__sha256_opt(prefcap__sha256_ctx *c, const char *s) {

@@ -15,8 +15,10 @@
  * path, and deletes the files of the pending attempt. A kill after 5 is a finished export. */
 #include "internal.h"
 #include "sha256.h"
+#include "upload.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -54,68 +56,86 @@ void prefcap_export_options_free(prefcap_export_options_t *o) {
   free(o);
 }
 
+/* A setter's refusal, through the library's error channel (prefcap_errmsg(NULL)): the call, then why. */
+#define REFUSE(why) prefcap__fail0(PREFCAP_EINVAL, "%s: %s", __func__, (why))
+#define NO_OPTIONS "no options object"
+
 static int set_str(char **dst, const char *v, bool allow_null) {
-  if (!v && !allow_null) return PREFCAP_EINVAL;
+  if (!v && !allow_null) return prefcap__fail0(PREFCAP_EINVAL, "export options: a value is required");
   char *c = NULL;
-  if (v && !(c = strdup(v))) return PREFCAP_ENOMEM;
+  if (v && !(c = strdup(v))) return prefcap__fail0(PREFCAP_ENOMEM, "export options: out of memory");
   free(*dst);
   *dst = c;
   return PREFCAP_OK;
 }
 
 int prefcap_export_options_set_format(prefcap_export_options_t *o, prefcap_format_t f) {
-  if (!o || f < PREFCAP_FORMAT_TRL_DPO || f > PREFCAP_FORMAT_OPENAI_DPO) return PREFCAP_EINVAL;
+  if (!o) return REFUSE(NO_OPTIONS);
+  if (f < PREFCAP_FORMAT_TRL_DPO || f > PREFCAP_FORMAT_OPENAI_DPO) return REFUSE("unknown format");
   o->format = f;
   return PREFCAP_OK;
 }
-int prefcap_export_options_set_out(prefcap_export_options_t *o, const char *p) { return o && p && *p ? set_str(&o->out, p, false) : PREFCAP_EINVAL; }
-int prefcap_export_options_set_gzip(prefcap_export_options_t *o, int on) { if (!o) return PREFCAP_EINVAL; o->gzip = on != 0; return PREFCAP_OK; }
-int prefcap_export_options_set_dedup(prefcap_export_options_t *o, int on) { if (!o) return PREFCAP_EINVAL; o->dedup = on != 0; return PREFCAP_OK; }
+int prefcap_export_options_set_out(prefcap_export_options_t *o, const char *p) {
+  if (!o) return REFUSE(NO_OPTIONS);
+  return p && *p ? set_str(&o->out, p, false) : REFUSE("no path given");
+}
+int prefcap_export_options_set_gzip(prefcap_export_options_t *o, int on) { if (!o) return REFUSE(NO_OPTIONS); o->gzip = on != 0; return PREFCAP_OK; }
+int prefcap_export_options_set_dedup(prefcap_export_options_t *o, int on) { if (!o) return REFUSE(NO_OPTIONS); o->dedup = on != 0; return PREFCAP_OK; }
 int prefcap_export_options_set_time_range(prefcap_export_options_t *o, int64_t since, int64_t until) {
-  if (!o || since < 0 || until < 0 || (until && since > until)) return PREFCAP_EINVAL;
+  if (!o) return REFUSE(NO_OPTIONS);
+  if (since < 0 || until < 0 || (until && since > until)) return REFUSE("needs 0 <= since <= until (0: open)");
   o->since_ms = since; o->until_ms = until;
   return PREFCAP_OK;
 }
 int prefcap_export_options_set_signals(prefcap_export_options_t *o, const char *list) {
-  if (!o) return PREFCAP_EINVAL;
+  if (!o) return REFUSE(NO_OPTIONS);
   if (list) {   /* each name must be a known signal: a typo must not silently export nothing */
     static const char *const known[] = {"edit", "regenerate", "choice", "rating", "copy", "accept", "abandon", NULL};
     char *copy = strdup(list), *save = NULL;
-    if (!copy) return PREFCAP_ENOMEM;
+    if (!copy) return prefcap__fail0(PREFCAP_ENOMEM, "%s: out of memory", __func__);
     for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
       bool ok = false;
       for (int i = 0; known[i] && !ok; i++) ok = !strcmp(t, known[i]);
-      if (!ok) { free(copy); return PREFCAP_EINVAL; }
+      if (!ok) {
+        int rc = prefcap__fail0(PREFCAP_EINVAL, "%s: unknown signal '%.64s' (known: edit, regenerate, choice, rating, "
+                                "copy, accept, abandon)", __func__, t);
+        free(copy);
+        return rc;
+      }
     }
     free(copy);
   }
   return set_str(&o->signals, list, true);
 }
 int prefcap_export_options_set_min_weight(prefcap_export_options_t *o, double w) {
-  if (!o || !(w >= 0 && w <= 1)) return PREFCAP_EINVAL;
+  if (!o) return REFUSE(NO_OPTIONS);
+  if (!(w >= 0 && w <= 1)) return REFUSE("the weight must be in [0,1]");
   o->min_weight = w;
   return PREFCAP_OK;
 }
-int prefcap_export_options_set_model(prefcap_export_options_t *o, const char *m) { return o ? set_str(&o->model, m, true) : PREFCAP_EINVAL; }
-int prefcap_export_options_set_user(prefcap_export_options_t *o, const char *u) { return o ? set_str(&o->user, u, true) : PREFCAP_EINVAL; }
+int prefcap_export_options_set_model(prefcap_export_options_t *o, const char *m) { return o ? set_str(&o->model, m, true) : REFUSE(NO_OPTIONS); }
+int prefcap_export_options_set_user(prefcap_export_options_t *o, const char *u) { return o ? set_str(&o->user, u, true) : REFUSE(NO_OPTIONS); }
 int prefcap_export_options_set_max_ai_fraction(prefcap_export_options_t *o, double f) {
-  if (!o || !(f >= 0 && f <= 1)) return PREFCAP_EINVAL;
+  if (!o) return REFUSE(NO_OPTIONS);
+  if (!(f >= 0 && f <= 1)) return REFUSE("the fraction must be in [0,1]");
   o->max_ai_fraction = f;
   return PREFCAP_OK;
 }
 int prefcap_export_options_set_eval_fraction(prefcap_export_options_t *o, double f) {
-  if (!o || !(f >= 0 && f < 1)) return PREFCAP_EINVAL;
+  if (!o) return REFUSE(NO_OPTIONS);
+  if (!(f >= 0 && f < 1)) return REFUSE("the fraction must be in [0,1)");
   o->eval_fraction = f;
   return PREFCAP_OK;
 }
 int prefcap_export_options_set_since_last(prefcap_export_options_t *o, const char *name) {
-  if (!o || (name && (!*name || strlen(name) > PREFCAP_ID_MAX))) return PREFCAP_EINVAL;
+  if (!o) return REFUSE(NO_OPTIONS);
+  if (name && (!*name || strlen(name) > PREFCAP_ID_MAX)) return REFUSE("the name must be 1 to 128 bytes");
   return set_str(&o->since_last, name, true);
 }
 const char *prefcap_export_options_out(const prefcap_export_options_t *o) { return o ? o->out : NULL; }
 
 int prefcap_export_options_set_upload(prefcap_export_options_t *o, const char *url, const prefcap_upload_options_t *uo) {
-  if (!o) return PREFCAP_EINVAL;
+  if (!o) return REFUSE(NO_OPTIONS);
   o->upload_opts = uo;
   return set_str(&o->upload_url, url, true);
 }
@@ -564,6 +584,7 @@ static int out_close(outfile *f, char *err, size_t errlen) {
 }
 
 static void out_abort(outfile *f) {
+  prefcap__sha256_free(&f->sha);
   if (f->gz) gzclose(f->gz);
   f->gz = NULL;
   out_stop(f);
@@ -1072,7 +1093,7 @@ static int do_export(prefcap_t *pc, const prefcap_export_options_t *o, prefcap_e
 
   if (o->upload_url) {
     char uerr[512];
-    rc = prefcap_upload(o->upload_opts, o->out, o->upload_url, uerr, sizeof uerr);
+    rc = prefcap__upload(o->upload_opts, o->out, o->upload_url, uerr, sizeof uerr);
     if (!rc && nfiles == 2) {
       /* the eval part beside the train part, without a manifest of its own */
       char eurl[4096];
@@ -1081,7 +1102,7 @@ static int do_export(prefcap_t *pc, const prefcap_export_options_t *o, prefcap_e
       if (!eo) rc = PREFCAP_ENOMEM;
       else {
         prefcap_upload_options_set_manifest(eo, 0);
-        rc = prefcap_upload(eo, evp, eurl, uerr, sizeof uerr);
+        rc = prefcap__upload(eo, evp, eurl, uerr, sizeof uerr);
         prefcap_upload_options_free(eo);
       }
     }
@@ -1098,14 +1119,24 @@ static int do_export(prefcap_t *pc, const prefcap_export_options_t *o, prefcap_e
   return rc;
 }
 
-int prefcap_export(prefcap_t *pc, const prefcap_export_options_t *o, prefcap_export_result_t *res) {
-  if (!pc || !o) return PREFCAP_EINVAL;
-  prefcap_export_result_t dummy;
-  if (!res) res = &dummy;
-  memset(res, 0, sizeof *res);
+int prefcap_export(prefcap_t *pc, const prefcap_export_options_t *o, prefcap_export_result_t *out) {
+  if (!pc) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_export: no handle");
+  if (!o) return prefcap__fail(pc, PREFCAP_EINVAL, "prefcap_export: no options");
+  /* the result is written up to the caller's size (include/prefcap.h: growable structs) */
+  const size_t min = offsetof(prefcap_export_result_t, more) + sizeof(int);
+  if (out && out->size < min)
+    return prefcap__fail(pc, PREFCAP_EINVAL, "prefcap_export_result_t.size is %zu, less than %zu: initialise it "
+                         "with PREFCAP_EXPORT_RESULT_INIT", out->size, min);
+  prefcap_export_result_t res;
+  memset(&res, 0, sizeof res);
   char err[1024] = "";
   pthread_mutex_lock(&pc->db_mu);
-  int rc = do_export(pc, o, res, err, sizeof err);
+  int rc = do_export(pc, o, &res, err, sizeof err);
   pthread_mutex_unlock(&pc->db_mu);
+  if (out) {
+    size_t keep = out->size;
+    memcpy(out, &res, keep < sizeof res ? keep : sizeof res);
+    out->size = keep;
+  }
   return rc ? prefcap__fail(pc, rc, "%s", err) : PREFCAP_OK;
 }

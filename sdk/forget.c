@@ -206,7 +206,7 @@ int prefcap__forget_user_ex(prefcap_t *pc, const char *user_id, prefcap_export_f
                             prefcap__erase_counts *counts) {
   prefcap__erase_counts c = {0};
   if (counts) *counts = c;
-  if (!pc) return PREFCAP_EINVAL;
+  if (!pc) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_forget_user: no handle");
   if (!user_id || !*user_id) return prefcap__fail(pc, PREFCAP_EINVAL, "forget: the user id is missing");
   if (strlen(user_id) > PREFCAP_ID_MAX || !prefcap__utf8_valid(user_id, strlen(user_id)))
     return prefcap__fail(pc, PREFCAP_EINVAL, "forget: the user id is not an id (longer than %d bytes, or not UTF-8)", PREFCAP_ID_MAX);
@@ -286,7 +286,7 @@ int prefcap_forget_user(prefcap_t *pc, const char *user_id, prefcap_export_fn fn
 // ---- lineage -------------------------------------------------------------------------------------
 
 int prefcap_lineage_user(prefcap_t *pc, const char *user_id, prefcap_export_fn fn, void *userdata) {
-  if (!pc) return PREFCAP_EINVAL;
+  if (!pc) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_lineage_user: no handle");
   if (!user_id || !*user_id) return prefcap__fail(pc, PREFCAP_EINVAL, "lineage: the user id is missing");
   char hash[65];
   prefcap__user_hash(user_id, hash);
@@ -305,7 +305,7 @@ int prefcap_lineage_user(prefcap_t *pc, const char *user_id, prefcap_export_fn f
 
 int prefcap_lineage_export(prefcap_t *pc, const char *export_id, prefcap_export_fn fn,
                            void (*record_fn)(const char *json_line, void *userdata), void *userdata) {
-  if (!pc) return PREFCAP_EINVAL;
+  if (!pc) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_lineage_export: no handle");
   if (!export_id || !*export_id) return prefcap__fail(pc, PREFCAP_EINVAL, "lineage: the export id is missing");
   pthread_mutex_lock(&pc->db_mu);
   sqlite3 *db = prefcap__store_db(pc->store);
@@ -421,7 +421,7 @@ static const char *const prune_sql[] = {
 int prefcap__prune_ex(prefcap_t *pc, int64_t older_than_ms, bool dry_run, bool vacuum, prefcap__erase_counts *counts) {
   prefcap__erase_counts c = {0};
   if (counts) *counts = c;
-  if (!pc) return PREFCAP_EINVAL;
+  if (!pc) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_prune: no handle");
   if (older_than_ms <= 0) return prefcap__fail(pc, PREFCAP_EINVAL, "prune: the cutoff must be a positive Unix time in ms");
   char err[512];
   pthread_mutex_lock(&pc->db_mu);

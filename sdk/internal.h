@@ -84,8 +84,11 @@ struct prefcap {
   int64_t last_derive_ms;        /* paces background derivation; under db_mu */
 };
 
-/* Records the failure detail for this thread and handle; returns code. */
+/* Records the failure detail for this thread and handle; returns code. A failure of the store itself
+ * (EIO, EFULL, EBUSY, ECORRUPT, ESCHEMA) is prefixed with its path unless the detail names it. */
 int prefcap__fail(prefcap_t *pc, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* The same for a call without a handle (open, upload, options): prefcap_errmsg(NULL) shows it. */
+int prefcap__fail0(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void prefcap__log(const prefcap_t *pc, prefcap_log_level_t lvl, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* The handle's connection, for the CLI and tests (use under no concurrent logging). */

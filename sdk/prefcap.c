@@ -12,6 +12,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,31 +27,67 @@
 
 // ---- codes and messages --------------------------------------------------------------------------
 
+/* Indexed by code. The table is positional, so the build fails when a code is appended to the enum
+ * without its name here (PREFCAP__NCODES, the enum's last member, moves with it). */
+static const char *const code_names[] = {
+    "ok", "invalid argument", "out of memory", "I/O error", "disk full", "store busy (locked)",
+    "text too big", "invalid UTF-8 or NUL byte", "queue full (event dropped)", "timed out",
+    "handle closing", "not a prefcap store, or damaged", "store written by a newer prefcap",
+    "not found", "invalid JSON", "refused", "network error", "HTTP error", "checksum or signature error"};
+_Static_assert(sizeof code_names / sizeof *code_names == PREFCAP__NCODES, "prefcap_strerror: one name per code");
+
 const char *prefcap_strerror(int code) {
-  static const char *const names[] = {
-      "ok", "invalid argument", "out of memory", "I/O error", "disk full", "store busy (locked)",
-      "text too big", "invalid UTF-8 or NUL byte", "queue full (event dropped)", "timed out",
-      "handle closing", "not a prefcap store, or damaged", "store written by a newer prefcap",
-      "not found", "invalid JSON", "refused", "network error", "HTTP error", "checksum or signature error"};
-  if (code >= 0 && code < (int)(sizeof names / sizeof *names)) return names[code];
+  if (code >= 0 && code < PREFCAP__NCODES) return code_names[code];
   return "unknown error code";
 }
 
-const char *prefcap_version(void) { return PREFCAP_VERSION_STRING; }
+const char *prefcap_version(void) { return PREFCAP_VERSION; }
+int prefcap_version_num(void) { return PREFCAP_VERSION_NUM; }
 void prefcap_free(void *p) { free(p); }
 
-/* The last failure's detail, per thread, tagged with the handle it belongs to. */
-static _Thread_local char tl_errmsg[512];
+/* The last failure's detail, per thread, tagged with the handle it belongs to (NULL: a call without
+ * one, such as open or upload). Per thread, so concurrent logging threads never see each other's. */
+static _Thread_local char tl_errmsg[1024];
 static _Thread_local const prefcap_t *tl_err_owner;
+static _Thread_local bool tl_err_set;
 
-const char *prefcap_errmsg(prefcap_t *pc) { return (pc && tl_err_owner == pc) ? tl_errmsg : ""; }
+const char *prefcap_errmsg(prefcap_t *pc) { return (tl_err_set && tl_err_owner == pc) ? tl_errmsg : ""; }
+
+/* A failure of the store itself (I/O, a full disk, a lock, damage, a newer schema) starts with the
+ * store's path ("x.db: ..."), unless the detail already names it, so that the message says which file
+ * it is about. A refused argument (a field, UTF-8, a size) is about the call, and says which field. */
+static bool about_the_file(int code) {
+  return code == PREFCAP_EIO || code == PREFCAP_EFULL || code == PREFCAP_EBUSY || code == PREFCAP_ECORRUPT ||
+         code == PREFCAP_ESCHEMA;
+}
+
+static void set_detail(const prefcap_t *pc, int code, const char *fmt, va_list ap) {
+  char msg[sizeof tl_errmsg];
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  const char *path = pc && about_the_file(code) ? pc->o.path : NULL;
+  size_t pl = path && !strstr(msg, path) ? strlen(path) : 0;
+  if (pl + 2 >= sizeof tl_errmsg) pl = 0;
+  if (pl) { memcpy(tl_errmsg, path, pl); memcpy(tl_errmsg + pl, ": ", 2); pl += 2; }
+  size_t ml = strnlen(msg, sizeof tl_errmsg - 1 - pl);   /* cut at the end of the buffer */
+  memcpy(tl_errmsg + pl, msg, ml);
+  tl_errmsg[pl + ml] = 0;
+  tl_err_owner = pc;
+  tl_err_set = true;
+}
 
 int prefcap__fail(prefcap_t *pc, int code, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(tl_errmsg, sizeof tl_errmsg, fmt, ap);
+  set_detail(pc, code, fmt, ap);
   va_end(ap);
-  tl_err_owner = pc;
+  return code;
+}
+
+int prefcap__fail0(int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  set_detail(NULL, code, fmt, ap);
+  va_end(ap);
   return code;
 }
 
@@ -86,64 +123,69 @@ void prefcap_options_free(prefcap_options_t *o) {
 }
 
 int prefcap_options_set_path(prefcap_options_t *o, const char *path) {
-  if (!o || !path || !*path) return PREFCAP_EINVAL;
+  if (!o || !path || !*path) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_options_set_path: %s", !o ? "no options object" : "no path given");
   char *p = strdup(path);
-  if (!p) return PREFCAP_ENOMEM;
+  if (!p) return prefcap__fail0(PREFCAP_ENOMEM, "prefcap_options_set_path: out of memory");
   free(o->path);
   o->path = p;
   return PREFCAP_OK;
 }
 
 int prefcap_options_set_durability(prefcap_options_t *o, prefcap_durability_t mode) {
-  if (!o || (mode != PREFCAP_SYNC && mode != PREFCAP_ASYNC)) return PREFCAP_EINVAL;
+  if (!o || (mode != PREFCAP_SYNC && mode != PREFCAP_ASYNC))
+    return prefcap__fail0(PREFCAP_EINVAL, "prefcap_options_set_durability: %s", !o ? "no options object" : "mode is neither PREFCAP_SYNC nor PREFCAP_ASYNC");
   o->mode = mode;
   return PREFCAP_OK;
 }
 
 int prefcap_options_set_queue_capacity(prefcap_options_t *o, size_t n) {
-  if (!o || n < 1 || n > ((size_t)1 << 28)) return PREFCAP_EINVAL;
+  if (!o || n < 1 || n > ((size_t)1 << 28))
+    return prefcap__fail0(PREFCAP_EINVAL, "prefcap_options_set_queue_capacity: %s", !o ? "no options object" : "capacity must be 1 to 2^28 events");
   o->queue_capacity = n;
   return PREFCAP_OK;
 }
 
 int prefcap_options_set_busy_timeout_ms(prefcap_options_t *o, int ms) {
-  if (!o || ms < 0) return PREFCAP_EINVAL;
+  if (!o || ms < 0) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_options_set_busy_timeout_ms: %s", !o ? "no options object" : "negative timeout");
   o->busy_timeout_ms = ms;
   return PREFCAP_OK;
 }
 
 int prefcap_options_set_max_text_bytes(prefcap_options_t *o, size_t n) {
-  if (!o || n < 1) return PREFCAP_EINVAL;
+  if (!o || n < 1) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_options_set_max_text_bytes: %s", !o ? "no options object" : "must be at least 1");
   o->max_text = n;
   return PREFCAP_OK;
 }
 
 int prefcap_options_set_logger(prefcap_options_t *o, prefcap_logger_fn fn, void *ud) {
-  if (!o) return PREFCAP_EINVAL;
+  if (!o) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_options_set_logger: no options object");
   o->logger = fn;
   o->logger_ud = ud;
   return PREFCAP_OK;
 }
 
 int prefcap_options_set_redact(prefcap_options_t *o, int on) {
-  if (!o) return PREFCAP_EINVAL;
+  if (!o) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_options_set_redact: no options object");
   o->redact = on != 0;
   return PREFCAP_OK;
 }
 
 int prefcap_options_set_block_when_full(prefcap_options_t *o, int on) {
-  if (!o) return PREFCAP_EINVAL;
+  if (!o) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_options_set_block_when_full: no options object");
   o->block_when_full = on != 0;
   return PREFCAP_OK;
 }
 
 int prefcap_options_set_weight(prefcap_options_t *o, const char *name, double v) {
   prefcap__rules r;
-  if (!o || !name || !prefcap__rules_field(&r, name) || !(v >= 0.0 && v <= 1.0)) return PREFCAP_EINVAL;
+  if (!o || !name) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_options_set_weight: no %s", !o ? "options object" : "name");
+  if (!prefcap__rules_field(&r, name)) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_options_set_weight: unknown weight '%s' (docs/pairing.md)", name);
+  if (!(v >= 0.0 && v <= 1.0)) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_options_set_weight: %s = %g is outside [0,1]", name, v);
   for (int i = 0; i < o->n_weights; i++)
     if (!strcmp(o->weight_names[i], name)) { o->weight_values[i] = v; return PREFCAP_OK; }
-  if (o->n_weights == (int)(sizeof o->weight_names / sizeof *o->weight_names)) return PREFCAP_EINVAL;
-  if (!(o->weight_names[o->n_weights] = strdup(name))) return PREFCAP_ENOMEM;
+  if (o->n_weights == (int)(sizeof o->weight_names / sizeof *o->weight_names))
+    return prefcap__fail0(PREFCAP_EINVAL, "prefcap_options_set_weight: too many weights set");
+  if (!(o->weight_names[o->n_weights] = strdup(name))) return prefcap__fail0(PREFCAP_ENOMEM, "prefcap_options_set_weight: out of memory");
   o->weight_values[o->n_weights++] = v;
   return PREFCAP_OK;
 }
@@ -317,17 +359,20 @@ static void *writer_main(void *arg) {
 // ---- open / close --------------------------------------------------------------------------------
 
 int prefcap_open(const prefcap_options_t *opts, prefcap_t **out) {
-  if (!out) return PREFCAP_EINVAL;
+  if (!out) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_open: no place for the handle (out is NULL)");
   *out = NULL;
-  if (!opts) return PREFCAP_EINVAL;
+  if (!opts) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_open: no options");
   prefcap_t *pc = calloc(1, sizeof *pc);
-  if (!pc) return PREFCAP_ENOMEM;
+  if (!pc) return prefcap__fail0(PREFCAP_ENOMEM, "%s: out of memory", opts->path);
   pc->o = *opts;
   pc->o.n_weights = 0;
   pc->o.path = strdup(opts->path);
   pc->cap = opts->mode == PREFCAP_ASYNC ? opts->queue_capacity : 1;
   pc->ring = calloc(pc->cap, sizeof *pc->ring);
-  if (!pc->o.path || !pc->ring) { free(pc->o.path); free(pc->ring); free(pc); return PREFCAP_ENOMEM; }
+  if (!pc->o.path || !pc->ring) {
+    free(pc->o.path); free(pc->ring); free(pc);
+    return prefcap__fail0(PREFCAP_ENOMEM, "%s: out of memory (a queue of %zu events)", opts->path, opts->queue_capacity);
+  }
   pthread_mutex_init(&pc->db_mu, NULL);
   pthread_mutex_init(&pc->q_mu, NULL);
   pthread_cond_init(&pc->q_wake, NULL);
@@ -349,11 +394,12 @@ int prefcap_open(const prefcap_options_t *opts, prefcap_t **out) {
   }
   if (rc) {
     prefcap__log(pc, PREFCAP_LOG_ERROR, "prefcap: cannot open %s: %s", opts->path, err);
-    prefcap__fail(NULL, rc, "%s", err);
     prefcap__store_close(pc->store);
     pc->store = NULL;
     prefcap_close(pc, 0);
-    return rc;
+    /* after close, which must not clear it: the detail names the file unless the store's did */
+    if (strstr(err, opts->path)) return prefcap__fail0(rc, "%s", err);
+    return prefcap__fail0(rc, "%s: %s", opts->path, err);
   }
   *out = pc;
   return PREFCAP_OK;
@@ -391,7 +437,7 @@ int prefcap_close(prefcap_t *pc, int timeout_ms) {
   pthread_cond_destroy(&pc->q_done);
   free(pc->ring);
   free(pc->o.path);
-  if (tl_err_owner == pc) tl_err_owner = NULL;
+  if (tl_err_owner == pc && tl_err_set) { tl_err_set = false; tl_err_owner = NULL; }   /* a later handle may get this address */
   free(pc);
   return rc;
 }
@@ -431,7 +477,7 @@ static int redact_event(prefcap_t *pc, prefcap__event **evp) {
   char err[256];
   if (!rc) {
     if (ev->type == PREFCAP__EV_GENERATION) {
-      prefcap_generation_t g = {.id = ev->id, .prompt = r[0], .messages = msgs, .n_messages = nm,
+      prefcap_generation_t g = {.size = sizeof g, .id = ev->id, .prompt = r[0], .messages = msgs, .n_messages = nm,
                                 .system = r[1], .completion = r[2], .model = ev->model,
                                 .model_version = ev->model_version, .params_json = ev->params_json,
                                 .user_id = ev->user_id, .session_id = ev->session_id,
@@ -440,7 +486,7 @@ static int redact_event(prefcap_t *pc, prefcap__event **evp) {
                                 .completion_tokens = ev->completion_tokens};
       rc = prefcap__event_from_generation(&g, pc->o.max_text * 2, &out, err, sizeof err);
     } else {
-      prefcap_feedback_t f = {.kind = (prefcap_feedback_kind_t)ev->type, .id = ev->id, .text = r[3],
+      prefcap_feedback_t f = {.size = sizeof f, .kind = (prefcap_feedback_kind_t)ev->type, .id = ev->id, .text = r[3],
                               .rating = ev->rating, .rejected_id = ev->other_id, .source = ev->source,
                               .event_id = ev->event_id, .ts_ms = ev->ts_ms};
       rc = prefcap__event_from_feedback(&f, pc->o.max_text * 2, &out, err, sizeof err);
@@ -503,34 +549,58 @@ static int submit(prefcap_t *pc, prefcap__event *ev) {
   return PREFCAP_OK;
 }
 
-int prefcap_log_generation(prefcap_t *pc, const prefcap_generation_t *gen, char id_out[PREFCAP_ID_MAX + 1]) {
-  if (!pc) return PREFCAP_EINVAL;
+/* A caller's struct of the given size, as the library's own: the bytes past the caller's size read
+ * as 0 (an older caller), and a newer caller's extra fields are left out. NULL when size is too
+ * small to hold the first fields. */
+#define SIZED_COPY(dst, src, min_size) \
+  ((src) && (src)->size >= (min_size) \
+       ? (memset(&(dst), 0, sizeof (dst)), \
+          memcpy(&(dst), (src), (src)->size < sizeof (dst) ? (src)->size : sizeof (dst)), (dst).size = sizeof (dst), &(dst)) \
+       : NULL)
+
+/* The smallest sizes accepted: 0.2's structs, the first with a size. */
+#define GEN_MIN_SIZE (offsetof(prefcap_generation_t, completion_tokens) + sizeof(int64_t))
+#define FB_MIN_SIZE (offsetof(prefcap_feedback_t, ts_ms) + sizeof(int64_t))
+#define COUNTERS_MIN_SIZE (offsetof(prefcap_counters_t, queued) + sizeof(uint64_t))
+
+static int bad_size(prefcap_t *pc, const char *what, const char *init, const void *p, size_t size, size_t min) {
+  if (!p) return prefcap__fail(pc, PREFCAP_EINVAL, "no %s given", what);
+  return prefcap__fail(pc, PREFCAP_EINVAL, "%s.size is %zu, less than %zu: initialise it with %s", what, size, min, init);
+}
+
+int prefcap_log_generation(prefcap_t *pc, const prefcap_generation_t *gen_in, char id_out[PREFCAP_ID_MAX + 1]) {
+  if (!pc) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_log_generation: no handle");
+  prefcap_generation_t g;
+  const prefcap_generation_t *gen = SIZED_COPY(g, gen_in, GEN_MIN_SIZE);
+  if (!gen) return bad_size(pc, "prefcap_generation_t", "PREFCAP_GENERATION_INIT", gen_in, gen_in ? gen_in->size : 0, GEN_MIN_SIZE);
   prefcap__event *ev;
   char err[256];
   /* A live call without a time happens now: stamping it before the id is made from the content
    * keeps two identical answers served at different moments apart. (A JSON line without a time is
    * a replay, and hashes without one; docs/events.md.) */
-  prefcap_generation_t g;
-  if (gen && gen->ts_ms == 0) { g = *gen; g.ts_ms = prefcap__now_ms(); gen = &g; }
+  if (g.ts_ms == 0) g.ts_ms = prefcap__now_ms();
   int rc = prefcap__event_from_generation(gen, pc->o.max_text, &ev, err, sizeof err);
   if (rc) return prefcap__fail(pc, rc, "%s", err);
   if (id_out) memcpy(id_out, ev->id, strlen(ev->id) + 1);
   return submit(pc, ev);
 }
 
-int prefcap_log_feedback(prefcap_t *pc, const prefcap_feedback_t *fb) {
-  if (!pc) return PREFCAP_EINVAL;
+int prefcap_log_feedback(prefcap_t *pc, const prefcap_feedback_t *fb_in) {
+  if (!pc) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_log_feedback: no handle");
+  prefcap_feedback_t f;
+  const prefcap_feedback_t *fb = SIZED_COPY(f, fb_in, FB_MIN_SIZE);
+  if (!fb) return bad_size(pc, "prefcap_feedback_t", "PREFCAP_FEEDBACK_INIT", fb_in, fb_in ? fb_in->size : 0, FB_MIN_SIZE);
   prefcap__event *ev;
   char err[256];
-  prefcap_feedback_t f;
-  if (fb && fb->ts_ms == 0) { f = *fb; f.ts_ms = prefcap__now_ms(); fb = &f; }   /* as above */
+  if (f.ts_ms == 0) f.ts_ms = prefcap__now_ms();   /* as above */
   int rc = prefcap__event_from_feedback(fb, pc->o.max_text, &ev, err, sizeof err);
   if (rc) return prefcap__fail(pc, rc, "%s", err);
   return submit(pc, ev);
 }
 
 int prefcap_log_json(prefcap_t *pc, const char *json, size_t len, char id_out[PREFCAP_ID_MAX + 1]) {
-  if (!pc || !json) return PREFCAP_EINVAL;
+  if (!pc) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_log_json: no handle");
+  if (!json) return prefcap__fail(pc, PREFCAP_EINVAL, "prefcap_log_json: no JSON given");
   prefcap__event *ev;
   char err[256];
   int rc = prefcap__event_from_json(json, len, pc->o.max_text, &ev, err, sizeof err);
@@ -540,7 +610,7 @@ int prefcap_log_json(prefcap_t *pc, const char *json, size_t len, char id_out[PR
 }
 
 int prefcap_flush(prefcap_t *pc, int timeout_ms) {
-  if (!pc) return PREFCAP_EINVAL;
+  if (!pc) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_flush: no handle");
   if (!pc->writer_started) return PREFCAP_OK;
   int64_t deadline = prefcap__mono_ms() + timeout_ms;
   pthread_mutex_lock(&pc->q_mu);
@@ -565,7 +635,7 @@ int prefcap_flush(prefcap_t *pc, int timeout_ms) {
 }
 
 int prefcap_derive(prefcap_t *pc, int all) {
-  if (!pc) return PREFCAP_EINVAL;
+  if (!pc) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_derive: no handle");
   char err[512];
   pthread_mutex_lock(&pc->db_mu);
   int rc = prefcap__derive(pc->store, all, err, sizeof err);
@@ -574,16 +644,20 @@ int prefcap_derive(prefcap_t *pc, int all) {
 }
 
 int prefcap_get_counters(prefcap_t *pc, prefcap_counters_t *out) {
-  if (!pc || !out) return PREFCAP_EINVAL;
-  out->accepted = atomic_load(&pc->c_accepted);
-  out->stored = atomic_load(&pc->c_stored);
-  out->duplicates = atomic_load(&pc->c_dup);
-  out->dropped = atomic_load(&pc->c_dropped);
-  out->failed = atomic_load(&pc->c_failed);
-  out->retrying = atomic_load(&pc->c_retrying);
+  if (!pc) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_get_counters: no handle");
+  if (!out || out->size < COUNTERS_MIN_SIZE)
+    return bad_size(pc, "prefcap_counters_t", "PREFCAP_COUNTERS_INIT", out, out ? out->size : 0, COUNTERS_MIN_SIZE);
+  prefcap_counters_t k = {.size = out->size};
+  k.accepted = atomic_load(&pc->c_accepted);
+  k.stored = atomic_load(&pc->c_stored);
+  k.duplicates = atomic_load(&pc->c_dup);
+  k.dropped = atomic_load(&pc->c_dropped);
+  k.failed = atomic_load(&pc->c_failed);
+  k.retrying = atomic_load(&pc->c_retrying);   /* 0.2's trailing field: copied only if out->size covers it */
   pthread_mutex_lock(&pc->q_mu);
-  out->queued = pc->count;
+  k.queued = pc->count;
   pthread_mutex_unlock(&pc->q_mu);
+  memcpy(out, &k, out->size < sizeof k ? out->size : sizeof k);   /* only what the caller has room for */
   return PREFCAP_OK;
 }
 

@@ -78,7 +78,7 @@ typedef enum { ROWS_PAIRS, ROWS_LABELS } rows_kind;
 
 static int rows(prefcap_t *pc, rows_kind kind, const prefcap_query_t *query, prefcap_pair_fn pfn,
                 prefcap_label_fn lfn, void *ud) {
-  if (!pc) return PREFCAP_EINVAL;
+  if (!pc) return prefcap__fail0(PREFCAP_EINVAL, "%s: no handle", kind == ROWS_PAIRS ? "prefcap_pairs" : "prefcap_labels");
   prefcap_query_t q;
   if (!read_sized(query, sizeof q, &q)) return prefcap__fail(pc, PREFCAP_EINVAL, "query: size is not set (use PREFCAP_QUERY_INIT)");
   if (q.min_weight < 0 || q.min_weight > 1 || q.since_ms < 0 || q.until_ms < 0 || (q.until_ms && q.since_ms > q.until_ms))
@@ -158,7 +158,8 @@ static int one_row(prefcap_t *pc, sqlite3 *db, const char *sql, int64_t *out, in
 #define COUNTER_SQL(name) "ifnull((SELECT value FROM counters WHERE name = '" name "'), 0)"
 
 int prefcap_stats(prefcap_t *pc, prefcap_stats_t *out) {
-  if (!pc || !out || out->size < sizeof(size_t)) return pc ? prefcap__fail(pc, PREFCAP_EINVAL, "stats: out or its size is not set (use PREFCAP_STATS_INIT)") : PREFCAP_EINVAL;
+  if (!pc) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_stats: no handle");
+  if (!out || out->size < sizeof(size_t)) return prefcap__fail(pc, PREFCAP_EINVAL, "stats: out or its size is not set (use PREFCAP_STATS_INIT)");
   sqlite3 *db;
   int rc = read_begin(pc, &db, "reading the store's totals");
   if (rc) return rc;
@@ -198,7 +199,7 @@ static int section(prefcap_t *pc, sqlite3 *db, prefcap__buf *b, const char *titl
 }
 
 int prefcap_stats_json(prefcap_t *pc, int days, char **json) {
-  if (!pc) return PREFCAP_EINVAL;
+  if (!pc) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_stats_json: no handle");
   if (!json || days < 1) return prefcap__fail(pc, PREFCAP_EINVAL, "stats: json is NULL or days < 1");
   *json = NULL;
   char byday[512];
@@ -239,7 +240,7 @@ int prefcap_stats_json(prefcap_t *pc, int days, char **json) {
 // ---- integrity -----------------------------------------------------------------------------------
 
 int prefcap_check(prefcap_t *pc, int quick, void (*fn)(const char *, void *), void *ud, uint64_t *problems) {
-  if (!pc) return PREFCAP_EINVAL;
+  if (!pc) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_check: no handle");
   if (problems) *problems = 0;
   pthread_mutex_lock(&pc->db_mu);
   sqlite3 *db = prefcap__db(pc);
@@ -280,7 +281,8 @@ static void report_from(const prefcap__erase_counts *c, const char *user_id, pre
 
 int prefcap_forget_user_report(prefcap_t *pc, const char *user_id, prefcap_export_fn fn, void *ud,
                                prefcap_erase_report_t *report) {
-  if (report && report->size < sizeof(size_t)) return pc ? prefcap__fail(pc, PREFCAP_EINVAL, "forget: report size is not set (use PREFCAP_ERASE_REPORT_INIT)") : PREFCAP_EINVAL;
+  if (!pc) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_forget_user_report: no handle");
+  if (report && report->size < sizeof(size_t)) return prefcap__fail(pc, PREFCAP_EINVAL, "forget: report size is not set (use PREFCAP_ERASE_REPORT_INIT)");
   prefcap__erase_counts c = {0};
   int rc = prefcap__forget_user_ex(pc, user_id, fn, ud, &c);
   if (report) report_from(&c, user_id && *user_id ? user_id : NULL, report);
@@ -288,8 +290,9 @@ int prefcap_forget_user_report(prefcap_t *pc, const char *user_id, prefcap_expor
 }
 
 int prefcap_prune_report(prefcap_t *pc, int64_t older_than_ms, unsigned flags, prefcap_erase_report_t *report) {
-  if (report && report->size < sizeof(size_t)) return pc ? prefcap__fail(pc, PREFCAP_EINVAL, "prune: report size is not set (use PREFCAP_ERASE_REPORT_INIT)") : PREFCAP_EINVAL;
-  if (flags & ~(unsigned)(PREFCAP_PRUNE_DRY_RUN | PREFCAP_PRUNE_VACUUM)) return pc ? prefcap__fail(pc, PREFCAP_EINVAL, "prune: unknown flags") : PREFCAP_EINVAL;
+  if (!pc) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_prune_report: no handle");
+  if (report && report->size < sizeof(size_t)) return prefcap__fail(pc, PREFCAP_EINVAL, "prune: report size is not set (use PREFCAP_ERASE_REPORT_INIT)");
+  if (flags & ~(unsigned)(PREFCAP_PRUNE_DRY_RUN | PREFCAP_PRUNE_VACUUM)) return prefcap__fail(pc, PREFCAP_EINVAL, "prune: unknown flags");
   prefcap__erase_counts c = {0};
   int rc = prefcap__prune_ex(pc, older_than_ms, flags & PREFCAP_PRUNE_DRY_RUN, flags & PREFCAP_PRUNE_VACUUM, &c);
   if (report) report_from(&c, NULL, report);
@@ -307,10 +310,12 @@ const char *prefcap_weight_name(int i) {
 }
 
 int prefcap_time_parse(const char *s, int64_t *ms) {
-  if (!s || !ms) return PREFCAP_EINVAL;
+  if (!s || !ms) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_time_parse: %s is NULL", !s ? "text" : "ms");
+  const char *given = s;
   char buf[40];
   if (strlen(s) == 10 && s[4] == '-' && s[7] == '-') { snprintf(buf, sizeof buf, "%sT00:00:00Z", s); s = buf; }
-  return prefcap__parse_time(s, ms) ? PREFCAP_OK : PREFCAP_EINVAL;
+  if (prefcap__parse_time(s, ms)) return PREFCAP_OK;
+  return prefcap__fail0(PREFCAP_EINVAL, "prefcap_time_parse: '%.60s' is neither an RFC 3339 time nor a YYYY-MM-DD date", given);
 }
 
 void prefcap_time_format(int64_t ms, char buf[32]) { prefcap__format_time(ms, buf, 32); }

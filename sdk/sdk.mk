@@ -1,12 +1,16 @@
 # sdk/sdk.mk: libprefcap (static and shared), the `prefcap` CLI, the SDK's tests, examples and benches.
-# Library sources are sdk/*.c; the CLI is sdk/cli/*.c; tests are tests/sdk/test_*.c (one program
-# each) and the executable scripts tests/sdk/test_*.{sh,py}.
+# Library sources are sdk/*.c (with common/'s objects inside); the CLI is sdk/cli/*.c; tests are
+# tests/sdk/test_*.c (one program each) and the executable scripts tests/sdk/test_*.{sh,py}.
+#
+# The shared library's ABI: sdk/prefcap.map versions its symbols, and sdk/compat/*.c (only in the .so)
+# keeps the entry points of older headers working (tests/sdk/test_abi.sh runs a 0.1 client on it).
 
 SDK_LIB_SRCS := $(sort $(wildcard sdk/*.c))
 SDK_CLI_SRCS := $(sort $(wildcard sdk/cli/*.c))
 SDK_LIB_OBJS := $(SDK_LIB_SRCS:%.c=$(BUILD)/%.o)
 SDK_CLI_OBJS := $(SDK_CLI_SRCS:%.c=$(BUILD)/%.o)
-SDK_LIBS     := -lsqlite3 -lcjson -lcurl -lz -lm
+SDK_LIBS     := -lsqlite3 -lcjson -lcurl -lcrypto -lz -lm
+SDK_COMPAT_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(sort $(wildcard sdk/compat/*.c)))
 SDK_A        := $(BUILD)/libprefcap.a
 SDK_SO       := $(BUILD)/libprefcap.so
 PREFCAP_CLI  := $(BUILD)/prefcap
@@ -22,25 +26,27 @@ TESTS       += $(SDK_TEST_BINS) $(SDK_TEST_SCRIPTS)
 BENCHES     += $(BUILD)/bench/ingest_bench
 BENCH_CMDS  += $(BUILD)/bench/ingest_bench bench/export_bench.sh
 
-$(BUILD)/sdk/%.o: sdk/%.c include/prefcap.h $(wildcard sdk/*.h)
+$(BUILD)/sdk/%.o: sdk/%.c include/prefcap.h $(wildcard sdk/*.h common/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -fvisibility=hidden -Isdk -c $< -o $@
 
-# The CLI sees the public header only (as curl's tool sees only libcurl): no -Isdk, so an internal
-# header cannot be included, and tests/sdk/test_cli_public.sh checks that no internal symbol is used.
-$(BUILD)/sdk/cli/%.o: sdk/cli/%.c include/prefcap.h $(wildcard sdk/cli/*.h)
+# The CLI sees the public header (and common/'s, which CFLAGS_ALL puts on the path) only, as curl's
+# tool sees only libcurl: no -Isdk, so an internal header cannot be included, and
+# tests/sdk/test_cli_hostile.sh checks that no internal symbol is used.
+$(BUILD)/sdk/cli/%.o: sdk/cli/%.c include/prefcap.h $(wildcard sdk/cli/*.h common/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
 
-$(SDK_A): $(SDK_LIB_OBJS)
+$(SDK_A): $(SDK_LIB_OBJS) $(COMMON_OBJS)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
-$(SDK_SO): $(SDK_LIB_OBJS)
-	$(CC) -shared -Wl,-soname,libprefcap.so.0 -o $@ $^ $(LDFLAGS_ALL) $(SDK_LIBS)
+$(SDK_SO): $(SDK_LIB_OBJS) $(SDK_COMPAT_OBJS) $(COMMON_OBJS) sdk/prefcap.map
+	$(CC) -shared -Wl,-soname,libprefcap.so.0 -Wl,--version-script=sdk/prefcap.map -Wl,--no-undefined \
+	  -o $@ $(SDK_LIB_OBJS) $(SDK_COMPAT_OBJS) $(COMMON_OBJS) $(LDFLAGS_ALL) $(SDK_LIBS)
 
-$(PREFCAP_CLI): $(SDK_CLI_OBJS) $(SDK_A)
-	$(CC) -o $@ $(SDK_CLI_OBJS) $(SDK_A) $(LDFLAGS_ALL) $(SDK_LIBS)
+$(PREFCAP_CLI): $(SDK_CLI_OBJS) $(SDK_A) $(COMMON_A)
+	$(CC) -o $@ $(SDK_CLI_OBJS) $(SDK_A) $(COMMON_A) $(LDFLAGS_ALL) $(SDK_LIBS)
 
 $(BUILD)/tests/%: tests/sdk/%.c $(SDK_A) tests/test.h tests/sdk/util.h
 	@mkdir -p $(dir $@)
@@ -57,6 +63,22 @@ $(BUILD)/examples/%: examples/%.c $(SDK_A)
 $(BUILD)/bench/%: bench/%.c $(SDK_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -Isdk -o $@ $< $(SDK_A) $(LDFLAGS_ALL) $(SDK_LIBS)
+
+# ---- the ABI test (tests/sdk/test_abi.sh): a 0.1 client linked against a stand-in for the 0.1 library
+# (unversioned symbols, as 0.1 exported them), and a client of today's header linked against the .so.
+SDK_ABI_DIR := $(BUILD)/tests/abi
+$(SDK_ABI_DIR)/lib01/libprefcap.so: tests/sdk/abi/stub01.c
+	@mkdir -p $(dir $@)
+	$(CC) -shared -fPIC -Wl,-soname,libprefcap.so.0 -o $@ $<
+
+$(SDK_ABI_DIR)/client01: tests/sdk/abi/client01.c tests/sdk/abi/prefcap-0.1.h $(SDK_ABI_DIR)/lib01/libprefcap.so
+	$(CC) -std=c11 -g -Wall -Wextra -Werror $(SAN) -Itests/sdk/abi -o $@ $< -L$(SDK_ABI_DIR)/lib01 -lprefcap
+
+$(SDK_ABI_DIR)/client02: tests/sdk/abi/client02.c include/prefcap.h $(SDK_SO)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -o $@ $< $(SDK_SO) $(LDFLAGS_ALL)
+
+TEST_BINS += $(SDK_ABI_DIR)/client01 $(SDK_ABI_DIR)/client02
 
 install: $(SDK_A) $(SDK_SO) $(PREFCAP_CLI)
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin

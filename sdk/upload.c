@@ -1,15 +1,19 @@
 /* sdk/upload.c: prefcap_upload, an export's way to object storage (include/prefcap.h has the
- * contract). One PUT per file over libcurl, plain or SigV4-signed (sdk/sigv4.c), with Content-MD5 and
+ * contract). One PUT per file over libcurl, plain or SigV4-signed by libcurl itself (CURLOPT_AWS_SIGV4,
+ * with the body's SHA-256 given to it in x-amz-content-sha256, since curl cannot hash a streamed
+ * body), with Content-MD5 and
  * x-amz-content-sha256 checksums, bounded retries with backoff and jitter that honour Retry-After, TLS
  * verification always on, and a stall timeout so a server that stops reading fails the attempt.
- * Library code: it never prints; what the caller sees is the return code, errbuf and the progress
+ * Library code: it never prints; what the caller sees is the return code, the detail (prefcap_errmsg(NULL)) and the progress
  * callback, none of which ever carries a credential or a URL's query string. */
 #include "upload.h"
+
+#include "internal.h"
+#include "readfile.h"
 
 #include "md5.h"
 #include "prefcap.h"
 #include "sha256.h"
-#include "sigv4.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -24,6 +28,15 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+/* CURLOPT_AWS_SIGV4 came in 7.75; it signs with a caller's x-amz-content-sha256 since 7.87 (before,
+ * it signed an empty body's hash and the server refused the request). Older libcurl has no SigV4 we
+ * can use, and no hand-written signer is kept for it: build against 7.87 or later. The library the
+ * program runs with is checked too (sigv4_supported). */
+#if LIBCURL_VERSION_NUM < 0x075700
+#error "prefcap needs libcurl 7.87 or later (CURLOPT_AWS_SIGV4 with x-amz-content-sha256)"
+#endif
+#define SIGV4_MIN_CURL 0x075700
 
 
 
@@ -57,51 +70,57 @@ void prefcap_upload_options_free(prefcap_upload_options_t *o) {
 
 static int set_str(char **dst, const char *s) {
   char *c = NULL;
-  if (s && !(c = strdup(s))) return PREFCAP_ENOMEM;
+  if (s && !(c = strdup(s))) return prefcap__fail0(PREFCAP_ENOMEM, "upload options: out of memory");
   free(*dst);
   *dst = c;
   return PREFCAP_OK;
 }
 
 int prefcap_upload_options_set_auth(prefcap_upload_options_t *o, prefcap_upload_auth_t auth) {
-  if (!o || auth < PREFCAP_UPLOAD_AUTO || auth > PREFCAP_UPLOAD_SIGV4) return PREFCAP_EINVAL;
+  if (!o || auth < PREFCAP_UPLOAD_AUTO || auth > PREFCAP_UPLOAD_SIGV4)
+    return prefcap__fail0(PREFCAP_EINVAL, "prefcap_upload_options_set_auth: %s", o ? "unknown auth mode" : "no options object");
   o->auth = auth;
   return PREFCAP_OK;
 }
 int prefcap_upload_options_set_retries(prefcap_upload_options_t *o, int retries) {
-  if (!o || retries < 0 || retries > 1000) return PREFCAP_EINVAL;
+  if (!o || retries < 0 || retries > 1000)
+    return prefcap__fail0(PREFCAP_EINVAL, "prefcap_upload_options_set_retries: %s", o ? "retries must be 0 to 1000" : "no options object");
   o->retries = retries;
   return PREFCAP_OK;
 }
 int prefcap_upload_options_set_backoff(prefcap_upload_options_t *o, int base_ms, int max_ms, int retry_after_max_s) {
-  if (!o || base_ms < 1 || max_ms < base_ms || retry_after_max_s < 0) return PREFCAP_EINVAL;
+  if (!o || base_ms < 1 || max_ms < base_ms || retry_after_max_s < 0)
+    return prefcap__fail0(PREFCAP_EINVAL, "prefcap_upload_options_set_backoff: %s",
+                          o ? "needs base_ms >= 1, max_ms >= base_ms, retry_after_max_s >= 0" : "no options object");
   o->backoff_base_ms = base_ms; o->backoff_max_ms = max_ms; o->retry_after_max_s = retry_after_max_s;
   return PREFCAP_OK;
 }
 int prefcap_upload_options_set_timeouts(prefcap_upload_options_t *o, int connect_s, int stall_s, int total_s) {
-  if (!o || connect_s < 1 || stall_s < 1 || total_s < 0) return PREFCAP_EINVAL;
+  if (!o || connect_s < 1 || stall_s < 1 || total_s < 0)
+    return prefcap__fail0(PREFCAP_EINVAL, "prefcap_upload_options_set_timeouts: %s",
+                          o ? "needs connect_s >= 1, stall_s >= 1, total_s >= 0" : "no options object");
   o->connect_s = connect_s; o->stall_s = stall_s; o->total_s = total_s;
   return PREFCAP_OK;
 }
 int prefcap_upload_options_set_cacert(prefcap_upload_options_t *o, const char *path) {
-  return o ? set_str(&o->cacert, path) : PREFCAP_EINVAL;
+  return o ? set_str(&o->cacert, path) : prefcap__fail0(PREFCAP_EINVAL, "prefcap_upload_options_set_cacert: no options object");
 }
 int prefcap_upload_options_set_region(prefcap_upload_options_t *o, const char *region) {
-  return o ? set_str(&o->region, region) : PREFCAP_EINVAL;
+  return o ? set_str(&o->region, region) : prefcap__fail0(PREFCAP_EINVAL, "prefcap_upload_options_set_region: no options object");
 }
 int prefcap_upload_options_set_service(prefcap_upload_options_t *o, const char *service) {
-  return o ? set_str(&o->service, service) : PREFCAP_EINVAL;
+  return o ? set_str(&o->service, service) : prefcap__fail0(PREFCAP_EINVAL, "prefcap_upload_options_set_service: no options object");
 }
 int prefcap_upload_options_set_manifest_url(prefcap_upload_options_t *o, const char *url) {
-  return o ? set_str(&o->manifest_url, url) : PREFCAP_EINVAL;
+  return o ? set_str(&o->manifest_url, url) : prefcap__fail0(PREFCAP_EINVAL, "prefcap_upload_options_set_manifest_url: no options object");
 }
 int prefcap_upload_options_set_manifest(prefcap_upload_options_t *o, int on) {
-  if (!o) return PREFCAP_EINVAL;
+  if (!o) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_upload_options_set_manifest: no options object");
   o->manifest = on != 0;
   return PREFCAP_OK;
 }
 int prefcap_upload_options_set_progress(prefcap_upload_options_t *o, prefcap_upload_progress_fn fn, void *userdata) {
-  if (!o) return PREFCAP_EINVAL;
+  if (!o) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_upload_options_set_progress: no options object");
   o->progress = fn; o->progress_ud = userdata;
   return PREFCAP_OK;
 }
@@ -221,7 +240,11 @@ static int open_and_hash(src_file *s, const char *path, char *errbuf, size_t err
   prefcap__sha256_init(&sc); prefcap__md5_init(&mc);
   static const size_t CH = 1 << 16;
   uint8_t *buf = malloc(CH);
-  if (!buf) { fclose(s->f); s->f = NULL; return PREFCAP_ENOMEM; }
+  if (!buf) {
+    prefcap__sha256_free(&sc); prefcap__md5_free(&mc);
+    fclose(s->f); s->f = NULL;
+    return fail(errbuf, errlen, PREFCAP_ENOMEM, "upload: out of memory reading %s", path);
+  }
   size_t n;
   while ((n = fread(buf, 1, CH, s->f)) > 0) {
     prefcap__sha256_update(&sc, buf, n);
@@ -230,11 +253,14 @@ static int open_and_hash(src_file *s, const char *path, char *errbuf, size_t err
   }
   free(buf);
   if (ferror(s->f)) {
+    prefcap__sha256_free(&sc); prefcap__md5_free(&mc);
     fclose(s->f); s->f = NULL;
     return fail(errbuf, errlen, PREFCAP_EIO, "upload: error reading %s: %s", path, strerror(errno));
   }
-  prefcap__sha256_final(&sc, s->sha256);
-  prefcap__md5_final(&mc, s->md5);
+  if (prefcap__sha256_final(&sc, s->sha256) | prefcap__md5_final(&mc, s->md5)) {
+    fclose(s->f); s->f = NULL;
+    return fail(errbuf, errlen, PREFCAP_ECRYPTO, "upload: cannot hash %s (libcrypto failed)", path);
+  }
   prefcap__hex(s->sha256, 32, s->sha256_hex);
   prefcap__base64(s->md5, 16, s->md5_b64);
   return PREFCAP_OK;
@@ -273,6 +299,7 @@ static int seek_cb(void *ud, curl_off_t offset, int origin) {
   xfer *x = ud;
   if (origin != SEEK_SET || offset != 0) return CURL_SEEKFUNC_CANTSEEK;
   if (fseek(x->src->f, 0, SEEK_SET) != 0) return CURL_SEEKFUNC_FAIL;
+  prefcap__sha256_free(&x->stream);
   prefcap__sha256_init(&x->stream);
   x->sent_bytes = 0;
   return CURL_SEEKFUNC_OK;
@@ -376,10 +403,7 @@ static void creds_load(creds *c) {
   }
 }
 
-static void creds_wipe(creds *c) {
-  volatile char *p = (volatile char *)c;
-  for (size_t i = 0; i < sizeof *c; i++) p[i] = 0;
-}
+static void creds_wipe(creds *c) { prefcap__wipe(c, sizeof *c); }
 
 static bool presigned_query(const char *q) {
   if (!q) return false;
@@ -389,6 +413,37 @@ static bool presigned_query(const char *q) {
       if (p == q || p[-1] == '&') return true;
   }
   return false;
+}
+
+/* The libcurl the program runs with can sign (see SIGV4_MIN_CURL). */
+static bool sigv4_supported(void) {
+  const curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
+  return v && v->version_num >= SIGV4_MIN_CURL;
+}
+
+/* An S3 path as S3 signs it: each segment decoded, then encoded once (RFC 3986's unreserved
+ * characters kept, everything else %XX), the slashes kept. curl's escape and unescape do the work. */
+static char *s3_path(const char *path) {
+  size_t cap = strlen(path) * 3 + 1, len = 0;
+  char *out = malloc(cap);
+  if (!out) return NULL;
+  for (const char *p = path;;) {
+    size_t n = strcspn(p, "/");
+    if (n) {   /* (a length of 0 means "up to the NUL" to curl: empty segments are skipped) */
+      int dl = 0;
+      char *dec = curl_easy_unescape(NULL, p, (int)n, &dl);
+      char *enc = dec && dl ? curl_easy_escape(NULL, dec, dl) : NULL;
+      curl_free(dec);
+      if (dl && (!enc || len + strlen(enc) + 2 > cap)) { curl_free(enc); free(out); return NULL; }
+      if (enc) { memcpy(out + len, enc, strlen(enc)); len += strlen(enc); }
+      curl_free(enc);
+    }
+    if (!p[n]) break;
+    out[len++] = '/';
+    p += n + 1;
+  }
+  out[len] = 0;
+  return out;
 }
 
 /* Resolves url into what to send and how to sign it. */
@@ -406,7 +461,7 @@ static int resolve_target(const char *url, const prefcap_upload_options_t *o, co
     size_t bl = (size_t)(slash - b);
     size_t n = strlen(url) + strlen(region) + 64;
     built = malloc(n);
-    if (!built) return PREFCAP_ENOMEM;
+    if (!built) return fail(errbuf, errlen, PREFCAP_ENOMEM, "upload: out of memory");
     if (memchr(b, '.', bl))   /* dotted bucket names break the TLS wildcard: path style */
       snprintf(built, n, "https://s3.%s.amazonaws.com/%.*s%s", region, (int)bl, b, slash);
     else
@@ -414,7 +469,7 @@ static int resolve_target(const char *url, const prefcap_upload_options_t *o, co
     url = built;
   }
   CURLU *u = curl_url();
-  if (!u) { free(built); return PREFCAP_ENOMEM; }
+  if (!u) { free(built); return fail(errbuf, errlen, PREFCAP_ENOMEM, "upload: out of memory"); }
   char *scheme = NULL, *host = NULL, *port = NULL, *path = NULL, *query = NULL;
   int rc = PREFCAP_OK;
   if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
@@ -438,6 +493,11 @@ static int resolve_target(const char *url, const prefcap_upload_options_t *o, co
     rc = fail(errbuf, errlen, PREFCAP_EINVAL, "upload: %s: s3:// URLs are signed with SigV4; a plain PUT needs an https:// (presigned) URL", hu);
     goto out;
   }
+  if (auth == PREFCAP_UPLOAD_SIGV4 && !sigv4_supported()) {
+    rc = fail(errbuf, errlen, PREFCAP_EINVAL, "upload: %s: SigV4 signing needs libcurl 7.87 or later; this program "
+              "runs with %s", hu, curl_version_info(CURLVERSION_NOW)->version);
+    goto out;
+  }
   if (auth == PREFCAP_UPLOAD_SIGV4 && !cr->have) {
     rc = fail(errbuf, errlen, PREFCAP_EINVAL,
               "upload: %s: SigV4 signing needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment", hu);
@@ -453,10 +513,7 @@ static int resolve_target(const char *url, const prefcap_upload_options_t *o, co
   if (t->sigv4 && strcmp(o->service ? o->service : "s3", "s3") == 0) {
     /* S3 signs the path encoded once; send exactly the path that is signed, so the two cannot differ
      * (curl would otherwise leave the path as the user typed it). */
-    size_t dl;
-    char *dec = prefcap__uri_decode(t->path, strlen(t->path), &dl);
-    char *enc = dec ? prefcap__uri_encode(dec, dl, 1) : NULL;
-    free(dec);
+    char *enc = s3_path(t->path);
     if (!enc) { rc = PREFCAP_ENOMEM; goto out; }
     size_t n = strlen(scheme) + strlen(t->authority) + strlen(enc) + (query ? strlen(query) : 0) + 8;
     t->send_url = malloc(n);
@@ -474,16 +531,10 @@ out:
   return rc;
 }
 
-static void amz_now(char out[17]) {
-  time_t now = time(NULL);
-  struct tm tm;
-  gmtime_r(&now, &tm);
-  strftime(out, 17, "%Y%m%dT%H%M%SZ", &tm);
-}
-
-/* Builds the header list for one attempt (SigV4 is re-signed per attempt: the date moves on). */
-static int build_headers(const target *t, src_file *src, const char *region, const char *service, const creds *cr,
-                         struct curl_slist **out) {
+/* Builds the header list for one attempt. With SigV4, curl signs every header listed here (and adds
+ * x-amz-date and Authorization): Host is given explicitly so the signed Host carries the port, and
+ * x-amz-content-sha256 carries the body's hash, which curl signs as the payload's. */
+static int build_headers(const target *t, src_file *src, const creds *cr, struct curl_slist **out) {
   struct curl_slist *h = NULL, *n;
   char line[4400];
   int rc = PREFCAP_ENOMEM;
@@ -491,33 +542,14 @@ static int build_headers(const target *t, src_file *src, const char *region, con
   ADD("Content-Type: %s", content_type_for(src->path));
   ADD("Content-MD5: %s", src->md5_b64);
   if (t->sigv4) {
-    char date[17];
-    amz_now(date);
-    prefcap__http_header hs[5] = {
-      { "Host", t->authority }, { "Content-MD5", src->md5_b64 }, { "x-amz-content-sha256", src->sha256_hex },
-      { "x-amz-date", date }, { "x-amz-security-token", cr->token },
-    };
-    prefcap__sigv4_req r = {
-      .method = "PUT", .path = t->path, .query = t->query, .headers = hs, .n_headers = cr->token[0] ? 5 : 4,
-      .payload_sha256 = src->sha256_hex, .amz_date = date, .region = region, .service = service,
-      .s3 = strcmp(service, "s3") == 0,
-    };
-    prefcap__sigv4_out so;
-    int src_rc = prefcap__sigv4_sign(&r, cr->access, cr->secret, &so);
-    if (src_rc) { rc = src_rc; goto done; }
     ADD("Host: %s", t->authority);
     ADD("x-amz-content-sha256: %s", src->sha256_hex);
-    ADD("x-amz-date: %s", date);
     if (cr->token[0]) ADD("x-amz-security-token: %s", cr->token);
-    snprintf(line, sizeof line, "Authorization: %s", so.authorization);
-    prefcap__sigv4_out_free(&so);
-    if (!(n = curl_slist_append(h, line))) goto done;
-    h = n;
   }
 #undef ADD
   rc = PREFCAP_OK;
 done:
-  memset(line, 0, sizeof line);
+  prefcap__wipe(line, sizeof line);   /* it held the session token */
   if (rc) { curl_slist_free_all(h); h = NULL; }
   *out = h;
   return rc;
@@ -538,17 +570,20 @@ static int upload_file(const prefcap_upload_options_t *o, src_file *src, const c
   CURL *c = curl_easy_init();
   if (!c) { target_free(&t); return fail(errbuf, errlen, PREFCAP_ENOMEM, "upload: curl_easy_init failed"); }
   xfer x = { .o = o, .src = src, .url_h = hu, .max_attempts = o->retries + 1 };
+  char sigv4_param[256];   /* "aws:amz:REGION:SERVICE": what curl signs with */
+  snprintf(sigv4_param, sizeof sigv4_param, "aws:amz:%s:%s", region, service);
   char why[512] = "";
   rc = PREFCAP_ENETWORK;
   for (x.attempt = 1; x.attempt <= x.max_attempts; x.attempt++) {
     struct curl_slist *hdrs = NULL;
-    int hrc = build_headers(&t, src, region, service, cr, &hdrs);
-    if (hrc) { rc = fail(errbuf, errlen, hrc, "upload: could not sign the request for %s", hu); break; }
+    int hrc = build_headers(&t, src, cr, &hdrs);
+    if (hrc) { rc = fail(errbuf, errlen, hrc, "upload of %s: out of memory building the request for %s", src->path, hu); break; }
     if (fseek(src->f, 0, SEEK_SET) != 0) {
       curl_slist_free_all(hdrs);
       rc = fail(errbuf, errlen, PREFCAP_EIO, "upload: cannot rewind %s: %s", src->path, strerror(errno));
       break;
     }
+    prefcap__sha256_free(&x.stream);
     prefcap__sha256_init(&x.stream);
     x.sent_bytes = 0; x.read_error = false; x.body_len = 0; x.body[0] = 0; x.retry_after[0] = 0;
     x.start_ms = x.last_progress_ms = x.last_move_ms = mono_ms();
@@ -581,8 +616,13 @@ static int upload_file(const prefcap_upload_options_t *o, src_file *src, const c
     curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
     curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, (long)o->stall_s);
     curl_easy_setopt(c, CURLOPT_TIMEOUT, (long)o->total_s);
-    curl_easy_setopt(c, CURLOPT_USERAGENT, "prefcap/" PREFCAP_VERSION_STRING);
-    if (t.sigv4) curl_easy_setopt(c, CURLOPT_PATH_AS_IS, 1L);   /* send the signed path untouched */
+    curl_easy_setopt(c, CURLOPT_USERAGENT, "prefcap/" PREFCAP_VERSION);
+    if (t.sigv4) {
+      curl_easy_setopt(c, CURLOPT_PATH_AS_IS, 1L);   /* send the signed path untouched */
+      curl_easy_setopt(c, CURLOPT_AWS_SIGV4, sigv4_param);
+      curl_easy_setopt(c, CURLOPT_USERNAME, cr->access);
+      curl_easy_setopt(c, CURLOPT_PASSWORD, cr->secret);
+    }
     char cerr[CURL_ERROR_SIZE] = "";
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, cerr);
 
@@ -673,7 +713,9 @@ static int upload_file(const prefcap_upload_options_t *o, src_file *src, const c
     fail(errbuf, errlen, rc, "upload of %s to %s failed after %d attempt%s: %s", src->path, hu, x.max_attempts,
          x.max_attempts == 1 ? "" : "s", why);
 done:
+  curl_easy_reset(c);   /* drops the credentials curl copied before the handle goes */
   curl_easy_cleanup(c);
+  prefcap__sha256_free(&x.stream);
   target_free(&t);
   return rc;
 }
@@ -682,24 +724,10 @@ done:
 /* The manifest's "sha256" must equal the data file's: a mismatch means the export and its manifest
  * are not from the same run, and shipping them together would publish a false checksum. */
 static int check_manifest(const char *mpath, const src_file *data, char *errbuf, size_t errlen) {
-  FILE *f = fopen(mpath, "rb");
-  if (!f) return fail(errbuf, errlen, PREFCAP_EIO, "upload: cannot open %s: %s", mpath, strerror(errno));
-  char *buf = NULL;
-  size_t len = 0, cap = 0, n;
-  char chunk[65536];
-  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
-    if (len + n + 1 > cap) {
-      cap = (len + n + 1) * 2;
-      char *p = realloc(buf, cap);
-      if (!p) { free(buf); fclose(f); return PREFCAP_ENOMEM; }
-      buf = p;
-    }
-    memcpy(buf + len, chunk, n);
-    len += n;
-  }
-  bool rerr = ferror(f);
-  fclose(f);
-  if (rerr) { free(buf); return fail(errbuf, errlen, PREFCAP_EIO, "upload: error reading %s", mpath); }
+  size_t len;
+  int e = 0;
+  char *buf = pc_read_file(mpath, &len, &e);
+  if (!buf) return fail(errbuf, errlen, e == ENOMEM ? PREFCAP_ENOMEM : PREFCAP_EIO, "upload: cannot read %s: %s", mpath, strerror(e));
   cJSON *j = buf ? cJSON_ParseWithLength(buf, len) : NULL;
   free(buf);
   if (!j) return fail(errbuf, errlen, PREFCAP_EINVAL, "upload: %s is not valid JSON", mpath);
@@ -715,8 +743,8 @@ static int check_manifest(const char *mpath, const src_file *data, char *errbuf,
 }
 
 // ---- prefcap_upload ------------------------------------------------------------------------------------------
-int prefcap_upload(const prefcap_upload_options_t *opts, const char *file, const char *url,
-                               char *errbuf, size_t errlen) {
+int prefcap__upload(const prefcap_upload_options_t *opts, const char *file, const char *url,
+                    char *errbuf, size_t errlen) {
   if (errbuf && errlen) errbuf[0] = 0;
   const prefcap_upload_options_t *o = opts ? opts : &defaults;
   if (!file || !*file) return fail(errbuf, errlen, PREFCAP_EINVAL, "upload: no file given");
@@ -733,7 +761,7 @@ int prefcap_upload(const prefcap_upload_options_t *opts, const char *file, const
   /* the manifest, if any, and where it goes */
   size_t fl = strlen(file);
   char *mpath = malloc(fl + sizeof ".manifest.json");
-  if (!mpath) return PREFCAP_ENOMEM;
+  if (!mpath) return fail(errbuf, errlen, PREFCAP_ENOMEM, "upload of %s: out of memory", file);
   memcpy(mpath, file, fl);
   memcpy(mpath + fl, ".manifest.json", sizeof ".manifest.json");
   bool with_manifest = o->manifest && access(mpath, F_OK) == 0;
@@ -787,4 +815,14 @@ out_nofile:
   free(mpath);
   free(murl);
   return rc;
+}
+
+/* The public call reports through the library's one error channel (prefcap_errmsg(NULL)); the
+ * detail always names the file, even for the failures that had no sentence of their own. */
+int prefcap_upload(const prefcap_upload_options_t *opts, const char *file, const char *url) {
+  char err[1024] = "";
+  int rc = prefcap__upload(opts, file, url, err, sizeof err);
+  if (!rc) return PREFCAP_OK;
+  if (!err[0]) return prefcap__fail0(rc, "upload of %s: %s", file ? file : "(no file)", prefcap_strerror(rc));
+  return prefcap__fail0(rc, "%s", err);
 }

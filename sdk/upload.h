@@ -1,9 +1,17 @@
-/* sdk/upload.h: the upload path's internals that its tests reach (sdk/upload.c): the retry timing
- * rules, exposed so the tests can check them without waiting on a server. */
+/* sdk/upload.h: the upload path's internals (sdk/upload.c): the call with an error buffer that export
+ * uses, and the retry timing rules, exposed so the tests can check them without waiting on a server. */
 #ifndef PREFCAP_UPLOAD_H
 #define PREFCAP_UPLOAD_H
 
+#include <stddef.h>
 #include <stdint.h>
+
+#include "prefcap.h"
+
+/* prefcap_upload with its detail in errbuf (always NUL-terminated when errlen > 0), for callers that
+ * report it themselves (an export puts it in its handle's errmsg). */
+int prefcap__upload(const prefcap_upload_options_t *opts, const char *file, const char *url, char *errbuf,
+                    size_t errlen);
 
 /* The wait a Retry-After value asks for, in ms: delta-seconds ("120") or an HTTP date ("Wed, 21 Oct
  * 2015 07:28:00 GMT", or the obsolete forms), relative to now_s (Unix seconds); a date in the past is

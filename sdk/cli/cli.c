@@ -76,7 +76,7 @@ static int derive_first(const char *cmd, prefcap_t *pc) {
 typedef struct { prefcap_t *pc; int timeout_s; uint64_t seen; int64_t since; bool stalled; } watch;
 
 static bool stalled(watch *w) {
-  prefcap_counters_t k = {0};
+  prefcap_counters_t k = PREFCAP_COUNTERS_INIT;
   prefcap_get_counters(w->pc, &k);
   uint64_t f = k.stored + k.failed;
   int64_t t = now_ms();
@@ -145,7 +145,7 @@ static int cmd_ingest(int argc, char **argv) {
     while (i < (size_t)len && (line[i] == ' ' || line[i] == '\t')) i++;
     if (i == (size_t)len) continue;   /* blank lines are allowed */
     if (!sync_mode) {
-      prefcap_counters_t k = {0};
+      prefcap_counters_t k = PREFCAP_COUNTERS_INIT;
       while (!prefcap_get_counters(pc, &k) && k.queued >= INGEST_QUEUE && !stalled(&w)) sleep_ms(2);
       if (w.stalled) break;
     }
@@ -181,7 +181,7 @@ static int cmd_ingest(int argc, char **argv) {
             r[0] ? ": " : "", S(r));
     cli_log_warnings(false);   /* what close drops is counted below, not reported batch by batch */
   }
-  prefcap_counters_t k = {0};
+  prefcap_counters_t k = PREFCAP_COUNTERS_INIT;
   prefcap_get_counters(pc, &k);
   /* after a stall, close drops what is still queued (counted failed): nothing accepted but unstored
    * is left unsaid */
@@ -490,7 +490,7 @@ static int cmd_export(int argc, char **argv) {
   }
   int rc = 0;
   {
-    prefcap_export_result_t r;
+    prefcap_export_result_t r = PREFCAP_EXPORT_RESULT_INIT;
     int e = prefcap_export(pc, o, &r);
     if (e) { cli_fail("export", pc, e); rc = 1; }
     else if (!quiet) {

@@ -14,7 +14,7 @@
 const char *cli_default_db(void);
 
 /* Opens db in mode with opts (NULL: defaults; not freed here); prints why on failure (the library's
- * own reason, caught from its logger). With warnings, the library's warnings and errors are printed
+ * own reason, prefcap_errmsg(NULL)). With warnings, the library's warnings and errors are printed
  * while the handle is open (ingest). Returns 0 or 1 (the exit code). */
 int cli_open(const char *db, prefcap_durability_t mode, prefcap_options_t *opts, bool warnings, prefcap_t **pc);
 /* Like cli_open, for commands that read or change an existing store: a missing file is an

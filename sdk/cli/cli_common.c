@@ -1,6 +1,7 @@
 /* sdk/cli/cli_common.c: what every `prefcap` command shares: the default store, opening it with the
- * library's own reason on failure, and making text from outside safe to print (no terminal escape
- * sequences, no bells, no forged lines, no URL passwords). Public API only (include/prefcap.h). */
+ * library's own reason on failure (prefcap_errmsg(NULL)), and making text from outside safe to print
+ * (no terminal escape sequences, no bells, no forged lines, no URL passwords). Public API only
+ * (include/prefcap.h). */
 #include "cli.h"
 
 #include <pthread.h>
@@ -18,8 +19,10 @@ const char *cli_default_db(void) {
 }
 
 /* The library reports through its logger, from whichever thread hit the condition (the writer, in
- * async mode): the CLI keeps the last error (the reason an open or a write failed) and, for ingest,
- * prints warnings and errors as they come. One handle is open at a time in the CLI. */
+ * async mode): the CLI keeps the last error (the reason a write failed, which no call returns in
+ * async mode) and, for ingest, prints warnings and errors as they come. Why an open failed is not
+ * taken from here but from prefcap_errmsg(NULL), the channel of calls without a handle. One handle
+ * is open at a time in the CLI. */
 static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
 static char last_logged[768];
 static bool print_warnings;
@@ -61,15 +64,9 @@ int cli_open(const char *db, prefcap_durability_t mode, prefcap_options_t *o_in,
   int rc = prefcap_open(o, pc);
   if (!o_in) prefcap_options_free(o);
   if (rc) {
-    /* the reason went to the logger ("prefcap: cannot open PATH: REASON"): print it once */
-    char why[768];
-    cli_last_logged(why, sizeof why);
-    const char *r = why, *mark = ": ";
-    char head[600];
-    snprintf(head, sizeof head, "prefcap: cannot open %s: ", db);
-    if (!strncmp(r, head, strlen(head))) r += strlen(head);
-    else if (!*r) mark = "";
-    fprintf(stderr, "prefcap: cannot open %s: %s%s%s\n", S(db), prefcap_strerror(rc), mark, S(r));
+    /* the library's detail for a call without a handle: "PATH: REASON", this thread's */
+    const char *why = prefcap_errmsg(NULL);
+    fprintf(stderr, "prefcap: cannot open %s: %s%s%s\n", S(db), prefcap_strerror(rc), why[0] ? ": " : "", S(why));
     if (rc == PREFCAP_ECORRUPT) fprintf(stderr, "prefcap: see 'prefcap check --help' and docs/storage.md (a damaged store)\n");
     return 1;
   }

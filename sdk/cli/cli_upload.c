@@ -1,8 +1,9 @@
 /* sdk/cli/cli_upload.c: `prefcap upload FILE --to URL`, the CLI face of prefcap_upload (sdk/upload.c).
  * CLI code (public API only): it prints progress and errors to stderr, through S() (URLs without
  * their userinfo, a server's bytes without control characters), and returns the exit code: 0
- * uploaded, 1 failed, 2 usage. On a terminal the progress is one line rewritten in place, with rate and ETA; otherwise
- * (cron, CI logs) plain lines: one per file started, retried and finished. */
+ * uploaded, 1 failed, 2 usage. A line per file started, retried and finished, and between them the
+ * shared progress bar (common/progress.h: redrawn in place on a terminal, a line every few seconds
+ * in a log). */
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +11,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "progress.h"
 
 static const char usage[] =
   "usage: prefcap upload FILE --to URL [options]\n"
@@ -36,7 +38,9 @@ static const char usage[] =
   "exit status: 0 uploaded, 1 failed, 2 usage error\n";
 
 // ---- progress -----------------------------------------------------------------------------------------
-typedef struct { bool tty, quiet, line_open; int last_pct_line; } view;
+/* The bar itself is common/progress.c, the one both CLIs use (in MiB, with MB/s and ETA); around it,
+ * a line per file started, retried and finished, which logs keep. */
+typedef struct { bool quiet; pc_progress *bar; } view;
 
 static void human(double b, char *out, size_t n) {
   const char *u[] = { "B", "KiB", "MiB", "GiB", "TiB" };
@@ -50,49 +54,39 @@ static const char *base_name(const char *p) {
   return s ? s + 1 : p;
 }
 
+static void bar_drop(view *v) {
+  pc_progress_free(v->bar);   /* ends a drawn line, so the message below starts on its own */
+  v->bar = NULL;
+}
+
 static int on_progress(const prefcap_upload_progress_t *p, void *ud) {
   view *v = ud;
   if (v->quiet) return 0;
-  char sent[32], total[32];
-  human((double)p->sent, sent, sizeof sent);
+  char total[32];
   human((double)p->total, total, sizeof total);
+  const double mib = 1024.0 * 1024.0;
   switch (p->event) {
     case PREFCAP_UPLOAD_EV_START:
-      v->last_pct_line = 0;
-      if (!v->tty || p->attempt == 1)
-        fprintf(stderr, "%supload: %s (%s) -> %s\n", v->line_open ? "\n" : "", S(base_name(p->file)), total, S(p->url));
-      v->line_open = false;
-      if (p->attempt > 1 && !v->tty) fprintf(stderr, "upload: attempt %d of %d\n", p->attempt, p->max_attempts);
+      bar_drop(v);
+      fprintf(stderr, "upload: %s (%s) -> %s%s\n", S(base_name(p->file)), total, S(p->url),
+              p->attempt > 1 ? " (retry)" : "");
+      if (p->attempt > 1) fprintf(stderr, "upload: attempt %d of %d\n", p->attempt, p->max_attempts);
+      v->bar = pc_progress_new(stderr, "upload", "MiB", "MB", (size_t)((double)p->total / mib + 0.999));
       break;
-    case PREFCAP_UPLOAD_EV_PROGRESS: {
-      double rate = p->elapsed_s > 0 ? (double)p->sent / p->elapsed_s : 0;
-      int pct = p->total ? (int)(100.0 * (double)p->sent / (double)p->total) : 100;
-      char r[32];
-      human(rate, r, sizeof r);
-      if (v->tty) {
-        char eta[32] = "--";
-        if (rate > 0 && p->total >= p->sent) snprintf(eta, sizeof eta, "%.0fs", (double)(p->total - p->sent) / rate);
-        fprintf(stderr, "\r  %s  %s / %s  %3d%%  %s/s  ETA %s%s   ", S(base_name(p->file)), sent, total, pct, r, eta,
-                p->attempt > 1 ? "  (retry)" : "");
-        v->line_open = true;
-      } else if (p->total >= (16u << 20) && pct / 25 > v->last_pct_line && pct < 100) {
-        /* logs get a line at each quarter of a large file, not a stream of carriage returns */
-        v->last_pct_line = pct / 25;
-        fprintf(stderr, "upload: %s %d%% (%s of %s, %s/s)\n", S(base_name(p->file)), pct, sent, total, r);
-      }
+    case PREFCAP_UPLOAD_EV_PROGRESS:
+      pc_progress_update(v->bar, (size_t)((double)p->sent / mib), (double)p->sent / 1e6, S(base_name(p->file)));
       break;
-    }
     case PREFCAP_UPLOAD_EV_RETRY:
-      fprintf(stderr, "%supload: %s: attempt %d of %d failed (%s); retrying in %.1f s\n", v->line_open ? "\n" : "",
-              S(base_name(p->file)), p->attempt, p->max_attempts, p->reason ? S(p->reason) : "?", p->retry_in_ms / 1000.0);
-      v->line_open = false;
+      bar_drop(v);
+      fprintf(stderr, "upload: %s: attempt %d of %d failed (%s); retrying in %.1f s\n", S(base_name(p->file)),
+              p->attempt, p->max_attempts, p->reason ? S(p->reason) : "?", p->retry_in_ms / 1000.0);
       break;
     case PREFCAP_UPLOAD_EV_DONE: {
+      bar_drop(v);
       char r[32];
       human(p->elapsed_s > 0 ? (double)p->total / p->elapsed_s : 0, r, sizeof r);
-      fprintf(stderr, "%supload: %s done, %s in %.1f s (%s/s), HTTP %ld\n", v->line_open ? "\n" : "", S(base_name(p->file)),
-              total, p->elapsed_s, r, p->status);
-      v->line_open = false;
+      fprintf(stderr, "upload: %s done, %s in %.1f s (%s/s), HTTP %ld\n", S(base_name(p->file)), total, p->elapsed_s,
+              r, p->status);
       break;
     }
   }
@@ -152,7 +146,7 @@ int cli_upload(int argc, char **argv) {
 
   prefcap_upload_options_t *o = prefcap_upload_options_new();
   if (!o) { fprintf(stderr, "prefcap upload: out of memory\n"); return 1; }
-  view v = { .tty = isatty(2) != 0, .quiet = quiet };
+  view v = { .quiet = quiet };
   int rc = prefcap_upload_options_set_auth(o, auth);
   if (!rc && retries >= 0) rc = prefcap_upload_options_set_retries(o, retries);
   if (!rc && timeout > 0) rc = prefcap_upload_options_set_timeouts(o, timeout < 10 ? timeout : 10, timeout, 0);
@@ -161,13 +155,14 @@ int cli_upload(int argc, char **argv) {
   if (!rc && murl) rc = prefcap_upload_options_set_manifest_url(o, murl);
   if (!rc && no_manifest) rc = prefcap_upload_options_set_manifest(o, 0);
   if (!rc) rc = prefcap_upload_options_set_progress(o, on_progress, &v);
-  char err[1024] = "";
-  if (!rc) rc = prefcap_upload(o, file, to, err, sizeof err);
+  if (!rc) rc = prefcap_upload(o, file, to);
   prefcap_upload_options_free(o);
-  if (v.line_open) fputc('\n', stderr);
+  bar_drop(&v);
   if (rc) {
-    /* the message quotes the server's answer and the URL: both made safe to print */
-    fprintf(stderr, "prefcap upload: %s (%s)\n", err[0] ? S(err) : prefcap_strerror(rc), prefcap_strerror(rc));
+    /* the setters and the upload report through the same channel, prefcap_errmsg(NULL); the message
+     * quotes the server's answer and the URL: both made safe to print */
+    const char *why = prefcap_errmsg(NULL);
+    fprintf(stderr, "prefcap upload: %s (%s)\n", why[0] ? S(why) : prefcap_strerror(rc), prefcap_strerror(rc));
     return 1;
   }
   return 0;

@@ -25,14 +25,14 @@ int main(int argc, char **argv) {
   for (int i = 0; i < limit; i++) {
     snprintf(id, sizeof id, "%s-%d", argv[3], i);
     snprintf(text, sizeof text, "completion %d: some text so that pages fill and checkpoints happen", i);
-    prefcap_generation_t g = {.id = id, .prompt = "crash test", .completion = text, .user_id = "u"};
+    prefcap_generation_t g = {.size = sizeof g, .id = id, .prompt = "crash test", .completion = text, .user_id = "u"};
     if (prefcap_log_generation(pc, &g, NULL) == 0) printf("A %d\n", i);
     if (i % 5 == 0) {
-      prefcap_feedback_t f = {.kind = PREFCAP_FB_COPY, .id = id};
+      prefcap_feedback_t f = {.size = sizeof f, .kind = PREFCAP_FB_COPY, .id = id};
       prefcap_log_feedback(pc, &f);
     }
     if (async && i % 100 == 99) {
-      prefcap_counters_t k;
+      prefcap_counters_t k = PREFCAP_COUNTERS_INIT;
       prefcap_get_counters(pc, &k);
       printf("Q %llu\n", (unsigned long long)k.queued);
       if (prefcap_flush(pc, -1) == 0) printf("D %d\n", i);

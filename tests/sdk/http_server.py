@@ -12,55 +12,20 @@ passed (default 120) or GET /_quit. Stdlib only. The behaviour of a PUT is chose
   /stall/...                 read the headers, then send nothing (holds the connection 8 s)
   /drop/<n>/...              read part of the body and close the socket, <n> times, then 200
   /hostile/...               400 with an error body full of terminal escapes, a bell and a forged line
-  /sigv4/...                 200 only if the Authorization header verifies (SigV4 recomputed here,
-                             secret from --secret) and x-amz-content-sha256 matches the body; else 403
+  /sigv4/...                 200 only if the Authorization header verifies (SigV4 recomputed by
+                             sigv4_verify.py, secret from --secret) and x-amz-content-sha256 matches
+                             the body; else 403
 Every PUT also checks Content-MD5 when present (400 BadDigest on mismatch). GET /_log returns a JSON
 list of every request: method, path, headers, body length and SHA-256, status, time (monotonic s),
 and the SigV4 verdict.
 """
-import argparse, base64, email.utils, hashlib, hmac, json, os, socket, sys, threading, time, urllib.parse
+import argparse, base64, email.utils, hashlib, json, os, socket, sys, threading, time
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sigv4_verify   # the verifier, checked against AWS's vectors by test_sigv4_verify.py
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 LOG, COUNTS, LOCK = [], {}, threading.Lock()
 SECRET = None
-
-
-def sigv4_check(method, raw_path, headers, body_sha):
-    """Recomputes the SigV4 signature the way S3 does; returns "ok" or what is wrong."""
-    auth = headers.get("Authorization", "")
-    if not auth.startswith("AWS4-HMAC-SHA256 "):
-        return "no AWS4-HMAC-SHA256 Authorization"
-    parts = dict(p.strip().split("=", 1) for p in auth[len("AWS4-HMAC-SHA256 "):].split(","))
-    access, date8, region, service, term = parts["Credential"].split("/")
-    signed = parts["SignedHeaders"].split(";")
-    path, _, query = raw_path.partition("?")
-    curi = urllib.parse.quote(urllib.parse.unquote(path), safe="/-_.~")
-    q = []
-    for kv in filter(None, query.split("&")):
-        k, _, v = kv.partition("=")
-        q.append((urllib.parse.quote(urllib.parse.unquote(k), safe="-_.~"),
-                  urllib.parse.quote(urllib.parse.unquote(v), safe="-_.~")))
-    cquery = "&".join(f"{k}={v}" for k, v in sorted(q))
-    chead = "".join(f"{h}:{' '.join(headers.get(h, '').split())}\n" for h in signed)
-    payload = headers.get("x-amz-content-sha256", "")
-    if payload != "UNSIGNED-PAYLOAD" and payload != body_sha:
-        return "x-amz-content-sha256 does not match the body"
-    for need in ("host", "x-amz-date", "x-amz-content-sha256"):
-        if need not in signed:
-            return f"{need} is not signed"
-    creq = f"{method}\n{curi}\n{cquery}\n{chead}\n{';'.join(signed)}\n{payload}"
-    amz_date = headers.get("x-amz-date", "")
-    scope = f"{date8}/{region}/{service}/aws4_request"
-    sts = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(creq.encode()).hexdigest()}"
-    k = ("AWS4" + SECRET).encode()
-    for m in (date8, region, service, "aws4_request"):
-        k = hmac.new(k, m.encode(), hashlib.sha256).digest()
-    want = hmac.new(k, sts.encode(), hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(want, parts["Signature"]):
-        return "signature mismatch; canonical request was:\n" + creq
-    if abs(time.mktime(time.strptime(amz_date, "%Y%m%dT%H%M%SZ")) - time.mktime(time.gmtime())) > 900:
-        return "x-amz-date more than 15 minutes off"
-    return "ok"
 
 
 class H(BaseHTTPRequestHandler):
@@ -138,7 +103,7 @@ class H(BaseHTTPRequestHandler):
             status = 503
             extra = [("Retry-After", email.utils.formatdate(time.time() + int(seg[2]), usegmt=True))]
         elif seg[0] == "sigv4":
-            verdict = sigv4_check("PUT", self.path, {k: v for k, v in self.headers.items()} | {k.lower(): v for k, v in self.headers.items()}, sha)
+            verdict = sigv4_verify.verify("PUT", self.path, self.headers.items(), sha, SECRET)
             rec["sigv4"] = verdict
             if verdict != "ok":
                 status, err = 403, ("SignatureDoesNotMatch", verdict.split("\n")[0])

@@ -50,6 +50,11 @@ check stats_pairs_by_signal test "$(json "sorted(d['pairs_by_signal'])" "$T/stat
 check stats_ai_source test "$(json "d['pairs_by_source']['ai']" "$T/stats.json")" = 1
 check stats_unknown_feedback test "$(json "d['problems']['feedback for unknown generations']" "$T/stats.json")" = 1
 check stats_by_model test "$(json "d['generations_by_model']['acme v1']" "$T/stats.json")" = 1
+# a file that is not a store: the reason follows the colon (0.1 printed nothing after it)
+echo "plain text, not a database, long enough for SQLite to read a header from it" > "$T/notes.txt"
+"$P" stats --db "$T/notes.txt" 2> "$T/nostore.err"; rc=$?
+check stats_non_store_exit_1 test $rc -eq 1
+check stats_non_store_says_why grep -q "damaged: .*notes.txt: file is not a database" "$T/nostore.err"
 "$P" stats --db "$T/s.db" > "$T/stats.txt"
 check stats_text grep -q "feedback for unknown generations *1" "$T/stats.txt"
 

@@ -27,8 +27,9 @@ elapsed_below() { [ $(( $(date +%s) - $1 )) -lt "$2" ]; }
 check cli_includes_no_internal_header sh -c "! grep -nE '#include \"(internal|forget|redact|upload|sha256|md5|sigv4)\.h\"' sdk/cli/*.c sdk/cli/*.h"
 check cli_uses_no_internal_symbol sh -c "! nm -u $BUILD/sdk/cli/*.o | grep -E ' (prefcap__|sqlite3_)'"
 if [ "$BUILD" = build ]; then
-  # hidden visibility: the .so exports prefcap.h's functions and nothing else
-  check cli_links_against_exported_symbols_only cc -o "$T/prefcap-so" $BUILD/sdk/cli/*.o $BUILD/libprefcap.so -lcjson -lm -pthread
+  # hidden visibility: the .so exports prefcap.h's functions and nothing else; common/'s helpers
+  # (progress bar, JSON escaper: hidden inside the .so) come from libpccommon.a, as in the real link
+  check cli_links_against_exported_symbols_only cc -o "$T/prefcap-so" $BUILD/sdk/cli/*.o $BUILD/libprefcap.so $BUILD/libpccommon.a -lcjson -lm -pthread
 else
   echo "SKIP cli_links_against_exported_symbols_only: only for the plain build"
 fi

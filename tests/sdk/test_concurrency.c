@@ -17,11 +17,11 @@ static void *work(void *arg) {
   for (int i = 0; i < w->n; i++) {
     snprintf(id, sizeof id, "t%d-%d", w->t, i);
     snprintf(prompt, sizeof prompt, "question %d from thread %d", i, w->t);
-    prefcap_generation_t g = {.id = id, .prompt = prompt, .completion = "an answer of a realistic length, more or less",
+    prefcap_generation_t g = {.size = sizeof g, .id = id, .prompt = prompt, .completion = "an answer of a realistic length, more or less",
                               .model = "m1", .user_id = "u", .session_id = id};
     if (prefcap_log_generation(w->pc, &g, NULL) == 0) w->ok++;
     if (i % 10 == 0) {
-      prefcap_feedback_t f = {.kind = PREFCAP_FB_COPY, .id = id};
+      prefcap_feedback_t f = {.size = sizeof f, .kind = PREFCAP_FB_COPY, .id = id};
       if (prefcap_log_feedback(w->pc, &f) == 0) w->copies++;
     }
   }
@@ -42,7 +42,7 @@ static void threads_on_one_handle(prefcap_durability_t mode, int per_thread, siz
   long long ok = 0, copies = 0;
   for (int t = 0; t < THREADS; t++) { pthread_join(th[t], NULL); ok += w[t].ok; copies += w[t].copies; }
   prefcap_flush(pc, -1);
-  prefcap_counters_t k;
+  prefcap_counters_t k = PREFCAP_COUNTERS_INIT;
   prefcap_get_counters(pc, &k);
   long long attempted = (long long)THREADS * (per_thread + (per_thread + 9) / 10);
   EXPECTF((long long)k.accepted == ok + copies && (long long)k.dropped == attempted - ok - copies,
@@ -89,10 +89,10 @@ static void four_processes_one_file(void) {
         char id[64], prompt[64];
         snprintf(id, sizeof id, "p%d-%d", p, i);
         snprintf(prompt, sizeof prompt, "prompt %d", i / 8);   /* the same 8 prompts' groups in every process */
-        prefcap_generation_t g = {.id = id, .prompt = prompt, .completion = id, .user_id = "u"};
+        prefcap_generation_t g = {.size = sizeof g, .id = id, .prompt = prompt, .completion = id, .user_id = "u"};
         if (prefcap_log_generation(pc, &g, NULL)) { bad++; fprintf(stderr, "  child %d: %s\n", p, prefcap_errmsg(pc)); }
         if (i % 4 == 0) {
-          prefcap_feedback_t f = {.kind = PREFCAP_FB_RATING, .id = id, .rating = (i % 8 == 0) ? 1 : -1};
+          prefcap_feedback_t f = {.size = sizeof f, .kind = PREFCAP_FB_RATING, .id = id, .rating = (i % 8 == 0) ? 1 : -1};
           if (prefcap_log_feedback(pc, &f)) bad++;
         }
       }

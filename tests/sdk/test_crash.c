@@ -92,7 +92,7 @@ static void kill_loop(const char *mode) {
   /* the store still opens and takes events after all that */
   prefcap_t *pc = tu_open(db, PREFCAP_SYNC);
   EXPECT(pc != NULL);
-  prefcap_generation_t g = {.id = "after", .prompt = "p", .completion = "c"};
+  prefcap_generation_t g = {.size = sizeof g, .id = "after", .prompt = "p", .completion = "c"};
   EXPECT(pc && prefcap_log_generation(pc, &g, NULL) == 0);
   prefcap_close(pc, -1);
   EXPECT(tu_integrity_ok(db));

@@ -16,7 +16,7 @@ static char text[2048];
 static int log_one(prefcap_t *pc, const char *prefix, int i) {
   char id[64];
   snprintf(id, sizeof id, "%s-%d", prefix, i);
-  prefcap_generation_t g = {.id = id, .prompt = "fill the disk", .completion = text};
+  prefcap_generation_t g = {.size = sizeof g, .id = id, .prompt = "fill the disk", .completion = text};
   return prefcap_log_generation(pc, &g, NULL);
 }
 
@@ -74,7 +74,7 @@ static void tmpfs_full(prefcap_durability_t mode) {
     /* the producers never block: the queue takes what the disk cannot, the writer retries */
     for (int i = 0; i < 1500; i++) acked += log_one(pc, "f", i) == 0;
     EXPECT(prefcap_flush(pc, 1500) == PREFCAP_ETIMEDOUT);   /* 3 MB cannot fit in 1 MiB */
-    prefcap_counters_t k;
+    prefcap_counters_t k = PREFCAP_COUNTERS_INIT;
     prefcap_get_counters(pc, &k);
     EXPECTF(k.failed == 0 && k.queued + k.stored < (uint64_t)acked + 1, "failed %llu queued %llu stored %llu",
             (unsigned long long)k.failed, (unsigned long long)k.queued, (unsigned long long)k.stored);

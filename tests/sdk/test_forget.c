@@ -63,7 +63,7 @@ static prefcap_t *open_store(const char *path, prefcap_durability_t mode, int bu
 
 static int gen(prefcap_t *pc, const char *id, const char *user, const char *session, const char *prompt,
                const char *completion, const char *regenerates, int64_t ts) {
-  prefcap_generation_t g = {0};
+  prefcap_generation_t g = PREFCAP_GENERATION_INIT;
   g.id = id; g.user_id = user; g.session_id = session; g.prompt = prompt; g.completion = completion;
   g.regenerates = regenerates; g.ts_ms = ts; g.model = "acme";
   return prefcap_log_generation(pc, &g, NULL);
@@ -71,7 +71,7 @@ static int gen(prefcap_t *pc, const char *id, const char *user, const char *sess
 
 static int fb(prefcap_t *pc, prefcap_feedback_kind_t kind, const char *id, const char *text, int rating,
               const char *rejected, int64_t ts) {
-  prefcap_feedback_t f = {0};
+  prefcap_feedback_t f = PREFCAP_FEEDBACK_INIT;
   f.kind = kind; f.id = id; f.text = text; f.rating = rating; f.rejected_id = rejected; f.ts_ms = ts;
   return prefcap_log_feedback(pc, &f);
 }
@@ -120,7 +120,7 @@ static long long build_store(prefcap_t *pc, const char *db) {
     char v1[32], v2[32], v3[32], v4[32];
     snprintf(v1, sizeof v1, "v%d-a", i); snprintf(v2, sizeof v2, "v%d-b", i);
     snprintf(v3, sizeof v3, "v%d-c", i); snprintf(v4, sizeof v4, "v%d-d", i);
-    prefcap_generation_t g = {0};
+    prefcap_generation_t g = PREFCAP_GENERATION_INIT;
     g.id = v1; g.user_id = VICTIM; g.session_id = "zebra-session-99"; g.prompt = "ZEBRA-PROMPT-q81 what next?";
     g.system = "ZEBRA-SYSTEM-k27 be kind"; g.completion = i == 0 ? big : "ZEBRA-COMPLETION-c64 first answer";
     g.params_json = "{\"temperature\":0.7,\"note\":\"ZEBRA-PARAM-p03\"}"; g.ts_ms = t0 + i * 10 + 2; g.model = "acme";
@@ -129,7 +129,7 @@ static long long build_store(prefcap_t *pc, const char *db) {
     if (!rc) rc = gen(pc, v2, VICTIM, "zebra-session-99", "ZEBRA-PROMPT-q81 what next?", "ZEBRA-CHOSEN-h42 second answer", v1, t0 + i * 10 + 4);
     if (!rc) rc = fb(pc, PREFCAP_FB_ACCEPT, v2, NULL, 0, NULL, t0 + i * 10 + 5);
     prefcap_message_t msgs[] = {{"system", "ZEBRA-SYSTEM-k27"}, {"user", "ZEBRA-MESSAGE-x55 hello"}};
-    prefcap_generation_t m = {0};
+    prefcap_generation_t m = PREFCAP_GENERATION_INIT;
     m.id = v3; m.user_id = VICTIM; m.messages = msgs; m.n_messages = 2; m.completion = "ZEBRA-COMPLETION-c64 third";
     m.ts_ms = t0 + i * 10 + 6; m.session_id = "zebra-session-99";
     if (!rc) rc = prefcap_log_generation(pc, &m, NULL);
@@ -167,7 +167,7 @@ static int run_export(prefcap_t *pc, const char *out, const char *name, prefcap_
   prefcap_export_options_t *o = prefcap_export_options_new();
   prefcap_export_options_set_out(o, out);
   if (name) prefcap_export_options_set_since_last(o, name);
-  memset(res, 0, sizeof *res);
+  *res = (prefcap_export_result_t)PREFCAP_EXPORT_RESULT_INIT;
   int rc = prefcap_export(pc, o, res);
   prefcap_export_options_free(o);
   if (rc) fprintf(stderr, "  export: %s: %s\n", prefcap_strerror(rc), prefcap_errmsg(pc));
@@ -187,7 +187,7 @@ static void test_forget_erases_raw_bytes(void) {
   long long victim_rows = build_store(pc, db);
   REQUIRE(victim_rows > 0);
   /* the nightly export that will hold both users' records */
-  prefcap_export_result_t res;
+  prefcap_export_result_t res = PREFCAP_EXPORT_RESULT_INIT;
   REQUIRE(run_export(pc, out1, "nightly", &res) == 0);
   REQUIRE(res.records > 0);
   EXPECT(file_has(out1, "ZEBRA-EDIT-m19") && file_has(out1, "OKAPI-EDIT-0"));
@@ -279,7 +279,7 @@ static void test_late_events_refused(void) {
   EXPECT(fb(pc, PREFCAP_FB_EDIT, "late-a", "ZEBRA-LATE-EDIT-e03", 0, NULL, t + 7) == 0);   /* queued */
   EXPECT(gen(pc, "late-c", VICTIM, NULL, "ZEBRA-LATE-PROMPT-l01", "z", NULL, t + 8) == 0);
   EXPECT(prefcap_flush(pc, 10000) == 0);
-  prefcap_counters_t k;
+  prefcap_counters_t k = PREFCAP_COUNTERS_INIT;
   prefcap_get_counters(pc, &k);
   EXPECTF(k.failed == 2, "failed = %llu", (unsigned long long)k.failed);
   EXPECT(prefcap_close(pc, -1) == 0);
@@ -464,7 +464,7 @@ static void test_forget_async_after_migration(void) {
   EXPECTF(erased == 25 + 25 + 25, "erased %llu", (unsigned long long)erased);   /* generations, edits, edit pairs */
   EXPECT(gen(pc, "as-late", VICTIM, NULL, "ZEBRA-PROMPT-q81", "late", NULL, 0) == 0);   /* queued ... */
   EXPECT(prefcap_flush(pc, 10000) == 0);
-  prefcap_counters_t k;
+  prefcap_counters_t k = PREFCAP_COUNTERS_INIT;
   prefcap_get_counters(pc, &k);
   EXPECT(k.failed == 1);                                                          /* ... refused */
   EXPECT(!store_has(db, "ZEBRA-PROMPT-q81") && !store_has(db, "ZEBRA-EDIT-m19") && store_has(db, "OKAPI-EDIT changed"));

@@ -214,7 +214,7 @@ static void replay_stores_nothing_twice(void) {
   EXPECT(!ev("{\"type\":\"edit\",\"id\":\"g1\",\"text\":\"something else\",\"event_id\":\"e-77\"}"));
   EXPECT(q("SELECT count(*) FROM generations") == 2);
   EXPECT(q("SELECT count(*) FROM events") == 3);
-  prefcap_counters_t k;
+  prefcap_counters_t k = PREFCAP_COUNTERS_INIT;
   prefcap_get_counters(pc, &k);
   EXPECTF(k.duplicates == 6, "duplicates %llu", (unsigned long long)k.duplicates);
   prefcap_close(pc, -1);
@@ -277,11 +277,11 @@ static void bad_input_is_refused_whole(void) {
   EXPECT(strstr(prefcap_errmsg(pc), "'completion'") != NULL);
   free(huge);
   /* the C struct door applies the same checks */
-  prefcap_generation_t g = {.id = "y", .prompt = "p", .completion = "bad \xc3\x28 utf8"};
+  prefcap_generation_t g = {.size = sizeof g, .id = "y", .prompt = "p", .completion = "bad \xc3\x28 utf8"};
   EXPECT(prefcap_log_generation(pc, &g, NULL) == PREFCAP_EUTF8);
   EXPECT(strstr(prefcap_errmsg(pc), "'completion'") != NULL);
   prefcap_message_t m[1] = {{"user", NULL}};
-  prefcap_generation_t g2 = {.id = "z", .messages = m, .n_messages = 1, .completion = "c"};
+  prefcap_generation_t g2 = {.size = sizeof g2, .id = "z", .messages = m, .n_messages = 1, .completion = "c"};
   EXPECT(prefcap_log_generation(pc, &g2, NULL) == PREFCAP_EINVAL);
   EXPECT(tu_query(db, "SELECT count(*) FROM generations") == 1);   /* only ok1 */
   EXPECT(tu_query(db, "SELECT count(*) FROM events") == 0);
@@ -347,7 +347,7 @@ static void migrates_from_version_1(void) {
   snprintf(out, sizeof out, "%s.export.jsonl", db);
   prefcap_export_options_set_out(o, out);
   prefcap_export_options_set_format(o, PREFCAP_FORMAT_TRL_KTO);
-  prefcap_export_result_t r;
+  prefcap_export_result_t r = PREFCAP_EXPORT_RESULT_INIT;
   EXPECT(prefcap_export(pc, o, &r) == 0 && r.records == 1);
   prefcap_export_options_free(o);
   prefcap_close(pc, -1);

@@ -200,6 +200,8 @@ static void helpers(void) {
   EXPECT(prefcap_time_parse("2026-11-21", &ms) == PREFCAP_OK && ms == want);
   EXPECT(prefcap_time_parse("2026-11-21T10:00:00.5+01:00", &ms) == PREFCAP_OK && ms == want + 9 * 3600000 + 500);
   EXPECT(prefcap_time_parse("yesterday", &ms) == PREFCAP_EINVAL);
+  EXPECTF(strstr(prefcap_errmsg(NULL), "'yesterday'"), "%s", prefcap_errmsg(NULL));   /* handle-less: errmsg(NULL) */
+  EXPECT(prefcap_pairs(NULL, NULL, NULL, NULL) == PREFCAP_EINVAL && strstr(prefcap_errmsg(NULL), "no handle"));
   char buf[32];
   prefcap_time_format(want + 9 * 3600000 + 500, buf);
   EXPECTF(!strcmp(buf, "2026-11-21T09:00:00.500Z"), "%s", buf);
@@ -235,7 +237,7 @@ static void retrying_counter_and_log(void) {
   REQUIRE(sqlite3_open(db, &other) == SQLITE_OK);
   REQUIRE(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK);   /* holds the write lock */
   log_line(pc, "{\"type\":\"generation\",\"id\":\"x\",\"prompt\":\"p\",\"completion\":\"c\"}");
-  prefcap_counters_t k = {0};
+  prefcap_counters_t k = PREFCAP_COUNTERS_INIT;
   for (int i = 0; i < 300; i++) {
     prefcap_get_counters(pc, &k);
     if (k.retrying) break;
@@ -243,6 +245,14 @@ static void retrying_counter_and_log(void) {
     nanosleep(&ts, NULL);
   }
   EXPECTF(k.retrying == 1 && k.stored == 0, "retrying %llu stored %llu", (unsigned long long)k.retrying, (unsigned long long)k.stored);
+  /* a caller built before `retrying` existed (its size ends at queued) never has it written: the
+   * field's bytes in its memory keep what was there */
+  prefcap_counters_t older;
+  memset(&older, 0xAB, sizeof older);
+  older.size = offsetof(prefcap_counters_t, retrying);
+  EXPECT(prefcap_get_counters(pc, &older) == PREFCAP_OK);
+  EXPECTF(older.retrying == 0xABABABABABABABABull && older.queued + older.stored <= 1,
+          "retrying %llx queued %llu", (unsigned long long)older.retrying, (unsigned long long)older.queued);
   pthread_mutex_lock(&log_mu);
   EXPECTF(strstr(logged, "retrying") && strstr(logged, "locked"), "logged: %s", logged);
   pthread_mutex_unlock(&log_mu);

@@ -1,4 +1,4 @@
-/* tests/train/report_driver.c: a thin command over trainer/train/report.c and trainer/util/progress.c, so that
+/* tests/train/report_driver.c: a thin command over trainer/train/report.c and common/progress.c, so that
  * tests/train/test_report.py can check their output with real parsers and a real pseudo-terminal.
  *
  *   report_driver report METRICS HTML [TITLE]   pc_report_write; the error on stderr, exit 1
@@ -12,7 +12,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "util/progress.h"
+#include "progress.h"
 #include "train/report.h"
 
 int main(int argc, char **argv) {

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """tests/train/test_report.py: the training report (trainer/train/report.c) and the progress display
-(trainer/util/progress.c), through build/tests/report_driver.
+(common/progress.c), through build/tests/report_driver.
 
 The report is read back with two real parsers: Python's html.parser (with a check that every element
 is closed in order) and xml.etree, which refuses anything that is not well-formed. On the parsed SVG:

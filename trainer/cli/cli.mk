@@ -11,13 +11,13 @@ PC_CLI_OBJS := $(BUILD)/trainer/cli/main.o $(BUILD)/trainer/cli/cmd_score.o $(BU
 # run.json records how the trainer was built
 $(BUILD)/trainer/cli/cmd_train.o: PC_CFLAGS += -DPC_BUILD_FLAGS='"$(OPT) $(SAN)"'
 
-$(BUILD)/prefcap-dpo: $(PC_CLI_OBJS) $(TRAINER_OBJS) $(BUILD)/sdk/sha256.o
+$(BUILD)/prefcap-dpo: $(PC_CLI_OBJS) $(TRAINER_OBJS) $(BUILD)/sdk/digest.o
 	@mkdir -p $(dir $@)
-	$(CC) $(PC_CLI_OBJS) $(TRAINER_OBJS) $(BUILD)/sdk/sha256.o -o $@ $(LDFLAGS_ALL) $(TRAINER_LIBS) -fopenmp
+	$(CC) $(PC_CLI_OBJS) $(TRAINER_OBJS) $(BUILD)/sdk/digest.o -o $@ $(LDFLAGS_ALL) $(TRAINER_LIBS) -lcrypto -fopenmp
 
-$(BUILD)/tests/tok_cli: tests/tokenizer/tok_cli_main.c $(BUILD)/trainer/cli/cmd_tokenize.o $(PC_TOK_OBJS)
+$(BUILD)/tests/tok_cli: tests/tokenizer/tok_cli_main.c $(BUILD)/trainer/cli/cmd_tokenize.o $(PC_TOK_OBJS) $(COMMON_A)
 	@mkdir -p $(@D)
-	$(CC) $(PC_CFLAGS) $< $(BUILD)/trainer/cli/cmd_tokenize.o $(PC_TOK_OBJS) -o $@ $(LDFLAGS_ALL) $(PC_TOK_LIBS)
+	$(CC) $(PC_CFLAGS) $< $(BUILD)/trainer/cli/cmd_tokenize.o $(PC_TOK_OBJS) $(COMMON_A) -o $@ $(LDFLAGS_ALL) $(PC_TOK_LIBS)
 
 $(BUILD)/bench/tokenizer_bench: bench/tokenizer_bench.c $(PC_TOK_OBJS)
 	@mkdir -p $(@D)

@@ -17,7 +17,7 @@
 #include "cli/cli.h"
 #include "text/data.h"
 #include "model/model.h"
-#include "util/progress.h"
+#include "progress.h"
 #include "text/tokenizer.h"
 
 static void usage(FILE *f) {

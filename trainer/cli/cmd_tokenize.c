@@ -7,10 +7,12 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "jsonstr.h"
 #include "text/tokenizer.h"
 
 static void usage(FILE *f) {
@@ -27,24 +29,15 @@ static void usage(FILE *f) {
 
 // ---- JSON output ----------------------------------------------------------------------------------
 
-static void put_json_string(FILE *f, const char *s, size_t n) {
-  fputc('"', f);
-  for (size_t i = 0; i < n; i++) {
-    unsigned char c = (unsigned char)s[i];
-    switch (c) {
-      case '"': fputs("\\\"", f); break;
-      case '\\': fputs("\\\\", f); break;
-      case '\n': fputs("\\n", f); break;
-      case '\r': fputs("\\r", f); break;
-      case '\t': fputs("\\t", f); break;
-      case '\b': fputs("\\b", f); break;
-      case '\f': fputs("\\f", f); break;
-      default:
-        if (c < 0x20 || c == 0x7F) fprintf(f, "\\u%04x", c);
-        else fputc(c, f);
-    }
-  }
-  fputc('"', f);
+/* The project's one JSON escaper (common/jsonstr.h), onto a stream. false when out of memory. */
+static bool put_json_string(FILE *f, const char *s, size_t n) {
+  char small[512];
+  size_t q = pc_json_quoted_len(s, n);
+  char *b = q < sizeof small ? small : malloc(q + 1);
+  if (!b) return false;
+  fwrite(b, 1, pc_json_quote(b, s, n), f);
+  if (b != small) free(b);
+  return true;
 }
 
 /* cJSON keeps strings NUL-terminated, so an escaped U+0000 would silently cut the text: refuse it.
@@ -144,9 +137,10 @@ int pc_cmd_tokenize(int argc, char **argv) {
       free(ids);
       if (!text) { fprintf(stderr, "prefcap-dpo tokenize: out of memory\n"); cJSON_Delete(j); rc = 1; break; }
       fputs("{\"text\":", stdout);
-      put_json_string(stdout, text, tl);
+      bool put = put_json_string(stdout, text, tl);
       fputs("}\n", stdout);
       free(text);
+      if (!put) { fprintf(stderr, "prefcap-dpo tokenize: out of memory\n"); cJSON_Delete(j); rc = 1; break; }
     }
     cJSON_Delete(j);
   }

@@ -26,7 +26,7 @@
 #include "cli/cli.h"
 #include "text/data.h"
 #include "model/model.h"
-#include "util/progress.h"
+#include "progress.h"
 #include "train/report.h"
 #include "text/tokenizer.h"
 #include "model/train_model.h"

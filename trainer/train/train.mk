@@ -8,9 +8,9 @@ TRAINER_OBJS  += $(PC_TRAIN_OBJS)
 TRAINER_LIBS  += -lcjson -lm
 -include $(PC_TRAIN_OBJS:.o=.d)
 
-$(BUILD)/tests/report_driver: tests/train/report_driver.c $(PC_TRAIN_OBJS) $(PC_UTIL_OBJS)
+$(BUILD)/tests/report_driver: tests/train/report_driver.c $(PC_TRAIN_OBJS) $(PC_UTIL_OBJS) $(COMMON_A)
 	@mkdir -p $(dir $@)
-	$(CC) $(PC_CFLAGS) -o $@ $< $(PC_TRAIN_OBJS) $(PC_UTIL_OBJS) $(LDFLAGS_ALL) -lcjson -lm
+	$(CC) $(PC_CFLAGS) -o $@ $< $(PC_TRAIN_OBJS) $(PC_UTIL_OBJS) $(COMMON_A) $(LDFLAGS_ALL) -lcjson -lm
 
 TEST_BINS += $(BUILD)/tests/report_driver
 TESTS     += tests/train/test_report.py tests/train/test_train.py

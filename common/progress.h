@@ -1,4 +1,4 @@
-/* trainer/util/progress.h: the progress display of the long-running commands (score, train).
+/* common/progress.h: the progress display of the long-running commands (score, train, upload).
  *
  * On a terminal: one line redrawn in place, "LABEL [#####.....] DONE/TOTAL ITEMS  RATE UNIT/s  ELAPSED
  * ETA T  EXTRA", at most five times a second. Elsewhere (a log file, a pipe, CI): a plain line

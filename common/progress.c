@@ -1,9 +1,9 @@
-/* trainer/util/progress.c: the progress display of score and train (see progress.h for the formats).
+/* common/progress.c: the progress display of score, train and upload (see progress.h for the formats).
  *
  * The terminal line is rebuilt whole each time and written after a '\r'; when it is shorter than the
  * one before, spaces cover the rest, and it is cut to the terminal's width, since a line that wraps
  * can no longer be redrawn by '\r' (the bar would scroll one row per update). */
-#include "util/progress.h"
+#include "progress.h"
 
 #include <stdlib.h>
 #include <string.h>

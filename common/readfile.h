@@ -1,0 +1,12 @@
+/* common/readfile.h: the project's one read-whole-file, for the small files read at once (manifests,
+ * configs, tokenizer and model metadata). */
+#ifndef PC_READFILE_H
+#define PC_READFILE_H
+#include <stddef.h>
+
+/* Reads the whole file at path into a malloc'd buffer with a NUL after the last byte (so text can be
+ * used as a string; the data may hold NULs of its own: *len is its length). Returns the buffer, or NULL
+ * with *err set to the errno of the failure (ENOENT, EISDIR for a directory, ENOMEM, EIO...). Free
+ * with free(). */
+char *pc_read_file(const char *path, size_t *len, int *err);
+#endif
