@@ -249,6 +249,9 @@ typedef struct prefcap_counters {
   uint64_t dropped;   /* async: refused because the queue was full */
   uint64_t failed;    /* accepted, then not stored (a write error that outlived the retries, or close timed out) */
   uint64_t queued;    /* async: waiting in the queue now */
+  uint64_t retrying;  /* async: events the writer holds and keeps retrying because the store refuses
+                         writes for now (a read-only file, a full disk, a lock held past the busy
+                         timeout; the logger has the reason); 0 while writes succeed */
 } prefcap_counters_t;
 #define PREFCAP_COUNTERS_INIT { .size = sizeof(prefcap_counters_t) }
 /* This handle's counters since open, written up to out->size. Thread-safe. (Dropped and failed are also added to the store's
@@ -445,6 +448,148 @@ int prefcap_lineage_export(prefcap_t *pc, const char *export_id, prefcap_export_
 /* Deletes events and generations older than older_than_ms (Unix ms) that no live pair or label needs,
  * and the pairs and labels that only they derived. *deleted (if not NULL) receives the rows deleted. */
 int prefcap_prune(prefcap_t *pc, int64_t older_than_ms, uint64_t *deleted);
+
+// ==== reading the store (sdk/query.c) ===============================================================
+/* What the `prefcap` command reads, for any program: the derived pairs and labels with filters, the
+ * store's counts (a struct) and its breakdowns (JSON), an integrity check, erasure and retention with
+ * their counts, and the small helpers the lineage and time options need. The CLI in sdk/cli/ uses
+ * nothing else than this header.
+ *
+ * Growing structs: every struct below starts with `size`. A struct the caller fills (a query) is
+ * initialised with its _INIT macro, which sets size to the caller's sizeof; the library reads only
+ * the fields that size covers, so a program built against this header keeps working with a later
+ * library that has more fields. A struct the library fills for a callback carries the library's size:
+ * a field past it was not filled. A struct the library fills into caller memory (stats, reports) is
+ * written only as far as the caller's size says.
+ *
+ * Reads see a consistent snapshot of the file (one read transaction per call). They take the
+ * handle's lock: they may run from any thread, but they wait for (and make wait) the async writer's
+ * batches, and the callbacks run under that lock, so a callback must not call prefcap on the same
+ * handle. Every call returns PREFCAP_OK or a code with the detail in prefcap_errmsg: PREFCAP_EINVAL
+ * for a bad argument, PREFCAP_ECORRUPT with SQLite's message when the file is damaged (run
+ * prefcap_check), PREFCAP_EIO for another read error, PREFCAP_ENOMEM. A read that fails part way
+ * has already called the callback for the rows before the failure: treat the result as incomplete. */
+
+/* Filters for pairs and labels. Unset (NULL or 0) fields do not filter. */
+typedef struct prefcap_query {
+  size_t size;               /* sizeof(prefcap_query_t), set by PREFCAP_QUERY_INIT */
+  const char *signal;        /* pairs: "edit", "regenerate", "choice", "rating"; labels: "copy", "accept", ... */
+  const char *model;         /* the model of the rejected generation (pairs) or the labelled one (labels) */
+  const char *user_id;       /* the user of that generation */
+  int64_t since_ms, until_ms;/* that generation's event time: since inclusive, until exclusive; 0: open */
+  double min_weight;         /* weight >= min_weight */
+  uint64_t limit;            /* at most this many, newest first; 0: all */
+} prefcap_query_t;
+#define PREFCAP_QUERY_INIT {sizeof(prefcap_query_t), NULL, NULL, NULL, 0, 0, 0.0, 0}
+
+/* One derived pair, as the callback sees it. Strings are borrowed for the duration of the callback
+ * (copy what you keep); an absent value is NULL. */
+typedef struct prefcap_pair {
+  size_t size;                       /* the library's sizeof(prefcap_pair_t) */
+  int64_t id;                        /* the pair's number in the store (newer pairs have larger ones) */
+  const char *signal;                /* "edit", "regenerate", "choice", "rating" */
+  double weight;                     /* in [0,1] (docs/pairing.md) */
+  const char *source;                /* "human" or "ai:<judge model id>" */
+  const char *flags;                 /* "" or a comma list, e.g. "light_edit" */
+  const char *system, *prompt;       /* the prompt as text (prompt NULL when messages_json is set) */
+  const char *messages_json;         /* the prompt as a JSON array of {role, content}, or NULL */
+  const char *chosen, *rejected;     /* completion texts */
+  const char *chosen_id;             /* the chosen generation's id; NULL when chosen is a user's edit */
+  const char *rejected_id;
+  const char *model, *model_version, *user_id, *session_id;   /* of the rejected generation */
+  int64_t created_ms;                /* when the pair was derived */
+} prefcap_pair_t;
+/* Return 0 to go on, non-zero to stop (the call then returns PREFCAP_OK). */
+typedef int (*prefcap_pair_fn)(const prefcap_pair_t *pair, void *userdata);
+
+/* One unpaired label (KTO): a generation judged desirable or not by one signal. Borrowed as above. */
+typedef struct prefcap_label {
+  size_t size;                       /* the library's sizeof(prefcap_label_t) */
+  int64_t id;
+  const char *gen_id;                /* the labelled generation */
+  int desirable;                     /* 1 desirable, 0 undesirable */
+  const char *signal;                /* "copy", "accept", "rating", "regenerate", "abandon" */
+  double weight;
+  const char *source;
+  const char *system, *prompt, *messages_json, *completion;
+  const char *model, *model_version, *user_id, *session_id;
+  int64_t created_ms;
+} prefcap_label_t;
+typedef int (*prefcap_label_fn)(const prefcap_label_t *label, void *userdata);
+
+/* Calls fn for each pair (or label) that passes the filters, newest first. query may be NULL (no
+ * filter). Reads what is derived: call prefcap_derive first to include the latest events. */
+int prefcap_pairs(prefcap_t *pc, const prefcap_query_t *query, prefcap_pair_fn fn, void *userdata);
+int prefcap_labels(prefcap_t *pc, const prefcap_query_t *query, prefcap_label_fn fn, void *userdata);
+
+/* The store's totals, across every process and run that wrote it. */
+typedef struct prefcap_stats {
+  size_t size;                 /* set by PREFCAP_STATS_INIT; the library fills what it covers */
+  uint64_t generations;        /* generations stored */
+  uint64_t feedback;           /* feedback events stored */
+  uint64_t pairs, labels;      /* derived */
+  uint64_t unknown_feedback;   /* feedback on a generation never stored */
+  uint64_t dropped;            /* async queues were full (the store's persisted total) */
+  uint64_t failed;             /* accepted, never stored (a write error outlived the retries) */
+  uint64_t refused;            /* events of erased users */
+  uint64_t exports;            /* exports recorded (published or pending) */
+} prefcap_stats_t;
+#define PREFCAP_STATS_INIT {sizeof(prefcap_stats_t), 0, 0, 0, 0, 0, 0, 0, 0, 0}
+int prefcap_stats(prefcap_t *pc, prefcap_stats_t *out);
+
+/* The breakdowns `prefcap stats --json` prints, as one JSON object (UTF-8, NUL-terminated), in this
+ * order: "events" {type: count}, "pairs_by_signal" {signal: {"count","mean_weight"}},
+ * "pairs_by_source" {"human"|"ai": count}, "pairs_flagged" {flags: count}, "labels"
+ * {"signal (desirable|undesirable)": {"count","mean_weight"}}, "generations_by_model"
+ * {"model version": count} (top 50), "pairs_by_model" {model: {"count","mean_weight"}} (top 50),
+ * "events_by_day" {"YYYY-MM-DD": count} (the last `days` days with events, newest first; days >= 1),
+ * "problems" {"feedback for unknown generations", "dropped (queue full)", "failed (not stored)",
+ * "refused (erased users)": count}. Keys taken from the data (models, flags) are the stored text.
+ * *json is allocated: free it with prefcap_free. */
+int prefcap_stats_json(prefcap_t *pc, int days, char **json);
+
+/* SQLite's integrity check of the whole file (quick = 1: quick_check, which skips the index
+ * contents and is faster). fn (may be NULL) is called with each problem SQLite reports (borrowed;
+ * at most 100), and *problems (may be NULL) receives their number. PREFCAP_OK: the file is sound;
+ * PREFCAP_ECORRUPT: problems were found (errmsg has the first); another code: the check itself
+ * could not run. docs/storage.md says how to recover a damaged store. */
+int prefcap_check(prefcap_t *pc, int quick, void (*fn)(const char *problem, void *userdata), void *userdata,
+                  uint64_t *problems);
+
+/* What an erasure or a prune removed (or, for a dry run, would remove), table by table. */
+typedef struct prefcap_erase_report {
+  size_t size;                 /* set by PREFCAP_ERASE_REPORT_INIT */
+  uint64_t generations, events, pairs, labels, rated;
+  uint64_t total;              /* the sum of the five above */
+  uint64_t kept_old;           /* prune: older generations kept because a live pair needs them */
+  int committed;               /* forget: the rows are gone and the tombstone set, even if a later step failed */
+  int rederived;               /* forget: pairs shared with other users were re-derived */
+  int wal_truncated;           /* the WAL was checkpointed and truncated to zero bytes */
+  char user_hash[65];          /* forget: the SHA-256 the user is known by in tombstones and lineage */
+} prefcap_erase_report_t;
+#define PREFCAP_ERASE_REPORT_INIT {sizeof(prefcap_erase_report_t), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}}
+
+/* prefcap_forget_user with the counts by table; report may be NULL. Same codes and thread rules. */
+int prefcap_forget_user_report(prefcap_t *pc, const char *user_id, prefcap_export_fn fn, void *userdata,
+                               prefcap_erase_report_t *report);
+enum {
+  PREFCAP_PRUNE_DRY_RUN = 1,   /* count what would go, delete nothing */
+  PREFCAP_PRUNE_VACUUM = 2,    /* then VACUUM: give the space back, leave no stale copy in page slack */
+};
+/* prefcap_prune with flags (PREFCAP_PRUNE_*) and the counts by table; report may be NULL. */
+int prefcap_prune_report(prefcap_t *pc, int64_t older_than_ms, unsigned flags, prefcap_erase_report_t *report);
+
+/* The hash a user id is known by in tombstones and lineage: SHA-256 of the id, 64 hex digits + NUL.
+ * Thread-safe; no handle needed. */
+void prefcap_user_hash(const char *user_id, char out[65]);
+/* The names of the pairing weights prefcap_options_set_weight accepts: name i, or NULL past the last. */
+const char *prefcap_weight_name(int i);
+/* Parses an RFC 3339 time ("2026-11-21T10:00:00Z", with fractions or an offset) or a plain date
+ * ("2026-11-21", midnight UTC) to Unix milliseconds. PREFCAP_EINVAL if malformed. Thread-safe. */
+int prefcap_time_parse(const char *text, int64_t *ms);
+/* Formats Unix milliseconds as "2026-11-21T10:00:00.000Z" (UTC) into buf (at least 32 bytes). */
+void prefcap_time_format(int64_t ms, char buf[32]);
+/* ==== end reading the store ====================================================================== */
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop

@@ -79,6 +79,7 @@ struct prefcap {
   pthread_t writer;
   /* counters */
   _Atomic uint64_t c_accepted, c_stored, c_dup, c_dropped, c_failed;
+  _Atomic uint64_t c_retrying;   /* events of a batch the writer is retrying now */
   uint64_t persisted_dropped, persisted_failed;   /* already added to the store's totals */
   int64_t last_derive_ms;        /* paces background derivation; under db_mu */
 };

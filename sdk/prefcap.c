@@ -24,6 +24,7 @@
 #define DERIVE_MAX_LAG_MS 10000
 #define WRITER_TICK_MS 2   /* how long queued events may wait for the writer while it is busy */
 #define WAKE_AT 256        /* queued events that wake a ticking writer early */
+#define RETRY_LOG_MS 60000 /* a write that keeps failing is logged again this often */
 
 // ---- codes and messages --------------------------------------------------------------------------
 
@@ -245,12 +246,14 @@ static void write_batch(prefcap_t *pc, prefcap__event **evs, size_t n) {
   bool refused[WRITE_BATCH];
   char err[512];
   int backoff = 10, last_rc = 0;
+  int64_t last_log_ms = 0, first_fail_ms = 0;
   for (;;) {
     size_t dups = 0;
     pthread_mutex_lock(&pc->db_mu);
     int rc = store_events(pc, evs, n, refused, &dups, err, sizeof err);
     pthread_mutex_unlock(&pc->db_mu);
     if (!rc) {
+      atomic_store(&pc->c_retrying, 0);
       size_t nref = 0;
       for (size_t i = 0; i < n; i++) nref += refused[i];
       atomic_fetch_add(&pc->c_stored, n - nref);
@@ -262,9 +265,21 @@ static void write_batch(prefcap_t *pc, prefcap__event **evs, size_t n) {
       if (last_rc) prefcap__log(pc, PREFCAP_LOG_INFO, "prefcap: storing resumed after: %s", prefcap_strerror(last_rc));
       break;
     }
-    if (rc != last_rc) prefcap__log(pc, PREFCAP_LOG_ERROR, "prefcap: cannot store %zu queued event(s)%s: %s", n,
-                                    retryable(rc) ? " (retrying)" : "", err);
+    /* said when it starts, and again every RETRY_LOG_MS while it lasts: an application that only
+     * reads its log still learns that capture is stalled, and why */
+    int64_t now = prefcap__mono_ms();
+    if (rc != last_rc || now - last_log_ms >= RETRY_LOG_MS) {
+      if (rc == last_rc)
+        prefcap__log(pc, PREFCAP_LOG_ERROR, "prefcap: still cannot store %zu queued event(s) after %lld s (retrying): %s",
+                     n, (long long)((now - first_fail_ms) / 1000), err);
+      else
+        prefcap__log(pc, PREFCAP_LOG_ERROR, "prefcap: cannot store %zu queued event(s)%s: %s", n,
+                     retryable(rc) ? " (retrying)" : "", err);
+      last_log_ms = now;
+      if (!last_rc) first_fail_ms = now;
+    }
     last_rc = rc;
+    atomic_store(&pc->c_retrying, retryable(rc) ? n : 0);
     pthread_mutex_lock(&pc->q_mu);
     bool give_up = !retryable(rc) || (pc->stopping && prefcap__mono_ms() >= pc->stop_deadline_ms);
     if (!give_up) {
@@ -277,6 +292,7 @@ static void write_batch(prefcap_t *pc, prefcap__event **evs, size_t n) {
     }
     pthread_mutex_unlock(&pc->q_mu);
     if (give_up) {
+      atomic_store(&pc->c_retrying, 0);
       atomic_fetch_add(&pc->c_failed, n);
       prefcap__log(pc, PREFCAP_LOG_ERROR, "prefcap: %zu event(s) lost: %s", n, err);
       break;
@@ -644,6 +660,7 @@ int prefcap_get_counters(prefcap_t *pc, prefcap_counters_t *out) {
   k.duplicates = atomic_load(&pc->c_dup);
   k.dropped = atomic_load(&pc->c_dropped);
   k.failed = atomic_load(&pc->c_failed);
+  k.retrying = atomic_load(&pc->c_retrying);   /* 0.2's trailing field: copied only if out->size covers it */
   pthread_mutex_lock(&pc->q_mu);
   k.queued = pc->count;
   pthread_mutex_unlock(&pc->q_mu);

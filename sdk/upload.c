@@ -157,9 +157,22 @@ static uint64_t xorshift(uint64_t *s) {
   return *s = x;
 }
 
-/* A URL without its query and fragment, for messages: a presigned URL's query is a credential. */
+/* A URL without its query and fragment, for messages: a presigned URL's query is a credential; and
+ * without its userinfo (user:PASSWORD@ becomes three stars and the @), which is one too. */
 static void url_for_humans(const char *url, char *out, size_t n) {
   size_t len = strcspn(url, "?#");
+  const char *sep = strstr(url, "://");
+  if (sep && (size_t)(sep - url) < len) {
+    const char *auth = sep + 3;
+    size_t alen = strcspn(auth, "/?#");
+    const char *at = NULL;
+    for (size_t i = 0; i < alen; i++)
+      if (auth[i] == '@') at = auth + i;
+    if (at) {
+      snprintf(out, n, "%.*s***%.*s%s", (int)(auth - url), url, (int)(url + len - at), at, url[len] == '?' ? "?…" : "");
+      return;
+    }
+  }
   snprintf(out, n, "%.*s%s", (int)len, url, url[len] == '?' ? "?…" : "");
 }
 

@@ -1,41 +1,26 @@
 /* sdk/cli/cli.c: the `prefcap` command: the SDK from the shell, for backends in any language (ingest JSON
- * lines), for looking at what was captured (stats, pairs), and for the nightly job. Every command
- * takes --db PATH (default $PREFCAP_DB, else ./prefcap.db) and --help.
+ * lines), for looking at what was captured (stats, pairs), for checking a store, and for the nightly
+ * job. Every command takes --db PATH (default $PREFCAP_DB, else ./prefcap.db) and --help. It uses the
+ * library through include/prefcap.h only; what it prints from outside goes through S() (cli.h).
  *
  * Exit codes: 0 success, 1 the work failed (or some input lines were bad), 2 usage error. */
 #include "cli.h"
-#include "internal.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <getopt.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
-// ---- shared helpers ------------------------------------------------------------------------------
+// ---- helpers -------------------------------------------------------------------------------------
 
-const char *prefcap__cli_default_db(void) {
-  const char *e = getenv("PREFCAP_DB");
-  return e && *e ? e : "prefcap.db";
-}
-
-int prefcap__cli_open(const char *db, prefcap_durability_t mode, prefcap_options_t *o_in, prefcap_t **pc) {
-  prefcap_options_t *o = o_in ? o_in : prefcap_options_new();
-  if (!o) { fprintf(stderr, "prefcap: out of memory\n"); return 1; }
-  prefcap_options_set_path(o, db);
-  prefcap_options_set_durability(o, mode);
-  int rc = prefcap_open(o, pc);
-  if (!o_in) prefcap_options_free(o);
-  if (rc) {
-    fprintf(stderr, "prefcap: cannot open %s: %s: %s\n", db, prefcap_strerror(rc), prefcap_errmsg(NULL)[0] ? prefcap_errmsg(NULL) : "");
-    return 1;
-  }
-  return 0;
-}
-
-/* Prints text shortened to at most n characters on one line (newlines shown as ⏎). */
+/* Prints text shortened to at most n characters on one line: newlines shown as a return symbol,
+ * tabs as spaces, other control bytes escaped (S()). */
 static void print_short(FILE *f, const char *s, int n) {
   if (!s) { fputs("-", f); return; }
   int shown = 0;
@@ -47,261 +32,304 @@ static void print_short(FILE *f, const char *s, int n) {
     }
     if (*p == '\n') fputs("\u23ce", f);
     else if (*p == '\t' || *p == '\r') fputc(' ', f);
-    else fputc(*p, f);
+    else if (*p < 0x20 || *p == 0x7F || (*p == 0xC2 && p[1] >= 0x80 && p[1] < 0xA0)) {
+      char one[3] = {(char)p[0], *p == 0xC2 ? (char)p[1] : 0, 0};
+      fputs(S(one), f);
+      if (*p == 0xC2) p++;
+    } else fputc(*p, f);
   }
   if (*p) fputs("\u2026", f);
 }
 
-static int usage_error(const char *cmd, const char *msg) {
-  fprintf(stderr, "prefcap %s: %s (see 'prefcap %s --help')\n", cmd, msg, cmd);
-  return 2;
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(int ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+/* Derives what is pending, as the reading commands do first. A damaged store is an error (1); any
+ * other failure is said and the command goes on with what is stored (0). */
+static int derive_first(const char *cmd, prefcap_t *pc) {
+  int rc = prefcap_derive(pc, 0);
+  if (!rc) return 0;
+  if (rc == PREFCAP_ECORRUPT) { cli_fail(cmd, pc, rc); return 1; }
+  const char *d = prefcap_errmsg(pc);
+  fprintf(stderr, "prefcap %s: deriving pairs failed: %s%s%s (showing what is stored)\n", cmd, prefcap_strerror(rc),
+          d[0] ? ": " : "", S(d));
+  return 0;
 }
 
 // ---- ingest --------------------------------------------------------------------------------------
 
-/* The CLI's logger: the library's warnings and errors (an event refused, a write retried) on stderr. */
-static void cli_logger(prefcap_log_level_t level, const char *msg, void *ud) {
-  (void)ud;
-  if (level >= PREFCAP_LOG_WARN) fprintf(stderr, "%s\n", msg);
+#define INGEST_QUEUE 65536
+#define INGEST_TIMEOUT_S 60
+
+/* The ingest loop's watch on the writer: gives up when it has finished nothing (stored or failed)
+ * for timeout_s while events wait (a read-only file or a full disk: the library retries forever,
+ * for embedded use). The clock runs only while something is pending: a slow producer on stdin is
+ * not a stalled store. */
+typedef struct { prefcap_t *pc; int timeout_s; uint64_t seen; int64_t since; bool stalled; } watch;
+
+static bool stalled(watch *w) {
+  prefcap_counters_t k = PREFCAP_COUNTERS_INIT;
+  prefcap_get_counters(w->pc, &k);
+  uint64_t f = k.stored + k.failed;
+  int64_t t = now_ms();
+  if (f != w->seen || k.accepted <= f) { w->seen = f; w->since = t; return false; }
+  return w->stalled = t - w->since >= (int64_t)w->timeout_s * 1000;
 }
 
 static int cmd_ingest(int argc, char **argv) {
   static const struct option lo[] = {{"db", 1, 0, 'd'}, {"sync", 0, 0, 's'}, {"redact", 0, 0, 'r'},
-                                     {"max-text", 1, 0, 'm'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
-  const char *db = prefcap__cli_default_db();
+                                     {"max-text", 1, 0, 'm'}, {"timeout", 1, 0, 't'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+  const char *db = cli_default_db();
   bool sync_mode = false, redact = false;
-  long max_text = 0;
+  long max_text = 0, timeout_s = INGEST_TIMEOUT_S;
+  char *end;
   int c;
   while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
     switch (c) {
       case 'd': db = optarg; break;
       case 's': sync_mode = true; break;
       case 'r': redact = true; break;
-      case 'm': max_text = strtol(optarg, NULL, 10); if (max_text < 1) return usage_error("ingest", "--max-text must be a positive byte count"); break;
+      case 'm': max_text = strtol(optarg, &end, 10); if (max_text < 1 || *end) return cli_usage_error("ingest", "--max-text must be a positive byte count"); break;
+      case 't': timeout_s = strtol(optarg, &end, 10); if (timeout_s < 1 || timeout_s > 86400 || *end) return cli_usage_error("ingest", "--timeout must be 1 to 86400 seconds"); break;
       case 'h':
-        printf("usage: prefcap ingest [--db PATH] [--sync] [--redact] [--max-text BYTES] [FILE|-]\n\n"
+        printf("usage: prefcap ingest [--db PATH] [--sync] [--redact] [--max-text BYTES] [--timeout S] [FILE|-]\n\n"
                "Stores events given as JSON lines (docs/events.md), one event per line, with the same\n"
                "semantics as the C API: replayed events are stored once, feedback may come before its\n"
                "generation. A bad line is reported with its line number and reason; the good lines are\n"
-               "still stored, and the exit code is then 1.\n\n"
+               "still stored, and the exit code is then 1. Pairs are derived before it exits.\n\n"
                "  --sync       commit each event before reading the next (default: batched)\n"
                "  --redact     replace e-mails, phone numbers, card numbers and keys (docs/redaction.md)\n"
-               "  --max-text   refuse texts longer than this many bytes (default 1 MiB)\n");
+               "  --max-text   refuse texts longer than this many bytes (default 1 MiB)\n"
+               "  --timeout S  give up (exit 1) when no event could be stored for S seconds: a read-only\n"
+               "               store, a full disk, a lock held by another process (default %d)\n", INGEST_TIMEOUT_S);
         return 0;
       default: return 2;
     }
   }
-  if (argc - optind > 1) return usage_error("ingest", "give at most one FILE");
+  if (argc - optind > 1) return cli_usage_error("ingest", "give at most one FILE");
   const char *path = optind < argc ? argv[optind] : "-";
   FILE *in = strcmp(path, "-") ? fopen(path, "rb") : stdin;
-  if (!in) { fprintf(stderr, "prefcap ingest: cannot open %s: %s\n", path, strerror(errno)); return 1; }
+  if (!in) { fprintf(stderr, "prefcap ingest: cannot open %s: %s\n", S(path), strerror(errno)); return 1; }
   prefcap_options_t *o = prefcap_options_new();
   if (!o) return 1;
-  prefcap_options_set_block_when_full(o, 1);
-  prefcap_options_set_logger(o, cli_logger, NULL);
+  /* The CLI waits for queue space itself (below), bounded by --timeout, rather than blocking in the
+   * library (prefcap_options_set_block_when_full), which would wait forever on a store that never
+   * takes a write. It is the queue's only producer, so space it sees stays free for it. */
+  prefcap_options_set_queue_capacity(o, INGEST_QUEUE);
   prefcap_options_set_redact(o, redact);
   if (max_text) prefcap_options_set_max_text_bytes(o, (size_t)max_text);
   prefcap_t *pc;
-  int rc = prefcap__cli_open(db, sync_mode ? PREFCAP_SYNC : PREFCAP_ASYNC, o, &pc);
+  int rc = cli_open(db, sync_mode ? PREFCAP_SYNC : PREFCAP_ASYNC, o, true, &pc);
   prefcap_options_free(o);
   if (rc) { if (in != stdin) fclose(in); return rc; }
   char *line = NULL;
   size_t cap = 0, lineno = 0, bad = 0, ok = 0;
   ssize_t len;
   const char *name = strcmp(path, "-") ? path : "<stdin>";
-  while ((len = getline(&line, &cap, in)) != -1) {
+  watch w = {pc, (int)timeout_s, 0, now_ms(), false};
+  char sync_why[512] = "";
+  bool damaged = false;
+  int64_t last_ok_ms = now_ms();   /* --sync: when a line was last stored */
+  while (!w.stalled && (len = getline(&line, &cap, in)) != -1) {
     lineno++;
     while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
     size_t i = 0;
     while (i < (size_t)len && (line[i] == ' ' || line[i] == '\t')) i++;
     if (i == (size_t)len) continue;   /* blank lines are allowed */
+    if (!sync_mode) {
+      prefcap_counters_t k = PREFCAP_COUNTERS_INIT;
+      while (!prefcap_get_counters(pc, &k) && k.queued >= INGEST_QUEUE && !stalled(&w)) sleep_ms(2);
+      if (w.stalled) break;
+    }
     int e = prefcap_log_json(pc, line, (size_t)len, NULL);
     if (e) {
       bad++;
-      fprintf(stderr, "%s:%zu: %s: %s\n", name, lineno, prefcap_strerror(e), prefcap_errmsg(pc));
-    } else ok++;
+      fprintf(stderr, "%s:%zu: %s: %s\n", S(name), lineno, prefcap_strerror(e), S(prefcap_errmsg(pc)));
+      /* --sync: the store's own failures (not the line's) are bounded by --timeout as well */
+      if (sync_mode && (e == PREFCAP_EFULL || e == PREFCAP_EIO || e == PREFCAP_EBUSY) &&
+          now_ms() - last_ok_ms >= timeout_s * 1000) {
+        w.stalled = true;
+        snprintf(sync_why, sizeof sync_why, "%s", prefcap_errmsg(pc));
+      }
+      if (sync_mode && e == PREFCAP_ECORRUPT) { damaged = true; break; }   /* said above; nothing more will store */
+    } else {
+      ok++;
+      last_ok_ms = now_ms();
+    }
   }
   bool read_error = ferror(in);
   free(line);
   if (in != stdin) fclose(in);
-  prefcap_flush(pc, -1);
+  /* wait for the queue to be stored, as long as the writer makes progress */
+  while (!w.stalled && prefcap_flush(pc, 200) == PREFCAP_ETIMEDOUT) stalled(&w);
+  int drc = w.stalled || damaged ? 0 : prefcap_derive(pc, 0);
+  if (drc) cli_fail("ingest", pc, drc);
+  if (w.stalled) {
+    char why[768];
+    cli_last_logged(why, sizeof why);
+    if (sync_why[0]) snprintf(why, sizeof why, "%s", sync_why);
+    const char *r = strncmp(why, "prefcap: ", 9) ? why : why + 9;
+    fprintf(stderr, "prefcap ingest: no event could be stored for %ld s%s%s; giving up (--timeout)\n", timeout_s,
+            r[0] ? ": " : "", S(r));
+    cli_log_warnings(false);   /* what close drops is counted below, not reported batch by batch */
+  }
   prefcap_counters_t k = PREFCAP_COUNTERS_INIT;
   prefcap_get_counters(pc, &k);
-  int crc = prefcap_close(pc, -1);
-  fprintf(stderr, "prefcap ingest: %zu event(s) read, %llu new, %llu already stored, %zu bad line(s)%s\n", ok,
-          (unsigned long long)(k.stored - k.duplicates), (unsigned long long)k.duplicates, bad,
-          k.failed ? ", some events NOT stored (see above)" : "");
-  if (read_error) fprintf(stderr, "prefcap ingest: read error on %s\n", name);
-  return (bad || k.failed || crc || read_error) ? 1 : 0;
+  /* after a stall, close drops what is still queued (counted failed): nothing accepted but unstored
+   * is left unsaid */
+  uint64_t not_stored = w.stalled ? (uint64_t)ok - k.stored : k.failed;
+  int crc = prefcap_close(pc, w.stalled ? 0 : -1);
+  fprintf(stderr, "prefcap ingest: %zu event(s) read, %llu new, %llu already stored, %zu bad line(s)", ok,
+          (unsigned long long)(k.stored - k.duplicates), (unsigned long long)k.duplicates, bad);
+  if (not_stored) fprintf(stderr, ", %llu event(s) NOT stored (see above)", (unsigned long long)not_stored);
+  fputc('\n', stderr);
+  if (read_error) fprintf(stderr, "prefcap ingest: read error on %s\n", S(name));
+  if (damaged) fprintf(stderr, "prefcap ingest: the store is damaged: stopped at line %zu (see 'prefcap check')\n", lineno);
+  return (bad || not_stored || crc || read_error || w.stalled || drc || damaged) ? 1 : 0;
 }
 
 // ---- stats ---------------------------------------------------------------------------------------
 
-typedef struct { sqlite3 *db; bool json; bool first_section; } stats_out;
-
-/* Runs a two-column query (name, count[, extra]) and prints it as a section. */
-static void section(stats_out *so, const char *title, const char *sql) {
-  sqlite3_stmt *st;
-  if (sqlite3_prepare_v2(so->db, sql, -1, &st, NULL)) return;
-  int ncol = sqlite3_column_count(st);
-  if (so->json) {
-    printf("%s\"%s\":{", so->first_section ? "" : ",", title);
-    so->first_section = false;
-  } else printf("%s:\n", title);
-  bool first = true, any = false;
-  while (sqlite3_step(st) == SQLITE_ROW) {
-    const char *k = (const char *)sqlite3_column_text(st, 0);
+/* Prints one section of prefcap_stats_json as text: "title:" then "  key  count  [mean weight]". */
+static void print_section(const cJSON *sec) {
+  printf("%s:\n", S(sec->string));
+  bool any = false;
+  for (const cJSON *e = sec->child; e; e = e->next) {
     any = true;
-    if (so->json) {
-      prefcap__buf b = {0};
-      prefcap__buf_json_str(&b, k ? k : "(none)");
-      if (ncol > 2) printf("%s%s:{\"count\":%lld,\"mean_weight\":%.4f}", first ? "" : ",", b.p ? b.p : "\"\"", sqlite3_column_int64(st, 1), sqlite3_column_double(st, 2));
-      else printf("%s%s:%lld", first ? "" : ",", b.p ? b.p : "\"\"", sqlite3_column_int64(st, 1));
-      free(b.p);
-    } else if (ncol > 2) printf("  %-28s %10lld   mean weight %.3f\n", k ? k : "(none)", sqlite3_column_int64(st, 1), sqlite3_column_double(st, 2));
-    else printf("  %-28s %10lld\n", k ? k : "(none)", sqlite3_column_int64(st, 1));
-    first = false;
+    if (cJSON_IsObject(e))
+      printf("  %-28s %10.0f   mean weight %.3f\n", S(e->string),
+             cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(e, "count")),
+             cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(e, "mean_weight")));
+    else printf("  %-28s %10.0f\n", S(e->string), cJSON_GetNumberValue(e));
   }
-  if (so->json) printf("}");
-  else if (!any) printf("  (none)\n");
-  sqlite3_finalize(st);
+  if (!any) printf("  (none)\n");
 }
 
 static int cmd_stats(int argc, char **argv) {
   static const struct option lo[] = {{"db", 1, 0, 'd'}, {"json", 0, 0, 'j'}, {"days", 1, 0, 'D'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
-  const char *db = prefcap__cli_default_db();
+  const char *db = cli_default_db();
   bool json = false;
   int days = 14, c;
   while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
     switch (c) {
       case 'd': db = optarg; break;
       case 'j': json = true; break;
-      case 'D': days = atoi(optarg); if (days < 1) return usage_error("stats", "--days must be >= 1"); break;
+      case 'D': days = atoi(optarg); if (days < 1) return cli_usage_error("stats", "--days must be >= 1"); break;
       case 'h':
         printf("usage: prefcap stats [--db PATH] [--json] [--days N]\n\n"
                "Counts of events, pairs and labels by signal, by model and by day (the last N days with\n"
                "events, default 14), feedback for generations never seen, and the dropped and failed\n"
-               "counters of every process that wrote the store. Derives pending pairs first.\n");
+               "counters of every process that wrote the store. Derives pending pairs first. A damaged\n"
+               "store is an error (exit 1, with SQLite's message): see 'prefcap check'.\n");
         return 0;
       default: return 2;
     }
   }
-  if (optind < argc) return usage_error("stats", "unexpected argument");
-  if (access(db, F_OK) != 0) { fprintf(stderr, "prefcap stats: no store at %s\n", db); return 1; }
+  if (optind < argc) return cli_usage_error("stats", "unexpected argument");
   prefcap_t *pc;
-  if (prefcap__cli_open(db, PREFCAP_SYNC, NULL, &pc)) return 1;
-  if (prefcap_derive(pc, 0)) fprintf(stderr, "prefcap stats: deriving pairs failed: %s (showing what is stored)\n", prefcap_errmsg(pc));
-  stats_out so = {prefcap__db(pc), json, true};
-  char byday[512];
-  snprintf(byday, sizeof byday,
-           "SELECT day, sum(n) FROM (SELECT strftime('%%Y-%%m-%%d', ts / 1000, 'unixepoch') AS day, count(*) AS n FROM generations GROUP BY day"
-           " UNION ALL SELECT strftime('%%Y-%%m-%%d', ts / 1000, 'unixepoch'), count(*) FROM events GROUP BY 1)"
-           " GROUP BY day ORDER BY day DESC LIMIT %d", days);
-  if (json) printf("{");
-  section(&so, "events", "SELECT 'generation', count(*) FROM generations UNION ALL SELECT type, count(*) FROM events GROUP BY type");
-  section(&so, "pairs_by_signal", "SELECT signal, count(*), avg(weight) FROM pairs GROUP BY signal ORDER BY signal");
-  section(&so, "pairs_by_source", "SELECT CASE WHEN source LIKE 'ai:%' THEN 'ai' ELSE 'human' END, count(*) FROM pairs GROUP BY 1");
-  section(&so, "pairs_flagged", "SELECT flags, count(*) FROM pairs WHERE flags != '' GROUP BY flags");
-  section(&so, "labels", "SELECT signal || CASE WHEN desirable THEN ' (desirable)' ELSE ' (undesirable)' END, count(*), avg(weight)"
-                         " FROM labels GROUP BY signal, desirable ORDER BY signal");
-  section(&so, "generations_by_model", "SELECT ifnull(model, '(none)') || ifnull(' ' || model_version, ''), count(*) FROM generations GROUP BY 1 ORDER BY 2 DESC LIMIT 50");
-  section(&so, "pairs_by_model", "SELECT ifnull(g.model, '(none)'), count(*), avg(p.weight) FROM pairs p JOIN generations g ON g.id = p.rejected_id GROUP BY 1 ORDER BY 2 DESC LIMIT 50");
-  section(&so, "events_by_day", byday);
-  section(&so, "problems",
-          "SELECT 'feedback for unknown generations', count(*) FROM events e WHERE NOT EXISTS (SELECT 1 FROM generations g WHERE g.id = e.gen_id)"
-          " UNION ALL SELECT 'dropped (queue full)', ifnull((SELECT value FROM counters WHERE name = 'dropped'), 0)"
-          " UNION ALL SELECT 'failed (not stored)', ifnull((SELECT value FROM counters WHERE name = 'failed'), 0)"
-          " UNION ALL SELECT 'refused (erased users)', ifnull((SELECT value FROM counters WHERE name = 'refused'), 0)");
-  if (json) printf("}\n");
+  if (cli_open_existing("stats", db, &pc)) return 1;
+  char *text = NULL;
+  int rc = derive_first("stats", pc) ? PREFCAP_ECORRUPT : 0;
+  if (!rc && (rc = prefcap_stats_json(pc, days, &text))) cli_fail("stats", pc, rc);
+  if (!rc && json) puts(text);
+  else if (!rc) {
+    cJSON *root = cJSON_Parse(text);
+    if (!root) { fprintf(stderr, "prefcap stats: out of memory\n"); rc = PREFCAP_ENOMEM; }
+    for (const cJSON *sec = root ? root->child : NULL; sec; sec = sec->next) print_section(sec);
+    cJSON_Delete(root);
+  }
+  prefcap_free(text);
   prefcap_close(pc, -1);
-  return 0;
+  return rc ? 1 : 0;
 }
 
 // ---- pairs ---------------------------------------------------------------------------------------
 
+typedef struct { bool json; int n; bool oom; } pairs_out;
+
+/* One pair as a JSON line (the prompt as messages when it was given so, else as text). */
+static void pair_json(const prefcap_pair_t *p, pairs_out *o) {
+  cJSON *j = cJSON_CreateObject();
+  bool ok = j && cJSON_AddNumberToObject(j, "id", (double)p->id) && cJSON_AddStringToObject(j, "signal", p->signal) &&
+            cJSON_AddNumberToObject(j, "weight", p->weight) && cJSON_AddStringToObject(j, "source", p->source) &&
+            cJSON_AddStringToObject(j, "flags", p->flags) &&
+            (p->messages_json ? cJSON_AddRawToObject(j, "messages", p->messages_json) != NULL
+                              : cJSON_AddStringToObject(j, "prompt", p->prompt ? p->prompt : "") != NULL) &&
+            (!p->system || cJSON_AddStringToObject(j, "system", p->system)) &&
+            cJSON_AddStringToObject(j, "chosen", p->chosen ? p->chosen : "") &&
+            cJSON_AddStringToObject(j, "rejected", p->rejected ? p->rejected : "") &&
+            (p->chosen_id ? cJSON_AddStringToObject(j, "chosen_id", p->chosen_id) != NULL : cJSON_AddNullToObject(j, "chosen_id") != NULL) &&
+            cJSON_AddStringToObject(j, "rejected_id", p->rejected_id);
+  char *s = ok ? cJSON_PrintUnformatted(j) : NULL;
+  if (s) puts(s);
+  else o->oom = true;
+  cJSON_free(s);
+  cJSON_Delete(j);
+}
+
+static int on_pair(const prefcap_pair_t *p, void *ud) {
+  pairs_out *o = ud;
+  o->n++;
+  if (o->json) { pair_json(p, o); return o->oom; }
+  printf("#%lld  %-10s weight %.2f  %s%s%s%s  model %s\n", (long long)p->id, S(p->signal), p->weight, S(p->source),
+         p->flags[0] ? "  [" : "", p->flags[0] ? S(p->flags) : "", p->flags[0] ? "]" : "", S(p->model));
+  printf("  prompt:   "); print_short(stdout, p->prompt ? p->prompt : p->messages_json, 100); putchar('\n');
+  printf("  chosen:   "); print_short(stdout, p->chosen, 100); putchar('\n');
+  printf("  rejected: "); print_short(stdout, p->rejected, 100); putchar('\n');
+  return 0;
+}
+
 static int cmd_pairs(int argc, char **argv) {
-  static const struct option lo[] = {{"db", 1, 0, 'd'}, {"json", 0, 0, 'j'}, {"limit", 1, 0, 'n'},
-                                     {"signal", 1, 0, 's'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
-  const char *db = prefcap__cli_default_db(), *signal = NULL;
-  bool json = false;
-  long limit = 20;
+  static const struct option lo[] = {{"db", 1, 0, 'd'}, {"json", 0, 0, 'j'}, {"limit", 1, 0, 'n'}, {"signal", 1, 0, 's'},
+                                     {"model", 1, 0, 'm'}, {"user", 1, 0, 'u'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+  const char *db = cli_default_db();
+  prefcap_query_t q = PREFCAP_QUERY_INIT;
+  q.limit = 20;
+  pairs_out o = {false, 0, false};
+  long limit;
+  char *end;
   int c;
   while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
     switch (c) {
       case 'd': db = optarg; break;
-      case 'j': json = true; break;
-      case 'n': limit = strtol(optarg, NULL, 10); if (limit < 0) return usage_error("pairs", "--limit must be >= 0 (0: all)"); break;
-      case 's': signal = optarg; break;
+      case 'j': o.json = true; break;
+      case 'n': limit = strtol(optarg, &end, 10); if (limit < 0 || *end) return cli_usage_error("pairs", "--limit must be >= 0 (0: all)"); q.limit = (uint64_t)limit; break;
+      case 's': q.signal = optarg; break;
+      case 'm': q.model = optarg; break;
+      case 'u': q.user_id = optarg; break;
       case 'h':
-        printf("usage: prefcap pairs [--db PATH] [--limit N] [--signal S] [--json]\n\n"
+        printf("usage: prefcap pairs [--db PATH] [--limit N] [--signal S] [--model M] [--user ID] [--json]\n\n"
                "Shows derived preference pairs, newest first (default 20; --limit 0 for all): signal,\n"
-               "weight, source, flags, prompt, chosen and rejected. --json prints one object per line.\n");
+               "weight, source, flags, prompt, chosen and rejected. --json prints one object per line.\n"
+               "--model and --user filter on the rejected generation's model and user.\n");
         return 0;
       default: return 2;
     }
   }
-  if (optind < argc) return usage_error("pairs", "unexpected argument");
-  if (access(db, F_OK) != 0) { fprintf(stderr, "prefcap pairs: no store at %s\n", db); return 1; }
+  if (optind < argc) return cli_usage_error("pairs", "unexpected argument");
   prefcap_t *pc;
-  if (prefcap__cli_open(db, PREFCAP_SYNC, NULL, &pc)) return 1;
-  prefcap_derive(pc, 0);
-  sqlite3_stmt *st;
-  int rc = sqlite3_prepare_v2(prefcap__db(pc),
-                              "SELECT p.id, p.signal, p.weight, p.source, p.flags, r.system, r.prompt, r.messages,"
-                              " coalesce(p.chosen_text, ch.completion), r.completion, p.chosen_id, p.rejected_id, r.model"
-                              " FROM pairs p JOIN generations r ON r.id = p.rejected_id"
-                              " LEFT JOIN generations ch ON ch.id = p.chosen_id"
-                              " WHERE (?1 IS NULL OR p.signal = ?1) ORDER BY p.id DESC LIMIT ?2",
-                              -1, &st, NULL);
-  if (rc) { fprintf(stderr, "prefcap pairs: %s\n", sqlite3_errmsg(prefcap__db(pc))); prefcap_close(pc, -1); return 1; }
-  if (signal) sqlite3_bind_text(st, 1, signal, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, 2, limit ? limit : -1);
-  int n = 0;
-  while (sqlite3_step(st) == SQLITE_ROW) {
-#define T(i) ((const char *)sqlite3_column_text(st, (i)))
-    n++;
-    if (json) {
-      prefcap__buf b = {0};
-      prefcap__buf_printf(&b, "{\"id\":%lld,\"signal\":", sqlite3_column_int64(st, 0));
-      prefcap__buf_json_str(&b, T(1));
-      prefcap__buf_printf(&b, ",\"weight\":%.4f,\"source\":", sqlite3_column_double(st, 2));
-      prefcap__buf_json_str(&b, T(3));
-      prefcap__buf_puts(&b, ",\"flags\":");
-      prefcap__buf_json_str(&b, T(4));
-      if (T(7)) { prefcap__buf_puts(&b, ",\"messages\":"); prefcap__buf_puts(&b, T(7)); }
-      else { prefcap__buf_puts(&b, ",\"prompt\":"); prefcap__buf_json_str(&b, T(6) ? T(6) : ""); }
-      if (T(5)) { prefcap__buf_puts(&b, ",\"system\":"); prefcap__buf_json_str(&b, T(5)); }
-      prefcap__buf_puts(&b, ",\"chosen\":");
-      prefcap__buf_json_str(&b, T(8) ? T(8) : "");
-      prefcap__buf_puts(&b, ",\"rejected\":");
-      prefcap__buf_json_str(&b, T(9) ? T(9) : "");
-      prefcap__buf_puts(&b, ",\"chosen_id\":");
-      if (T(10)) prefcap__buf_json_str(&b, T(10)); else prefcap__buf_puts(&b, "null");
-      prefcap__buf_puts(&b, ",\"rejected_id\":");
-      prefcap__buf_json_str(&b, T(11));
-      prefcap__buf_puts(&b, "}");
-      if (b.p) puts(b.p);
-      free(b.p);
-    } else {
-      printf("#%lld  %-10s weight %.2f  %s%s%s%s  model %s\n", sqlite3_column_int64(st, 0), T(1), sqlite3_column_double(st, 2),
-             T(3), T(4)[0] ? "  [" : "", T(4), T(4)[0] ? "]" : "", T(12) ? T(12) : "-");
-      printf("  prompt:   "); print_short(stdout, T(6) ? T(6) : T(7), 100); putchar('\n');
-      printf("  chosen:   "); print_short(stdout, T(8), 100); putchar('\n');
-      printf("  rejected: "); print_short(stdout, T(9), 100); putchar('\n');
-    }
-#undef T
-  }
-  sqlite3_finalize(st);
-  if (!json && n == 0) printf("no pairs%s%s\n", signal ? " with signal " : "", signal ? signal : "");
+  if (cli_open_existing("pairs", db, &pc)) return 1;
+  int rc = derive_first("pairs", pc) ? PREFCAP_ECORRUPT : 0;
+  if (!rc && (rc = prefcap_pairs(pc, &q, on_pair, &o))) cli_fail("pairs", pc, rc);
+  if (!rc && o.oom) { fprintf(stderr, "prefcap pairs: out of memory\n"); rc = PREFCAP_ENOMEM; }
+  if (!rc && !o.json && o.n == 0) printf("no pairs%s%s\n", q.signal ? " with signal " : "", q.signal ? S(q.signal) : "");
   prefcap_close(pc, -1);
-  return 0;
+  return rc ? 1 : 0;
 }
 
 // ---- derive --------------------------------------------------------------------------------------
 
 static int cmd_derive(int argc, char **argv) {
   static const struct option lo[] = {{"db", 1, 0, 'd'}, {"all", 0, 0, 'a'}, {"weight", 1, 0, 'w'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
-  const char *db = prefcap__cli_default_db();
+  const char *db = cli_default_db();
   bool all = false;
   prefcap_options_t *o = prefcap_options_new();
   if (!o) return 1;
@@ -316,8 +344,8 @@ static int cmd_derive(int argc, char **argv) {
         double v = eq ? strtod(eq + 1, &end) : -1;
         if (eq) *eq = 0;
         if (!eq || !end || *end || prefcap_options_set_weight(o, optarg, v)) {
-          fprintf(stderr, "prefcap derive: bad --weight '%s': want NAME=VALUE with VALUE in [0,1] and NAME one of:", optarg);
-          for (int i = 0; prefcap__rule_names[i]; i++) fprintf(stderr, " %s", prefcap__rule_names[i]);
+          fprintf(stderr, "prefcap derive: bad --weight '%s': want NAME=VALUE with VALUE in [0,1] and NAME one of:", S(optarg));
+          for (int i = 0; prefcap_weight_name(i); i++) fprintf(stderr, " %s", prefcap_weight_name(i));
           fputc('\n', stderr);
           prefcap_options_free(o);
           return 2;
@@ -337,30 +365,62 @@ static int cmd_derive(int argc, char **argv) {
     }
   }
   prefcap_t *pc;
-  int rc = prefcap__cli_open(db, PREFCAP_SYNC, o, &pc);
+  int rc = cli_open(db, PREFCAP_SYNC, o, false, &pc);
   prefcap_options_free(o);
   if (rc) return rc;
   rc = prefcap_derive(pc, all);
-  if (rc) fprintf(stderr, "prefcap derive: %s: %s\n", prefcap_strerror(rc), prefcap_errmsg(pc));
-  else {
-    sqlite3_stmt *st;
-    if (!sqlite3_prepare_v2(prefcap__db(pc), "SELECT (SELECT count(*) FROM pairs), (SELECT count(*) FROM labels)", -1, &st, NULL)) {
-      if (sqlite3_step(st) == SQLITE_ROW) fprintf(stderr, "prefcap derive: %lld pairs, %lld labels\n", sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1));
-      sqlite3_finalize(st);
-    }
-  }
+  prefcap_stats_t st = PREFCAP_STATS_INIT;
+  if (!rc) rc = prefcap_stats(pc, &st);
+  if (rc) cli_fail("derive", pc, rc);
+  else fprintf(stderr, "prefcap derive: %llu pairs, %llu labels\n", (unsigned long long)st.pairs, (unsigned long long)st.labels);
   prefcap_close(pc, -1);
   return rc ? 1 : 0;
 }
 
-// ---- export --------------------------------------------------------------------------------------
+// ---- check ---------------------------------------------------------------------------------------
 
-/* RFC 3339, or a plain date (midnight UTC). */
-static bool cli_time(const char *s, int64_t *ms) {
-  char buf[40];
-  if (strlen(s) == 10 && s[4] == '-' && s[7] == '-') { snprintf(buf, sizeof buf, "%sT00:00:00Z", s); s = buf; }
-  return prefcap__parse_time(s, ms);
+static void on_problem(const char *problem, void *ud) {
+  (void)ud;
+  printf("  %s\n", S(problem));
 }
+
+static int cmd_check(int argc, char **argv) {
+  static const struct option lo[] = {{"db", 1, 0, 'd'}, {"quick", 0, 0, 'q'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+  const char *db = cli_default_db();
+  bool quick = false;
+  int c;
+  while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+    switch (c) {
+      case 'd': db = optarg; break;
+      case 'q': quick = true; break;
+      case 'h':
+        printf("usage: prefcap check [--db PATH] [--quick]\n\n"
+               "Checks the store's file page by page (SQLite's integrity_check; --quick: quick_check,\n"
+               "which skips comparing indexes with their tables) and lists what it found (at most 100\n"
+               "problems). Exit 0: the store is sound; 1: it is damaged or cannot be opened.\n"
+               "To recover a damaged store (docs/storage.md, \"A damaged store\"): stop every writer, keep\n"
+               "a copy of the file and its -wal, copy what SQLite can still read into a new file\n"
+               "(sqlite3's .dump), run 'prefcap check' and 'prefcap derive --all' on it, and replace the\n"
+               "store with it; events lost in damaged pages can be ingested again from their source\n"
+               "(replays are stored once).\n");
+        return 0;
+      default: return 2;
+    }
+  }
+  if (optind < argc) return cli_usage_error("check", "unexpected argument");
+  prefcap_t *pc;
+  if (cli_open_existing("check", db, &pc)) return 1;
+  uint64_t n = 0;
+  printf("checking %s (%s)\n", S(db), quick ? "quick_check" : "integrity_check");
+  int rc = prefcap_check(pc, quick, on_problem, NULL, &n);
+  if (!rc) printf("ok: no problems found\n");
+  else if (rc == PREFCAP_ECORRUPT) printf("DAMAGED: %llu problem(s) found; see 'prefcap check --help' to recover\n", (unsigned long long)n);
+  else cli_fail("check", pc, rc);
+  prefcap_close(pc, 0);
+  return rc ? 1 : 0;
+}
+
+// ---- export --------------------------------------------------------------------------------------
 
 static int cmd_export(int argc, char **argv) {
   static const struct option lo[] = {
@@ -369,7 +429,7 @@ static int cmd_export(int argc, char **argv) {
       {"user", 1, 0, 'U'}, {"max-ai-fraction", 1, 0, 'a'}, {"dedup", 0, 0, 'D'}, {"eval-fraction", 1, 0, 'e'},
       {"since-last", 1, 0, 'n'}, {"upload", 1, 0, 'p'}, {"manifest-url", 1, 0, 'M'}, {"quiet", 0, 0, 'q'},
       {"mode", 1, 0, 'P'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
-  const char *db = prefcap__cli_default_db(), *upload = NULL, *manifest_url = NULL;
+  const char *db = cli_default_db(), *upload = NULL, *manifest_url = NULL;
   bool quiet = false;
   prefcap_export_options_t *o = prefcap_export_options_new();
   if (!o) return 1;
@@ -383,24 +443,24 @@ static int cmd_export(int argc, char **argv) {
         if (!strcmp(optarg, "trl-dpo")) prefcap_export_options_set_format(o, PREFCAP_FORMAT_TRL_DPO);
         else if (!strcmp(optarg, "trl-kto")) prefcap_export_options_set_format(o, PREFCAP_FORMAT_TRL_KTO);
         else if (!strcmp(optarg, "openai-dpo")) prefcap_export_options_set_format(o, PREFCAP_FORMAT_OPENAI_DPO);
-        else bad = usage_error("export", "--format is trl-dpo, trl-kto or openai-dpo");
+        else bad = cli_usage_error("export", "--format is trl-dpo, trl-kto or openai-dpo");
         break;
       case 'o': prefcap_export_options_set_out(o, optarg); break;
       case 'z': prefcap_export_options_set_gzip(o, 1); break;
-      case 's': if (!cli_time(optarg, &since)) bad = usage_error("export", "--since wants a date (2026-11-21) or an RFC 3339 time"); break;
-      case 'u': if (!cli_time(optarg, &until)) bad = usage_error("export", "--until wants a date (2026-11-21) or an RFC 3339 time"); break;
-      case 'S': if (prefcap_export_options_set_signals(o, optarg)) bad = usage_error("export", "--signal is a comma list of edit, regenerate, choice, rating (pairs) or copy, accept, rating, regenerate, abandon (labels)"); break;
-      case 'w': if (prefcap_export_options_set_min_weight(o, strtod(optarg, &end)) || *end) bad = usage_error("export", "--min-weight is a number in [0,1]"); break;
+      case 's': if (prefcap_time_parse(optarg, &since)) bad = cli_usage_error("export", "--since wants a date (2026-11-21) or an RFC 3339 time"); break;
+      case 'u': if (prefcap_time_parse(optarg, &until)) bad = cli_usage_error("export", "--until wants a date (2026-11-21) or an RFC 3339 time"); break;
+      case 'S': if (prefcap_export_options_set_signals(o, optarg)) bad = cli_usage_error("export", "--signal is a comma list of edit, regenerate, choice, rating (pairs) or copy, accept, rating, regenerate, abandon (labels)"); break;
+      case 'w': if (prefcap_export_options_set_min_weight(o, strtod(optarg, &end)) || *end) bad = cli_usage_error("export", "--min-weight is a number in [0,1]"); break;
       case 'm': prefcap_export_options_set_model(o, optarg); break;
       case 'U': prefcap_export_options_set_user(o, optarg); break;
-      case 'a': if (prefcap_export_options_set_max_ai_fraction(o, strtod(optarg, &end)) || *end) bad = usage_error("export", "--max-ai-fraction is a number in [0,1]"); break;
+      case 'a': if (prefcap_export_options_set_max_ai_fraction(o, strtod(optarg, &end)) || *end) bad = cli_usage_error("export", "--max-ai-fraction is a number in [0,1]"); break;
       case 'D': prefcap_export_options_set_dedup(o, 1); break;
-      case 'e': if (prefcap_export_options_set_eval_fraction(o, strtod(optarg, &end)) || *end) bad = usage_error("export", "--eval-fraction is a number in [0,1)"); break;
-      case 'n': if (prefcap_export_options_set_since_last(o, optarg)) bad = usage_error("export", "--since-last wants a name (1-128 bytes)"); break;
+      case 'e': if (prefcap_export_options_set_eval_fraction(o, strtod(optarg, &end)) || *end) bad = cli_usage_error("export", "--eval-fraction is a number in [0,1)"); break;
+      case 'n': if (prefcap_export_options_set_since_last(o, optarg)) bad = cli_usage_error("export", "--since-last wants a name (1-128 bytes)"); break;
       case 'p': upload = optarg; break;
       case 'M': manifest_url = optarg; break;
       case 'q': quiet = true; break;
-      case 'P': if (prefcap_export_options_set_mode(o, (unsigned)strtoul(optarg, &end, 8)) || *end || !*optarg) bad = usage_error("export", "--mode wants octal permission bits, e.g. 640 (default 600)"); break;
+      case 'P': if (prefcap_export_options_set_mode(o, (unsigned)strtoul(optarg, &end, 8)) || *end || !*optarg) bad = cli_usage_error("export", "--mode wants octal permission bits, e.g. 640 (default 600)"); break;
       case 'h':
         printf("usage: prefcap export [--db PATH] [--format trl-dpo|trl-kto|openai-dpo] [--out PATH|-] [--gzip]\n"
                "         [--since T] [--until T] [--signal LIST] [--min-weight W] [--model M] [--user ID]\n"
@@ -419,29 +479,29 @@ static int cmd_export(int argc, char **argv) {
       default: bad = 2;
     }
   }
-  if (!bad && optind < argc) bad = usage_error("export", "unexpected argument");
-  if (!bad && prefcap_export_options_set_time_range(o, since, until)) bad = usage_error("export", "--since is after --until");
+  if (!bad && optind < argc) bad = cli_usage_error("export", "unexpected argument");
+  if (!bad && prefcap_export_options_set_time_range(o, since, until)) bad = cli_usage_error("export", "--since is after --until");
   if (bad) { prefcap_export_options_free(o); return 2; }
-  if (access(db, F_OK) != 0) { fprintf(stderr, "prefcap export: no store at %s\n", db); prefcap_export_options_free(o); return 1; }
+  prefcap_t *pc;
+  if (cli_open_existing("export", db, &pc)) { prefcap_export_options_free(o); return 1; }
   prefcap_upload_options_t *uo = NULL;
   if (upload) {
     uo = prefcap_upload_options_new();
     if (manifest_url) prefcap_upload_options_set_manifest_url(uo, manifest_url);
     prefcap_export_options_set_upload(o, upload, uo);
   }
-  prefcap_t *pc;
-  int rc = prefcap__cli_open(db, PREFCAP_SYNC, NULL, &pc);
-  if (!rc) {
+  int rc = 0;
+  {
     prefcap_export_result_t r = PREFCAP_EXPORT_RESULT_INIT;
     int e = prefcap_export(pc, o, &r);
-    if (e) { fprintf(stderr, "prefcap export: %s: %s\n", prefcap_strerror(e), prefcap_errmsg(pc)); rc = 1; }
+    if (e) { cli_fail("export", pc, e); rc = 1; }
     else if (!quiet) {
       if (r.resumed) fprintf(stderr, "prefcap export: completed an earlier, interrupted export (%s)%s\n", r.export_id,
                              r.more ? "; more has come since: run again to export it" : "");
       if (r.nothing_new) fprintf(stderr, "prefcap export: nothing new since the last export named so; no file written\n");
       else fprintf(stderr, "prefcap export: %llu record(s) (train %llu, eval %llu) -> %s, export %s%s%s\n",
                    (unsigned long long)r.records, (unsigned long long)r.train, (unsigned long long)r.eval,
-                   prefcap_export_options_out(o), r.export_id, upload ? ", uploaded to " : "", upload ? upload : "");
+                   S(prefcap_export_options_out(o)), r.export_id, upload ? ", uploaded to " : "", upload ? S(upload) : "");
       if (r.skipped_ai || r.skipped_dup)
         fprintf(stderr, "prefcap export: left out %llu AI-judged (cap) and %llu duplicate record(s)\n",
                 (unsigned long long)r.skipped_ai, (unsigned long long)r.skipped_dup);
@@ -461,10 +521,11 @@ static const struct { const char *name; int (*fn)(int, char **); const char *wha
     {"pairs", cmd_pairs, "look at derived preference pairs"},
     {"derive", cmd_derive, "derive pairs and labels (again, with --all)"},
     {"export", cmd_export, "write pairs or labels as JSONL for trainers (TRL DPO/KTO, OpenAI), with a manifest"},
-    {"upload", prefcap__cli_upload, "upload a file (and its manifest) over HTTP(S) or to S3"},
-    {"forget", prefcap__cli_forget, "erase a user; list the exports that held their data"},
-    {"lineage", prefcap__cli_lineage, "what an export held, or which exports held a user"},
-    {"prune", prefcap__cli_prune, "delete events older than N days that no live pair needs"},
+    {"check", cmd_check, "check the store's file for damage (SQLite's integrity check)"},
+    {"upload", cli_upload, "upload a file (and its manifest) over HTTP(S) or to S3"},
+    {"forget", cli_forget, "erase a user; list the exports that held their data"},
+    {"lineage", cli_lineage, "what an export held, or which exports held a user"},
+    {"prune", cli_prune, "delete events older than N days that no live pair needs"},
 };
 
 static void usage(FILE *f) {
@@ -481,7 +542,7 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "--version")) { printf("prefcap %s (schema %d)\n", prefcap_version(), PREFCAP_SCHEMA_VERSION); return 0; }
   for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
     if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
-  fprintf(stderr, "prefcap: unknown command '%s'\n", argv[1]);
+  fprintf(stderr, "prefcap: unknown command '%s'\n", S(argv[1]));
   usage(stderr);
   return 2;
 }

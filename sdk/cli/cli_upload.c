@@ -1,9 +1,9 @@
 /* sdk/cli/cli_upload.c: `prefcap upload FILE --to URL`, the CLI face of prefcap_upload (sdk/upload.c).
- * CLI code: it prints (progress and errors to stderr) and returns the exit code: 0 uploaded, 1 failed,
- * 2 usage. A line per file started, retried and finished, and between them the shared progress bar
- * (common/progress.h: redrawn in place on a terminal, a line every few seconds in a log). */
-#include "prefcap.h"
-
+ * CLI code (public API only): it prints progress and errors to stderr, through S() (URLs without
+ * their userinfo, a server's bytes without control characters), and returns the exit code: 0
+ * uploaded, 1 failed, 2 usage. A line per file started, retried and finished, and between them the
+ * shared progress bar (common/progress.h: redrawn in place on a terminal, a line every few seconds
+ * in a log). */
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,25 +68,25 @@ static int on_progress(const prefcap_upload_progress_t *p, void *ud) {
   switch (p->event) {
     case PREFCAP_UPLOAD_EV_START:
       bar_drop(v);
-      fprintf(stderr, "upload: %s (%s) -> %s%s\n", base_name(p->file), total, p->url,
+      fprintf(stderr, "upload: %s (%s) -> %s%s\n", S(base_name(p->file)), total, S(p->url),
               p->attempt > 1 ? " (retry)" : "");
       if (p->attempt > 1) fprintf(stderr, "upload: attempt %d of %d\n", p->attempt, p->max_attempts);
       v->bar = pc_progress_new(stderr, "upload", "MiB", "MB", (size_t)((double)p->total / mib + 0.999));
       break;
     case PREFCAP_UPLOAD_EV_PROGRESS:
-      pc_progress_update(v->bar, (size_t)((double)p->sent / mib), (double)p->sent / 1e6, base_name(p->file));
+      pc_progress_update(v->bar, (size_t)((double)p->sent / mib), (double)p->sent / 1e6, S(base_name(p->file)));
       break;
     case PREFCAP_UPLOAD_EV_RETRY:
       bar_drop(v);
-      fprintf(stderr, "upload: %s: attempt %d of %d failed (%s); retrying in %.1f s\n", base_name(p->file),
-              p->attempt, p->max_attempts, p->reason ? p->reason : "?", p->retry_in_ms / 1000.0);
+      fprintf(stderr, "upload: %s: attempt %d of %d failed (%s); retrying in %.1f s\n", S(base_name(p->file)),
+              p->attempt, p->max_attempts, p->reason ? S(p->reason) : "?", p->retry_in_ms / 1000.0);
       break;
     case PREFCAP_UPLOAD_EV_DONE: {
       bar_drop(v);
       char r[32];
       human(p->elapsed_s > 0 ? (double)p->total / p->elapsed_s : 0, r, sizeof r);
-      fprintf(stderr, "upload: %s done, %s in %.1f s (%s/s), HTTP %ld\n", base_name(p->file), total, p->elapsed_s, r,
-              p->status);
+      fprintf(stderr, "upload: %s done, %s in %.1f s (%s/s), HTTP %ld\n", S(base_name(p->file)), total, p->elapsed_s,
+              r, p->status);
       break;
     }
   }
@@ -96,7 +96,7 @@ static int on_progress(const prefcap_upload_progress_t *p, void *ud) {
 // ---- arguments ------------------------------------------------------------------------------------------
 static int usage_error(const char *fmt, const char *arg) {
   fprintf(stderr, "prefcap upload: ");
-  fprintf(stderr, fmt, arg);
+  fprintf(stderr, fmt, S(arg));
   fprintf(stderr, "\n(see prefcap upload --help)\n");
   return 2;
 }
@@ -109,7 +109,7 @@ static bool parse_int(const char *s, int lo, int hi, int *out) {
   return true;
 }
 
-int prefcap__cli_upload(int argc, char **argv) {
+int cli_upload(int argc, char **argv) {
   const char *file = NULL, *to = NULL, *murl = NULL, *cacert = NULL, *region = NULL;
   int retries = -1, timeout = -1;
   bool no_manifest = false, quiet = false;
@@ -159,9 +159,10 @@ int prefcap__cli_upload(int argc, char **argv) {
   prefcap_upload_options_free(o);
   bar_drop(&v);
   if (rc) {
-    /* the setters and the upload report through the same channel: prefcap_errmsg(NULL) */
+    /* the setters and the upload report through the same channel, prefcap_errmsg(NULL); the message
+     * quotes the server's answer and the URL: both made safe to print */
     const char *why = prefcap_errmsg(NULL);
-    fprintf(stderr, "prefcap upload: %s (%s)\n", why[0] ? why : prefcap_strerror(rc), prefcap_strerror(rc));
+    fprintf(stderr, "prefcap upload: %s (%s)\n", why[0] ? S(why) : prefcap_strerror(rc), prefcap_strerror(rc));
     return 1;
   }
   return 0;

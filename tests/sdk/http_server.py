@@ -11,6 +11,7 @@ passed (default 120) or GET /_quit. Stdlib only. The behaviour of a PUT is chose
   /retry-date/<n>/<s>/...    503 with Retry-After as an HTTP date <s> seconds ahead, then 200
   /stall/...                 read the headers, then send nothing (holds the connection 8 s)
   /drop/<n>/...              read part of the body and close the socket, <n> times, then 200
+  /hostile/...               400 with an error body full of terminal escapes, a bell and a forged line
   /sigv4/...                 200 only if the Authorization header verifies (SigV4 recomputed by
                              sigv4_verify.py, secret from --secret) and x-amz-content-sha256 matches
                              the body; else 403
@@ -91,6 +92,8 @@ class H(BaseHTTPRequestHandler):
             status, err = 400, ("BadDigest", "The Content-MD5 you specified did not match what we received.")
         elif seg[0] == "fail" and nth <= int(seg[2]):
             status = int(seg[1])
+        elif seg[0] == "hostile":
+            status, err = 400, ("Bad\x1b]0;pwned\x07Request", "\x1b[31mred\x1b[0m \x07bell\nprefcap upload: FORGED LINE\r")
         elif seg[0] == "status":
             status = int(seg[1])
             err = ("AccessDenied", "Access Denied") if status == 403 else ("Error", f"status {status}")
