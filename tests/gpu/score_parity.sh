@@ -13,7 +13,8 @@
 # the sums are of same-signed terms, so their relative error is no larger).
 #
 # Also: `train --device cuda` stops with a message (the training ops are not written for CUDA yet).
-# Without a GPU it prints SKIP and exits 0. Needs python3 with torch (hfmodels.py) and the tokenizer
+# Without a GPU it prints SKIP and exits 0, unless PREFCAP_CUDA_EMU=1 says that PREFCAP_DPO is the CPU
+# emulation's build (build-emu/prefcap-dpo: tests/gpu/emu.sh), which needs none. Needs python3 with torch (hfmodels.py) and the tokenizer
 # fixtures of tests/fixtures/node (npm; scripts/deps.sh); PYTHON=... chooses the interpreter.
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -21,7 +22,7 @@ BUILD=${BUILD:-build}
 CLI=${PREFCAP_DPO:-$ROOT/$BUILD/prefcap-dpo}
 PY=${PYTHON:-python3}
 
-if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L 2>/dev/null | grep -q GPU; then
+if [ "${PREFCAP_CUDA_EMU:-}" != 1 ] && { ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L 2>/dev/null | grep -q GPU; }; then
   echo "SKIP score_parity: no GPU (nvidia-smi finds none)"
   exit 0
 fi
