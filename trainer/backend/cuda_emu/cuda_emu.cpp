@@ -244,13 +244,15 @@ static int ensure_fibers(unsigned n) {
   return 0;
 }
 
-/* Waits at b until `need` threads have arrived; the last one to arrive goes on without waiting. */
-static void barrier_wait(barrier *b, unsigned need) {
+/* Waits at b until `need` threads have arrived. At a warp barrier the last lane to arrive goes on
+ * without waiting; at the block's barrier it yields too, so that the next phase starts again with the
+ * first warp in the scheduler's order (run_block). */
+static void barrier_wait(barrier *b, unsigned need, int yield_last) {
   unsigned g = b->gen;
   if (++b->count >= need) {
     b->count = 0;
     b->gen++;
-    return;
+    if (!yield_last) return;
   }
   fiber *f = S.running;
   f->state = F_WAIT;
@@ -267,7 +269,7 @@ void trap(const char *what) {
   for (;;) to_scheduler(0);  // never resumed
 }
 
-void syncthreads() { barrier_wait(&S.block_bar, S.live); }
+void syncthreads() { barrier_wait(&S.block_bar, S.live, 1); }
 
 static unsigned warp_lanes(unsigned warp) {  // the lanes that exist in this warp (the last may be partial)
   unsigned n = cur_block_dim.x * cur_block_dim.y * cur_block_dim.z - warp * 32;
@@ -297,7 +299,7 @@ static warp_state *warp_enter(unsigned mask, const char *what) {
 
 void syncwarp(unsigned mask) {
   warp_state *w = warp_enter(mask, "__syncwarp");
-  barrier_wait(&w->bar, (unsigned)__builtin_popcount(mask));
+  barrier_wait(&w->bar, (unsigned)__builtin_popcount(mask), 0);
 }
 
 uint64_t warp_exchange(unsigned mask, uint64_t v, int (*src_of)(int, int, int), int arg, int width) {
@@ -314,7 +316,7 @@ uint64_t warp_exchange(unsigned mask, uint64_t v, int (*src_of)(int, int, int), 
     trap(msg);
   }
   w->slot[half][t->lane] = v;
-  barrier_wait(&w->bar, (unsigned)__builtin_popcount(mask));
+  barrier_wait(&w->bar, (unsigned)__builtin_popcount(mask), 0);
   if (!src_of) return v;
   int s = src_of((int)t->lane, arg, width);
   if (s < 0) return v;
@@ -348,7 +350,33 @@ static int env_reverse() {
   return s && !strcmp(s, "reverse");
 }
 
-/* Runs the block at cur_block: every thread to completion, barrier to barrier. */
+/* Resumes fiber f if it can run; 1 if it did. */
+static int step(fiber *f) {
+  if (f->state == F_DONE) return 0;
+  if (f->state == F_WAIT) {
+    if (f->wait->gen == f->wait_gen) return 0;  // its barrier is still incomplete
+    f->state = F_READY;
+  }
+  switch_to(f);
+  if (S.killed) return 1;
+  if (f->state == F_READY) {  // it returned from the kernel
+    f->state = F_DONE;
+    S.live--;
+    S.w[f->ts.warp].live &= ~(1u << f->ts.lane);
+    // threads that returned no longer count at __syncthreads (as on a GPU since Volta)
+    if (S.block_bar.count && S.block_bar.count >= S.live) {
+      S.block_bar.count = 0;
+      S.block_bar.gen++;
+    }
+  }
+  return 1;
+}
+
+/* Runs the block at cur_block: every thread to completion, barrier to barrier. Between two
+ * __syncthreads the warps run one after the other, each as far as it can go (its lanes taking turns
+ * at its shuffles), in warp order (or reversed): the most skewed schedule a GPU allows, so that a
+ * warp reading shared memory another warp writes in the same phase sees the write too early in one
+ * order and too late in the other. */
 static int run_block(unsigned nt) {
   S.live = nt;
   S.block_bar = barrier{0, 0};
@@ -372,25 +400,16 @@ static int run_block(unsigned nt) {
   }
   while (S.live) {
     int progressed = 0;
-    for (unsigned k = 0; k < nt; k++) {
-      fiber *f = &S.f[S.reverse ? nt - 1 - k : k];
-      if (f->state == F_DONE) continue;
-      if (f->state == F_WAIT) {
-        if (f->wait->gen == f->wait_gen) continue;  // its barrier is still incomplete
-        f->state = F_READY;
-      }
-      progressed = 1;
-      switch_to(f);
-      if (S.killed) return -1;
-      if (f->state == F_READY) {  // it returned from the kernel
-        f->state = F_DONE;
-        S.live--;
-        S.w[f->ts.warp].live &= ~(1u << f->ts.lane);
-        // threads that returned no longer count at __syncthreads (as on a GPU since Volta)
-        if (S.block_bar.count && S.block_bar.count >= S.live) {
-          S.block_bar.count = 0;
-          S.block_bar.gen++;
+    unsigned phase = S.block_bar.gen;
+    for (unsigned k = 0; k < nw && S.block_bar.gen == phase; k++) {
+      unsigned w = S.reverse ? nw - 1 - k : k, n = nt - w * 32 < 32 ? nt - w * 32 : 32;
+      for (int ran = 1; ran;) {  // this warp until all its lanes wait at __syncthreads or have returned
+        ran = 0;
+        for (unsigned l = 0; l < n; l++) {
+          ran |= step(&S.f[w * 32 + (S.reverse ? n - 1 - l : l)]);
+          if (S.killed) return -1;
         }
+        progressed |= ran;
       }
     }
     if (!progressed) {
