@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # tests/gpu/emu.sh: the CUDA backend's tests on the CPU emulation (make cuda-emu; docs/cuda.md), where
 # no GPU is: the real kernels of trainer/backend/backend_cuda.cu, compiled by g++, run as fibers.
+#   0. test_cuda_emu: the emulator itself against CUDA's rules (tests/gpu/test_cuda_emu.cu);
 #   1. test_cuda_ops: every forward op against the CPU backend, fp32 (tol 1e-5) and bf16 (tol 1e-2);
 #   2. the same with each block's threads resumed in reverse order (PREFCAP_CUDA_EMU_ORDER=reverse):
 #      a shared-memory race (a read that a missing __syncthreads leaves before or after another
@@ -14,10 +15,11 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD=${BUILD:-build}
 EMU=$ROOT/$BUILD-emu
 status=0
-if [ ! -x "$EMU/tests/test_cuda_ops" ] || [ ! -x "$EMU/prefcap-dpo" ]; then
+if [ ! -x "$EMU/tests/test_cuda_emu" ] || [ ! -x "$EMU/tests/test_cuda_ops" ] || [ ! -x "$EMU/prefcap-dpo" ]; then
   echo "FAIL cuda_emu: $EMU is not built (make cuda-emu)"
   exit 1
 fi
+"$EMU/tests/test_cuda_emu" || status=1
 "$EMU/tests/test_cuda_ops" || status=1
 PREFCAP_CUDA_EMU_ORDER=reverse "$EMU/tests/test_cuda_ops" | sed -E 's/^(PASS|FAIL|SKIP) cuda_/\1 cuda_reverse_/'
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1

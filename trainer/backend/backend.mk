@@ -104,7 +104,12 @@ $(PC_EMU)/tests/test_cuda_ops: tests/gpu/test_cuda_ops.c $(PC_BACKEND_CPU_OBJS) 
 	$(CC) $(PC_CFLAGS) -I$(PC_CUDA_INC) $< $(PC_BACKEND_CPU_OBJS) $(PC_EMU_OBJS) -o $@ $(LDFLAGS_ALL) \
 	  -lopenblas -lstdc++ -lm -fopenmp
 
-PC_EMU_BINS := $(PC_EMU)/prefcap-dpo $(PC_EMU)/tests/test_cuda_ops
+# the emulator itself against CUDA's rules (shuffle lanes, barriers, bf16, cuBLAS, what it must refuse)
+$(PC_EMU)/tests/test_cuda_emu: tests/gpu/test_cuda_emu.cu $(PC_EMU)/trainer/backend/cuda_emu.o
+	@mkdir -p $(dir $@)
+	$(CXX) -x c++ $(PC_EMU_CXXFLAGS) $< -x none $(PC_EMU)/trainer/backend/cuda_emu.o -o $@ $(LDFLAGS_ALL) -lopenblas
+
+PC_EMU_BINS := $(PC_EMU)/prefcap-dpo $(PC_EMU)/tests/test_cuda_ops $(PC_EMU)/tests/test_cuda_emu
 TEST_BINS   += $(PC_EMU_BINS)
 TESTS       += "BUILD=$(BUILD) tests/gpu/emu.sh"
 endif

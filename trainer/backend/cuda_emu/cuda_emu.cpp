@@ -403,9 +403,11 @@ static int run_block(unsigned nt) {
     unsigned phase = S.block_bar.gen;
     for (unsigned k = 0; k < nw && S.block_bar.gen == phase; k++) {
       unsigned w = S.reverse ? nw - 1 - k : k, n = nt - w * 32 < 32 ? nt - w * 32 : 32;
-      for (int ran = 1; ran;) {  // this warp until all its lanes wait at __syncthreads or have returned
+      // this warp until all its lanes wait at __syncthreads or have returned; when the barrier opens,
+      // the next phase starts again from the first warp in the order
+      for (int ran = 1; ran && S.block_bar.gen == phase;) {
         ran = 0;
-        for (unsigned l = 0; l < n; l++) {
+        for (unsigned l = 0; l < n && S.block_bar.gen == phase; l++) {
           ran |= step(&S.f[w * 32 + (S.reverse ? n - 1 - l : l)]);
           if (S.killed) return -1;
         }
