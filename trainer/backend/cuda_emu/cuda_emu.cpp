@@ -5,9 +5,10 @@
  * Fibers. One fiber per thread of the running block, on stacks kept from launch to launch (mmap'd, a
  * guard page below each). The switch is a few instructions of assembly on x86-64 (swapcontext makes a
  * system call per switch, and a block of 256 threads switches at every barrier and shuffle), with
- * AddressSanitizer told of every stack change; elsewhere it is ucontext. Between two barriers a fiber
- * runs alone to the next one; the scheduler then resumes the fibers whose barrier is complete, in
- * thread order or (PREFCAP_CUDA_EMU_ORDER=reverse) the reverse. */
+ * AddressSanitizer told of every stack change; elsewhere it is ucontext. A fiber runs alone to its next
+ * barrier (a __syncthreads, a shuffle, a vote); between two __syncthreads the scheduler runs the warps
+ * one after the other, each until all its lanes wait at the __syncthreads or have returned (the lanes
+ * taking turns at its shuffles), in warp order or (PREFCAP_CUDA_EMU_ORDER=reverse) the reverse. */
 #include "backend/cuda_emu/cuda_emu.h"
 
 #include <cblas.h>
@@ -79,16 +80,16 @@ int is_device_pointer(const void *p) {
 
 #if defined(__x86_64__)
 /* emu_switch(&save, to): push the callee-saved registers, save the stack pointer, load `to`'s, pop its
- * registers and return into it. A new fiber's stack is made to look like one that switched away. */
+ * registers and return into it. A new fiber's stack is made to look like one that switched away. The
+ * floating-point control words (MXCSR, x87) are not switched: no kernel changes rounding modes, and
+ * loading them costs more than the rest of the switch. */
 extern "C" void emu_switch(void **save, void *to);
 asm(".text\n"
     ".globl emu_switch\n"
     ".type emu_switch,@function\n"
     "emu_switch:\n"
     "  pushq %rbp\n  pushq %rbx\n  pushq %r12\n  pushq %r13\n  pushq %r14\n  pushq %r15\n"
-    "  subq $8, %rsp\n  stmxcsr (%rsp)\n  fnstcw 4(%rsp)\n"
     "  movq %rsp, (%rdi)\n  movq %rsi, %rsp\n"
-    "  ldmxcsr (%rsp)\n  fldcw 4(%rsp)\n  addq $8, %rsp\n"
     "  popq %r15\n  popq %r14\n  popq %r13\n  popq %r12\n  popq %rbx\n  popq %rbp\n  ret\n"
     ".size emu_switch,.-emu_switch\n"
     ".section .note.GNU-stack,\"\",@progbits\n"
@@ -140,6 +141,7 @@ static struct {
   char *dyn;
   size_t dyn_bytes;
   body_fn body;
+  int from_sched;  // the last switch into a fiber came from the scheduler
   const char *name;  // the running kernel's
   fiber *running;
 #ifdef EMU_ASM
@@ -156,10 +158,23 @@ static struct {
 
 static void to_scheduler(int finished);
 
-static void fiber_main() {
+/* In a fiber that has just been switched to: tell ASan the switch is over, and keep the scheduler's
+ * stack bounds (to switch back to it) when it was the scheduler that switched. */
+static void resumed(void *fake) {
 #ifdef EMU_ASAN
-  __sanitizer_finish_switch_fiber(NULL, &S.sched_bottom, &S.sched_size);
+  const void *bottom;
+  size_t size;
+  __sanitizer_finish_switch_fiber(fake, &bottom, &size);
+  if (S.from_sched) {
+    S.sched_bottom = bottom;
+    S.sched_size = size;
+  }
 #endif
+  (void)fake;
+}
+
+static void fiber_main() {
+  resumed(NULL);
   for (;;) {  // a fiber's stack is reused: it loops back here for the next thread it runs
     S.body.call(S.body.ctx);
     to_scheduler(1);
@@ -172,6 +187,7 @@ static void fiber_entry_uc(void) { fiber_main(); }
 
 static void switch_to(fiber *f) {
   S.running = f;
+  S.from_sched = 1;
   cur = &f->ts;
 #ifdef EMU_ASAN
   __sanitizer_start_switch_fiber(&S.sched_fake, f->stack, STACK);
@@ -188,8 +204,8 @@ static void switch_to(fiber *f) {
 
 static void to_scheduler(int finished) {
   fiber *f = S.running;
-#ifdef EMU_ASAN
   void *fake = NULL;
+#ifdef EMU_ASAN
   // a finished thread's frames are dead: ASan may drop its fake stack (the fiber is re-made before reuse)
   __sanitizer_start_switch_fiber(finished ? NULL : &fake, S.sched_bottom, S.sched_size);
 #endif
@@ -198,10 +214,27 @@ static void to_scheduler(int finished) {
 #else
   swapcontext(&f->uc, &S.sched_uc);
 #endif
-#ifdef EMU_ASAN
-  __sanitizer_finish_switch_fiber(fake, &S.sched_bottom, &S.sched_size);
-#endif
+  resumed(fake);
   (void)finished;
+}
+
+/* Straight from the running fiber to another of its warp, without the scheduler in between: at a
+ * shuffle, each lane hands over to the next one (half the switches). */
+static void hand_to(fiber *to) {
+  fiber *from = S.running;
+  S.running = to;
+  S.from_sched = 0;
+  cur = &to->ts;
+  void *fake = NULL;
+#ifdef EMU_ASAN
+  __sanitizer_start_switch_fiber(&fake, to->stack, STACK);
+#endif
+#ifdef EMU_ASM
+  emu_switch(&from->sp, to->sp);
+#else
+  swapcontext(&from->uc, &to->uc);
+#endif
+  resumed(fake);
 }
 
 /* A fresh start for fiber f: its stack set up to enter fiber_main. */
@@ -212,14 +245,6 @@ static void fiber_reset(fiber *f) {
   *--sp = NULL;                    // fiber_main's return address: never used
   *--sp = (void *)fiber_main;      // where emu_switch's ret goes
   for (int i = 0; i < 6; i++) *--sp = NULL;  // rbp rbx r12 r13 r14 r15
-  --sp;                            // mxcsr and the x87 control word: the scheduler's
-  unsigned csr = 0;
-  unsigned short cw = 0;
-  __asm__ volatile("stmxcsr %0" : "=m"(csr));
-  __asm__ volatile("fnstcw %0" : "=m"(cw));
-  memset(sp, 0, 8);
-  memcpy(sp, &csr, 4);
-  memcpy((char *)sp + 4, &cw, 2);
   f->sp = sp;
 #else
   getcontext(&f->uc);
@@ -258,6 +283,20 @@ static void barrier_wait(barrier *b, unsigned need, int yield_last) {
   f->state = F_WAIT;
   f->wait = b;
   f->wait_gen = g;
+  if (b != &S.block_bar) {
+    // the next lane of this warp (in the scheduler's order) that can run: a fresh one, or one whose
+    // warp barrier has opened; lanes at __syncthreads are the scheduler's to resume
+    unsigned nt = cur_block_dim.x * cur_block_dim.y * cur_block_dim.z, w0 = f->ts.warp * 32;
+    unsigned n = nt - w0 < 32 ? nt - w0 : 32, pos = S.reverse ? n - 1 - f->ts.lane : f->ts.lane;
+    for (unsigned k = pos + 1; k < n; k++) {
+      fiber *o = &S.f[w0 + (S.reverse ? n - 1 - k : k)];
+      if (o->state == F_READY || (o->state == F_WAIT && o->wait != &S.block_bar && o->wait->gen != o->wait_gen)) {
+        o->state = F_READY;
+        hand_to(o);
+        return;
+      }
+    }
+  }
   to_scheduler(0);
 }
 
@@ -359,6 +398,7 @@ static int step(fiber *f) {
   }
   switch_to(f);
   if (S.killed) return 1;
+  f = S.running;  // f, or a lane it handed over to
   if (f->state == F_READY) {  // it returned from the kernel
     f->state = F_DONE;
     S.live--;

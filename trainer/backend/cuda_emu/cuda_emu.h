@@ -6,7 +6,8 @@
  *   PC_DYNAMIC_SHARED(T, name);                     extern __shared__ T name[];
  * Compiled as C++ by g++ (`make cuda-emu`: g++ -x c++ backend_cuda.cu, no __CUDACC__), it turns the
  * kernels into ordinary functions and PC_LAUNCH into a call of the emulator (cuda_emu.cpp), which runs
- * each block's threads as cooperative fibers on one CPU thread, block after block:
+ * each block's threads as cooperative fibers on one CPU thread, block after block; between two
+ * __syncthreads the warps run one after the other, each as far as it can go:
  *   - blockIdx, threadIdx, blockDim, gridDim are the running fiber's;
  *   - __syncthreads() is a barrier of the block's live threads; a fiber runs until it reaches a barrier
  *     (or returns), then the next one runs;
@@ -28,9 +29,9 @@
  *   - the runtime (cudaMalloc, cudaMemcpy, ..., streams and events as no-ops) and the cuBLAS calls the
  *     backend makes (cublasGemmEx: fp32 or bf16 operands, fp32 output, any transposes and leading
  *     dimensions, checked as cuBLAS checks them) served by OpenBLAS.
- * PREFCAP_CUDA_EMU_ORDER=reverse runs each block's threads in reverse order between barriers: a kernel
- * whose result changes with the order has a shared-memory race (a missing __syncthreads, a thread
- * reading what another writes in the same phase); the tests run both orders.
+ * PREFCAP_CUDA_EMU_ORDER=reverse runs the warps (and the lanes in each) in reverse order: a kernel whose
+ * result changes with the order has a shared-memory race (a missing __syncthreads, a warp reading what
+ * another writes in the same phase); the tests run both orders.
  *
  * Not covered, and not pretended: tensor-core instructions (mma, wgmma), TMA, inline PTX, cooperative
  * groups, clusters, textures, memory-model subtleties (everything is sequentially consistent here),
