@@ -733,8 +733,8 @@ static void launch_flash(cuda_backend *cb, float *out, const float *q, const flo
                                           (int)smem)))
     return;
   dim3 grid((unsigned)cb->ntiles, (unsigned)NH);
-  PC_LAUNCH(flash_attention_kernel<NJ>, grid, AT_THREADS, smem)(out, lse, q, k, v, q_stride, kv_stride, cb->tiles_dev, NH,
-                                                          NKV, HD, window, scale);
+  PC_LAUNCH(flash_attention_kernel<NJ>, grid, AT_THREADS, smem)(out, lse, q, k, v, q_stride, kv_stride,
+                                                                cb->tiles_dev, NH, NKV, HD, window, scale);
   LAUNCH_CHECK(cb, "flash_attention_kernel");
 }
 
@@ -757,8 +757,8 @@ static void cuda_attention(pc_backend *be, float *out, const float *q, const flo
                                           (int)smem)))
     return;
   dim3 grid((unsigned)cb->ntiles, (unsigned)NH);
-  PC_LAUNCH(attention_rows_kernel, grid, 256, smem)(out, lse, q, k, v, q_stride, kv_stride, cb->tiles_dev, NH, NKV, HD,
-                                              window, scale);
+  PC_LAUNCH(attention_rows_kernel, grid, 256, smem)(out, lse, q, k, v, q_stride, kv_stride, cb->tiles_dev, NH,
+                                                    NKV, HD, window, scale);
   LAUNCH_CHECK(cb, "attention_rows_kernel");
 }
 
