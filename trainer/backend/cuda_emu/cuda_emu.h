@@ -33,6 +33,9 @@
  * result changes with the order has a shared-memory race (a missing __syncthreads, a warp reading what
  * another writes in the same phase); the tests run both orders.
  *
+ * The emulator's state is global: one host thread launches at a time (backend.h's rule: one thread
+ * drives a backend), and blocks run one after the other, never at once.
+ *
  * Not covered, and not pretended: tensor-core instructions (mma, wgmma), TMA, inline PTX, cooperative
  * groups, clusters, textures, memory-model subtleties (everything is sequentially consistent here),
  * and performance. A kernel that needs one of them keeps a plain path that the emulation runs and the
