@@ -35,7 +35,8 @@ PC_CUDA_OBJS := $(BUILD)/trainer/backend/backend_cuda.o
 PC_CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
 
 # -Werror all-warnings: nvcc's own warnings and the host compiler's (the C side's -Wall -Wextra) fail the build
-$(BUILD)/trainer/backend/backend_cuda.o: trainer/backend/backend_cuda.cu trainer/backend/backend.h trainer/backend/backend_cuda.h
+$(BUILD)/trainer/backend/backend_cuda.o: trainer/backend/backend_cuda.cu trainer/backend/backend.h trainer/backend/backend_cuda.h \
+                                        trainer/backend/cuda_emu/cuda_emu.h
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -std=c++17 $(CUDA_GENCODE) -Werror all-warnings -Xcompiler -fPIC,-Wall,-Wextra,-Wno-unused-parameter \
 	  -Iinclude -Itrainer -c $< -o $@
