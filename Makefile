@@ -4,6 +4,7 @@
 #   make test       install missing dependencies, build, run every test; closes with "N passed, N failed"
 #   make demo       the main job end to end on this machine
 #   make asan       the tests again under AddressSanitizer + UBSan (build-asan/)
+#   make cuda-emu   the CUDA backend's kernels compiled for the CPU (build-emu/; `make test` runs them)
 #   make bench      the benchmarks of bench/ (results go to bench/RESULTS.md by hand, with the machine)
 #   make install    PREFIX=/usr/local DESTDIR= : headers, libraries, CLIs and prefcap.pc
 #
@@ -35,12 +36,13 @@ ALL_TARGETS :=
 TESTS       :=
 BENCHES     :=
 
-.PHONY: all test test-run demo asan bench install deps clean probe
+.PHONY: all test test-run demo asan bench install deps clean probe cuda-emu
 all: probe
 
 probe:
 	@if [ -n "$(NVCC)" ]; then echo "✓ nvcc found: $(NVCC) (CUDA backend built for $(foreach a,$(CUDA_ARCH),sm_$(a)): --device cuda)"; else echo "✗ nvcc not found (or CUDA=0): CUDA backend not built (--device cuda says so)"; fi
-	@if [ -n "$(HAVE_GPU)" ]; then echo "✓ GPU found"; else echo "✗ no GPU: CUDA tests skipped"; fi
+	@if [ -n "$(HAVE_GPU)" ]; then echo "✓ GPU found"; else echo "✗ no GPU: CUDA tests skipped on the GPU build"; fi
+	@if [ -n "$(PC_HAVE_EMU)" ]; then echo "✓ CUDA headers found: the CUDA tests run on the CPU emulation ($(PC_EMU)/)"; else echo "✗ no CUDA headers (or CUDA=0): no CPU emulation of the CUDA backend"; fi
 
 include common/common.mk
 include sdk/sdk.mk
@@ -54,6 +56,10 @@ include trainer/train/train.mk
 include trainer/cli/cli.mk
 
 all: $(ALL_TARGETS)
+
+# the CUDA kernels on the CPU (trainer/backend/backend.mk, docs/cuda.md)
+cuda-emu: $(PC_EMU_BINS)
+	@[ -n "$(PC_HAVE_EMU)" ] || { echo "✗ cuda-emu needs the CUDA headers (cuda_bf16.h, cublas_v2.h) in $(PC_CUDA_INC), and CUDA != 0"; exit 1; }
 
 deps:
 	@scripts/deps.sh --npm
@@ -77,4 +83,4 @@ bench: all $(BENCHES)
 	@for b in $(BENCH_CMDS); do echo "== $$b"; $$b || exit 1; done
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-emu build-asan-emu

@@ -11,6 +11,13 @@
 #                               --bench times the large ops
 #   tests/gpu/score_parity.sh   `score --device cuda` against `--device cpu` on every family
 #   tests/gpu/run.sh            all of it on a GPU machine, with compute-sanitizer and benchmarks
+#
+#   make cuda-emu               the CPU execution mode (trainer/backend/cuda_emu/cuda_emu.h, docs/cuda.md):
+#                               the same backend_cuda.cu compiled by g++ as C++ against the CUDA headers,
+#                               its kernels run as fibers on the CPU, cuBLAS served by OpenBLAS, in
+#                               $(BUILD)-emu/prefcap-dpo and $(BUILD)-emu/tests/test_cuda_ops (so
+#                               build-emu/ for `make`, build-asan-emu/ under `make asan`). Needs only the
+#                               CUDA headers (not nvcc, not a GPU); `make test` runs the CUDA tests on it.
 
 PC_BACKEND_CPU_OBJS := $(BUILD)/trainer/backend/backend_cpu.o
 TRAINER_OBJS += $(PC_BACKEND_CPU_OBJS)
@@ -28,7 +35,8 @@ PC_CUDA_OBJS := $(BUILD)/trainer/backend/backend_cuda.o
 PC_CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
 
 # -Werror all-warnings: nvcc's own warnings and the host compiler's (the C side's -Wall -Wextra) fail the build
-$(BUILD)/trainer/backend/backend_cuda.o: trainer/backend/backend_cuda.cu trainer/backend/backend.h trainer/backend/backend_cuda.h
+$(BUILD)/trainer/backend/backend_cuda.o: trainer/backend/backend_cuda.cu trainer/backend/backend.h trainer/backend/backend_cuda.h \
+                                        trainer/backend/cuda_emu/cuda_emu.h
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -std=c++17 $(CUDA_GENCODE) -Werror all-warnings -Xcompiler -fPIC,-Wall,-Wextra,-Wno-unused-parameter \
 	  -Iinclude -Itrainer -c $< -o $@
@@ -57,3 +65,52 @@ PC_CUDA_CONF  := nvcc=$(NVCC) arch=$(CUDA_ARCH)
 $(shell mkdir -p $(BUILD)/trainer && { [ "$$(cat $(PC_CUDA_STAMP) 2>/dev/null)" = "$(PC_CUDA_CONF)" ] || \
         echo "$(PC_CUDA_CONF)" > $(PC_CUDA_STAMP); })
 $(BUILD)/prefcap-dpo $(PC_CUDA_OBJS): $(PC_CUDA_STAMP)
+
+# ---- the CPU execution mode of the CUDA backend --------------------------------------------------
+# Only the two objects differ from the GPU build: the emulated prefcap-dpo is linked from $(BUILD)'s
+# other objects (after $(BUILD)/prefcap-dpo, so that they are all there and current).
+PC_CUDA_INC := $(if $(NVCC),$(CUDA_HOME),/usr/local/cuda)/include
+PC_EMU      := $(BUILD)-emu
+ifneq ($(CUDA),0)
+ifneq ($(wildcard $(PC_CUDA_INC)/cuda_bf16.h),)
+ifneq ($(wildcard $(PC_CUDA_INC)/cublas_v2.h),)
+PC_HAVE_EMU := 1
+endif
+endif
+endif
+
+ifeq ($(PC_HAVE_EMU),1)
+PC_EMU_OBJS := $(PC_EMU)/trainer/backend/backend_cuda.o $(PC_EMU)/trainer/backend/cuda_emu.o
+# the kernels' `#pragma unroll` is nvcc's: g++ ignores it, and must not fail on it
+PC_EMU_CXXFLAGS = -std=c++17 -g $(OPT) -fPIC -pthread -Wall -Wextra -Werror -Wno-unused-parameter \
+                  -Wno-unknown-pragmas $(SAN) -Iinclude -Itrainer -I$(PC_CUDA_INC) $(CXXFLAGS)
+-include $(PC_EMU_OBJS:.o=.d)
+
+$(PC_EMU)/trainer/backend/backend_cuda.o: trainer/backend/backend_cuda.cu
+	@mkdir -p $(dir $@)
+	$(CXX) -x c++ $(PC_EMU_CXXFLAGS) -MMD -MP -c $< -o $@
+
+$(PC_EMU)/trainer/backend/cuda_emu.o: trainer/backend/cuda_emu/cuda_emu.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(PC_EMU_CXXFLAGS) -MMD -MP -c $< -o $@
+
+# (the recipe reads PC_CLI_OBJS and the final TRAINER_OBJS: fragments included later add to them)
+$(PC_EMU)/prefcap-dpo: $(BUILD)/prefcap-dpo $(PC_EMU_OBJS)
+	$(CC) $(PC_CLI_OBJS) $(filter-out $(PC_CUDA_OBJS),$(TRAINER_OBJS)) $(PC_EMU_OBJS) $(BUILD)/sdk/sha256.o -o $@ \
+	  $(LDFLAGS_ALL) $(filter-out $(PC_CUDA_LIBS),$(TRAINER_LIBS)) -lopenblas -lstdc++ -fopenmp
+
+$(PC_EMU)/tests/test_cuda_ops: tests/gpu/test_cuda_ops.c $(PC_BACKEND_CPU_OBJS) $(PC_EMU_OBJS) \
+                               trainer/backend/backend.h trainer/backend/backend_cuda.h
+	@mkdir -p $(dir $@)
+	$(CC) $(PC_CFLAGS) -I$(PC_CUDA_INC) $< $(PC_BACKEND_CPU_OBJS) $(PC_EMU_OBJS) -o $@ $(LDFLAGS_ALL) \
+	  -lopenblas -lstdc++ -lm -fopenmp
+
+# the emulator itself against CUDA's rules (shuffle lanes, barriers, bf16, cuBLAS, what it must refuse)
+$(PC_EMU)/tests/test_cuda_emu: tests/gpu/test_cuda_emu.cu $(PC_EMU)/trainer/backend/cuda_emu.o
+	@mkdir -p $(dir $@)
+	$(CXX) -x c++ $(PC_EMU_CXXFLAGS) $< -x none $(PC_EMU)/trainer/backend/cuda_emu.o -o $@ $(LDFLAGS_ALL) -lopenblas
+
+PC_EMU_BINS := $(PC_EMU)/prefcap-dpo $(PC_EMU)/tests/test_cuda_ops $(PC_EMU)/tests/test_cuda_emu
+TEST_BINS   += $(PC_EMU_BINS)
+TESTS       += "BUILD=$(BUILD) tests/gpu/emu.sh"
+endif

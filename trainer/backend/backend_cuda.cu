@@ -49,6 +49,7 @@
 
 #include "backend/backend.h"
 #include "backend/backend_cuda.h"
+#include "backend/cuda_emu/cuda_emu.h"  // PC_LAUNCH; with g++, the CPU emulation (make cuda-emu)
 
 /* The fused log-prob works on LP_ROWS rows x LP_VOCAB logits at a time (64 MB of fp32 logits): large
  * enough that the GEMM runs at full rate, small enough to stay far from (M x V). */
@@ -129,7 +130,7 @@ static int check_blas(cuda_backend *cb, cublasStatus_t s, const char *what, cons
 
 #define CUDA_CHECK(cb, call) check_cuda((cb), (call), #call, __FILE__, __LINE__)
 #define BLAS_CHECK(cb, call) check_blas((cb), (call), #call, __FILE__, __LINE__)
-/* after every <<<>>>: the launch's own error, and with PREFCAP_CUDA_SYNC=1 the kernel's */
+/* after every launch (PC_LAUNCH): the launch's own error, and with PREFCAP_CUDA_SYNC=1 the kernel's */
 #define LAUNCH_CHECK(cb, name) launch_check((cb), (name), __FILE__, __LINE__)
 
 static void launch_check(cuda_backend *cb, const char *name, const char *file, int line) {
@@ -288,7 +289,7 @@ static void cuda_embedding(pc_backend *be, float *out, const int32_t *ids, const
                            const pc_batch *bt, int N, int C) {
   cuda_backend *cb = CB(be);
   if (cb->failed || N <= 0) return;
-  embedding_kernel<<<grid_for((size_t)N * C), 256>>>(out, ids, wte, wpe, bt->pos, N, C);
+  PC_LAUNCH(embedding_kernel, grid_for((size_t)N * C), 256, 0)(out, ids, wte, wpe, bt->pos, N, C);
   LAUNCH_CHECK(cb, "embedding_kernel");
 }
 
@@ -296,7 +297,7 @@ static void cuda_layernorm(pc_backend *be, float *out, const float *inp, const f
                            int N, int C, float *mean, float *rstd) {
   cuda_backend *cb = CB(be);
   if (cb->failed || N <= 0) return;
-  layernorm_kernel<<<(N + 7) / 8, 256>>>(out, inp, w, b, eps, N, C, mean, rstd);
+  PC_LAUNCH(layernorm_kernel, (N + 7) / 8, 256, 0)(out, inp, w, b, eps, N, C, mean, rstd);
   LAUNCH_CHECK(cb, "layernorm_kernel");
 }
 
@@ -304,7 +305,7 @@ static void cuda_rmsnorm(pc_backend *be, float *out, const float *inp, const flo
                          int stride, float *rstd) {
   cuda_backend *cb = CB(be);
   if (cb->failed || rows <= 0) return;
-  rmsnorm_kernel<<<(rows + 7) / 8, 256>>>(out, inp, w, eps, rows, C, stride, rstd);
+  PC_LAUNCH(rmsnorm_kernel, (rows + 7) / 8, 256, 0)(out, inp, w, eps, rows, C, stride, rstd);
   LAUNCH_CHECK(cb, "rmsnorm_kernel");
 }
 
@@ -312,35 +313,35 @@ static void cuda_rope(pc_backend *be, float *x, const float *cos_t, const float 
                       int H, int HD, int stride) {
   cuda_backend *cb = CB(be);
   if (cb->failed || N <= 0 || HD < 2) return;
-  rope_kernel<<<grid_for((size_t)N * H * (HD / 2)), 256>>>(x, cos_t, sin_t, bt->pos, N, H, HD, stride);
+  PC_LAUNCH(rope_kernel, grid_for((size_t)N * H * (HD / 2)), 256, 0)(x, cos_t, sin_t, bt->pos, N, H, HD, stride);
   LAUNCH_CHECK(cb, "rope_kernel");
 }
 
 static void cuda_gelu(pc_backend *be, float *x, size_t n, int tanh_approx) {
   cuda_backend *cb = CB(be);
   if (cb->failed || !n) return;
-  gelu_kernel<<<grid_for(n), 256>>>(x, n, tanh_approx);
+  PC_LAUNCH(gelu_kernel, grid_for(n), 256, 0)(x, n, tanh_approx);
   LAUNCH_CHECK(cb, "gelu_kernel");
 }
 
 static void cuda_swiglu(pc_backend *be, float *out, const float *gate, const float *up, size_t n) {
   cuda_backend *cb = CB(be);
   if (cb->failed || !n) return;
-  swiglu_kernel<<<grid_for(n), 256>>>(out, gate, up, n);
+  PC_LAUNCH(swiglu_kernel, grid_for(n), 256, 0)(out, gate, up, n);
   LAUNCH_CHECK(cb, "swiglu_kernel");
 }
 
 static void cuda_gather_rows(pc_backend *be, float *out, const float *inp, const int32_t *rows, int M, int C) {
   cuda_backend *cb = CB(be);
   if (cb->failed || M <= 0) return;
-  gather_rows_kernel<<<grid_for((size_t)M * C), 256>>>(out, inp, rows, M, C);
+  PC_LAUNCH(gather_rows_kernel, grid_for((size_t)M * C), 256, 0)(out, inp, rows, M, C);
   LAUNCH_CHECK(cb, "gather_rows_kernel");
 }
 
 static void cuda_scale(pc_backend *be, float *x, size_t n, float s) {
   cuda_backend *cb = CB(be);
   if (cb->failed || !n) return;
-  scale_kernel<<<grid_for(n), 256>>>(x, n, s);
+  PC_LAUNCH(scale_kernel, grid_for(n), 256, 0)(x, n, s);
   LAUNCH_CHECK(cb, "scale_kernel");
 }
 
@@ -434,7 +435,7 @@ static const __nv_bfloat16 *bf16_twin(cuda_backend *cb, const float *w, size_t n
         return NULL;  // no room for the twin: this matmul runs in fp32
       }
       e->bf = (__nv_bfloat16 *)p;
-      to_bf16_kernel<<<grid_for(e->n), 256>>>(e->bf, e->p, e->n);
+      PC_LAUNCH(to_bf16_kernel, grid_for(e->n), 256, 0)(e->bf, e->p, e->n);
       LAUNCH_CHECK(cb, "to_bf16_kernel");
     }
     return e->bf + (w - e->p);
@@ -456,7 +457,7 @@ static int ws_reserve(cuda_backend *cb, void **p, size_t *cap, size_t bytes) {
 /* The bf16 copy of an (n) fp32 activation, in the act16 workspace (valid until the next call). */
 static const __nv_bfloat16 *act_bf16(cuda_backend *cb, const float *x, size_t n) {
   if (ws_reserve(cb, (void **)&cb->act16, &cb->act16_cap, n * sizeof(__nv_bfloat16))) return NULL;
-  to_bf16_kernel<<<grid_for(n), 256>>>(cb->act16, x, n);
+  PC_LAUNCH(to_bf16_kernel, grid_for(n), 256, 0)(cb->act16, x, n);
   LAUNCH_CHECK(cb, "to_bf16_kernel");
   return cb->failed ? NULL : cb->act16;
 }
@@ -482,7 +483,7 @@ static void cuda_matmul(pc_backend *be, float *out, const float *inp, const pc_w
   if (cb->failed || N <= 0) return;
   float beta = accumulate ? 1.0f : 0.0f;
   if (w->b) {
-    bias_kernel<<<grid_for((size_t)N * OC), 256>>>(out, w->b, N, OC, accumulate);
+    PC_LAUNCH(bias_kernel, grid_for((size_t)N * OC), 256, 0)(out, w->b, N, OC, accumulate);
     LAUNCH_CHECK(cb, "bias_kernel");
     beta = 1.0f;
   }
@@ -514,7 +515,7 @@ __global__ void __launch_bounds__(AT_THREADS) flash_attention_kernel(float *out,
                                                                       const float *k, const float *v, int q_stride,
                                                                       int kv_stride, const att_tile *tiles, int NH,
                                                                       int NKV, int HD, int window, float scale) {
-  extern __shared__ float4 smem4[];
+  PC_DYNAMIC_SHARED(float4, smem4);
   float *Qs = (float *)smem4;      // [HD][AT_LD]: the queries, transposed and scaled
   float *KV = Qs + HD * AT_LD;     // [HD][AT_LD]: a key tile transposed; then [AT_BK][HD]: its values
   float *Ps = KV + HD * AT_LD;     // [AT_BK][AT_LD]: the tile's probabilities, transposed
@@ -643,7 +644,7 @@ __global__ void __launch_bounds__(AT_THREADS) flash_attention_kernel(float *out,
 __global__ void attention_rows_kernel(float *out, float *lse, const float *q, const float *k, const float *v,
                                       int q_stride, int kv_stride, const att_tile *tiles, int NH, int NKV, int HD,
                                       int window, float scale) {
-  extern __shared__ float4 smem4[];
+  PC_DYNAMIC_SHARED(float4, smem4);
   const att_tile t = tiles[blockIdx.x];
   const int h = blockIdx.y, kvh = h / (NH / NKV), warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   float *qv = (float *)smem4 + (size_t)warp * 2 * HD, *ov = qv + HD;
@@ -732,8 +733,8 @@ static void launch_flash(cuda_backend *cb, float *out, const float *q, const flo
                                           (int)smem)))
     return;
   dim3 grid((unsigned)cb->ntiles, (unsigned)NH);
-  flash_attention_kernel<NJ><<<grid, AT_THREADS, smem>>>(out, lse, q, k, v, q_stride, kv_stride, cb->tiles_dev, NH,
-                                                          NKV, HD, window, scale);
+  PC_LAUNCH(flash_attention_kernel<NJ>, grid, AT_THREADS, smem)(out, lse, q, k, v, q_stride, kv_stride,
+                                                                cb->tiles_dev, NH, NKV, HD, window, scale);
   LAUNCH_CHECK(cb, "flash_attention_kernel");
 }
 
@@ -756,8 +757,8 @@ static void cuda_attention(pc_backend *be, float *out, const float *q, const flo
                                           (int)smem)))
     return;
   dim3 grid((unsigned)cb->ntiles, (unsigned)NH);
-  attention_rows_kernel<<<grid, 256, smem>>>(out, lse, q, k, v, q_stride, kv_stride, cb->tiles_dev, NH, NKV, HD,
-                                              window, scale);
+  PC_LAUNCH(attention_rows_kernel, grid, 256, smem)(out, lse, q, k, v, q_stride, kv_stride, cb->tiles_dev, NH,
+                                                    NKV, HD, window, scale);
   LAUNCH_CHECK(cb, "attention_rows_kernel");
 }
 
@@ -819,7 +820,7 @@ static void cuda_logprob(pc_backend *be, float *out, const float *h, const pc_we
   float *rmax = cb->lp_stats, *rsum = rmax + LP_ROWS, *rtgt = rsum + LP_ROWS;
   for (int r0 = 0; r0 < M; r0 += LP_ROWS) {
     int mr = M - r0 < LP_ROWS ? M - r0 : LP_ROWS;
-    lp_init_kernel<<<(mr + 255) / 256, 256>>>(rmax, rsum, rtgt, mr);
+    PC_LAUNCH(lp_init_kernel, (mr + 255) / 256, 256, 0)(rmax, rsum, rtgt, mr);
     LAUNCH_CHECK(cb, "lp_init_kernel");
     for (int v0 = 0; v0 < V; v0 += LP_VOCAB) {
       int vc = V - v0 < LP_VOCAB ? V - v0 : LP_VOCAB;
@@ -829,11 +830,11 @@ static void cuda_logprob(pc_backend *be, float *out, const float *h, const pc_we
       size_t woff = head->layout == PC_W_OUT_IN ? (size_t)v0 * C : (size_t)v0;
       if (bf) gemm(cb, op, vc, mr, C, w16 + woff, ldw, h16 + (size_t)r0 * C, C, 0.0f, cb->lp_ws, vc, 1);
       else gemm(cb, op, vc, mr, C, head->w + woff, ldw, h + (size_t)r0 * C, C, 0.0f, cb->lp_ws, vc, 0);
-      lp_chunk_kernel<<<mr, 256>>>(cb->lp_ws, vc, v0, head->b, targets + r0, rmax, rsum, rtgt);
+      PC_LAUNCH(lp_chunk_kernel, mr, 256, 0)(cb->lp_ws, vc, v0, head->b, targets + r0, rmax, rsum, rtgt);
       LAUNCH_CHECK(cb, "lp_chunk_kernel");
       if (cb->failed) return;
     }
-    lp_finish_kernel<<<(mr + 255) / 256, 256>>>(out + r0, lse ? lse + r0 : NULL, rmax, rsum, rtgt, mr);
+    PC_LAUNCH(lp_finish_kernel, (mr + 255) / 256, 256, 0)(out + r0, lse ? lse + r0 : NULL, rmax, rsum, rtgt, mr);
     LAUNCH_CHECK(cb, "lp_finish_kernel");
   }
 }
