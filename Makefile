@@ -3,8 +3,9 @@
 #   make            build everything that can be built here (CUDA parts only where nvcc is found)
 #   make test       install missing dependencies, build, run every test; closes with "N passed, N failed"
 #   make demo       the main job end to end on this machine
-#   make asan       the tests again under AddressSanitizer + UBSan (build-asan/)
+#   make asan       the tests again under AddressSanitizer + UBSan with float-cast-overflow (build-asan/)
 #   make cuda-emu   the CUDA backend's kernels compiled for the CPU (build-emu/; `make test` runs them)
+#   make fuzz       each libFuzzer target of tests/fuzz/ for FUZZ_SECONDS (60; build-fuzz/, clang)
 #   make bench      the benchmarks of bench/ (results go to bench/RESULTS.md by hand, with the machine)
 #   make install    PREFIX=/usr/local DESTDIR= : headers, libraries, CLIs and prefcap.pc
 #
@@ -20,8 +21,11 @@ BUILD      ?= build
 CC         ?= cc
 OPT        ?= -O2
 SAN        ?=
+# Hardened by default: glibc's checked string/memory calls (_FORTIFY_SOURCE=3, gcc 12 + glibc 2.36 have
+# it; it needs optimization, and is left to the sanitizers in `make asan`) and stack canaries.
+HARDEN     := -fstack-protector-strong $(if $(SAN)$(filter -O0,$(OPT)),,-U_FORTIFY_SOURCE -D_FORTIFY_SOURCE=3)
 CFLAGS_ALL := -std=c11 -D_GNU_SOURCE -g $(OPT) -fPIC -pthread -Wall -Wextra -Werror -Wshadow \
-              -Wno-unused-parameter -Iinclude -Icommon -DPREFCAP_VERSION='"$(VERSION)"' $(SAN) $(CFLAGS)
+              -Wno-unused-parameter -Iinclude -Icommon -DPREFCAP_VERSION='"$(VERSION)"' $(HARDEN) $(SAN) $(CFLAGS)
 LDFLAGS_ALL := -pthread $(SAN) $(LDFLAGS)
 
 # ---- optional parts: probe and say what was found -------------------------------------------------
@@ -54,6 +58,7 @@ include trainer/backend/backend.mk
 include trainer/model/model.mk
 include trainer/train/train.mk
 include trainer/cli/cli.mk
+include tests/fuzz/fuzz.mk
 
 all: $(ALL_TARGETS)
 
@@ -77,10 +82,10 @@ demo: deps
 
 asan: deps
 	@$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 \
-	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" test-run
+	  SAN="-fsanitize=address,undefined,float-cast-overflow -fno-omit-frame-pointer -fno-sanitize-recover=all" test-run
 
 bench: all $(BENCHES)
 	@for b in $(BENCH_CMDS); do echo "== $$b"; $$b || exit 1; done
 
 clean:
-	rm -rf build build-asan build-emu build-asan-emu
+	rm -rf build build-asan build-emu build-asan-emu build-fuzz

@@ -385,6 +385,22 @@ static void test_eos_and_split(void) {
   pc_tok_free(tok);
 }
 
+/* An empty prompt on the first row: no prompt token has been seen yet, so build_seq compared and
+ * copied through a NULL id list (memcmp(NULL, ..., 0): undefined, reported by `make asan`'s UBSan). */
+static void test_empty_first_prompt(void) {
+  pc_tokenizer *tok = qwen_tok();
+  REQUIRE(tok);
+  char *f = write_jsonl("empty.jsonl", "{\"prompt\":\"\",\"chosen\":\"a\",\"rejected\":\"b\"}\n");
+  pc_dataset d;
+  char err[256];
+  REQUIRE(pc_data_load(f, tok, qwen_dir, NULL, &d, err, sizeof err) == 0);
+  REQUIRE(d.n == 1);
+  EXPECT(d.pairs[0].chosen.prompt_len == 0 && d.pairs[0].rejected.prompt_len == 0);
+  EXPECT(d.pairs[0].chosen.n == 2 && d.prefix_mismatch == 0);   /* "a", <|im_end|> */
+  pc_data_free(&d);
+  pc_tok_free(tok);
+}
+
 typedef struct { const char *content, *want; } bad_case;
 
 /* Every bad input, and its exact message. */
@@ -562,6 +578,7 @@ int main(void) {
   RUN(test_tools);
   RUN(test_chat_template_override_matches_trl);
   RUN(test_eos_and_split);
+  RUN(test_empty_first_prompt);
   RUN(test_bad_lines);
   RUN(test_skip_bad);
   RUN(test_setup_errors);

@@ -406,6 +406,22 @@ def cli_checks(tmp, models):
                         os.path.join(tmp, "x.out"), "--skip-bad"], capture_output=True, text=True)
     report("cli_score_bad_checkpoint", p.returncode != 0 and "model.safetensors" in p.stderr and "truncated" in p.stderr,
            f"exit {p.returncode}, message {p.stderr.strip()!r}")
+    # weights holding NaN (what a negative rms_norm_eps used to give): score refuses to write NaN and
+    # names the first pair's line, instead of exiting 0 with "NaN" log-probs
+    import shutil
+    nd = os.path.join(tmp, "bad_nan")
+    shutil.copytree(d, nd)
+    W = hf.st_read(os.path.join(d, "model.safetensors"))
+    W["model.norm.weight"] = W["model.norm.weight"] * float("nan")
+    blob, _ = hf.st_bytes(list(W.items()))
+    with open(os.path.join(nd, "model.safetensors"), "wb") as fh:
+        fh.write(blob)
+    out = os.path.join(tmp, "nan.out")
+    p = subprocess.run([CLI, "score", "--model", nd, "--data", data, "--out", out, "--skip-bad"],
+                       capture_output=True, text=True)
+    written = open(out).read() if os.path.exists(out) else ""
+    report("cli_score_refuses_nan", p.returncode != 0 and f"{data}:1:" in p.stderr and "log-probability is nan" in p.stderr
+           and "nan" not in written.lower(), f"exit {p.returncode}, message {p.stderr.strip()!r}, wrote {written[:200]!r}")
 
 
 def main():

@@ -286,6 +286,49 @@ static void test_load_errors(void) {
   EXPECTF(strstr(err, "model.merges[0]") && strstr(err, "\"qz\" is not in the vocabulary"), "%s", err);
 }
 
+/* What the fuzzer found in hostile tokenizer.json files (issue 13): each must be a clear load error or a
+ * clean encode, never a read past a buffer or a multi-GiB allocation. */
+static void test_hostile_files(void) {
+  char err[512], path[512];
+  const char *ws = "\"pre_tokenizer\":{\"type\":\"ByteLevel\"},\"decoder\":null";
+  static const struct { const char *body, *want; } bad[] = {
+    /* a vocabulary key whose last byte opens a 4-byte sequence: the ByteLevel mapping used to decode
+     * three bytes past the key's end */
+    {"\"vocab\":{\"a\":0,\"b\xF0\":1},\"merges\":[]}", "not valid UTF-8"},
+    /* the same in an added token's content */
+    {"\"vocab\":{\"a\":0},\"merges\":[]},\"added_tokens\":[{\"id\":1,\"content\":\"x\xC3\"}]", "not valid UTF-8"},
+    /* added-token ids far beyond the vocabulary: refused by name instead of sizing tables by them */
+    {"\"vocab\":{\"a\":0},\"merges\":[]},\"added_tokens\":[{\"id\":4.9e26,\"content\":\"<x>\"}]", "added_tokens[0].id"},
+    {"\"vocab\":{\"a\":0},\"merges\":[]},\"added_tokens\":[{\"id\":2147483647,\"content\":\"<x>\"}]", "added_tokens[0].id"},
+    {"\"vocab\":{\"a\":0},\"merges\":[]},\"added_tokens\":[{\"id\":70000,\"content\":\"<x>\"}]", "added_tokens[0].id"},
+    {"\"vocab\":{\"a\":0},\"merges\":[]},\"added_tokens\":[{\"id\":1.5,\"content\":\"<x>\"}]", "added_tokens[0].id"},
+    {"\"vocab\":{\"a\":0},\"merges\":[]},\"added_tokens\":[{\"id\":-1,\"content\":\"<x>\"}]", "added_tokens[0].id"},
+    /* a vocabulary id far beyond the number of entries */
+    {"\"vocab\":{\"a\":0,\"b\":2000000000},\"merges\":[]}", "model.vocab has token id 2000000000"},
+  };
+  char text[512];
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    snprintf(text, sizeof text, "{\"model\":{\"type\":\"BPE\",%s,%s}", bad[i].body, ws);
+    write_raw("hostile", text, path, sizeof path);
+    EXPECTF(pc_tok_load(path, err, sizeof err) == NULL, "case %zu loaded", i);
+    EXPECTF(strstr(err, path) && strstr(err, bad[i].want), "case %zu: want \"%s\" in: %s", i, bad[i].want, err);
+  }
+  /* a small gap of unused ids is fine (real files have them), and the ids still work */
+  snprintf(text, sizeof text, "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},"
+           "\"added_tokens\":[{\"id\":1000,\"content\":\"<x>\",\"special\":true}],%s}", ws);
+  write_raw("gapid", text, path, sizeof path);
+  pc_tokenizer *t = pc_tok_load(path, err, sizeof err);
+  EXPECTF(t != NULL, "%s", err);
+  if (t) {
+    const int32_t want[] = {0, 1000, 0};
+    EXPECT(enc_is(t, "a<x>a", 0, want, 3));
+    /* bytes outside the vocabulary, no unk: dropped, as Rust does (and the first word giving no ids
+     * must not do arithmetic on a NULL id list: UBSan's null+0, seed crash-first-word-no-ids of fuzz_tok_load) */
+    EXPECT(enc_is(t, "zz", 0, NULL, 0));
+    pc_tok_free(t);
+  }
+}
+
 static void test_nfc_and_normalized_added(void) {
   /* NFC, and a normalized added token written decomposed: it matches the composed text */
   const char *added = "[{\"id\":300,\"content\":\"e\\u0301!\",\"special\":false,\"normalized\":true}]";
@@ -499,6 +542,7 @@ int main(void) {
   RUN(test_template_bos);
   RUN(test_decode_invalid_utf8);
   RUN(test_load_errors);
+  RUN(test_hostile_files);
   RUN(test_nfc_and_normalized_added);
   RUN(test_sentencepiece_bpe);
   RUN(test_config_bos_eos);

@@ -178,6 +178,16 @@ int pc_cmd_score(int argc, char **argv) {
     }
     for (int i = 0; i < nb; i++) {
       double c = sums[2 * i], r = sums[2 * i + 1];
+      if (!isfinite(c) || !isfinite(r)) {
+        // NaN is no score (and not JSON): a weight or a config value the checks missed, or a failed GPU
+        pc_progress_free(prog);
+        prog = NULL;
+        const char *cuda = pc_backend_cuda_error(be);
+        fprintf(stderr, "prefcap-dpo score: %s:%d: the %s log-probability is %g, not a number a model can give "
+                "(%s); nothing more written\n", data, ds.pairs[b + (size_t)i].line, isfinite(c) ? "rejected" : "chosen",
+                isfinite(c) ? r : c, cuda ? cuda : "check the checkpoint's weights and config.json");
+        goto done;
+      }
       fprintf(fo, "{\"chosen_logps\": %.9g, \"rejected_logps\": %.9g, \"chosen_tokens\": %d, \"rejected_tokens\": %d, "
               "\"line\": %d}\n", c, r, cnts[2 * i], cnts[2 * i + 1], ds.pairs[b + (size_t)i].line);
       margin_sum += c - r;

@@ -7,6 +7,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -62,22 +63,31 @@ void pc_config_defaults(pc_config *c, pc_family fam) {
 
 typedef struct { const char *path; char *err; size_t errlen; int bad; } rd;
 
-/* Each getter leaves *out alone when the key is absent or null (the family default stands). */
-static void get_int(rd *r, const cJSON *o, const char *key, int *out) {
+/* Each getter leaves *out alone when the key is absent or null (the family default stands), and refuses
+ * a value outside what the field can mean, naming the file and the field: a config.json is outside
+ * input, and a zero head count or a negative epsilon would otherwise reach the model as a division by
+ * zero or a NaN score. */
+#define CFG_MAX_DIM (1 << 24)   /* beyond any real model's widths, and small enough for products in size_t */
+static void get_int(rd *r, const cJSON *o, const char *key, int *out, int lo, int hi) {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
   if (!v || cJSON_IsNull(v) || r->bad) return;
-  if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || fabs(v->valuedouble) > 2147483647.0) {
-    pc_seterr(r->err, r->errlen, "%s: field \"%s\" must be an integer", r->path, key);
+  if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < lo || v->valuedouble > hi) {
+    if (cJSON_IsNumber(v)) pc_seterr(r->err, r->errlen, "%s: field \"%s\" must be an integer from %d to %d, not %.17g",
+                                     r->path, key, lo, hi, v->valuedouble);
+    else pc_seterr(r->err, r->errlen, "%s: field \"%s\" must be an integer from %d to %d", r->path, key, lo, hi);
     r->bad = 1;
     return;
   }
   *out = (int)v->valuedouble;
 }
-static void get_num(rd *r, const cJSON *o, const char *key, double *out) {
+/* A real number; positive != 0 also asks for > 0. Never infinite (1e400 parses as inf). */
+static void get_num(rd *r, const cJSON *o, const char *key, double *out, int positive) {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
   if (!v || cJSON_IsNull(v) || r->bad) return;
-  if (!cJSON_IsNumber(v)) {
-    pc_seterr(r->err, r->errlen, "%s: field \"%s\" must be a number", r->path, key);
+  if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || (positive && !(v->valuedouble > 0))) {
+    if (cJSON_IsNumber(v)) pc_seterr(r->err, r->errlen, "%s: field \"%s\" must be a finite%s number, not %g", r->path, key,
+                                     positive ? " positive" : "", v->valuedouble);
+    else pc_seterr(r->err, r->errlen, "%s: field \"%s\" must be a number", r->path, key);
     r->bad = 1;
     return;
   }
@@ -103,11 +113,22 @@ static const char *get_str(rd *r, const cJSON *o, const char *key) {
   }
   return v->valuestring;
 }
-/* eos_token_id may be a list (Llama 3 instruct); the first entry is kept. */
+/* eos_token_id may be a list (Llama 3 instruct); the first entry is kept. A token id is an integer in
+ * [0, INT_MAX]: converting 1e400 or 1e20 to int would be undefined behaviour. */
 static void get_token_id(rd *r, const cJSON *o, const char *key, int *out) {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-  if (cJSON_IsArray(v)) v = v->child;
-  if (cJSON_IsNumber(v)) *out = (int)v->valuedouble;
+  if (!v || cJSON_IsNull(v) || r->bad) return;
+  const cJSON *e = cJSON_IsArray(v) ? v->child : v;
+  if (!e) return;                                  /* [] : no token */
+  for (const cJSON *x = e; x; x = cJSON_IsArray(v) ? x->next : NULL)
+    if (!cJSON_IsNumber(x) || x->valuedouble != floor(x->valuedouble) || x->valuedouble < 0 ||
+        x->valuedouble > 2147483647.0) {
+      pc_seterr(r->err, r->errlen, "%s: field \"%s\" must be a token id (an integer from 0 to 2147483647) or a "
+                "list of them", r->path, key);
+      r->bad = 1;
+      return;
+    }
+  *out = (int)e->valuedouble;
 }
 
 static int refuse(rd *r, const char *fmt, ...) {
@@ -163,15 +184,15 @@ int pc_config_load(const char *path, pc_config *c, char *err, size_t errlen) {
   if (td) snprintf(c->torch_dtype, sizeof c->torch_dtype, "%s", td);
   get_token_id(&r, o, "bos_token_id", &c->bos_id);
   get_token_id(&r, o, "eos_token_id", &c->eos_id);
-  get_int(&r, o, "vocab_size", &c->vocab);
+  get_int(&r, o, "vocab_size", &c->vocab, 1, CFG_MAX_DIM);
 
   if (fam == PC_FAM_GPT2) {
-    get_int(&r, o, "n_embd", &c->hidden);
-    get_int(&r, o, "n_layer", &c->layers);
-    get_int(&r, o, "n_head", &c->heads);
-    get_int(&r, o, "n_inner", &c->intermediate);
-    get_int(&r, o, "n_positions", &c->max_pos);
-    get_num(&r, o, "layer_norm_epsilon", &c->norm_eps);
+    get_int(&r, o, "n_embd", &c->hidden, 1, CFG_MAX_DIM);
+    get_int(&r, o, "n_layer", &c->layers, 1, CFG_MAX_DIM);
+    get_int(&r, o, "n_head", &c->heads, 1, CFG_MAX_DIM);
+    get_int(&r, o, "n_inner", &c->intermediate, 1, CFG_MAX_DIM);
+    get_int(&r, o, "n_positions", &c->max_pos, 1, CFG_MAX_DIM);
+    get_num(&r, o, "layer_norm_epsilon", &c->norm_eps, 1);
     get_bool(&r, o, "tie_word_embeddings", &c->tie_embeddings);
     const char *act = get_str(&r, o, "activation_function");
     if (act) {
@@ -192,15 +213,15 @@ int pc_config_load(const char *path, pc_config *c, char *err, size_t errlen) {
     c->kv_heads = c->heads;
     if (c->heads > 0) c->head_dim = c->hidden / c->heads;
   } else {
-    get_int(&r, o, "hidden_size", &c->hidden);
-    get_int(&r, o, "intermediate_size", &c->intermediate);
-    get_int(&r, o, "num_hidden_layers", &c->layers);
-    get_int(&r, o, "num_attention_heads", &c->heads);
-    get_int(&r, o, "num_key_value_heads", &c->kv_heads);
-    get_int(&r, o, "head_dim", &c->head_dim);
-    get_int(&r, o, "max_position_embeddings", &c->max_pos);
-    get_num(&r, o, "rms_norm_eps", &c->norm_eps);
-    get_num(&r, o, "rope_theta", &c->rope_theta);
+    get_int(&r, o, "hidden_size", &c->hidden, 1, CFG_MAX_DIM);
+    get_int(&r, o, "intermediate_size", &c->intermediate, 1, CFG_MAX_DIM);
+    get_int(&r, o, "num_hidden_layers", &c->layers, 1, CFG_MAX_DIM);
+    get_int(&r, o, "num_attention_heads", &c->heads, 1, CFG_MAX_DIM);
+    get_int(&r, o, "num_key_value_heads", &c->kv_heads, 1, CFG_MAX_DIM);
+    get_int(&r, o, "head_dim", &c->head_dim, 1, CFG_MAX_DIM);
+    get_int(&r, o, "max_position_embeddings", &c->max_pos, 1, CFG_MAX_DIM);
+    get_num(&r, o, "rms_norm_eps", &c->norm_eps, 1);
+    get_num(&r, o, "rope_theta", &c->rope_theta, 1);
     get_bool(&r, o, "tie_word_embeddings", &c->tie_embeddings);
     const char *act = get_str(&r, o, "hidden_act");
     if (act && strcmp(act, "silu") != 0) { refuse(&r, "hidden_act \"%s\" is not supported (only silu)", act); goto done; }
@@ -213,14 +234,14 @@ int pc_config_load(const char *path, pc_config *c, char *err, size_t errlen) {
     if (fam == PC_FAM_MISTRAL) {
       const cJSON *sw = cJSON_GetObjectItemCaseSensitive(o, "sliding_window");
       if (cJSON_IsNull(sw)) c->sliding_window = 0;
-      else get_int(&r, o, "sliding_window", &c->sliding_window);
+      else get_int(&r, o, "sliding_window", &c->sliding_window, 0, INT_MAX);
     } else if (fam == PC_FAM_QWEN2 || fam == PC_FAM_QWEN3) {
       int usw = 0;
       get_bool(&r, o, "use_sliding_window", &usw);
       if (usw) { refuse(&r, "option use_sliding_window=true is not supported for %s", mt); goto done; }
     }
     double prf = 1.0;
-    get_num(&r, o, "partial_rotary_factor", &prf);
+    get_num(&r, o, "partial_rotary_factor", &prf, 0);
     if (prf != 1.0) { refuse(&r, "option partial_rotary_factor=%g is not supported", prf); goto done; }
     const cJSON *rs = cJSON_GetObjectItemCaseSensitive(o, "rope_scaling");
     if (rs && !cJSON_IsNull(rs)) {
@@ -232,10 +253,10 @@ int pc_config_load(const char *path, pc_config *c, char *err, size_t errlen) {
         c->rope_llama3 = 1;
         c->rope_factor = 8; c->rope_low_freq_factor = 1; c->rope_high_freq_factor = 4;
         c->rope_original_max_pos = 8192;
-        get_num(&r, rs, "factor", &c->rope_factor);
-        get_num(&r, rs, "low_freq_factor", &c->rope_low_freq_factor);
-        get_num(&r, rs, "high_freq_factor", &c->rope_high_freq_factor);
-        get_int(&r, rs, "original_max_position_embeddings", &c->rope_original_max_pos);
+        get_num(&r, rs, "factor", &c->rope_factor, 1);
+        get_num(&r, rs, "low_freq_factor", &c->rope_low_freq_factor, 1);
+        get_num(&r, rs, "high_freq_factor", &c->rope_high_freq_factor, 1);
+        get_int(&r, rs, "original_max_position_embeddings", &c->rope_original_max_pos, 1, CFG_MAX_DIM);
         if (!r.bad && (c->rope_high_freq_factor <= c->rope_low_freq_factor || c->rope_factor <= 0 ||
                        c->rope_original_max_pos <= 0)) {
           refuse(&r, "rope_scaling llama3 needs factor > 0, high_freq_factor > low_freq_factor and original_max_position_embeddings > 0");
@@ -254,6 +275,11 @@ int pc_config_load(const char *path, pc_config *c, char *err, size_t errlen) {
   if (c->vocab <= 0 || c->hidden <= 0 || c->layers <= 0 || c->heads <= 0 || c->kv_heads <= 0 ||
       c->head_dim <= 0 || c->intermediate <= 0) {
     refuse(&r, "vocab_size, hidden size, layers, heads, kv heads, head_dim and intermediate size must all be positive");
+    goto done;
+  }
+  if ((long long)c->heads * c->head_dim > CFG_MAX_DIM) {
+    refuse(&r, "num_attention_heads x head_dim (%d x %d) is beyond any real model (at most %d)", c->heads,
+           c->head_dim, CFG_MAX_DIM);
     goto done;
   }
   if (c->heads % c->kv_heads != 0) {

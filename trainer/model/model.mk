@@ -23,3 +23,11 @@ TEST_BINS  += $(BUILD)/tests/model_logps $(BUILD)/tests/test_safetensors
 TESTS      += $(BUILD)/tests/test_safetensors tests/model/test_model.py
 BENCHES    += $(BUILD)/tests/model_logps
 BENCH_CMDS += bench/bench_score.py
+
+# config.json's refusals (tests/model/test_config.c): every number checked against its meaning
+$(BUILD)/tests/test_config: tests/model/test_config.c $(BUILD)/trainer/model/config.o tests/test.h
+	@mkdir -p $(dir $@)
+	$(CC) $(PC_CFLAGS) -Itests $< $(BUILD)/trainer/model/config.o -o $@ $(LDFLAGS_ALL) -lcjson -lm
+
+TEST_BINS  += $(BUILD)/tests/test_config
+TESTS      += $(BUILD)/tests/test_config

@@ -444,13 +444,15 @@ static int encode(const pc_tokenizer *tok, const char *text, int add_special, iv
 
 /* seq = prompt ids + (pc ids after len(prompt)); returns 1 when prompt was not a prefix of pc. */
 static int build_seq(const ivec *p, const ivec *pc, pc_seq *s) {
-  int mismatch = pc->n < p->n || memcmp(pc->v, p->v, (size_t)p->n * sizeof *p->v) != 0;
+  /* p->v is NULL while no prompt has had a token (an empty prompt first): memcmp/memcpy need valid
+   * pointers even for 0 bytes */
+  int mismatch = pc->n < p->n || (p->n && memcmp(pc->v, p->v, (size_t)p->n * sizeof *p->v) != 0);
   int tail = pc->n > p->n ? pc->n - p->n : 0;
   s->n = p->n + tail;
   s->prompt_len = p->n;
   s->ids = malloc((size_t)(s->n ? s->n : 1) * sizeof *s->ids);
   if (!s->ids) return -1;
-  memcpy(s->ids, p->v, (size_t)p->n * sizeof *s->ids);
+  if (p->n) memcpy(s->ids, p->v, (size_t)p->n * sizeof *s->ids);
   if (tail) memcpy(s->ids + p->n, pc->v + p->n, (size_t)tail * sizeof *s->ids);
   return mismatch;
 }

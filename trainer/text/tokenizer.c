@@ -22,6 +22,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <math.h>
 #include <pcre2.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -302,6 +303,7 @@ typedef struct { int32_t *idx[256]; size_t n[256]; size_t count; uint32_t *lens[
 #define CACHE_SHARDS 64
 #define CACHE_SLOTS 4096             /* per shard */
 #define CACHE_MAX_WORD 256           /* longer words are not cached (HF: MAX_LENGTH 256) */
+#define TOK_ID_MARGIN 65536.0        /* unused ids tolerated beyond the count of tokens */
 typedef struct { uint64_t h; char *blob; } cache_ent;   /* blob: uint32 klen, uint32 nids, key, ids */
 typedef struct { pthread_mutex_t mu; cache_ent *e; size_t count; } cache_shard;
 
@@ -354,7 +356,8 @@ static void bl_init(void) {
 static long bl_to_bytes(const char *s, size_t n, unsigned char *out) {
   size_t i = 0, o = 0;
   while (i < n) {
-    size_t l;
+    size_t l = utf8_len((unsigned char)s[i]);
+    if (l > n - i) return -1;                      /* a truncated sequence: never decode past the end */
     uint32_t cp = utf8_decode((const unsigned char *)s + i, &l);
     if (cp >= 0x144 || g_cp2byte[cp] < 0) return -1;
     out[o++] = (unsigned char)g_cp2byte[cp];
@@ -484,6 +487,9 @@ static int jbool(const cJSON *o, const char *k, int dflt) {
 static int set_id_str(loadctx *L, int32_t id, const char *s, size_t n) {
   pc_tokenizer *t = L->t;
   if (id < 0 || (size_t)id >= t->n_ids) LERR("token id %d out of range", id);
+  /* Token texts are matched and decoded as UTF-8 (HF's JSON reader refuses anything else). */
+  size_t bad = utf8_check((const unsigned char *)s, n);
+  if (bad != n) LERR("token %d: its text is not valid UTF-8 (byte %zu)", id, bad);
   char *p = arena_dup(&t->arena, s, n);
   if (!p) LERR("out of memory");
   t->id_str[id] = p;
@@ -533,10 +539,21 @@ static int load_model(loadctx *L, const cJSON *model, const cJSON *added) {
       LERR("model.vocab[\"%s\"] is not a valid token id", e->string);
     if (e->valueint > maxid) maxid = e->valueint;
   }
+  /* Ids index dense tables, so they are bounded by the number of tokens plus a margin for unused ids
+   * (real files leave none or a few): a stray 2^31 - 1 must be an error, not a multi-GiB calloc. */
+  size_t n_add = cJSON_IsArray(added) ? (size_t)cJSON_GetArraySize(added) : 0;
+  double id_limit = (double)nv + (double)n_add + TOK_ID_MARGIN;
+  if (maxid >= id_limit)
+    LERR("model.vocab has token id %lld but only %zu entries (ids must stay below %.0f)", (long long)maxid, nv, id_limit);
+  size_t i = 0;
   if (cJSON_IsArray(added))
-    for (const cJSON *a = added->child; a; a = a->next) {
+    for (const cJSON *a = added->child; a; a = a->next, i++) {
       const cJSON *id = cJSON_GetObjectItemCaseSensitive(a, "id");
-      if (cJSON_IsNumber(id) && id->valueint > maxid) maxid = id->valueint;
+      if (!cJSON_IsNumber(id)) continue;          /* load_added names it */
+      if (id->valuedouble < 0 || id->valuedouble >= id_limit || id->valuedouble != floor(id->valuedouble))
+        LERR("added_tokens[%zu].id %.17g is not a token id below %.0f (the vocabulary has %zu entries, "
+             "%zu added tokens)", i, id->valuedouble, id_limit, nv, n_add);
+      if (id->valueint > maxid) maxid = id->valueint;
     }
   t->n_ids = (size_t)(maxid + 1);
   t->id_str = calloc(t->n_ids ? t->n_ids : 1, sizeof *t->id_str);
@@ -1630,7 +1647,8 @@ static int encode_plain(encstate *st, const char *text, size_t n) {
     }
     size_t before = st->out->n;
     if (bpe_word(t, w, wl, st->out)) return -1;
-    if (wl <= CACHE_MAX_WORD) cache_put(t, w, wl, st->out->v + before, st->out->n - before);
+    /* a word of bytes outside the vocabulary (and no unk) gives no ids: out->v may still be NULL */
+    if (wl <= CACHE_MAX_WORD) cache_put(t, w, wl, st->out->v ? st->out->v + before : NULL, st->out->n - before);
   }
   return 0;
 }
