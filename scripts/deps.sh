@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(build-essential pkg-config libsqlite3-dev sqlite3 libcjson-dev libcurl4-openssl-dev libopenblas-dev
+pkgs=(build-essential pkg-config libsqlite3-dev sqlite3 libcjson-dev libcurl4-openssl-dev libssl-dev libopenblas-dev
       libpcre2-dev libicu-dev zlib1g-dev curl python3 python3-torch python3-numpy python3-jinja2)
 missing=()
 for p in "${pkgs[@]}"; do

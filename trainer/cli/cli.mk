@@ -11,17 +11,17 @@ PC_CLI_OBJS := $(BUILD)/trainer/cli/main.o $(BUILD)/trainer/cli/cmd_score.o $(BU
 # run.json records how the trainer was built
 $(BUILD)/trainer/cli/cmd_train.o: PC_CFLAGS += -DPC_BUILD_FLAGS='"$(OPT) $(SAN)"'
 
-$(BUILD)/prefcap-dpo: $(PC_CLI_OBJS) $(TRAINER_OBJS) $(BUILD)/sdk/sha256.o
+$(BUILD)/prefcap-dpo: $(PC_CLI_OBJS) $(TRAINER_OBJS)
 	@mkdir -p $(dir $@)
-	$(CC) $(PC_CLI_OBJS) $(TRAINER_OBJS) $(BUILD)/sdk/sha256.o -o $@ $(LDFLAGS_ALL) $(TRAINER_LIBS) -fopenmp
+	$(CC) $(PC_CLI_OBJS) $(TRAINER_OBJS) -o $@ $(LDFLAGS_ALL) $(TRAINER_LIBS) -fopenmp
 
 $(BUILD)/tests/tok_cli: tests/tokenizer/tok_cli_main.c $(BUILD)/trainer/cli/cmd_tokenize.o $(PC_TOK_OBJS)
 	@mkdir -p $(@D)
-	$(CC) $(PC_CFLAGS) $< $(BUILD)/trainer/cli/cmd_tokenize.o $(PC_TOK_OBJS) -o $@ $(LDFLAGS_ALL) $(PC_TOK_LIBS)
+	$(CC) $(PC_CFLAGS) $< $(BUILD)/trainer/cli/cmd_tokenize.o $(PC_TOK_OBJS) $(PC_UTIL_OBJS) -o $@ $(LDFLAGS_ALL) $(PC_TOK_LIBS) $(PC_UTIL_LIBS)
 
 $(BUILD)/bench/tokenizer_bench: bench/tokenizer_bench.c $(PC_TOK_OBJS)
 	@mkdir -p $(@D)
-	$(CC) $(PC_CFLAGS) $< $(PC_TOK_OBJS) -o $@ $(LDFLAGS_ALL) $(PC_TOK_LIBS)
+	$(CC) $(PC_CFLAGS) $< $(PC_TOK_OBJS) $(PC_UTIL_OBJS) -o $@ $(LDFLAGS_ALL) $(PC_TOK_LIBS) $(PC_UTIL_LIBS)
 
 ALL_TARGETS += $(BUILD)/prefcap-dpo
 TEST_BINS   += $(BUILD)/prefcap-dpo $(BUILD)/tests/tok_cli

@@ -21,15 +21,14 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../sdk/sha256.h"
 #include "backend/backend.h"
 #include "cli/cli.h"
 #include "text/data.h"
 #include "model/model.h"
+#include "model/safetensors.h"
 #include "util/progress.h"
 #include "train/report.h"
 #include "text/tokenizer.h"
-#include "model/train_model.h"
 #include "util/util.h"
 
 #define PROG "prefcap-dpo train"
@@ -265,24 +264,6 @@ static void iso_now(char *b, size_t n) {
   strftime(b, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
-/* SHA-256 of a file as hex; 0, or -1 when it cannot be read. */
-static int sha256_file(const char *path, char hex[65]) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return -1;
-  prefcap__sha256_ctx c;
-  prefcap__sha256_init(&c);
-  static unsigned char buf[1 << 20];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, f)) > 0) prefcap__sha256_update(&c, buf, n);
-  int bad = ferror(f);
-  fclose(f);
-  if (bad) return -1;
-  uint8_t d[32];
-  prefcap__sha256_final(&c, d);
-  for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", d[i]);
-  return 0;
-}
-
 static cJSON *read_json(const char *path, char *err, size_t errlen) {
   FILE *f = fopen(path, "rb");
   if (!f) { snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno)); return NULL; }
@@ -418,7 +399,7 @@ typedef struct {
   size_t ntrain, neval;
   double *ref;               /* (2 ntrain) then (2 neval): reference sums (chosen, rejected) */
   pc_backend *be;
-  pc_tmodel *m;
+  pc_model *m;
   float **adam_m, **adam_v;  /* per parameter, NULL when frozen */
   int total_steps, start_step;
   cJSON *manifest;
@@ -513,7 +494,7 @@ done:
  * no adapter. Computed once, before training (TRL's precompute_ref_log_probs). */
 static int compute_ref(run *R, const pc_pair **pairs, size_t n, double *out) {
   pc_model *base = NULL;
-  if (pc_model_load(R->o.model, NULL, R->be, &base, R->err, sizeof R->err) != 0) {
+  if (pc_model_load(R->o.model, NULL, R->be, &base, R->err, sizeof R->err) != 0) {  // frozen, no adapter
     fprintf(stderr, PROG ": %s\n", R->err);
     return -1;
   }
@@ -526,7 +507,7 @@ static int compute_ref(run *R, const pc_pair **pairs, size_t n, double *out) {
       pair_seqs(pairs[b + (size_t)i], &R->seqs[2 * i]);
       tokens += pairs[b + (size_t)i]->chosen.n + pairs[b + (size_t)i]->rejected.n;
     }
-    if (pc_model_logps(base, R->seqs, 2 * nb, out + 2 * b, R->cnts, NULL, R->err, sizeof R->err) != 0) {
+    if (pc_model_forward(base, R->seqs, 2 * nb, 0, out + 2 * b, R->cnts, NULL, R->err, sizeof R->err) != 0) {
       pc_progress_break(pg);
       int ev = pairs + b >= R->eval && R->o.eval_data[0];  // pairs of --eval-data come after the training ones
       fprintf(stderr, PROG ": %s:%d: %s\n", ev ? R->o.eval_data : R->o.data, pairs[b]->line, R->err);
@@ -551,7 +532,7 @@ static int run_batch(run *R, const pc_pair **pairs, const double *ref, int nb, i
     pair_seqs(pairs[i], &R->seqs[2 * i]);
     *tokens += pairs[i]->chosen.n + pairs[i]->rejected.n;
   }
-  if (pc_tmodel_forward(R->m, R->seqs, 2 * nb, R->sums, R->cnts, R->err, sizeof R->err) != 0) return -1;
+  if (pc_model_forward(R->m, R->seqs, 2 * nb, backward, R->sums, R->cnts, NULL, R->err, sizeof R->err) != 0) return -1;
   for (int i = 0; i < nb; i++) {
     pair_out p = pair_loss(R->lk, &R->o, R->sums[2 * i], R->sums[2 * i + 1], ref ? ref[2 * i] : 0,
                            ref ? ref[2 * i + 1] : 0, R->cnts[2 * i], R->cnts[2 * i + 1]);
@@ -559,7 +540,7 @@ static int run_batch(run *R, const pc_pair **pairs, const double *ref, int nb, i
     R->dsum[2 * i] = (float)(p.dpc * scale);
     R->dsum[2 * i + 1] = (float)(p.dpr * scale);
   }
-  if (backward && pc_tmodel_backward(R->m, R->dsum, R->err, sizeof R->err) != 0) return -1;
+  if (backward && pc_model_backward(R->m, R->dsum, R->err, sizeof R->err) != 0) return -1;
   return 0;
 }
 
@@ -615,14 +596,14 @@ static size_t train_index(run *R, order *od, size_t i) {
 // ---- checkpoints --------------------------------------------------------------------------------
 
 static int write_tensors(run *R, const char *path, int what /* 0 params, 1 exp_avg, 2 exp_avg_sq, 3 grads */) {
-  int np = pc_tmodel_nparams(R->m), n = 0, rc = -1;
+  int np = pc_model_nparams(R->m), n = 0, rc = -1;
   pc_st_write_tensor *ts = calloc((size_t)np, sizeof *ts);
   float **hosts = calloc((size_t)np, sizeof *hosts);
   char (*names)[220] = calloc((size_t)np, sizeof *names);
   if (!ts || !hosts || !names) goto done;
   static const char *pre[] = {"", "exp_avg.", "exp_avg_sq.", ""};
   for (int i = 0; i < np; i++) {
-    pc_param *p = pc_tmodel_param(R->m, i);
+    pc_param *p = pc_model_param(R->m, i);
     if (!p->g) continue;
     const float *src = what == 0 ? p->w : what == 1 ? R->adam_m[i] : what == 2 ? R->adam_v[i] : p->g;
     hosts[n] = malloc(sizeof(float) * (p->n ? p->n : 1));
@@ -655,7 +636,7 @@ static int save_checkpoint(run *R, int step) {
   if (write_tensors(R, path, 1) != 0) goto fail;
   snprintf(path, sizeof path, "%s/optimizer_sq.safetensors", tmp);
   if (write_tensors(R, path, 2) != 0) goto fail;
-  if (R->lora && pc_tmodel_save_adapter(R->m, tmp, R->o.model, R->err, sizeof R->err) != 0) goto fail;
+  if (R->lora && pc_model_save_adapter(R->m, tmp, R->o.model, R->err, sizeof R->err) != 0) goto fail;
   cJSON *st = cJSON_CreateObject();
   cJSON_AddNumberToObject(st, "step", step);
   cJSON_AddNumberToObject(st, "total_steps", R->total_steps);
@@ -693,14 +674,14 @@ static int load_checkpoint(run *R, int step) {
   char path[4400];
   int loaded;
   snprintf(path, sizeof path, "%s/checkpoint-%d/trainable.safetensors", R->o.out, step);
-  if (pc_tmodel_load_params(R->m, path, &loaded, R->err, sizeof R->err) != 0) goto fail;
+  if (pc_model_load_params(R->m, path, &loaded, R->err, sizeof R->err) != 0) goto fail;
   for (int which = 1; which <= 2; which++) {
     snprintf(path, sizeof path, "%s/checkpoint-%d/%s", R->o.out, step,
              which == 1 ? "optimizer.safetensors" : "optimizer_sq.safetensors");
     pc_ckpt *ck = NULL;
     if (pc_ckpt_open_file(path, &ck, R->err, sizeof R->err) != 0) goto fail;
-    for (int i = 0; i < pc_tmodel_nparams(R->m); i++) {
-      pc_param *p = pc_tmodel_param(R->m, i);
+    for (int i = 0; i < pc_model_nparams(R->m); i++) {
+      pc_param *p = pc_model_param(R->m, i);
       if (!p->g) continue;
       char name[240];
       snprintf(name, sizeof name, "%s%s", which == 1 ? "exp_avg." : "exp_avg_sq.", p->name);
@@ -747,7 +728,7 @@ static cJSON *file_entry(const char *path) {
   cJSON *j = cJSON_CreateObject();
   char hex[65];
   cJSON_AddStringToObject(j, "path", path);
-  if (sha256_file(path, hex) == 0) cJSON_AddStringToObject(j, "sha256", hex);
+  if (pc_sha256_file(path, hex) == 0) cJSON_AddStringToObject(j, "sha256", hex);
   else cJSON_AddNullToObject(j, "sha256");
   return j;
 }
@@ -802,7 +783,7 @@ static int verify_inputs(const cJSON *man, const char *mpath) {
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(e, "path"), *h = cJSON_GetObjectItemCaseSensitive(e, "sha256");
     if (!cJSON_IsString(p) || !cJSON_IsString(h)) continue;
     char hex[65];
-    if (sha256_file(p->valuestring, hex) != 0) {
+    if (pc_sha256_file(p->valuestring, hex) != 0) {
       fprintf(stderr, PROG ": %s names %s, which cannot be read: %s\n", mpath, p->valuestring, strerror(errno));
       return -1;
     }
@@ -817,7 +798,7 @@ static int verify_inputs(const cJSON *man, const char *mpath) {
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(e, "path"), *h = cJSON_GetObjectItemCaseSensitive(e, "sha256");
     char hex[65];
     if (!cJSON_IsString(p) || !cJSON_IsString(h)) continue;
-    if (sha256_file(p->valuestring, hex) != 0 || strcmp(hex, h->valuestring)) {
+    if (pc_sha256_file(p->valuestring, hex) != 0 || strcmp(hex, h->valuestring)) {
       fprintf(stderr, PROG ": model weights %s are missing or changed since the run in %s\n", p->valuestring, mpath);
       return -1;
     }
@@ -924,18 +905,19 @@ static int train_main(run *R, const char *cmdline, int resume) {
       return 1;
     }
   }
-  pc_tmodel_opts mo = {R->lora ? o->lora_r : 0, o->lora_alpha, o->lora_targets[0] ? o->lora_targets : NULL,
-                       o->init_adapter[0] ? o->init_adapter : NULL, (uint64_t)o->seed};
-  if (pc_tmodel_load(o->model, &mo, R->be, &R->m, R->err, sizeof R->err) != 0) {
+  pc_model_opts mo = {.trainable = 1, .lora_r = R->lora ? o->lora_r : 0, .lora_alpha = o->lora_alpha,
+                      .lora_targets = o->lora_targets[0] ? o->lora_targets : NULL,
+                      .init_adapter = o->init_adapter[0] ? o->init_adapter : NULL, .seed = (uint64_t)o->seed};
+  if (pc_model_load(o->model, &mo, R->be, &R->m, R->err, sizeof R->err) != 0) {
     fprintf(stderr, PROG ": %s\n", R->err);
     return 1;
   }
-  int np = pc_tmodel_nparams(R->m);
+  int np = pc_model_nparams(R->m);
   R->adam_m = calloc((size_t)np, sizeof *R->adam_m);
   R->adam_v = calloc((size_t)np, sizeof *R->adam_v);
   if (!R->adam_m || !R->adam_v) { fprintf(stderr, PROG ": out of memory\n"); return 1; }
   for (int i = 0; i < np; i++) {
-    pc_param *p = pc_tmodel_param(R->m, i);
+    pc_param *p = pc_model_param(R->m, i);
     if (!p->g) continue;
     R->adam_m[i] = R->be->ops->alloc(R->be, sizeof(float) * p->n);
     R->adam_v[i] = R->be->ops->alloc(R->be, sizeof(float) * p->n);
@@ -943,7 +925,7 @@ static int train_main(run *R, const char *cmdline, int resume) {
     R->be->ops->zero(R->be, R->adam_m[i], sizeof(float) * p->n);
     R->be->ops->zero(R->be, R->adam_v[i], sizeof(float) * p->n);
   }
-  size_t total_params, trainable = pc_tmodel_trainable(R->m, &total_params);
+  size_t total_params, trainable = pc_model_trainable(R->m, &total_params);
 
   // ---- the manifest and the metrics file
   snprintf(path, sizeof path, "%s/metrics.jsonl", o->out);
@@ -980,7 +962,7 @@ static int train_main(run *R, const char *cmdline, int resume) {
     cJSON_AddNumberToObject(R->manifest, "total_steps", R->total_steps);
     cJSON_AddNumberToObject(R->manifest, "trainable_params", (double)trainable);
     cJSON_AddNumberToObject(R->manifest, "total_params", (double)total_params);
-    cJSON_AddStringToObject(R->manifest, "lora_targets", R->lora ? pc_tmodel_lora_targets(R->m) : "");
+    cJSON_AddStringToObject(R->manifest, "lora_targets", R->lora ? pc_model_lora_targets(R->m) : "");
     snprintf(path, sizeof path, "%s/metrics.jsonl", o->out);
     remove(path);
   }
@@ -1011,7 +993,7 @@ static int train_main(run *R, const char *cmdline, int resume) {
   for (; step < R->total_steps; step++) {
     double t0 = pc_now_s(), tokens = 0;
     stats st = {0};
-    pc_tmodel_zero_grad(R->m);
+    pc_model_zero_grad(R->m);
     for (int k = 0; k < P; k++) idx[k] = train_index(R, &od, (size_t)step * P + k);
     for (int j = 0; j < o->grad_accum; j++) {
       for (int b = 0; b < B; b++) {
@@ -1029,8 +1011,10 @@ static int train_main(run *R, const char *cmdline, int resume) {
     // ---- the optimizer step: norm, NaN check, clipping, AdamW
     double ss = 0;
     for (int i = 0; i < np; i++) {
-      pc_param *p = pc_tmodel_param(R->m, i);
-      if (p->g) ss += R->be->ops->sumsq(R->be, p->g, p->n);
+      pc_param *p = pc_model_param(R->m, i);
+      double x = 0;
+      if (p->g && R->be->ops->sumsq(R->be, p->g, p->n, &x) != 0) { fprintf(stderr, "sumsq failed\n"); goto fail; }
+      ss += x;
     }
     double norm = sqrt(ss), mean_loss = st.loss / (double)st.n;
     if (!isfinite(mean_loss) || !isfinite(norm)) {
@@ -1050,7 +1034,7 @@ static int train_main(run *R, const char *cmdline, int resume) {
       double coef = o->max_grad_norm / (norm + 1e-6);  // torch.nn.utils.clip_grad_norm_
       if (coef < 1)
         for (int i = 0; i < np; i++) {
-          pc_param *p = pc_tmodel_param(R->m, i);
+          pc_param *p = pc_model_param(R->m, i);
           if (p->g) R->be->ops->scale(R->be, p->g, p->n, (float)coef);
         }
     }
@@ -1059,7 +1043,7 @@ static int train_main(run *R, const char *cmdline, int resume) {
     double b1 = 0.9, b2 = 0.999;
     float step_size = (float)(lr / (1 - pow(b1, t))), bc2 = (float)sqrt(1 - pow(b2, t));
     for (int i = 0; i < np; i++) {
-      pc_param *p = pc_tmodel_param(R->m, i);
+      pc_param *p = pc_model_param(R->m, i);
       if (!p->g) continue;
       R->be->ops->adamw(R->be, p->w, p->g, R->adam_m[i], R->adam_v[i], p->n, (float)lr,
                         p->decay ? (float)o->weight_decay : 0.0f, (float)b1, (float)b2, 1e-8f, step_size, bc2);
@@ -1107,20 +1091,20 @@ static int train_main(run *R, const char *cmdline, int resume) {
 
   // ---- outputs
   if (R->lora) {
-    if (pc_tmodel_save_adapter(R->m, o->out, o->model, R->err, sizeof R->err) != 0) {
+    if (pc_model_save_adapter(R->m, o->out, o->model, R->err, sizeof R->err) != 0) {
       fprintf(stderr, PROG ": %s\n", R->err);
       goto fail;
     }
     if (o->merge) {
       snprintf(path, sizeof path, "%s/merged", o->out);
       if (pc_mkdir_p(path) != 0 ||
-          pc_tmodel_save_model(R->m, path, pc_tmodel_dtype(R->m), 1, R->err, sizeof R->err) != 0 ||
+          pc_model_save(R->m, path, pc_model_dtype(R->m), 1, R->err, sizeof R->err) != 0 ||
           copy_tokenizer_files(o->model, path) != 0) {
         fprintf(stderr, PROG ": %s: %s\n", path, R->err[0] ? R->err : strerror(errno));
         goto fail;
       }
     }
-  } else if (pc_tmodel_save_model(R->m, o->out, pc_tmodel_dtype(R->m), 0, R->err, sizeof R->err) != 0 ||
+  } else if (pc_model_save(R->m, o->out, pc_model_dtype(R->m), 0, R->err, sizeof R->err) != 0 ||
              copy_tokenizer_files(o->model, o->out) != 0) {
     fprintf(stderr, PROG ": %s\n", R->err);
     goto fail;
@@ -1156,13 +1140,13 @@ fail:
 static void run_free(run *R) {
   if (R->metrics) fclose(R->metrics);
   if (R->adam_m)
-    for (int i = 0; i < pc_tmodel_nparams(R->m); i++) {
+    for (int i = 0; i < pc_model_nparams(R->m); i++) {
       if (R->adam_m[i]) R->be->ops->free(R->be, R->adam_m[i]);
       if (R->adam_v[i]) R->be->ops->free(R->be, R->adam_v[i]);
     }
   free(R->adam_m);
   free(R->adam_v);
-  pc_tmodel_free(R->m);
+  pc_model_free(R->m);
   if (R->be) R->be->ops->destroy(R->be);
   free(R->train);
   free(R->ref);

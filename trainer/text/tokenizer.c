@@ -17,6 +17,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "text/tokenizer.h"
 #include "util/err.h"
+#include "util/util.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -782,26 +783,17 @@ static int load_decoder(loadctx *L, const cJSON *d, const char *where) {
   LERR("%s: decoder type \"%s\" is not supported (supported: ByteLevel, Sequence)", where, type);
 }
 
-static char *read_file(const char *path, size_t *n, char *err, size_t errlen) {
-  FILE *f = fopen(path, "rb");
-  if (!f) { pc_seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno)); return NULL; }
-  bbuf b = {0};
-  char chunk[1 << 16];
-  size_t r;
-  while ((r = fread(chunk, 1, sizeof chunk, f)) > 0)
-    if (bbuf_add(&b, chunk, r)) { fclose(f); free(b.p); pc_seterr(err, errlen, "%s: out of memory", path); return NULL; }
-  int bad = ferror(f);
-  fclose(f);
-  if (bad) { free(b.p); pc_seterr(err, errlen, "%s: read error", path); return NULL; }
-  if (bbuf_add(&b, "", 1)) { free(b.p); pc_seterr(err, errlen, "%s: out of memory", path); return NULL; }
-  *n = b.n - 1;
-  return b.p;
+/* The file's text, or NULL with err set (naming the file). */
+static char *read_text(const char *path, size_t *n, char *err, size_t errlen) {
+  char *t = pc_read_file(path, n);
+  if (!t) pc_seterr(err, errlen, "%s: %s", path, errno == ENOMEM ? "out of memory" : errno == EIO ? "read error" : strerror(errno));
+  return t;
 }
 
 pc_tokenizer *pc_tok_load(const char *path, char *err, size_t errlen) {
   pthread_once(&g_bl_once, bl_init);
   size_t n;
-  char *text = read_file(path, &n, err, errlen);
+  char *text = read_text(path, &n, err, errlen);
   if (!text) return NULL;
   cJSON *root = cJSON_ParseWithLength(text, n);
   if (!root) {

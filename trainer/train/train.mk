@@ -3,14 +3,14 @@
 #
 #   build/tests/report_driver    calls pc_report_write and pc_progress_* for tests/train/test_report.py
 
-PC_TRAIN_OBJS := $(BUILD)/trainer/train/report.o
+PC_TRAIN_OBJS := $(BUILD)/trainer/train/report.o $(BUILD)/trainer/train/reference.o
 TRAINER_OBJS  += $(PC_TRAIN_OBJS)
 TRAINER_LIBS  += -lcjson -lm
 -include $(PC_TRAIN_OBJS:.o=.d)
 
-$(BUILD)/tests/report_driver: tests/train/report_driver.c $(PC_TRAIN_OBJS) $(PC_UTIL_OBJS)
+$(BUILD)/tests/report_driver: tests/train/report_driver.c $(BUILD)/trainer/train/report.o $(PC_UTIL_OBJS)
 	@mkdir -p $(dir $@)
-	$(CC) $(PC_CFLAGS) -o $@ $< $(PC_TRAIN_OBJS) $(PC_UTIL_OBJS) $(LDFLAGS_ALL) -lcjson -lm
+	$(CC) $(PC_CFLAGS) -o $@ $< $(BUILD)/trainer/train/report.o $(PC_UTIL_OBJS) $(LDFLAGS_ALL) -lcjson $(PC_UTIL_LIBS)
 
 TEST_BINS += $(BUILD)/tests/report_driver
 TESTS     += tests/train/test_report.py tests/train/test_train.py
