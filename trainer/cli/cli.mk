@@ -8,8 +8,6 @@ PC_CLI_OBJS := $(BUILD)/trainer/cli/main.o $(BUILD)/trainer/cli/cmd_score.o $(BU
                $(BUILD)/trainer/cli/cmd_train.o $(BUILD)/trainer/cli/cmd_tokenize.o
 -include $(PC_CLI_OBJS:.o=.d)
 
-# run.json records how the trainer was built
-$(BUILD)/trainer/cli/cmd_train.o: PC_CFLAGS += -DPC_BUILD_FLAGS='"$(OPT) $(SAN)"'
 
 $(BUILD)/prefcap-dpo: $(PC_CLI_OBJS) $(TRAINER_OBJS)
 	@mkdir -p $(dir $@)
