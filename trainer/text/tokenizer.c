@@ -786,7 +786,9 @@ static int load_decoder(loadctx *L, const cJSON *d, const char *where) {
 /* The file's text, or NULL with err set (naming the file). */
 static char *read_text(const char *path, size_t *n, char *err, size_t errlen) {
   char *t = pc_read_file(path, n);
-  if (!t) pc_seterr(err, errlen, "%s: %s", path, errno == ENOMEM ? "out of memory" : errno == EIO ? "read error" : strerror(errno));
+  if (!t && errno == ENOMEM) pc_seterr(err, errlen, "%s: out of memory", path);
+  else if (!t && errno == EIO) pc_seterr(err, errlen, "%s: read error", path);
+  else if (!t) pc_seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno));
   return t;
 }
 
