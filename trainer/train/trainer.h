@@ -18,7 +18,7 @@
 #define PC_TRAINER_H
 #include <cjson/cJSON.h>
 
-/* The options of a run (cli/cmd_train.c's table names, documents and parses them). */
+/* The options of a run (train/options.c's table names, documents and parses them). */
 typedef struct {
   char model[4096], data[4096], out[4096], eval_data[4096], ref_logps[4096], init_adapter[4096];
   char loss[16], lora_targets[512], scheduler[16], truncation[16], chat_template[16], device[16];
