@@ -84,8 +84,8 @@ static int parse_args(int argc, char **argv, pc_train_opts *o, const char **resu
     }
     const pc_train_optdef *d = strncmp(a, "--", 2) == 0 ? pc_train_opts_find(a + 2) : NULL;
     if (!d) { fprintf(stderr, PROG ": unknown option '%s' (see --help)\n", a); return 2; }
-    if (d->t != O_FLAG && i + 1 >= argc) { fprintf(stderr, PROG ": --%s needs a value\n", d->name); return 2; }
-    if (pc_train_opts_set(o, d, d->t == O_FLAG ? "1" : argv[++i]) != 0) return 2;
+    if (d->t != PC_OPT_FLAG && i + 1 >= argc) { fprintf(stderr, PROG ": --%s needs a value\n", d->name); return 2; }
+    if (pc_train_opts_set(o, d, d->t == PC_OPT_FLAG ? "1" : argv[++i]) != 0) return 2;
     *threads_given |= !strcmp(d->name, "threads");
   }
   return -1;

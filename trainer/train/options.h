@@ -10,7 +10,7 @@
 
 #include "train/trainer.h"
 
-typedef enum { O_STR, O_INT, O_DBL, O_FLAG, O_LL } pc_opt_type;
+typedef enum { PC_OPT_STR, PC_OPT_INT, PC_OPT_DBL, PC_OPT_FLAG, PC_OPT_LL } pc_opt_type;
 typedef struct {
   const char *name;
   pc_opt_type t;
