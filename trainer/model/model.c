@@ -107,7 +107,7 @@ size_t pc_model_trainable(const pc_model *m, size_t *total) {
 
 /* A failed backend op: the backend's own message (which names the op) into err. */
 static int backend_failed(pc_model *m, const char *what, char *err, size_t errlen) {
-  const char *e = m->be->ops->error ? m->be->ops->error(m->be) : NULL;
+  const char *e = m->be->ops->error(m->be);
   pc_seterr(err, errlen, "backend %s: %s: %s", m->be->ops->name, what, e ? e : "failed");
   return -1;
 }
@@ -905,8 +905,7 @@ int pc_model_backward(pc_model *m, const float *dsum, char *err, size_t errlen) 
   }
   op->embedding_backward(be, G(m, m->g[PC_G_WTE]), c->learned_pos ? G(m, m->g[PC_G_WPE]) : NULL, m->dres, m->ids, &bt,
                          (int)N, C);
-  const char *e = op->error ? op->error(be) : NULL;
-  if (e) return backend_failed(m, "backward", err, errlen);
+  if (op->error(be)) return backend_failed(m, "backward", err, errlen);
   return 0;
 }
 

@@ -114,7 +114,8 @@ static int load_state(const char *path, const char *prefix, float **state, pc_mo
       if (!err[0] || !t) pc_seterr(err, errlen, "%s: missing or wrong tensor '%s'", path, name);
       rc = -1;
     } else if (be->ops->upload(be, state[i], h, sizeof(float) * p->n) != 0) {
-      pc_seterr(err, errlen, "backend %s: upload of '%s': %s", be->ops->name, name, be->ops->error(be));
+      const char *e = be->ops->error(be);
+      pc_seterr(err, errlen, "backend %s: upload of '%s': %s", be->ops->name, name, e ? e : "failed");
       rc = -1;
     }
     free(h);
