@@ -5,7 +5,7 @@ Model: GPT-2-small-shaped (124M parameters: vocab 50257, 12 layers, hidden 768, 
 positions), random F32 weights in Hugging Face layout. Data: the same N_PAIRS pairs of random token
 ids (prompt 32-128 tokens, each completion 32-160) for both sides, scored BATCH pairs at a time.
 
-C side: build/tests/model_logps --time (the library's pc_model_logps on a packed batch: no padding,
+C side: build/tests/model_logps --time (the library's pc_model_forward on a packed batch: no padding,
 the LM head + log-softmax fused and chunked, only on completion positions); the first batch is run
 once untimed, as PyTorch gets a warm-up batch too. Two C runs: packed only, and packed with each
 pair's prompt computed once for both answers (--share, what `prefcap-dpo score` does); the ratio uses

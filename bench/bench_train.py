@@ -51,7 +51,9 @@ threads, n = 1024/2048/4096, best of 5), measured in the same run.
 
 Environment: THREADS (2), STEPS (3), MODELS (gpt2; gpt2,qwen for both: see Memory), BUILD (build), KEEP (a directory to keep
 the models, data and outputs in; default a temporary one), LAYERS (override the layer count: for a
-quick check of the script, not for results).
+quick check of the script, not for results), BASELINE (another prefcap-dpo binary, e.g. an older
+commit's build: timed on the same model and data in the same run, after ours and before PyTorch, so
+that a change's speed is compared by ratios measured together on a shared machine).
 Prints a table and one ratio per model (PyTorch s/step / ours s/step; target >= 1.5).
 """
 import json
@@ -74,6 +76,7 @@ THREADS = int(os.environ.get("THREADS", "2"))
 STEPS = int(os.environ.get("STEPS", "3"))
 MODELS = [m for m in os.environ.get("MODELS", "gpt2").split(",") if m]
 BUILD = os.environ.get("BUILD", "build")
+BASELINE = os.environ.get("BASELINE")
 DPO = os.path.join(ROOT, BUILD, "prefcap-dpo")
 SGEMM = os.path.join(ROOT, BUILD, "bench/sgemm_peak")
 NM = os.path.join(ROOT, "tests/fixtures/node/node_modules")
@@ -212,10 +215,10 @@ def step_flops(name, seqs):
 
 # ---- our side ------------------------------------------------------------------------------------
 
-def run_ours(name, d, data, ref, out, work):
+def run_ours(name, d, data, ref, out, work, exe=None):
     spec = SPECS[name]
     dump = os.path.join(work, "tokens.jsonl")
-    argv = [DPO, "train", "--model", d, "--data", data, "--out", out, "--ref-logps", ref,
+    argv = [exe or DPO, "train", "--model", d, "--data", data, "--out", out, "--ref-logps", ref,
             "--lora-r", str(spec["lora_r"]), "--max-length", str(MAX_LEN), "--batch-size", str(N_PAIRS),
             "--no-shuffle", "--max-steps", str(STEPS), "--threads", str(THREADS), "--dump-tokens", dump]
     rc, rss, wall = run_measured(argv, os.path.join(work, "ours.log"))
@@ -469,6 +472,12 @@ def bench_model(name, root, peak):
     print(f"[{name}] ours: steps {', '.join(f'{s:.2f}' for s in ours['step_s'])} s; loss "
           f"{', '.join(f'{x:.5f}' for x in ours['loss'])}; maxrss {ours['rss']:.0f} MiB; process {ours['wall']:.0f}s",
           flush=True)
+    base = None
+    if BASELINE:
+        shutil.rmtree(out + "_baseline", ignore_errors=True)
+        base = run_ours(name, d, data, ref, out + "_baseline", work, exe=BASELINE)
+        print(f"[{name}] baseline ({BASELINE}): steps {', '.join(f'{s:.2f}' for s in base['step_s'])} s; loss "
+              f"{', '.join(f'{x:.5f}' for x in base['loss'])}; maxrss {base['rss']:.0f} MiB", flush=True)
     th = run_torch(name, d, ours, ref, work)
     if th is None:
         nan = float("nan")
@@ -484,7 +493,8 @@ def bench_model(name, root, peak):
     return dict(name=name, label=SPECS[name]["label"], tokens=tokens, flops=flops, worst=worst, ckpt=th["ckpt"],
                 ours=best_after_warmup(ours["step_s"]), torch=best_after_warmup(th["step_s"]),
                 torch_adj=best_after_warmup(th["adj_s"]),
-                ours_rss=ours["rss"], torch_rss=th["rss"], peak=peak)
+                ours_rss=ours["rss"], torch_rss=th["rss"], peak=peak,
+                base=best_after_warmup(base["step_s"]) if base else None)
 
 
 def main():
@@ -531,6 +541,9 @@ def main():
                   f"{r['torch_adj'] / r['ours']:.2f}x, {100 * r['flops'] / r['torch_adj'] / r['peak']:.1f}% of peak)")
         print(f"ratio {r['name']} = PyTorch / ours = {r['torch'] / r['ours']:.2f}x (target >= 1.5x); step-1 logps "
               f"vs reference: worst relative difference {r['worst']:.1e}")
+        if r["base"]:
+            print(f"baseline {r['name']}: {r['base']:.2f} s/step, PyTorch / baseline = {r['torch'] / r['base']:.2f}x; "
+                  f"baseline / ours = {r['base'] / r['ours']:.3f}")
         if r["worst"] > 1e-3:
             print(f"bench_train: {r['name']}: step-1 log-probs disagree with the reference; the comparison is void",
                   file=sys.stderr)

@@ -6,7 +6,7 @@
 
 /* Reads the whole file at path into a malloc'd buffer with a NUL after the last byte (so text can be
  * used as a string; the data may hold NULs of its own: *len is its length). Returns the buffer, or NULL
- * with *err set to the errno of the failure (ENOENT, EISDIR for a directory, ENOMEM, EIO...). Free
- * with free(). */
+ * with errno, and *err, set to the errno of the failure (ENOENT, EISDIR for a directory, ENOMEM,
+ * EIO...). len and err may be NULL. Free with free(). */
 char *pc_read_file(const char *path, size_t *len, int *err);
 #endif

@@ -30,6 +30,8 @@ FUZZ_BINS  := $(FUZZ_NAMES:%=$(FUZZ_BUILD)/fuzz_%)
 FUZZ_SDK_A := $(FUZZ_BUILD)/libprefcap.a
 FZ = $(FUZZ_BUILD)/obj
 FUZZ_TOK   := $(FZ)/trainer/text/tokenizer.o
+# what every trainer parser links: read-whole-file (common/) and the trainer's helpers
+FUZZ_UTIL  := $(FZ)/trainer/util/util.o $(FZ)/common/readfile.o
 
 $(FZ)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -45,18 +47,18 @@ $(FUZZ_BUILD)/fuzz_event_json: $(FZ)/tests/fuzz/fuzz_event_json.o $(FUZZ_SDK_A)
 	$(FUZZ_LINK) $^ $(SDK_LIBS)
 $(FUZZ_BUILD)/fuzz_redact: $(FZ)/tests/fuzz/fuzz_redact.o $(FUZZ_SDK_A)
 	$(FUZZ_LINK) $^ $(SDK_LIBS)
-$(FUZZ_BUILD)/fuzz_safetensors: $(FZ)/tests/fuzz/fuzz_safetensors.o $(FZ)/trainer/model/safetensors.o
-	$(FUZZ_LINK) $^ -lcjson -lm
-$(FUZZ_BUILD)/fuzz_config: $(FZ)/tests/fuzz/fuzz_config.o $(FZ)/trainer/model/config.o
-	$(FUZZ_LINK) $^ -lcjson -lm
-$(FUZZ_BUILD)/fuzz_tok_load: $(FZ)/tests/fuzz/fuzz_tok_load.o $(FUZZ_TOK)
-	$(FUZZ_LINK) $^ $(PC_TOK_LIBS)
-$(FUZZ_BUILD)/fuzz_tok_encode: $(FZ)/tests/fuzz/fuzz_tok_encode.o $(FUZZ_TOK)
-	$(FUZZ_LINK) $^ $(PC_TOK_LIBS)
-$(FUZZ_BUILD)/fuzz_chat: $(FZ)/tests/fuzz/fuzz_chat.o $(FZ)/trainer/text/chat.o $(FZ)/trainer/text/jinja.o
-	$(FUZZ_LINK) $^ -lcjson -lm
-$(FUZZ_BUILD)/fuzz_data: $(FZ)/tests/fuzz/fuzz_data.o $(FZ)/trainer/text/data.o $(FZ)/trainer/text/chat.o $(FZ)/trainer/text/jinja.o $(FUZZ_TOK)
-	$(FUZZ_LINK) $^ $(PC_TOK_LIBS) -lm
+$(FUZZ_BUILD)/fuzz_safetensors: $(FZ)/tests/fuzz/fuzz_safetensors.o $(FZ)/trainer/model/safetensors.o $(FUZZ_UTIL)
+	$(FUZZ_LINK) $^ -lcjson -lm -lcrypto
+$(FUZZ_BUILD)/fuzz_config: $(FZ)/tests/fuzz/fuzz_config.o $(FZ)/trainer/model/config.o $(FUZZ_UTIL)
+	$(FUZZ_LINK) $^ -lcjson -lm -lcrypto
+$(FUZZ_BUILD)/fuzz_tok_load: $(FZ)/tests/fuzz/fuzz_tok_load.o $(FUZZ_TOK) $(FUZZ_UTIL)
+	$(FUZZ_LINK) $^ $(PC_TOK_LIBS) -lcrypto
+$(FUZZ_BUILD)/fuzz_tok_encode: $(FZ)/tests/fuzz/fuzz_tok_encode.o $(FUZZ_TOK) $(FUZZ_UTIL)
+	$(FUZZ_LINK) $^ $(PC_TOK_LIBS) -lcrypto
+$(FUZZ_BUILD)/fuzz_chat: $(FZ)/tests/fuzz/fuzz_chat.o $(FZ)/trainer/text/chat.o $(FZ)/trainer/text/jinja.o $(FUZZ_UTIL)
+	$(FUZZ_LINK) $^ -lcjson -lm -lcrypto
+$(FUZZ_BUILD)/fuzz_data: $(FZ)/tests/fuzz/fuzz_data.o $(FZ)/trainer/text/data.o $(FZ)/trainer/text/chat.o $(FZ)/trainer/text/jinja.o $(FUZZ_TOK) $(FUZZ_UTIL)
+	$(FUZZ_LINK) $^ $(PC_TOK_LIBS) -lm -lcrypto
 
 .PHONY: fuzz fuzz-build
 fuzz-build: $(FUZZ_BINS)

@@ -8,17 +8,16 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   const char *path = fuzz_file(0, data, size);
-  pc_st_file *f = NULL;
+  pc_ckpt *f = NULL;   /* a one-file checkpoint: pc_st_open's checks, and its tensors listed */
   char err[512] = "";
-  if (pc_st_open(path, &f, err, sizeof err) != 0) {
+  if (pc_ckpt_open_file(path, &f, err, sizeof err) != 0) {
     FUZZ_CHECK(f == NULL && err[0] != 0);
     return 0;
   }
-  (void)pc_st_metadata(f, "format");
   volatile unsigned char sink = 0;
-  for (int i = 0; i < pc_st_count(f); i++) {
-    const pc_st_tensor *t = pc_st_at(f, i);
-    FUZZ_CHECK(t && t->name && pc_st_find(f, t->name) != NULL);
+  for (int i = 0; i < pc_ckpt_count(f); i++) {
+    const pc_st_tensor *t = pc_ckpt_at(f, i);
+    FUZZ_CHECK(t && t->name && pc_ckpt_find(f, t->name) != NULL);
     FUZZ_CHECK(t->nbytes == (size_t)t->numel * pc_dtype_size(t->dtype));
     for (size_t k = 0; k < t->nbytes; k++) sink ^= ((const unsigned char *)t->data)[k];
     if ((t->dtype == PC_DT_F32 || t->dtype == PC_DT_F16 || t->dtype == PC_DT_BF16) && t->numel <= (1 << 20)) {
@@ -29,6 +28,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
   }
   (void)sink;
-  pc_st_close(f);
+  pc_ckpt_close(f);
   return 0;
 }

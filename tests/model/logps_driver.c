@@ -36,7 +36,8 @@ int main(int argc, char **argv) {
   pc_backend *be = pc_backend_new("cpu", threads, err, sizeof err);
   if (!be) { fprintf(stderr, "model_logps: %s\n", err); return 1; }
   pc_model *m;
-  if (pc_model_load(model, adapter, be, &m, err, sizeof err) != 0) {
+  pc_model_opts mo = {.merge_adapter = adapter};  // frozen, as `score` loads it
+  if (pc_model_load(model, &mo, be, &m, err, sizeof err) != 0) {
     fprintf(stderr, "model_logps: %s\n", err);
     be->ops->destroy(be);
     return 1;
@@ -79,7 +80,7 @@ int main(int argc, char **argv) {
   float *tok = malloc(sizeof(float) * (tot + 1));
   double *sum = malloc(sizeof(double) * (size_t)(n + 1));
   int *cnt = malloc(sizeof(int) * (size_t)(n + 1));
-  if (timed && n > 0 && pc_model_logps(m, seqs, n < batch ? n : batch, sum, cnt, tok, err, sizeof err) != 0) {
+  if (timed && n > 0 && pc_model_forward(m, seqs, n < batch ? n : batch, 0, sum, cnt, tok, err, sizeof err) != 0) {
     fprintf(stderr, "model_logps: %s\n", err);
     rc = 1;
   }
@@ -88,7 +89,7 @@ int main(int argc, char **argv) {
   for (int b = 0; b < n && !rc; b += batch) {
     int nb = n - b < batch ? n - b : batch;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    if (pc_model_logps(m, seqs + b, nb, sum + b, cnt + b, tok, err, sizeof err) != 0) {
+    if (pc_model_forward(m, seqs + b, nb, 0, sum + b, cnt + b, tok, err, sizeof err) != 0) {
       fprintf(stderr, "model_logps: %s\n", err);
       rc = 1;
       break;

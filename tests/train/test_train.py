@@ -2,7 +2,7 @@
 """tests/train/test_train.py: the acceptance test of `prefcap-dpo train` against a float64 PyTorch
 reference (tests/train/ref_dpo.py, written from docs/training.md and TRL/PEFT/torch semantics).
 
-Checks (each a PASS/FAIL line; sections can be picked on the command line: grads traj adapter accum
+Checks (each a PASS/FAIL line; sections can be picked on the command line: onemodel grads traj adapter accum
 resume bad):
   - dump_tokens (with grads): the tokenized pairs are TRL's (prompt tokens, then the tokens of
     prompt+completion+EOS after them), built here from `prefcap-dpo tokenize`.
@@ -21,6 +21,10 @@ resume bad):
   - accum: --batch-size 1 --grad-accum 4 equals --batch-size 4 --grad-accum 1.
   - resume: a run killed with SIGKILL after a checkpoint, then --resume, gives the uninterrupted run's
     metrics.jsonl bit for bit; so does --from-manifest OUT/run.json.
+  - onemodel: there is one model. `score` on the pairs and the reference log-probs inside `train`
+    (--dump-ref) are the same bytes (sums written with %.17g), and at step 1 the policy's log-probs
+    (metrics.jsonl) equal that reference exactly: rewards exactly 0, logps/chosen exactly the mean of
+    the reference's; on GPT-2 (full) and Qwen3 (LoRA, B = 0 at the start).
   - bad input: empty data file, prompts longer than --max-length (keep_start drops them), a NaN weight;
     and, with shuffling, a micro-batch across an epoch boundary keeps each pair's own reference.
 
@@ -563,6 +567,36 @@ def bad_input_checks(tmp, models, data):
     shuffled_reference_check(tmp, d, data)
 
 
+def one_model_check(tmp, name, model_dir, data, lora_r):
+    """score's numbers == train's reference (bit for bit) == the policy's at step 1 (bit for bit)."""
+    sfile, rfile = os.path.join(tmp, name + ".score.jsonl"), os.path.join(tmp, name + ".ref.jsonl")
+    out = os.path.join(tmp, "out_" + name)
+    p1 = run([CLI, "score", "--model", model_dir, "--data", data, "--out", sfile, "--threads", "2", "--batch-size", "3"])
+    p2 = run([CLI, "train", "--model", model_dir, "--data", data, "--out", out, "--threads", "2", "--batch-size", "3",
+              "--max-steps", "1", "--no-shuffle", "--lora-r", str(lora_r), "--lr", "0", "--dump-ref", rfile])
+    if p1.returncode != 0 or p2.returncode != 0:
+        report(name, False, f"score exit {p1.returncode}, train exit {p2.returncode}: {(p1.stderr + p2.stderr).strip()[-400:]}")
+        return
+    bad = []
+    score_lines, ref_lines = open(sfile).read().splitlines(), open(rfile).read().splitlines()
+    if score_lines != ref_lines or len(score_lines) != len(ROWS):
+        diff = [(a, b) for a, b in zip(score_lines, ref_lines) if a != b][:1]
+        bad.append(f"score and train's reference differ ({len(score_lines)} vs {len(ref_lines)} lines; first: {diff})")
+    refs = [json.loads(l) for l in ref_lines]
+    m = read_metrics(os.path.join(out, "metrics.jsonl"))
+    if len(m) != 1:
+        bad.append(f"{len(m)} metric lines")
+    else:
+        want_c = sum(r["chosen_logps"] for r in refs[:3]) / 3   # the step's 3 pairs, summed in order, as the trainer
+        want_r = sum(r["rejected_logps"] for r in refs[:3]) / 3
+        got = m[0]
+        if got["logps/chosen"] != want_c or got["logps/rejected"] != want_r:
+            bad.append(f"policy logps {got['logps/chosen']!r}/{got['logps/rejected']!r} != reference {want_c!r}/{want_r!r}")
+        if got["rewards/chosen"] != 0 or got["rewards/rejected"] != 0:
+            bad.append(f"rewards {got['rewards/chosen']!r}, {got['rewards/rejected']!r} (want exactly 0)")
+    report(name, not bad, "; ".join(bad))
+
+
 def shuffled_reference_check(tmp, model_dir, data):
     """With shuffling, a micro-batch that spans two epochs must take each pair's own reference
     log-probs. --lr 0 keeps the policy equal to the reference, so every reward must stay 0 (up to the
@@ -597,7 +631,7 @@ def main():
     if p.returncode != 0 or "--dump-grads" not in p.stdout + p.stderr:
         report("train_cli_available", False, f"`prefcap-dpo train --help`: exit {p.returncode}, {(p.stdout + p.stderr).strip()[:200]!r}")
         return 1
-    only = set(sys.argv[1:])   # optional: names of sections to run (grads traj adapter accum resume bad)
+    only = set(sys.argv[1:])   # optional: names of sections to run (onemodel grads traj adapter accum resume bad)
 
     def want(s):
         return not only or s in only
@@ -606,6 +640,11 @@ def main():
         models = make_models(tmp)
         data = write_jsonl(os.path.join(tmp, "pairs.jsonl"), ROWS)
         note("models written")
+
+        if want("onemodel"):
+            with section("onemodel"):
+                one_model_check(tmp, "train_one_model_gpt2_full", models["gpt2"][2], data, 0)
+                one_model_check(tmp, "train_one_model_qwen3_lora", models["qwen3"][2], data, 4)
 
         if want("grads"):
             with section('grads'):

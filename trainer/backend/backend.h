@@ -1,9 +1,13 @@
 /* trainer/backend/backend.h: the compute backend interface (ggml-backend style): a small table of function
- * pointers behind a handle, so the model code never knows whether the CPU or (later) CUDA runs it.
+ * pointers behind a handle, so the model code never knows whether the CPU or CUDA runs it.
+ *
+ * The backend/ folder: backend.h (this interface), backend.c (the registry: backends by name),
+ * backend_cpu.c (OpenBLAS + OpenMP, always built), backend_cuda.cu (kernels + cuBLAS, built where nvcc
+ * is found) or backend_cuda_none.c (its stand-in otherwise).
  *
  * Memory: every float/int pointer passed to an op is backend memory, obtained from alloc() (or a
  * weight pointer returned by weight()). For the CPU backend that is ordinary host memory; for CUDA it
- * will be device memory. Host-side metadata (sequence offsets) is passed as a pc_batch, which a device
+ * is device memory. Host-side metadata (sequence offsets) is passed as a pc_batch, which a device
  * backend copies itself.
  *
  * Layout: activations are packed, without padding: N rows = the sum of the lengths of the batch's
@@ -20,8 +24,22 @@
  * (GPT-2's Conv1D, W is (C, OC)); keeping both layouts lets F32 checkpoints be used in place from the
  * mapping.
  *
- * Ops never fail on valid arguments; alloc returns NULL on exhaustion. Not thread-safe: one thread
- * drives a backend (the backend parallelises inside its ops). */
+ * Failure: a device backend runs its compute ops asynchronously, so they return nothing; a failure
+ * (a CUDA or cuBLAS error, a kernel that could not launch) is kept by the backend, later ops are
+ * skipped, and the next op that returns a status (upload, download, sumsq: the ones that synchronise
+ * with the host) returns -1. error() then gives the first failure's message, which names the op that
+ * failed ("matmul: cublasGemmEx: ..."). A download that fails leaves its destination undefined:
+ * callers check the status and never use the numbers. alloc returns NULL on exhaustion.
+ *
+ * Capabilities: not every backend has every op (the CUDA backend has the forward ops only, so far).
+ * Callers ask supports(op) (or pc_backend_can_train) instead of testing the table for NULL.
+ *
+ * Ownership: a backend returned by pc_backend_new is the caller's: free it with ops->destroy. Memory
+ * from alloc() is the caller's: free it with ops->free. weight() says through *owned whether it made
+ * a copy (the caller's, ops->free) or returned host itself (borrowed from the caller, who keeps it
+ * alive). error() returns a string the backend owns, valid until destroy.
+ *
+ * Not thread-safe: one thread drives a backend (the backend parallelises inside its ops). */
 #ifndef PC_BACKEND_H
 #define PC_BACKEND_H
 #include <stddef.h>
@@ -45,14 +63,29 @@ typedef struct {
 
 typedef struct pc_backend pc_backend;
 
+/* The ops a backend may or may not have (supports()). */
+typedef enum {
+  PC_OP_EMBEDDING, PC_OP_MATMUL, PC_OP_LAYERNORM, PC_OP_RMSNORM, PC_OP_ROPE, PC_OP_ATTENTION, PC_OP_GELU,
+  PC_OP_SWIGLU, PC_OP_LOGPROB, PC_OP_GATHER_ROWS, PC_OP_COPY, PC_OP_ZERO, PC_OP_SCALE,
+  PC_OP_EMBEDDING_BACKWARD, PC_OP_MATMUL_BACKWARD, PC_OP_LAYERNORM_BACKWARD, PC_OP_RMSNORM_BACKWARD,
+  PC_OP_ROPE_BACKWARD, PC_OP_ATTENTION_BACKWARD, PC_OP_GELU_BACKWARD, PC_OP_SWIGLU_BACKWARD,
+  PC_OP_LOGPROB_BACKWARD, PC_OP_SCATTER_ROWS, PC_OP_SUMSQ, PC_OP_ADAMW,
+  PC_OP_COUNT
+} pc_op;
+
 typedef struct {
   const char *name;
   void (*destroy)(pc_backend *be);
+  /* 1 when the backend implements op (its pointer in this table is then set) */
+  int (*supports)(pc_backend *be, pc_op op);
+  /* The first failure this backend met ("op: what happened"), or NULL; owned by the backend. */
+  const char *(*error)(pc_backend *be);
   // ---- memory
   void *(*alloc)(pc_backend *be, size_t bytes);
   void (*free)(pc_backend *be, void *p);
-  void (*upload)(pc_backend *be, void *dst, const void *src, size_t bytes);
-  void (*download)(pc_backend *be, void *dst, const void *src, size_t bytes);
+  /* host to backend and back: 0, or -1 when this or an earlier op failed (see error()) */
+  int (*upload)(pc_backend *be, void *dst, const void *src, size_t bytes);
+  int (*download)(pc_backend *be, void *dst, const void *src, size_t bytes);
   /* A backend copy of n host floats for a weight; the CPU backend may return host itself (borrowed,
    * owned=0). Free with free() only when *owned. */
   const float *(*weight)(pc_backend *be, const float *host, size_t n, int *owned);
@@ -138,8 +171,8 @@ typedef struct {
   void (*scatter_rows)(pc_backend *be, float *dinp, const float *dout, const int32_t *rows, int M, int C);
 
   // ---- training: optimizer
-  /* sum of squares of x (n), in double */
-  double (*sumsq)(pc_backend *be, const float *x, size_t n);
+  /* *out = the sum of squares of x (n), in double: 0, or -1 when this or an earlier op failed */
+  int (*sumsq)(pc_backend *be, const float *x, size_t n, double *out);
   /* torch.optim.AdamW on one tensor: p *= 1 - lr*wd; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
    * p -= step_size * m / (sqrt(v) / bc2_sqrt + eps), step_size = lr / (1 - b1^t), bc2_sqrt =
    * sqrt(1 - b2^t) */
@@ -154,7 +187,16 @@ struct pc_backend {
 
 /* The CPU backend (OpenBLAS sgemm + OpenMP). threads <= 0: all cores. NULL on failure. */
 pc_backend *pc_backend_cpu_new(int threads);
-/* By name ("cpu"; "cuda" once it exists); NULL with err set when unknown or not built. */
+
+// ---- the registry (backend.c)
+
+/* A backend by name: "cpu", "cuda", or "auto" (cuda when a GPU is usable, else cpu). threads: CPU
+ * threads (<= 0: all cores). NULL with err set when the name is unknown or the backend cannot start
+ * (not built, no device). The caller owns the result: ops->destroy. */
 pc_backend *pc_backend_new(const char *name, int threads, char *err, size_t errlen);
+/* The names pc_backend_new knows, comma-separated (for messages). */
+const char *pc_backend_names(void);
+/* 1 when the backend has every op training needs (the forward and backward ops and the optimizer's). */
+int pc_backend_can_train(pc_backend *be);
 
 #endif

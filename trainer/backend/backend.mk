@@ -1,7 +1,8 @@
-# trainer/backend/backend.mk: the compute backends behind trainer/backend/backend.h: the CPU backend
-# (backend_cpu.c, OpenBLAS + OpenMP), always built, and the CUDA backend (backend_cuda.cu) where the
-# Makefile found nvcc, else the stub backend_cuda_none.c (its constructor says the backend was not
-# built). Their tests are in tests/gpu/.
+# trainer/backend/backend.mk: the compute backends behind trainer/backend/backend.h: the registry
+# (backend.c), the CPU backend (backend_cpu.c, OpenBLAS + OpenMP), always built, and the CUDA backend
+# (backend_cuda.cu) where the Makefile found nvcc, else the stub backend_cuda_none.c (its constructor
+# says the backend was not built). PC_BACKEND_OBJS/PC_BACKEND_LIBS are all of it, for test drivers.
+# Their tests are in tests/gpu/.
 #
 #   make CUDA=0                 the stub even where nvcc exists
 #   make CUDA_ARCH="80 90 100"  the GPU architectures to build machine code for (default: 80 90,
@@ -20,9 +21,10 @@
 #                               CUDA headers (not nvcc, not a GPU); `make test` runs the CUDA tests on it.
 
 PC_BACKEND_CPU_OBJS := $(BUILD)/trainer/backend/backend_cpu.o
-TRAINER_OBJS += $(PC_BACKEND_CPU_OBJS)
+PC_BACKEND_REG_OBJS := $(BUILD)/trainer/backend/backend.o
+TRAINER_OBJS += $(PC_BACKEND_REG_OBJS) $(PC_BACKEND_CPU_OBJS)
 TRAINER_LIBS += -lopenblas -lm
--include $(PC_BACKEND_CPU_OBJS:.o=.d)
+-include $(PC_BACKEND_CPU_OBJS:.o=.d) $(PC_BACKEND_REG_OBJS:.o=.d)
 
 CUDA_ARCH ?= 80 90
 
@@ -57,6 +59,8 @@ endif
 
 TRAINER_OBJS += $(PC_CUDA_OBJS)
 TRAINER_LIBS += $(PC_CUDA_LIBS)
+PC_BACKEND_OBJS := $(PC_BACKEND_REG_OBJS) $(PC_BACKEND_CPU_OBJS) $(PC_CUDA_OBJS)
+PC_BACKEND_LIBS := $(PC_CUDA_LIBS) -lopenblas -lm -fopenmp
 
 # Switching between CUDA=0 and a CUDA build (or CUDA_ARCH) in one build folder must relink, though no
 # object changed: a stamp holding the configuration, rewritten only when it differs, is a prerequisite.
@@ -96,7 +100,7 @@ $(PC_EMU)/trainer/backend/cuda_emu.o: trainer/backend/cuda_emu/cuda_emu.cpp
 
 # (the recipe reads PC_CLI_OBJS and the final TRAINER_OBJS: fragments included later add to them)
 $(PC_EMU)/prefcap-dpo: $(BUILD)/prefcap-dpo $(PC_EMU_OBJS)
-	$(CC) $(PC_CLI_OBJS) $(filter-out $(PC_CUDA_OBJS),$(TRAINER_OBJS)) $(PC_EMU_OBJS) $(BUILD)/sdk/sha256.o -o $@ \
+	$(CC) $(PC_CLI_OBJS) $(filter-out $(PC_CUDA_OBJS),$(TRAINER_OBJS)) $(PC_EMU_OBJS) -o $@ \
 	  $(LDFLAGS_ALL) $(filter-out $(PC_CUDA_LIBS),$(TRAINER_LIBS)) -lopenblas -lstdc++ -fopenmp
 
 $(PC_EMU)/tests/test_cuda_ops: tests/gpu/test_cuda_ops.c $(PC_BACKEND_CPU_OBJS) $(PC_EMU_OBJS) \

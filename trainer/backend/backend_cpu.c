@@ -46,6 +46,14 @@ static void *cpu_alloc(pc_backend *be, size_t bytes) {
   return p;
 }
 static void cpu_free(pc_backend *be, void *p) { free(p); }
+/* Host memory: a copy cannot fail. */
+static int cpu_transfer(pc_backend *be, void *dst, const void *src, size_t bytes) {
+  memcpy(dst, src, bytes);
+  return 0;
+}
+/* Every op of the table is implemented, and none can fail. */
+static int cpu_supports(pc_backend *be, pc_op op) { return op >= 0 && op < PC_OP_COUNT; }
+static const char *cpu_error(pc_backend *be) { return NULL; }
 static void cpu_copy(pc_backend *be, void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
 static const float *cpu_weight(pc_backend *be, const float *host, size_t n, int *owned) {
   *owned = 0;  // host memory is already CPU memory: use it in place
@@ -729,7 +737,7 @@ static void cpu_logprob_backward(pc_backend *be, float *dh, float *dhead, const 
 
 // ---- training: optimizer ------------------------------------------------------------------------
 
-static double cpu_sumsq(pc_backend *be, const float *x, size_t n) {
+static int cpu_sumsq(pc_backend *be, const float *x, size_t n, double *out) {
   int nt = CPU(be)->nthreads;
   double part[256] = {0};
   if (nt > 256) nt = 256;
@@ -743,7 +751,8 @@ static double cpu_sumsq(pc_backend *be, const float *x, size_t n) {
   }
   double s = 0;
   for (int t = 0; t < nt; t++) s += part[t];
-  return s;
+  *out = s;
+  return 0;
 }
 
 static void cpu_adamw(pc_backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr, float wd,
@@ -764,10 +773,12 @@ static void cpu_adamw(pc_backend *be, float *p, const float *g, float *m, float 
 static const pc_backend_ops CPU_OPS = {
   .name = "cpu",
   .destroy = cpu_destroy,
+  .supports = cpu_supports,
+  .error = cpu_error,
   .alloc = cpu_alloc,
   .free = cpu_free,
-  .upload = cpu_copy,
-  .download = cpu_copy,
+  .upload = cpu_transfer,
+  .download = cpu_transfer,
   .weight = cpu_weight,
   .embedding = cpu_embedding,
   .matmul = cpu_matmul,
@@ -808,26 +819,4 @@ pc_backend *pc_backend_cpu_new(int threads) {
   cb->lp_buf = malloc(sizeof(float) * LP_ROWS * LP_VOCAB * (size_t)threads);
   if (!cb->lp_buf) { free(cb); return NULL; }
   return &cb->base;
-}
-
-pc_backend *pc_backend_new(const char *name, int threads, char *err, size_t errlen) {
-  /* backend_cuda.h's constructor, from backend_cuda.cu or its stub backend_cuda_none.c. Weak, so that
-   * programs linking only this file (the test drivers) still link: "cuda" then says it is not there. */
-  extern pc_backend *pc_backend_cuda_new(int fp32, char *err, size_t errlen) __attribute__((weak));
-  if (name && (!strcmp(name, "cuda") || !strcmp(name, "auto"))) {
-    char cerr[512] = "the CUDA backend is not linked into this program";
-    pc_backend *be = pc_backend_cuda_new ? pc_backend_cuda_new(-1, cerr, sizeof cerr) : NULL;  // -1: PREFCAP_CUDA_FP32
-    if (be || !strcmp(name, "cuda")) {
-      if (!be) snprintf(err, errlen, "device 'cuda': %s", cerr);
-      return be;
-    }
-    // auto without a usable GPU: the CPU
-  }
-  if (!name || !strcmp(name, "cpu") || !strcmp(name, "auto")) {
-    pc_backend *be = pc_backend_cpu_new(threads);
-    if (!be) snprintf(err, errlen, "cpu backend: out of memory");
-    return be;
-  }
-  snprintf(err, errlen, "unknown device '%s' (known: cpu, cuda, auto)", name);
-  return NULL;
 }

@@ -21,8 +21,9 @@
  *
  * Errors. Every CUDA and cuBLAS call is checked and every launch is followed by cudaGetLastError()
  * (and, with PREFCAP_CUDA_SYNC=1, a device synchronisation, so that an asynchronous fault is named at
- * the op that caused it). Ops cannot return an error (backend.h): the first failure is kept
- * (pc_backend_cuda_error()), later ops are skipped and download() fills its destination with NaN bytes.
+ * the op that caused it). Compute ops return nothing (backend.h): the first failure is kept
+ * (ops->error(), pc_backend_cuda_error()), naming the table op that was running; later ops are skipped
+ * and upload()/download() return -1 (download() also fills its destination with NaN bytes).
  *
  * Streams. Everything runs on the legacy default stream, in order; upload() and download() are
  * synchronous cudaMemcpy, so host buffers may be reused as soon as they return. One thread drives a
@@ -34,8 +35,8 @@
  * warp per query row) that is also the fallback to compare with when the tiled one is in doubt.
  * A tensor-core (bf16 mma) version is the next step for speed.
  *
- * Training ops (the *_backward, sumsq, adamw, scatter_rows) are not written yet: NULL in the table;
- * `prefcap-dpo train --device cuda` says so before it starts. */
+ * Training ops (the *_backward, sumsq, adamw, scatter_rows) are not written yet: supports() says no
+ * (NULL in the table); `prefcap-dpo train --device cuda` says so before it starts. */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -77,6 +78,7 @@ typedef struct {
   int attn_rows;        /* PREFCAP_CUDA_ATTN=rows: always the one-warp-per-row attention */
   int failed;
   char err[512];
+  const char *op;      /* the table op running now (for error messages) */
   cublasHandle_t blas;
   size_t smem_optin;    /* the device's largest dynamic shared memory per block */
   // ---- registered weights (linear search: a few hundred entries, looked up once per matmul)
@@ -99,7 +101,8 @@ static cuda_backend *CB(pc_backend *be) { return (cuda_backend *)be; }
 static void fail(cuda_backend *cb, const char *file, int line, const char *what, const char *msg) {
   if (cb->failed) return;  // keep the first: later ones are usually its consequences
   cb->failed = 1;
-  snprintf(cb->err, sizeof cb->err, "%s:%d: %s: %s", file, line, what, msg);
+  // the table's op that was running (make_ops's NAMED), then where and what
+  snprintf(cb->err, sizeof cb->err, "%s: %s:%d: %s: %s", cb->op ? cb->op : "cuda", file, line, what, msg);
 }
 
 static int check_cuda(cuda_backend *cb, cudaError_t e, const char *what, const char *file, int line) {
@@ -373,17 +376,18 @@ static void cuda_free(pc_backend *be, void *p) {
   CUDA_CHECK(cb, cudaFree(p));
 }
 
-static void cuda_upload(pc_backend *be, void *dst, const void *src, size_t bytes) {
+/* upload and download synchronise with the device: their status covers every op before them. */
+static int cuda_upload(pc_backend *be, void *dst, const void *src, size_t bytes) {
   cuda_backend *cb = CB(be);
-  if (cb->failed || !bytes) return;
-  CUDA_CHECK(cb, cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+  if (!cb->failed && bytes) CUDA_CHECK(cb, cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+  return cb->failed ? -1 : 0;
 }
 
-static void cuda_download(pc_backend *be, void *dst, const void *src, size_t bytes) {
+static int cuda_download(pc_backend *be, void *dst, const void *src, size_t bytes) {
   cuda_backend *cb = CB(be);
-  if (!bytes) return;
-  if (!cb->failed) CUDA_CHECK(cb, cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
-  if (cb->failed) memset(dst, 0xff, bytes);  // NaN floats: a failed run never looks like a result
+  if (!cb->failed && bytes) CUDA_CHECK(cb, cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+  if (cb->failed && bytes) memset(dst, 0xff, bytes);  // NaN floats, for a caller that ignores the status
+  return cb->failed ? -1 : 0;
 }
 
 static void cuda_copy(pc_backend *be, void *dst, const void *src, size_t bytes) {
@@ -860,31 +864,51 @@ static void cuda_destroy(pc_backend *be) {
   free(cb);
 }
 
+/* The ops this backend has: the forward ops and the memory helpers (the training ops are not written
+ * for CUDA yet). */
+static int cuda_supports(pc_backend *be, pc_op op) {
+  switch (op) {
+    case PC_OP_EMBEDDING: case PC_OP_MATMUL: case PC_OP_LAYERNORM: case PC_OP_RMSNORM: case PC_OP_ROPE:
+    case PC_OP_ATTENTION: case PC_OP_GELU: case PC_OP_SWIGLU: case PC_OP_LOGPROB: case PC_OP_GATHER_ROWS:
+    case PC_OP_COPY: case PC_OP_ZERO: case PC_OP_SCALE:
+      return 1;
+    default: return 0;
+  }
+}
+
+static const char *cuda_error(pc_backend *be) { return CB(be)->failed ? CB(be)->err : NULL; }
+
+/* Each table entry records its op's name before running it, so that a failure names the op. */
+#define NAMED(fn, name) [](pc_backend *be, auto... a) { CB(be)->op = name; return fn(be, a...); }
+
 static pc_backend_ops make_ops(void) {
   pc_backend_ops o;
-  memset(&o, 0, sizeof o);  // the training ops stay NULL: not written for CUDA yet
+  memset(&o, 0, sizeof o);  // the training ops stay NULL: not written for CUDA yet (supports() says so)
   o.name = "cuda";
   o.destroy = cuda_destroy;
-  o.alloc = cuda_alloc;
-  o.free = cuda_free;
-  o.upload = cuda_upload;
-  o.download = cuda_download;
-  o.weight = cuda_weight;
-  o.embedding = cuda_embedding;
-  o.matmul = cuda_matmul;
-  o.layernorm = cuda_layernorm;
-  o.rmsnorm = cuda_rmsnorm;
-  o.rope = cuda_rope;
-  o.attention = cuda_attention;
-  o.gelu = cuda_gelu;
-  o.swiglu = cuda_swiglu;
-  o.logprob = cuda_logprob;
-  o.gather_rows = cuda_gather_rows;
-  o.copy = cuda_copy;
-  o.zero = cuda_zero;
-  o.scale = cuda_scale;
+  o.supports = cuda_supports;
+  o.error = cuda_error;
+  o.alloc = NAMED(cuda_alloc, "alloc");
+  o.free = NAMED(cuda_free, "free");
+  o.upload = NAMED(cuda_upload, "upload");
+  o.download = NAMED(cuda_download, "download");
+  o.weight = NAMED(cuda_weight, "weight");
+  o.embedding = NAMED(cuda_embedding, "embedding");
+  o.matmul = NAMED(cuda_matmul, "matmul");
+  o.layernorm = NAMED(cuda_layernorm, "layernorm");
+  o.rmsnorm = NAMED(cuda_rmsnorm, "rmsnorm");
+  o.rope = NAMED(cuda_rope, "rope");
+  o.attention = NAMED(cuda_attention, "attention");
+  o.gelu = NAMED(cuda_gelu, "gelu");
+  o.swiglu = NAMED(cuda_swiglu, "swiglu");
+  o.logprob = NAMED(cuda_logprob, "logprob");
+  o.gather_rows = NAMED(cuda_gather_rows, "gather_rows");
+  o.copy = NAMED(cuda_copy, "copy");
+  o.zero = NAMED(cuda_zero, "zero");
+  o.scale = NAMED(cuda_scale, "scale");
   return o;
 }
+#undef NAMED
 
 static int env_is(const char *name, const char *val) {
   const char *s = getenv(name);

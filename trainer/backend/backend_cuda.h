@@ -2,8 +2,8 @@
  * the pc_backend_ops table of backend.h; this header only adds what the table cannot say.
  *
  * Built from trainer/backend/backend_cuda.cu when the Makefile finds nvcc, from trainer/backend/backend_cuda_none.c
- * (a constructor that always fails, naming why) otherwise. pc_backend_new("cuda") and ("auto") call
- * it; programs that want the fp32 mode explicitly (the parity tests) call it directly. */
+ * (a constructor that always fails, naming why) otherwise. The registry (backend.c) calls it for
+ * "cuda" and "auto"; programs that want the fp32 mode explicitly (the parity tests) call it directly. */
 #ifndef PC_BACKEND_CUDA_H
 #define PC_BACKEND_CUDA_H
 #include <stddef.h>
@@ -18,12 +18,11 @@ extern "C" {
  * matmuls in float32 (cuBLAS pedantic fp32, no TF32), for checking against the CPU backend; 0: weights
  * kept in bf16 for the matmuls and the LM head (fp32 accumulation); < 0: fp32 when the environment
  * variable PREFCAP_CUDA_FP32 is set to 1, else bf16. NULL with err set when no device is present or
- * the backend was not built. The training ops of the table are NULL (not written yet). */
+ * the backend was not built. The training ops are not written yet (supports() says no). */
 pc_backend *pc_backend_cuda_new(int fp32, char *err, size_t errlen);
 
-/* The first CUDA or cuBLAS failure this backend met, or NULL. Ops cannot return errors (backend.h),
- * so a failure is kept here, later ops are skipped and download() fills its destination with NaN:
- * a caller that checks this after its downloads never reports numbers a failed kernel made. */
+/* The first CUDA or cuBLAS failure this backend met, or NULL: the same as be->ops->error(be), kept
+ * for programs that hold a backend they know is CUDA (tests/gpu). */
 const char *pc_backend_cuda_error(pc_backend *be);
 
 #ifdef __cplusplus

@@ -1,5 +1,9 @@
 /* trainer/cli/cli.h: the `prefcap-dpo` subcommands, each a main() of its own: argv[0] is the command
- * name, the options follow. They print and return the process exit status (0 ok, 1 failure, 2 usage). */
+ * name, the options follow. They print and return the process exit status (0 ok, 1 failure, 2 usage).
+ *
+ * The cli/ folder: main.c (dispatch), one cmd_*.c per command. The commands only parse their
+ * arguments and call the parts below them: text/ (tokenizer, data), model/ (the one model), backend/
+ * (by name, through the registry), train/ (the training run), util/. docs/architecture.md has the map. */
 #ifndef PC_CLI_H
 #define PC_CLI_H
 

@@ -9,24 +9,22 @@ PC_CLI_OBJS := $(BUILD)/trainer/cli/main.o $(BUILD)/trainer/cli/cmd_score.o $(BU
                $(BUILD)/trainer/cli/cmd_train.o $(BUILD)/trainer/cli/cmd_tokenize.o $(BUILD)/trainer/cli/cmd_render.o
 -include $(PC_CLI_OBJS:.o=.d)
 
-# run.json records how the trainer was built
-$(BUILD)/trainer/cli/cmd_train.o: PC_CFLAGS += -DPC_BUILD_FLAGS='"$(OPT) $(SAN)"'
 
-$(BUILD)/prefcap-dpo: $(PC_CLI_OBJS) $(TRAINER_OBJS) $(BUILD)/sdk/digest.o
+$(BUILD)/prefcap-dpo: $(PC_CLI_OBJS) $(TRAINER_OBJS) $(PC_UTIL_OBJS)
 	@mkdir -p $(dir $@)
-	$(CC) $(PC_CLI_OBJS) $(TRAINER_OBJS) $(BUILD)/sdk/digest.o -o $@ $(LDFLAGS_ALL) $(TRAINER_LIBS) -lcrypto -fopenmp
+	$(CC) $(PC_CLI_OBJS) $(TRAINER_OBJS) -o $@ $(LDFLAGS_ALL) $(TRAINER_LIBS) -fopenmp
 
-$(BUILD)/tests/tok_cli: tests/tokenizer/tok_cli_main.c $(BUILD)/trainer/cli/cmd_tokenize.o $(PC_TOK_OBJS) $(COMMON_A)
+$(BUILD)/tests/tok_cli: tests/tokenizer/tok_cli_main.c $(BUILD)/trainer/cli/cmd_tokenize.o $(PC_TOK_OBJS) $(PC_UTIL_OBJS)
 	@mkdir -p $(@D)
-	$(CC) $(PC_CFLAGS) $< $(BUILD)/trainer/cli/cmd_tokenize.o $(PC_TOK_OBJS) $(COMMON_A) -o $@ $(LDFLAGS_ALL) $(PC_TOK_LIBS)
+	$(CC) $(PC_CFLAGS) $< $(BUILD)/trainer/cli/cmd_tokenize.o $(PC_TOK_OBJS) $(PC_UTIL_OBJS) -o $@ $(LDFLAGS_ALL) $(PC_TOK_LIBS) $(PC_UTIL_LIBS)
 
-$(BUILD)/tests/render_cli: tests/data/render_cli_main.c $(BUILD)/trainer/cli/cmd_render.o $(BUILD)/trainer/text/jinja.o
+$(BUILD)/tests/render_cli: tests/data/render_cli_main.c $(BUILD)/trainer/cli/cmd_render.o $(BUILD)/trainer/text/jinja.o $(PC_UTIL_OBJS)
 	@mkdir -p $(@D)
-	$(CC) $(PC_CFLAGS) $< $(BUILD)/trainer/cli/cmd_render.o $(BUILD)/trainer/text/jinja.o -o $@ $(LDFLAGS_ALL) -lcjson -lm
+	$(CC) $(PC_CFLAGS) $< $(BUILD)/trainer/cli/cmd_render.o $(BUILD)/trainer/text/jinja.o $(PC_UTIL_OBJS) -o $@ $(LDFLAGS_ALL) -lcjson $(PC_UTIL_LIBS)
 
 $(BUILD)/bench/tokenizer_bench: bench/tokenizer_bench.c $(PC_TOK_OBJS)
 	@mkdir -p $(@D)
-	$(CC) $(PC_CFLAGS) $< $(PC_TOK_OBJS) -o $@ $(LDFLAGS_ALL) $(PC_TOK_LIBS)
+	$(CC) $(PC_CFLAGS) $< $(PC_TOK_OBJS) $(PC_UTIL_OBJS) -o $@ $(LDFLAGS_ALL) $(PC_TOK_LIBS) $(PC_UTIL_LIBS)
 
 ALL_TARGETS += $(BUILD)/prefcap-dpo
 TEST_BINS   += $(BUILD)/prefcap-dpo $(BUILD)/tests/tok_cli $(BUILD)/tests/render_cli

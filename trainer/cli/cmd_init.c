@@ -14,6 +14,7 @@
 
 #include "cli/cli.h"
 #include "model/config.h"
+#include "model/families.h"
 #include "text/data.h"
 #include "model/safetensors.h"
 #include "util/util.h"
@@ -87,67 +88,26 @@ static void add(tlist *L, int kind, double std, int64_t d0, int64_t d1, const ch
   t->data = x;
 }
 
+/* Every tensor the family's table (model/families.h) gives this config, in checkpoint order, drawn in
+ * that order from the seeded generator. */
 static void build(tlist *L, const pc_config *c) {
-  const double s = 0.02;
-  int64_t C = c->hidden, V = c->vocab, FF = c->intermediate, HD = c->head_dim;
-  int64_t QD = (int64_t)c->heads * HD, KD = (int64_t)c->kv_heads * HD;
-  if (c->family == PC_FAM_GPT2) {
-    double sp = s / sqrt(2.0 * c->layers);
-    add(L, INIT_NORMAL, s, V, C, "transformer.wte.weight", 0);
-    add(L, INIT_NORMAL, s, c->max_pos, C, "transformer.wpe.weight", 0);
-    for (int l = 0; l < c->layers; l++) {
-      add(L, INIT_ONES, 0, C, 0, "transformer.h.%d.ln_1.weight", l);
-      add(L, INIT_ZEROS, 0, C, 0, "transformer.h.%d.ln_1.bias", l);
-      add(L, INIT_NORMAL, s, C, 3 * C, "transformer.h.%d.attn.c_attn.weight", l);
-      add(L, INIT_ZEROS, 0, 3 * C, 0, "transformer.h.%d.attn.c_attn.bias", l);
-      add(L, INIT_NORMAL, sp, C, C, "transformer.h.%d.attn.c_proj.weight", l);
-      add(L, INIT_ZEROS, 0, C, 0, "transformer.h.%d.attn.c_proj.bias", l);
-      add(L, INIT_ONES, 0, C, 0, "transformer.h.%d.ln_2.weight", l);
-      add(L, INIT_ZEROS, 0, C, 0, "transformer.h.%d.ln_2.bias", l);
-      add(L, INIT_NORMAL, s, C, FF, "transformer.h.%d.mlp.c_fc.weight", l);
-      add(L, INIT_ZEROS, 0, FF, 0, "transformer.h.%d.mlp.c_fc.bias", l);
-      add(L, INIT_NORMAL, sp, FF, C, "transformer.h.%d.mlp.c_proj.weight", l);
-      add(L, INIT_ZEROS, 0, C, 0, "transformer.h.%d.mlp.c_proj.bias", l);
-    }
-    add(L, INIT_ONES, 0, C, 0, "transformer.ln_f.weight", 0);
-    add(L, INIT_ZEROS, 0, C, 0, "transformer.ln_f.bias", 0);
-  } else {
-    add(L, INIT_NORMAL, s, V, C, "model.embed_tokens.weight", 0);
-    for (int l = 0; l < c->layers; l++) {
-      add(L, INIT_ONES, 0, C, 0, "model.layers.%d.input_layernorm.weight", l);
-      add(L, INIT_NORMAL, s, QD, C, "model.layers.%d.self_attn.q_proj.weight", l);
-      add(L, INIT_NORMAL, s, KD, C, "model.layers.%d.self_attn.k_proj.weight", l);
-      add(L, INIT_NORMAL, s, KD, C, "model.layers.%d.self_attn.v_proj.weight", l);
-      if (c->qkv_bias) {
-        add(L, INIT_ZEROS, 0, QD, 0, "model.layers.%d.self_attn.q_proj.bias", l);
-        add(L, INIT_ZEROS, 0, KD, 0, "model.layers.%d.self_attn.k_proj.bias", l);
-        add(L, INIT_ZEROS, 0, KD, 0, "model.layers.%d.self_attn.v_proj.bias", l);
-      }
-      add(L, INIT_NORMAL, s, C, QD, "model.layers.%d.self_attn.o_proj.weight", l);
-      if (c->qk_norm) {
-        add(L, INIT_ONES, 0, HD, 0, "model.layers.%d.self_attn.q_norm.weight", l);
-        add(L, INIT_ONES, 0, HD, 0, "model.layers.%d.self_attn.k_norm.weight", l);
-      }
-      add(L, INIT_ONES, 0, C, 0, "model.layers.%d.post_attention_layernorm.weight", l);
-      add(L, INIT_NORMAL, s, FF, C, "model.layers.%d.mlp.gate_proj.weight", l);
-      add(L, INIT_NORMAL, s, FF, C, "model.layers.%d.mlp.up_proj.weight", l);
-      add(L, INIT_NORMAL, s, C, FF, "model.layers.%d.mlp.down_proj.weight", l);
-    }
-    add(L, INIT_ONES, 0, C, 0, "model.norm.weight", 0);
+  const double s = 0.02, resid = s / sqrt(2.0 * c->layers);
+  const pc_family_table *ft = pc_family_table_of(c->family);
+  for (int i = 0; i < ft->count; i++) {
+    const pc_tensor_spec *t = &ft->tensors[i];
+    if (!pc_tensor_present(t, c)) continue;
+    int64_t d[2];
+    pc_tensor_shape(t, c, d);
+    int kind = t->init == PC_INIT_ONES ? INIT_ONES : t->init == PC_INIT_ZEROS ? INIT_ZEROS : INIT_NORMAL;
+    for (int l = 0; l < (t->per_layer ? c->layers : 1); l++)
+      add(L, kind, t->init == PC_INIT_NORMAL_RESID ? resid : s, d[0], d[1], t->name, l);
   }
-  if (!c->tie_embeddings) add(L, INIT_NORMAL, s, V, C, "lm_head.weight", 0);
 }
 
 static int parse_int(const char *opt, const char *s, int lo, int *out) {
-  char *end;
-  errno = 0;
-  long v = strtol(s, &end, 10);
-  if (errno || *end || end == s || v < lo || v > INT_MAX) {
-    fprintf(stderr, "prefcap-dpo init: %s wants an integer >= %d, got '%s'\n", opt, lo, s);
-    return -1;
-  }
-  *out = (int)v;
-  return 0;
+  if (pc_parse_int(s, lo, out) == 0) return 0;
+  fprintf(stderr, "prefcap-dpo init: %s wants an integer >= %d, got '%s'\n", opt, lo, s);
+  return -1;
 }
 
 int pc_cmd_init(int argc, char **argv) {

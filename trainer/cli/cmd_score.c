@@ -13,12 +13,13 @@
 #include <string.h>
 
 #include "backend/backend.h"
-#include "backend/backend_cuda.h"
 #include "cli/cli.h"
 #include "text/data.h"
 #include "model/model.h"
 #include "progress.h"
 #include "text/tokenizer.h"
+#include "train/reference.h"
+#include "util/util.h"
 
 static void usage(FILE *f) {
   fputs("usage: prefcap-dpo score --model DIR --data FILE --out FILE [options]\n"
@@ -49,15 +50,9 @@ static void usage(FILE *f) {
 }
 
 static int parse_int(const char *opt, const char *s, int lo, int *out) {
-  char *end;
-  errno = 0;
-  long v = strtol(s, &end, 10);
-  if (errno || *end || end == s || v < lo || v > INT_MAX) {
-    fprintf(stderr, "prefcap-dpo score: %s wants an integer >= %d, got '%s'\n", opt, lo, s);
-    return -1;
-  }
-  *out = (int)v;
-  return 0;
+  if (pc_parse_int(s, lo, out) == 0) return 0;
+  fprintf(stderr, "prefcap-dpo score: %s wants an integer >= %d, got '%s'\n", opt, lo, s);
+  return -1;
 }
 
 int pc_cmd_score(int argc, char **argv) {
@@ -121,7 +116,8 @@ int pc_cmd_score(int argc, char **argv) {
     fprintf(stderr, "prefcap-dpo score: warning: in %zu pair(s) (first at %s:%d) the prompt's tokens are not a prefix "
             "of prompt+completion's; scored as TRL does\n", ds.prefix_mismatch, data, ds.first_mismatch_line);
   if (!(be = pc_backend_new(device, threads, err, sizeof err))) { fprintf(stderr, "prefcap-dpo score: %s\n", err); goto done; }
-  if (pc_model_load(model_dir, adapter, be, &m, err, sizeof err) != 0) {
+  pc_model_opts mo = {.merge_adapter = adapter};  // frozen: the weights as they are (+ the adapter)
+  if (pc_model_load(model_dir, &mo, be, &m, err, sizeof err) != 0) {
     fprintf(stderr, "prefcap-dpo score: %s\n", err);
     goto done;
   }
@@ -162,14 +158,10 @@ int pc_cmd_score(int argc, char **argv) {
     int nb = ds.n - b < (size_t)batch ? (int)(ds.n - b) : batch;
     for (int i = 0; i < nb; i++) {
       const pc_pair *p = &ds.pairs[b + (size_t)i];
-      // the rejected sequence reuses the chosen one's rows for their common prefix (the prompt, at least)
-      int k = 0;
-      while (k < p->chosen.n && k < p->rejected.n && p->chosen.ids[k] == p->rejected.ids[k]) k++;
-      seqs[2 * i] = (pc_model_seq){p->chosen.ids, p->chosen.n, p->chosen.prompt_len, 0};
-      seqs[2 * i + 1] = (pc_model_seq){p->rejected.ids, p->rejected.n, p->rejected.prompt_len, k};
+      pc_pair_seqs(p, &seqs[2 * i]);
       tokens += p->chosen.n + p->rejected.n;
     }
-    if (pc_model_logps(m, seqs, 2 * nb, sums, cnts, NULL, err, sizeof err) != 0) {
+    if (pc_model_forward(m, seqs, 2 * nb, 0, sums, cnts, NULL, err, sizeof err) != 0) {
       // the model names the sequence within the batch; name the data line
       pc_progress_free(prog);  // ends the bar's line: the message starts on its own
       prog = NULL;
@@ -182,14 +174,13 @@ int pc_cmd_score(int argc, char **argv) {
         // NaN is no score (and not JSON): a weight or a config value the checks missed, or a failed GPU
         pc_progress_free(prog);
         prog = NULL;
-        const char *cuda = pc_backend_cuda_error(be);
+        const char *failed = be->ops->error(be);
         fprintf(stderr, "prefcap-dpo score: %s:%d: the %s log-probability is %g, not a number a model can give "
                 "(%s); nothing more written\n", data, ds.pairs[b + (size_t)i].line, isfinite(c) ? "rejected" : "chosen",
-                isfinite(c) ? r : c, cuda ? cuda : "check the checkpoint's weights and config.json");
+                isfinite(c) ? r : c, failed ? failed : "check the checkpoint's weights and config.json");
         goto done;
       }
-      fprintf(fo, "{\"chosen_logps\": %.9g, \"rejected_logps\": %.9g, \"chosen_tokens\": %d, \"rejected_tokens\": %d, "
-              "\"line\": %d}\n", c, r, cnts[2 * i], cnts[2 * i + 1], ds.pairs[b + (size_t)i].line);
+      pc_ref_write_line(fo, c, r, cnts[2 * i], cnts[2 * i + 1], ds.pairs[b + (size_t)i].line);
       margin_sum += c - r;
       chosen_sum += c;
       rejected_sum += r;
@@ -208,10 +199,6 @@ int pc_cmd_score(int argc, char **argv) {
   }
   if (fo == stdout) fflush(stdout);
   fo = NULL;
-  if (pc_backend_cuda_error(be)) {  // a CUDA failure leaves NaN scores behind: say what failed instead
-    fprintf(stderr, "prefcap-dpo score: %s\n", pc_backend_cuda_error(be));
-    goto done;
-  }
   double n = ds.n ? (double)ds.n : 1;
   fprintf(stderr, "score: %zu pairs, mean margin %.6g, chosen > rejected %.4f, mean chosen_logps %.6g, "
           "mean rejected_logps %.6g, %zu completion tokens, %.0f tokens/s (%.1f s)\n",

@@ -4,6 +4,7 @@
  * means what it means to Hugging Face. */
 #include "model/config.h"
 #include "util/err.h"
+#include "util/util.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -61,14 +62,14 @@ void pc_config_defaults(pc_config *c, pc_family fam) {
 
 // ---- reading ------------------------------------------------------------------------------------
 
-typedef struct { const char *path; char *err; size_t errlen; int bad; } rd;
+typedef struct { const char *path; char *err; size_t errlen; int bad; } config_reader;
 
 /* Each getter leaves *out alone when the key is absent or null (the family default stands), and refuses
  * a value outside what the field can mean, naming the file and the field: a config.json is outside
  * input, and a zero head count or a negative epsilon would otherwise reach the model as a division by
  * zero or a NaN score. */
 #define CFG_MAX_DIM (1 << 24)   /* beyond any real model's widths, and small enough for products in size_t */
-static void get_int(rd *r, const cJSON *o, const char *key, int *out, int lo, int hi) {
+static void get_int(config_reader *r, const cJSON *o, const char *key, int *out, int lo, int hi) {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
   if (!v || cJSON_IsNull(v) || r->bad) return;
   if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < lo || v->valuedouble > hi) {
@@ -81,7 +82,7 @@ static void get_int(rd *r, const cJSON *o, const char *key, int *out, int lo, in
   *out = (int)v->valuedouble;
 }
 /* A real number; positive != 0 also asks for > 0. Never infinite (1e400 parses as inf). */
-static void get_num(rd *r, const cJSON *o, const char *key, double *out, int positive) {
+static void get_num(config_reader *r, const cJSON *o, const char *key, double *out, int positive) {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
   if (!v || cJSON_IsNull(v) || r->bad) return;
   if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || (positive && !(v->valuedouble > 0))) {
@@ -93,7 +94,7 @@ static void get_num(rd *r, const cJSON *o, const char *key, double *out, int pos
   }
   *out = v->valuedouble;
 }
-static void get_bool(rd *r, const cJSON *o, const char *key, int *out) {
+static void get_bool(config_reader *r, const cJSON *o, const char *key, int *out) {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
   if (!v || cJSON_IsNull(v) || r->bad) return;
   if (!cJSON_IsBool(v)) {
@@ -103,7 +104,7 @@ static void get_bool(rd *r, const cJSON *o, const char *key, int *out) {
   }
   *out = cJSON_IsTrue(v);
 }
-static const char *get_str(rd *r, const cJSON *o, const char *key) {
+static const char *get_str(config_reader *r, const cJSON *o, const char *key) {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
   if (!v || cJSON_IsNull(v) || r->bad) return NULL;
   if (!cJSON_IsString(v)) {
@@ -115,7 +116,7 @@ static const char *get_str(rd *r, const cJSON *o, const char *key) {
 }
 /* eos_token_id may be a list (Llama 3 instruct); the first entry is kept. A token id is an integer in
  * [0, INT_MAX]: converting 1e400 or 1e20 to int would be undefined behaviour. */
-static void get_token_id(rd *r, const cJSON *o, const char *key, int *out) {
+static void get_token_id(config_reader *r, const cJSON *o, const char *key, int *out) {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
   if (!v || cJSON_IsNull(v) || r->bad) return;
   const cJSON *e = cJSON_IsArray(v) ? v->child : v;
@@ -131,7 +132,7 @@ static void get_token_id(rd *r, const cJSON *o, const char *key, int *out) {
   *out = (int)e->valuedouble;
 }
 
-static int refuse(rd *r, const char *fmt, ...) {
+static int refuse(config_reader *r, const char *fmt, ...) {
   char msg[512];
   va_list ap;
   va_start(ap, fmt);
@@ -143,24 +144,9 @@ static int refuse(rd *r, const char *fmt, ...) {
 }
 
 int pc_config_load(const char *path, pc_config *c, char *err, size_t errlen) {
-  rd r = {path, err, errlen, 0};
-  FILE *fp = fopen(path, "rb");
-  if (!fp) { pc_seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno)); return -1; }
-  char *txt = NULL;
-  size_t n = 0, cap = 0;
-  for (;;) {
-    if (n + 4097 > cap) {
-      cap = cap ? 2 * cap : 16384;
-      char *nt = realloc(txt, cap);
-      if (!nt) { free(txt); fclose(fp); pc_seterr(err, errlen, "%s: out of memory", path); return -1; }
-      txt = nt;
-    }
-    size_t k = fread(txt + n, 1, cap - n - 1, fp);
-    if (!k) break;
-    n += k;
-  }
-  fclose(fp);
-  txt[n] = 0;
+  config_reader r = {path, err, errlen, 0};
+  char *txt = pc_read_file(path, NULL, NULL);
+  if (!txt) { pc_seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno)); return -1; }
   const char *ep = NULL;
   cJSON *o = cJSON_ParseWithOpts(txt, &ep, 0);
   if (!o || !cJSON_IsObject(o)) {

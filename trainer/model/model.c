@@ -1,263 +1,915 @@
-/* trainer/model/model.c: GPT-2 and Llama-family forward passes over the backend interface, weight loading
- * from Hugging Face checkpoints (with LoRA merging), and completion log-probs.
+/* trainer/model/model.c: the one model (model.h): loading through the family tables (families.h),
+ * frozen or trainable; LoRA; the forward pass (keeping activations or not) and its backward pass; the
+ * writers of adapters, models and checkpoints.
  *
- * Layout follows llm.c's train_gpt2.c: one function per layer kind with the shapes in comments. The
- * batch is packed (N rows = the sum of the sequence lengths, no padding), so every token-wise op runs
- * over exactly the tokens there are; only attention and RoPE look at sequence boundaries. Forward
- * only: activations are reused from layer to layer (the training issue keeps them per layer). */
+ * Layout follows llm.c's train_gpt2.c: per block a forward and a backward function with the shapes in
+ * comments. The batch is packed (N rows = the sum of the sequence lengths, no padding), so every
+ * token-wise op runs over exactly the tokens there are; only attention and RoPE look at sequence
+ * boundaries. What is cheap to recompute is not kept: attention probabilities (recomputed per tile
+ * from the row's log-sum-exp), the MLP's activation output (recomputed from its input). Everything
+ * runs through the backend table, so a backend gets scoring and training by implementing its ops. */
 #include "model/model.h"
+#include "model/families.h"
 #include "util/err.h"
+#include "util/util.h"
 
 #include <cblas.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "model/safetensors.h"
+// ---- structures ---------------------------------------------------------------------------------
+
+/* A linear module: y = x W + b (+ LoRA). */
+typedef struct {
+  int pw, pb;          /* parameter indices of weight and bias (-1: none); pw -1: slot unused */
+  pc_wlayout layout;
+  int in, out;
+  int la, lb;          /* LoRA A (r, in) and B (out, r) parameter indices, -1 when not adapted */
+  char path[160];      /* module path as PEFT names it */
+} linear;
 
 typedef struct {
-  const float *ln1_w, *ln1_b, *ln2_w, *ln2_b;  /* (C); biases only for LayerNorm */
-  pc_weight qkv;                               /* GPT-2: fused (C, 3C) Conv1D */
-  pc_weight q, k, v;                           /* Llama family: (NH*HD, C), (NKV*HD, C), (NKV*HD, C) */
-  pc_weight o;                                 /* (C, NH*HD) */
-  const float *q_norm, *k_norm;                /* Qwen3: (HD) */
-  pc_weight fc, proj;                          /* GPT-2 MLP: (C, FF) and (FF, C) Conv1D */
-  pc_weight gate, up, down;                    /* SwiGLU MLP: (FF, C), (FF, C), (C, FF) */
-} layer_w;
+  int p[PC_L_COUNT];   /* parameter index of each per-layer tensor (families.h slots), -1 when absent */
+  linear mod[PC_MOD_COUNT];
+} layer;
 
-typedef struct { void *p; int backend; } owned_buf;
+/* What one layer's forward keeps for its backward (pointers into one block). N rows. Without keep,
+ * every layer's pointers are the same buffers. */
+typedef struct {
+  float *res;                  /* (N, C) the layer's input, the residual stream */
+  float *h1, *mean1, *rstd1;   /* norm1 output (N, C), its statistics (N) */
+  float *qkv;                  /* GPT-2 (N, 3C); Llama family q (N, QD) | k (N, KD) | v (N, KD), after norm and rope */
+  float *qraw, *kraw, *qrstd, *krstd;  /* Qwen3: q, k before their norms, and the norms' rstd */
+  float *att, *lse;            /* attention output (N, QD), its row log-sum-exps (N, NH) */
+  float *mid;                  /* (N, C) residual after attention */
+  float *h2, *mean2, *rstd2;   /* norm2 output and statistics */
+  float *f1, *f2;              /* GPT-2: c_fc output before GELU (N, FF); Llama: gate, up (N, FF) */
+  float *lt[PC_MOD_COUNT];     /* LoRA: (alpha/r) x A^T (N, r) per adapted module */
+} activations;
 
 struct pc_model {
   pc_config cfg;
   pc_backend *be;
-  pc_ckpt *ckpt;
-  const float *wte, *wpe;        /* (V, C), (max_pos, C) */
-  const float *lnf_w, *lnf_b;    /* (C) */
-  pc_weight head;                /* (V, C): lm_head or the tied wte */
-  layer_w *L;
-  owned_buf *owned;
-  int nowned, capowned;
-  /* LoRA adapter being merged during load (NULL after) */
-  pc_ckpt *lora;
+  int trainable;
+  pc_ckpt *ckpt;               /* frozen: kept open, weights may point into its mapping */
+  int strip_prefix;            /* the checkpoint lacks the family's optional prefix (bare GPT2Model) */
+  pc_param *params;
+  int nparams, cap_params;
+  int g[PC_G_COUNT];           /* whole-model parameter indices (head == wte when tied), -1 when absent */
+  layer *layers;
+  // ---- LoRA
+  int lora_r;
   double lora_scale;
-  int lora_fan_in_fan_out, lora_merged;
-  /* RoPE tables (rope_cap, HD/2), backend memory, grown on demand */
+  char lora_targets[512];
+  pc_ckpt *merge;              /* frozen: the adapter being merged during load (NULL after) */
+  double merge_scale;
+  int merged;
+  pc_dtype dtype;
+  // ---- RoPE tables (rope_cap, HD/2), backend memory, grown on demand
+  double *inv_freq;
   float *cos_t, *sin_t;
   int rope_cap;
-  double *inv_freq;              /* (HD/2), host */
-  /* activations (backend memory), grown on demand */
+  // ---- activations for cap_n rows and cap_m scored rows (backend memory, one block)
   size_t cap_n, cap_m;
+  int cap_keep;                /* the block holds every layer's activations and the gradient scratch */
+  float *act_block;
+  activations *acts;           /* (layers) */
+  float *res_out;              /* (N, C) the last layer's output */
   int32_t *ids, *pos, *rows, *targets;
-  float *x, *h, *qkvb, *att, *f1, *f2, *xm, *hm, *lp;
-  float *lp_host;
+  float *xm, *hm, *meanf, *rstdf, *lse_lp, *lp, *dlp, *dhm, *dxm;
+  float *dres, *dh, *dqkv, *datt, *dff1, *dff2, *fact, *dt;
+  float *lp_host, *dlp_host;
+  // ---- the last forward's layout (kept for the backward)
+  pc_layout lay;
+  int nseq;
+  int have_fwd;
 };
 
-
 const pc_config *pc_model_config(const pc_model *m) { return &m->cfg; }
+int pc_model_nparams(const pc_model *m) { return m->nparams; }
+pc_param *pc_model_param(pc_model *m, int i) { return &m->params[i]; }
+pc_dtype pc_model_dtype(const pc_model *m) { return m->dtype; }
+const char *pc_model_lora_targets(const pc_model *m) { return m->lora_targets; }
 
-// ---- weights ------------------------------------------------------------------------------------
-
-static int keep(pc_model *m, void *p, int backend) {
-  if (m->nowned == m->capowned) {
-    int nc = m->capowned ? 2 * m->capowned : 64;
-    owned_buf *no = realloc(m->owned, sizeof *no * (size_t)nc);
-    if (!no) return -1;
-    m->owned = no;
-    m->capowned = nc;
+size_t pc_model_trainable(const pc_model *m, size_t *total) {
+  size_t t = 0, all = 0;
+  for (int i = 0; i < m->nparams; i++) {
+    all += m->params[i].n;
+    if (m->params[i].g) t += m->params[i].n;
   }
-  m->owned[m->nowned++] = (owned_buf){p, backend};
+  if (total) *total = all;
+  return t;
+}
+
+/* A failed backend op: the backend's own message (which names the op) into err. */
+static int backend_failed(pc_model *m, const char *what, char *err, size_t errlen) {
+  const char *e = m->be->ops->error(m->be);
+  pc_seterr(err, errlen, "backend %s: %s: %s", m->be->ops->name, what, e ? e : "failed");
+  return -1;
+}
+
+// ---- parameters ---------------------------------------------------------------------------------
+
+/* A new parameter slot; its memory is set by the caller. */
+static int new_param(pc_model *m, const char *name, int ndim, int64_t d0, int64_t d1, char *err, size_t errlen) {
+  if (m->nparams == m->cap_params) {
+    int nc = m->cap_params ? 2 * m->cap_params : 64;
+    pc_param *np = realloc(m->params, sizeof *np * (size_t)nc);
+    if (!np) { pc_seterr(err, errlen, "out of memory"); return -1; }
+    m->params = np;
+    m->cap_params = nc;
+  }
+  pc_param *p = &m->params[m->nparams];
+  memset(p, 0, sizeof *p);
+  snprintf(p->name, sizeof p->name, "%s", name);
+  p->ndim = ndim;
+  p->shape[0] = d0;
+  p->shape[1] = ndim > 1 ? d1 : 1;
+  p->n = (size_t)d0 * (size_t)p->shape[1];
+  p->decay = ndim > 1;
+  return m->nparams++;
+}
+
+/* A new parameter with writable backend memory of its own. */
+static int new_owned_param(pc_model *m, const char *name, int ndim, int64_t d0, int64_t d1, char *err, size_t errlen) {
+  int i = new_param(m, name, ndim, d0, d1, err, errlen);
+  if (i < 0) return -1;
+  pc_param *p = &m->params[i];
+  p->w = m->be->ops->alloc(m->be, p->n * sizeof(float));
+  if (!p->w) { pc_seterr(err, errlen, "out of memory for '%s'", name); return -1; }
+  p->w_owned = 1;
+  return i;
+}
+
+static int upload(pc_model *m, void *dst, const void *src, size_t bytes, const char *what, char *err, size_t errlen) {
+  if (m->be->ops->upload(m->be, dst, src, bytes) != 0) return backend_failed(m, what, err, errlen);
   return 0;
 }
 
-void pc_lora_apply(float *w, pc_wlayout layout, int out_f, int in_f, const float *a, const float *b, int r, float s) {
+/* W += s B A (nn.Linear, W (out, in)) or its transpose (Conv1D, W (in, out)); A (r, in), B (out, r). */
+static void lora_apply(float *w, pc_wlayout layout, int out_f, int in_f, const float *a, const float *b, int r, float s) {
   if (layout == PC_W_OUT_IN)  // W (out, in) += s * B (out, r) A (r, in)
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out_f, in_f, r, s, b, r, a, in_f, 1.0f, w, in_f);
   else  // W (in, out) += s * A^T (in, r) B^T (r, out)
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasTrans, in_f, out_f, r, s, a, in_f, b, r, 1.0f, w, out_f);
 }
 
-/* Merges the adapter's lora_A/lora_B for module `mod` (a path without ".weight") into w, a host copy
- * that we own, laid out (rows, cols) as in the checkpoint. Returns 1 when merged, 0 when the adapter
- * has no such module, -1 on error. */
-static int lora_merge(pc_model *m, const char *mod, float *w, int64_t rows, int64_t cols, pc_wlayout layout,
-                      char *err, size_t errlen) {
-  char ka[1200], kb[1200];
-  const pc_st_tensor *A = NULL, *B = NULL;
-  // PEFT names modules by their path in the *ForCausalLM model; a bare GPT2Model checkpoint lacks
-  // the "transformer." that the adapter has.
-  const char *tries[2] = {mod, NULL};
-  char alt[560];
-  if (m->cfg.family == PC_FAM_GPT2 && strncmp(mod, "transformer.", 12) != 0) {
-    snprintf(alt, sizeof alt, "transformer.%s", mod);
-    tries[1] = alt;
-  }
-  for (int i = 0; i < 2 && tries[i] && !A; i++) {
-    snprintf(ka, sizeof ka, "base_model.model.%s.lora_A.weight", tries[i]);
+/* The adapter's lora_A/lora_B for the module at PEFT path `path` (NULL, NULL when it has none). PEFT
+ * names modules by their path in the *ForCausalLM model; an adapter of a bare GPT2Model lacks the
+ * "transformer." that the table's names carry, so that spelling is tried too. */
+static int find_lora(const pc_model *m, pc_ckpt *ad, const char *path, const pc_st_tensor **A, const pc_st_tensor **B,
+                     char *ka, size_t kan, char *err, size_t errlen) {
+  const char *pre = pc_family_table_of(m->cfg.family)->prefix;
+  const char *tries[2] = {path, *pre && !strncmp(path, pre, strlen(pre)) ? path + strlen(pre) : NULL};
+  *A = *B = NULL;
+  for (int i = 0; i < 2 && tries[i] && !*A; i++) {
+    char kb[400];
+    snprintf(ka, kan, "base_model.model.%s.lora_A.weight", tries[i]);
     snprintf(kb, sizeof kb, "base_model.model.%s.lora_B.weight", tries[i]);
-    A = pc_ckpt_find(m->lora, ka);
-    B = pc_ckpt_find(m->lora, kb);
-    if (A && !B) { pc_seterr(err, errlen, "%s: has %s but no %s", A->file, ka, kb); return -1; }
+    *A = pc_ckpt_find(ad, ka);
+    *B = pc_ckpt_find(ad, kb);
+    if (*A && !*B) { pc_seterr(err, errlen, "%s: has %s but no %s", (*A)->file, ka, kb); return -1; }
   }
+  if (!*A) snprintf(ka, kan, "base_model.model.%s.lora_A.weight", path);
+  return 0;
+}
+
+/* Frozen load with an adapter: merges the module's LoRA into host (rows, cols as stored). */
+static int merge_lora(pc_model *m, const char *path, float *host, int64_t rows, int64_t cols, pc_wlayout layout,
+                      char *err, size_t errlen) {
+  const pc_st_tensor *A, *B;
+  char ka[400];
+  if (find_lora(m, m->merge, path, &A, &B, ka, sizeof ka, err, errlen) != 0) return -1;
   if (!A) return 0;
-  // nn.Linear: W (out, in); A (r, in), B (out, r). Conv1D (fan_in_fan_out): W (in, out) and the delta
-  // is (B A)^T.
   int64_t out_f = layout == PC_W_OUT_IN ? rows : cols, in_f = layout == PC_W_OUT_IN ? cols : rows;
   if (A->ndim != 2 || B->ndim != 2 || A->shape[1] != in_f || B->shape[0] != out_f || B->shape[1] != A->shape[0]) {
     pc_seterr(err, errlen, "%s: LoRA tensors for %s have shapes that do not fit the weight (%lld x %lld)", A->file,
-           mod, (long long)rows, (long long)cols);
+              path, (long long)rows, (long long)cols);
     return -1;
   }
-  int r = (int)A->shape[0];
   float *a = malloc(sizeof(float) * (size_t)A->numel), *b = malloc(sizeof(float) * (size_t)B->numel);
-  if (!a || !b || pc_tensor_to_f32(A, a, err, errlen) || pc_tensor_to_f32(B, b, err, errlen)) {
-    if (!a || !b) pc_seterr(err, errlen, "out of memory merging LoRA");
-    free(a);
-    free(b);
-    return -1;
+  int rc = -1;
+  if (!a || !b) pc_seterr(err, errlen, "out of memory merging LoRA");
+  else if (!pc_tensor_to_f32(A, a, err, errlen) && !pc_tensor_to_f32(B, b, err, errlen)) {
+    lora_apply(host, layout, (int)out_f, (int)in_f, a, b, (int)A->shape[0], (float)m->merge_scale);
+    m->merged++;
+    rc = 1;
   }
-  pc_lora_apply(w, layout, (int)out_f, (int)in_f, a, b, r, (float)m->lora_scale);
   free(a);
   free(b);
-  m->lora_merged++;
-  return 1;
+  return rc;
 }
 
-/* Loads tensor `name` with the expected shape as backend float32. Missing → NULL with err set, unless
- * optional (then NULL with err empty). */
-static const float *load(pc_model *m, const char *name, int ndim, int64_t d0, int64_t d1, int optional,
-                         pc_wlayout layout, char *err, size_t errlen) {
-  err[0] = 0;
-  const pc_st_tensor *t = pc_ckpt_find(m->ckpt, name);
-  if (!t) {
-    if (!optional) pc_seterr(err, errlen, "missing tensor '%s' in the checkpoint", name);
-    return NULL;
-  }
-  int64_t dims[2] = {d0, d1};
-  if (pc_tensor_check_shape(t, ndim, dims, err, errlen) != 0) return NULL;
+/* One checkpoint tensor into a new parameter: trainable, a writable backend copy; frozen, the backend's
+ * view of the F32 bytes in the mapping when they can be used as they are (else a float32 host copy,
+ * with the adapter merged). path: the module's PEFT path for linear weights (NULL otherwise). */
+static int load_tensor(pc_model *m, const pc_st_tensor *t, int ndim, const int64_t *dims, const char *path,
+                       pc_wlayout layout, char *err, size_t errlen) {
+  if (pc_tensor_check_shape(t, ndim, dims, err, errlen) != 0) return -1;
+  if (m->nparams == 0) m->dtype = t->dtype;
   size_t n = (size_t)t->numel;
+  int in_place = !m->trainable && t->dtype == PC_DT_F32 && ((uintptr_t)t->data % sizeof(float)) == 0;
+  if (in_place && m->merge && path) {  // does the adapter touch this module?
+    const pc_st_tensor *A, *B;
+    char ka[400];
+    if (find_lora(m, m->merge, path, &A, &B, ka, sizeof ka, err, errlen) != 0) return -1;
+    in_place = A == NULL;
+  }
   float *host = NULL;
-  const float *src;
-  int lora = 0;
-  if (m->lora && ndim == 2) {  // probe: does the adapter touch this module?
-    char mod[512];
-    snprintf(mod, sizeof mod, "%.*s", (int)(strlen(name) - 7), name);  // strip ".weight"
-    char ka[600];
-    snprintf(ka, sizeof ka, "base_model.model.%s.lora_A.weight", mod);
-    char kb[620];
-    snprintf(kb, sizeof kb, "base_model.model.transformer.%s.lora_A.weight", mod);
-    lora = pc_ckpt_find(m->lora, ka) || (m->cfg.family == PC_FAM_GPT2 && pc_ckpt_find(m->lora, kb));
-  }
-  if (t->dtype == PC_DT_F32 && ((uintptr_t)t->data % sizeof(float)) == 0 && !lora) {
-    src = t->data;  // in place, from the mapping
-  } else {
+  if (!in_place) {
     host = malloc(sizeof(float) * (n ? n : 1));
-    if (!host) { pc_seterr(err, errlen, "out of memory loading '%s'", name); return NULL; }
-    if (pc_tensor_to_f32(t, host, err, errlen) != 0) { free(host); return NULL; }
-    if (lora) {
-      char mod[512];
-      snprintf(mod, sizeof mod, "%.*s", (int)(strlen(name) - 7), name);
-      if (lora_merge(m, mod, host, d0, d1, layout, err, errlen) < 0) { free(host); return NULL; }
+    if (!host) { pc_seterr(err, errlen, "out of memory loading '%s'", t->name); return -1; }
+    if (pc_tensor_to_f32(t, host, err, errlen) != 0 ||
+        (m->merge && path && merge_lora(m, path, host, dims[0], dims[1], layout, err, errlen) < 0)) {
+      free(host);
+      return -1;
     }
-    src = host;
   }
+  int i;
+  if (m->trainable) {
+    i = new_owned_param(m, t->name, ndim, dims[0], dims[1], err, errlen);
+    if (i >= 0 && upload(m, m->params[i].w, host, n * sizeof(float), t->name, err, errlen) != 0) i = -1;
+    free(host);
+    return i;
+  }
+  i = new_param(m, t->name, ndim, dims[0], dims[1], err, errlen);
+  if (i < 0) { free(host); return -1; }
+  pc_param *p = &m->params[i];
   int owned = 0;
-  const float *w = m->be->ops->weight(m->be, src, n, &owned);
-  if (!w) { free(host); pc_seterr(err, errlen, "backend out of memory for '%s'", name); return NULL; }
-  if (owned && keep(m, (void *)w, 1) != 0) { free(host); pc_seterr(err, errlen, "out of memory"); return NULL; }
-  if (host) {
-    if (w == host) { if (keep(m, host, 0) != 0) { free(host); pc_seterr(err, errlen, "out of memory"); return NULL; } }
-    else free(host);
-  }
-  return w;
+  p->w = (float *)m->be->ops->weight(m->be, host ? host : t->data, n, &owned);
+  if (!p->w) { free(host); return backend_failed(m, t->name, err, errlen); }
+  p->w_owned = owned;
+  if (host && owned) free(host);  // the backend made its own copy
+  else p->host = host;            // the weight is the host copy itself
+  return i;
 }
 
-static int load_gpt2(pc_model *m, char *err, size_t errlen) {
+/* Every tensor of the family's table that this config has, into parameters and the slots that name
+ * them. */
+static int load_weights(pc_model *m, char *err, size_t errlen) {
   const pc_config *c = &m->cfg;
-  int64_t C = c->hidden, V = c->vocab, FF = c->intermediate;
-  const char *pf = pc_ckpt_find(m->ckpt, "transformer.wte.weight") ? "transformer." : "";
-  char nm[256];
-#define LD(var, nd, a, b, opt, lay, ...)                                   \
-  do {                                                                     \
-    snprintf(nm, sizeof nm, __VA_ARGS__);                                  \
-    var = load(m, nm, nd, a, b, opt, lay, err, errlen);                    \
-    if (!var && (!(opt) || err[0])) return -1;                             \
-  } while (0)
-  LD(m->wte, 2, V, C, 0, PC_W_OUT_IN, "%swte.weight", pf);
-  LD(m->wpe, 2, c->max_pos, C, 0, PC_W_OUT_IN, "%swpe.weight", pf);
-  for (int l = 0; l < c->layers; l++) {
-    layer_w *w = &m->L[l];
-    LD(w->ln1_w, 1, C, 0, 0, PC_W_OUT_IN, "%sh.%d.ln_1.weight", pf, l);
-    LD(w->ln1_b, 1, C, 0, 0, PC_W_OUT_IN, "%sh.%d.ln_1.bias", pf, l);
-    LD(w->qkv.w, 2, C, 3 * C, 0, PC_W_IN_OUT, "%sh.%d.attn.c_attn.weight", pf, l);
-    LD(w->qkv.b, 1, 3 * C, 0, 0, PC_W_OUT_IN, "%sh.%d.attn.c_attn.bias", pf, l);
-    LD(w->o.w, 2, C, C, 0, PC_W_IN_OUT, "%sh.%d.attn.c_proj.weight", pf, l);
-    LD(w->o.b, 1, C, 0, 0, PC_W_OUT_IN, "%sh.%d.attn.c_proj.bias", pf, l);
-    LD(w->ln2_w, 1, C, 0, 0, PC_W_OUT_IN, "%sh.%d.ln_2.weight", pf, l);
-    LD(w->ln2_b, 1, C, 0, 0, PC_W_OUT_IN, "%sh.%d.ln_2.bias", pf, l);
-    LD(w->fc.w, 2, C, FF, 0, PC_W_IN_OUT, "%sh.%d.mlp.c_fc.weight", pf, l);
-    LD(w->fc.b, 1, FF, 0, 0, PC_W_OUT_IN, "%sh.%d.mlp.c_fc.bias", pf, l);
-    LD(w->proj.w, 2, FF, C, 0, PC_W_IN_OUT, "%sh.%d.mlp.c_proj.weight", pf, l);
-    LD(w->proj.b, 1, C, 0, 0, PC_W_OUT_IN, "%sh.%d.mlp.c_proj.bias", pf, l);
-    w->qkv.layout = w->o.layout = w->fc.layout = w->proj.layout = PC_W_IN_OUT;
+  const pc_family_table *ft = pc_family_table_of(c->family);
+  size_t plen = strlen(ft->prefix);
+  char full[256];
+  if (plen) {  // a bare checkpoint: names without the prefix
+    snprintf(full, sizeof full, "%s", ft->tensors[0].name);
+    m->strip_prefix = !pc_ckpt_find(m->ckpt, full) && !strncmp(full, ft->prefix, plen) &&
+                      pc_ckpt_find(m->ckpt, full + plen);
   }
-  LD(m->lnf_w, 1, C, 0, 0, PC_W_OUT_IN, "%sln_f.weight", pf);
-  LD(m->lnf_b, 1, C, 0, 0, PC_W_OUT_IN, "%sln_f.bias", pf);
-  const float *head = NULL;
-  if (!c->tie_embeddings) LD(head, 2, V, C, 0, PC_W_OUT_IN, "lm_head.weight");
-  m->head = (pc_weight){head ? head : m->wte, NULL, PC_W_OUT_IN};
+  for (int k = 0; k < PC_G_COUNT; k++) m->g[k] = -1;
+  for (int l = 0; l < c->layers; l++)
+    for (int k = 0; k < PC_L_COUNT; k++) m->layers[l].p[k] = -1;
+  for (int ti = 0; ti < ft->count; ti++) {
+    const pc_tensor_spec *s = &ft->tensors[ti];
+    if (!pc_tensor_present(s, c)) continue;
+    int64_t dims[2];
+    int ndim = pc_tensor_shape(s, c, dims);
+    int linw = s->per_layer && s->slot >= PC_L_W && s->slot < PC_L_B;
+    for (int l = 0; l < (s->per_layer ? c->layers : 1); l++) {
+      snprintf(full, sizeof full, s->name, l);
+      const char *name = m->strip_prefix && !strncmp(full, ft->prefix, plen) ? full + plen : full;
+      const pc_st_tensor *t = pc_ckpt_find(m->ckpt, name);
+      if (!t) { pc_seterr(err, errlen, "missing tensor '%s' in the checkpoint", name); return -1; }
+      char path[160];
+      snprintf(path, sizeof path, "%.*s", (int)(strlen(full) - 7), full);  // the module: strip ".weight"
+      int i = load_tensor(m, t, ndim, dims, linw ? path : NULL, s->layout, err, errlen);
+      if (i < 0) return -1;
+      if (!s->per_layer) { m->g[s->slot] = i; continue; }
+      layer *L = &m->layers[l];
+      L->p[s->slot] = i;
+      if (linw) {
+        linear *mod = &L->mod[s->slot - PC_L_W];
+        mod->layout = s->layout;
+        mod->in = (int)(s->layout == PC_W_OUT_IN ? dims[1] : dims[0]);
+        mod->out = (int)(s->layout == PC_W_OUT_IN ? dims[0] : dims[1]);
+        snprintf(mod->path, sizeof mod->path, "%s", path);
+      }
+    }
+  }
+  if (m->g[PC_G_HEAD] < 0) m->g[PC_G_HEAD] = m->g[PC_G_WTE];  // tied
+  for (int l = 0; l < c->layers; l++)
+    for (int k = 0; k < PC_MOD_COUNT; k++) {
+      linear *mod = &m->layers[l].mod[k];
+      mod->pw = m->layers[l].p[PC_L_W + k];
+      mod->pb = m->layers[l].p[PC_L_B + k];
+      mod->la = mod->lb = -1;
+    }
   return 0;
 }
 
-static int load_llama(pc_model *m, char *err, size_t errlen) {
-  const pc_config *c = &m->cfg;
-  int64_t C = c->hidden, V = c->vocab, FF = c->intermediate, HD = c->head_dim;
-  int64_t QD = (int64_t)c->heads * HD, KD = (int64_t)c->kv_heads * HD;
-  char nm[256];
-  LD(m->wte, 2, V, C, 0, PC_W_OUT_IN, "model.embed_tokens.weight");
-  for (int l = 0; l < c->layers; l++) {
-    layer_w *w = &m->L[l];
-    const char *p = "model.layers";
-    LD(w->ln1_w, 1, C, 0, 0, PC_W_OUT_IN, "%s.%d.input_layernorm.weight", p, l);
-    LD(w->ln2_w, 1, C, 0, 0, PC_W_OUT_IN, "%s.%d.post_attention_layernorm.weight", p, l);
-    LD(w->q.w, 2, QD, C, 0, PC_W_OUT_IN, "%s.%d.self_attn.q_proj.weight", p, l);
-    LD(w->k.w, 2, KD, C, 0, PC_W_OUT_IN, "%s.%d.self_attn.k_proj.weight", p, l);
-    LD(w->v.w, 2, KD, C, 0, PC_W_OUT_IN, "%s.%d.self_attn.v_proj.weight", p, l);
-    LD(w->o.w, 2, C, QD, 0, PC_W_OUT_IN, "%s.%d.self_attn.o_proj.weight", p, l);
-    if (c->qkv_bias) {
-      LD(w->q.b, 1, QD, 0, 0, PC_W_OUT_IN, "%s.%d.self_attn.q_proj.bias", p, l);
-      LD(w->k.b, 1, KD, 0, 0, PC_W_OUT_IN, "%s.%d.self_attn.k_proj.bias", p, l);
-      LD(w->v.b, 1, KD, 0, 0, PC_W_OUT_IN, "%s.%d.self_attn.v_proj.bias", p, l);
+// ---- LoRA ---------------------------------------------------------------------------------------
+
+/* PEFT's rule: a module is targeted when its name equals a target or ends with "." + target. */
+static int targeted(const char *path, const char *targets) {
+  const char *p = targets;
+  size_t lp = strlen(path);
+  while (*p) {
+    const char *e = strchr(p, ',');
+    size_t n = e ? (size_t)(e - p) : strlen(p);
+    if (n && lp >= n && memcmp(path + lp - n, p, n) == 0 && (lp == n || path[lp - n - 1] == '.')) return 1;
+    p += n + (e ? 1 : 0);
+  }
+  return 0;
+}
+
+static int count_lora_modules(const pc_ckpt *ck) {
+  int n = 0;
+  for (int i = 0; i < pc_ckpt_count(ck); i++) n += strstr(pc_ckpt_at(ck, i)->name, ".lora_A.") != NULL;
+  return n;
+}
+
+/* A and B of one module: the initial adapter's matrices, or PEFT's initialization (A ~ U(-1/sqrt(in),
+ * 1/sqrt(in)), the bound of kaiming_uniform_(a=sqrt(5)); B = 0). */
+static int init_lora_pair(pc_model *m, linear *L, const pc_st_tensor *ta, const pc_st_tensor *tb, uint64_t *rng,
+                          char *err, size_t errlen) {
+  pc_param *A = &m->params[L->la], *B = &m->params[L->lb];
+  float *ha = malloc(sizeof(float) * A->n), *hb = malloc(sizeof(float) * B->n);
+  int rc = -1;
+  if (!ha || !hb) { pc_seterr(err, errlen, "out of memory"); goto done; }
+  if (ta) {
+    if (pc_tensor_to_f32(ta, ha, err, errlen) || pc_tensor_to_f32(tb, hb, err, errlen)) goto done;
+  } else {
+    double bound = 1.0 / sqrt((double)L->in);
+    for (size_t i = 0; i < A->n; i++) ha[i] = (float)((pc_rand_unit(rng) * 2.0 - 1.0) * bound);
+    memset(hb, 0, sizeof(float) * B->n);
+  }
+  if (upload(m, A->w, ha, sizeof(float) * A->n, A->name, err, errlen) ||
+      upload(m, B->w, hb, sizeof(float) * B->n, B->name, err, errlen))
+    goto done;
+  rc = 0;
+done:
+  free(ha);
+  free(hb);
+  return rc;
+}
+
+/* Adds A and B to every targeted module (or every module the initial adapter adapts). */
+static int add_lora(pc_model *m, const pc_model_opts *o, char *err, size_t errlen) {
+  const char *targets = o->lora_targets && *o->lora_targets ? o->lora_targets
+                                                            : pc_family_table_of(m->cfg.family)->lora_targets;
+  pc_ckpt *init = NULL;
+  int r = o->lora_r;
+  double alpha = o->lora_alpha;
+  if (o->init_adapter) {
+    char path[4096];
+    double rr;
+    if (pc_adapter_config(o->init_adapter, &rr, &alpha, err, errlen) != 0) return -1;
+    r = (int)rr;
+    if (r != rr) { pc_seterr(err, errlen, "%s/adapter_config.json: \"r\" must be an integer", o->init_adapter); return -1; }
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", o->init_adapter);
+    if (pc_ckpt_open_file(path, &init, err, errlen) != 0) return -1;
+  }
+  m->lora_r = r;
+  m->lora_scale = alpha / r;
+  uint64_t rng = o->seed ^ 0x6C6F7261ull;  // "lora"
+  int matched = 0, rc = -1;
+  m->lora_targets[0] = 0;
+  for (int l = 0; l < m->cfg.layers; l++)
+    for (int k = 0; k < PC_MOD_COUNT; k++) {
+      linear *L = &m->layers[l].mod[k];
+      if (L->pw < 0) continue;
+      const pc_st_tensor *ta = NULL, *tb = NULL;
+      char ka[400], kb[420];
+      if (init && find_lora(m, init, L->path, &ta, &tb, ka, sizeof ka, err, errlen) != 0) goto done;
+      if (init ? !ta : !targeted(L->path, targets)) continue;
+      // the PEFT keys this run writes: always the *ForCausalLM path
+      snprintf(ka, sizeof ka, "base_model.model.%s.lora_A.weight", L->path);
+      snprintf(kb, sizeof kb, "base_model.model.%s.lora_B.weight", L->path);
+      const char *leaf = strrchr(L->path, '.') + 1;  // joins the list written to adapter_config.json
+      if (!targeted(leaf, m->lora_targets)) {
+        size_t u = strlen(m->lora_targets);
+        snprintf(m->lora_targets + u, sizeof m->lora_targets - u, "%s%s", u ? "," : "", leaf);
+      }
+      int64_t da[2] = {r, L->in}, db[2] = {L->out, r};
+      if (init && (pc_tensor_check_shape(ta, 2, da, err, errlen) || pc_tensor_check_shape(tb, 2, db, err, errlen)))
+        goto done;
+      if ((L->la = new_owned_param(m, ka, 2, r, L->in, err, errlen)) < 0) goto done;
+      if ((L->lb = new_owned_param(m, kb, 2, L->out, r, err, errlen)) < 0) goto done;
+      m->params[L->la].lora = m->params[L->lb].lora = 1;
+      if (init_lora_pair(m, L, ta, tb, &rng, err, errlen) != 0) goto done;
+      matched++;
     }
-    if (c->o_bias) LD(w->o.b, 1, C, 0, 0, PC_W_OUT_IN, "%s.%d.self_attn.o_proj.bias", p, l);
+  if (init && count_lora_modules(init) != matched) {
+    pc_seterr(err, errlen, "%s/adapter_model.safetensors: %d LoRA modules, but only %d match modules of the model",
+              o->init_adapter, count_lora_modules(init), matched);
+    goto done;
+  }
+  if (!matched) {
+    pc_seterr(err, errlen, "LoRA targets '%s' match no module of this %s model (its modules: %s)", targets,
+              m->cfg.model_type, pc_family_table_of(m->cfg.family)->lora_targets);
+    goto done;
+  }
+  rc = 0;
+done:
+  pc_ckpt_close(init);
+  return rc;
+}
+
+// ---- loading ------------------------------------------------------------------------------------
+
+static int open_merge_adapter(pc_model *m, const char *dir, char *err, size_t errlen) {
+  double r, alpha;
+  char path[4096];
+  if (pc_adapter_config(dir, &r, &alpha, err, errlen) != 0) return -1;
+  m->merge_scale = alpha / r;
+  snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+  return pc_ckpt_open_file(path, &m->merge, err, errlen);
+}
+
+/* Gradients: everything in a full fine-tune, only the LoRA matrices otherwise. */
+static int alloc_grads(pc_model *m, char *err, size_t errlen) {
+  pc_backend *be = m->be;
+  int lora = m->lora_r > 0;
+  for (int i = 0; i < m->nparams; i++) {
+    pc_param *p = &m->params[i];
+    if (lora && !p->lora) continue;
+    p->g = be->ops->alloc(be, p->n * sizeof(float));
+    if (!p->g) { pc_seterr(err, errlen, "out of memory for the gradient of '%s'", p->name); return -1; }
+    be->ops->zero(be, p->g, p->n * sizeof(float));
+  }
+  return 0;
+}
+
+int pc_model_load(const char *dir, const pc_model_opts *opts, pc_backend *be, pc_model **out, char *err,
+                  size_t errlen) {
+  static const pc_model_opts frozen = {0};
+  const pc_model_opts *o = opts ? opts : &frozen;
+  *out = NULL;
+  pc_model *m = calloc(1, sizeof *m);
+  if (!m) { pc_seterr(err, errlen, "out of memory"); return -1; }
+  m->be = be;
+  m->trainable = o->trainable;
+  char path[4096], e2[1024];
+  snprintf(path, sizeof path, "%s/config.json", dir);
+  if (pc_config_load(path, &m->cfg, err, errlen) != 0) goto fail;
+  if (pc_ckpt_open(dir, &m->ckpt, err, errlen) != 0) goto fail;
+  if (!o->trainable && o->merge_adapter && open_merge_adapter(m, o->merge_adapter, err, errlen) != 0) goto fail;
+  m->layers = calloc((size_t)m->cfg.layers, sizeof *m->layers);
+  m->acts = calloc((size_t)m->cfg.layers, sizeof *m->acts);
+  m->inv_freq = malloc(sizeof(double) * (size_t)(m->cfg.head_dim / 2 + 1));
+  if (!m->layers || !m->acts || !m->inv_freq) { pc_seterr(err, errlen, "out of memory"); goto fail; }
+  pc_rope_inv_freq(&m->cfg, m->inv_freq);
+  if (load_weights(m, e2, sizeof e2) != 0) {
+    // name the directory when the message does not already carry a file
+    if (strstr(e2, ".safetensors") || strstr(e2, ".json")) pc_seterr(err, errlen, "%s", e2);
+    else pc_seterr(err, errlen, "%s: %s", dir, e2);
+    goto fail;
+  }
+  if (m->merge) {
+    if (count_lora_modules(m->merge) != m->merged) {
+      pc_seterr(err, errlen, "%s/adapter_model.safetensors: %d LoRA modules, but only %d match weights of the model",
+                o->merge_adapter, count_lora_modules(m->merge), m->merged);
+      goto fail;
+    }
+    pc_ckpt_close(m->merge);
+    m->merge = NULL;
+  }
+  if (o->trainable) {
+    pc_ckpt_close(m->ckpt);  // every weight is a copy now
+    m->ckpt = NULL;
+    if ((o->lora_r > 0 || o->init_adapter) && add_lora(m, o, err, errlen) != 0) goto fail;
+    if (alloc_grads(m, err, errlen) != 0) goto fail;
+  }
+  *out = m;
+  return 0;
+fail:
+  pc_model_free(m);
+  return -1;
+}
+
+static void free_acts(pc_model *m) {
+  if (m->act_block) m->be->ops->free(m->be, m->act_block);
+  m->act_block = NULL;
+  m->cap_n = m->cap_m = 0;
+}
+
+void pc_model_free(pc_model *m) {
+  if (!m) return;
+  pc_backend *be = m->be;
+  for (int i = 0; i < m->nparams; i++) {
+    if (m->params[i].w_owned) be->ops->free(be, m->params[i].w);
+    if (m->params[i].g) be->ops->free(be, m->params[i].g);
+    free(m->params[i].host);
+  }
+  free(m->params);
+  free_acts(m);
+  if (m->cos_t) be->ops->free(be, m->cos_t);
+  if (m->sin_t) be->ops->free(be, m->sin_t);
+  free(m->lp_host);
+  free(m->layers);
+  free(m->acts);
+  free(m->inv_freq);
+  pc_layout_free(&m->lay);
+  pc_ckpt_close(m->merge);
+  pc_ckpt_close(m->ckpt);
+  free(m);
+}
+
+void pc_model_zero_grad(pc_model *m) {
+  for (int i = 0; i < m->nparams; i++)
+    if (m->params[i].g) m->be->ops->zero(m->be, m->params[i].g, m->params[i].n * sizeof(float));
+}
+
+// ---- activations --------------------------------------------------------------------------------
+
+/* One block of backend memory holds the activations and the gradient scratch: carved in order by
+ * `take` (a first pass with base NULL measures it). */
+typedef struct { char *base; size_t off; } carver;
+
+static float *take(carver *c, size_t nfloats) {
+  size_t bytes = (nfloats * sizeof(float) + 63) & ~(size_t)63;
+  float *p = c->base ? (float *)(c->base + c->off) : NULL;
+  c->off += bytes;
+  return p;
+}
+
+static void carve_layer(pc_model *m, carver *cv, activations *a, const layer *L, size_t N) {
+  const pc_config *c = &m->cfg;
+  size_t C = (size_t)c->hidden, FF = (size_t)c->intermediate, HD = (size_t)c->head_dim;
+  size_t NH = (size_t)c->heads, NKV = (size_t)c->kv_heads, QD = NH * HD, KD = NKV * HD, QKV = QD + 2 * KD;
+  size_t r = (size_t)(m->lora_r > 0 ? m->lora_r : 1);
+  a->res = take(cv, N * C);
+  a->h1 = take(cv, N * C);
+  a->mean1 = take(cv, N);
+  a->rstd1 = take(cv, N);
+  a->qkv = take(cv, N * QKV);
+  if (c->qk_norm) {
+    a->qraw = take(cv, N * QD);
+    a->kraw = take(cv, N * KD);
+    a->qrstd = take(cv, N * NH);
+    a->krstd = take(cv, N * NKV);
+  }
+  a->att = take(cv, N * QD);
+  a->lse = take(cv, N * NH);
+  a->mid = take(cv, N * C);
+  a->h2 = take(cv, N * C);
+  a->mean2 = take(cv, N);
+  a->rstd2 = take(cv, N);
+  a->f1 = take(cv, N * FF);
+  a->f2 = c->rms_norm ? take(cv, N * FF) : NULL;
+  for (int k = 0; k < PC_MOD_COUNT; k++) a->lt[k] = L->mod[k].la >= 0 ? take(cv, N * r) : NULL;
+}
+
+/* keep: every layer's activations and the backward's scratch; else one layer's, shared by all. */
+static void carve(pc_model *m, carver *cv, size_t N, size_t M, int keep) {
+  const pc_config *c = &m->cfg;
+  size_t C = (size_t)c->hidden, FF = (size_t)c->intermediate, HD = (size_t)c->head_dim;
+  size_t QD = (size_t)c->heads * HD, QKV = QD + 2 * (size_t)c->kv_heads * HD;
+  size_t r = (size_t)(m->lora_r > 0 ? m->lora_r : 1);
+  for (int l = 0; l < c->layers; l++) {
+    if (keep || l == 0) carve_layer(m, cv, &m->acts[l], &m->layers[l], N);
+    else m->acts[l] = m->acts[0];
+  }
+  m->res_out = keep ? take(cv, N * C) : m->acts[0].res;
+  m->ids = (int32_t *)take(cv, N);
+  m->pos = (int32_t *)take(cv, N);
+  m->rows = (int32_t *)take(cv, M);
+  m->targets = (int32_t *)take(cv, M);
+  m->xm = take(cv, M * C);
+  m->hm = take(cv, M * C);
+  m->meanf = take(cv, M);
+  m->rstdf = take(cv, M);
+  m->lse_lp = take(cv, M);
+  m->lp = take(cv, M);
+  m->fact = take(cv, N * FF);
+  if (!keep) {
+    m->dlp = m->dhm = m->dxm = m->dres = m->dh = m->dqkv = m->datt = m->dff1 = m->dff2 = m->dt = NULL;
+    return;
+  }
+  m->dlp = take(cv, M);
+  m->dhm = take(cv, M * C);
+  m->dxm = take(cv, M * C);
+  m->dres = take(cv, N * C);
+  m->dh = take(cv, N * C);
+  m->dqkv = take(cv, N * QKV);
+  m->datt = take(cv, N * QD);
+  m->dff1 = take(cv, N * FF);
+  m->dff2 = take(cv, N * FF);
+  m->dt = take(cv, N * r);
+}
+
+/* Buffers for N rows and M scored rows; they only grow, so the steady state allocates nothing. */
+static int reserve(pc_model *m, size_t N, size_t M, int keep) {
+  if (N <= m->cap_n && M <= m->cap_m && (m->cap_keep || !keep)) return 0;
+  size_t n = N > m->cap_n ? N + N / 4 : m->cap_n, mm = M > m->cap_m ? M + M / 4 : m->cap_m;
+  int k = keep || m->cap_keep;
+  free_acts(m);
+  carver cv = {NULL, 0};
+  carve(m, &cv, n, mm, k);
+  m->act_block = m->be->ops->alloc(m->be, cv.off);
+  free(m->lp_host);
+  m->lp_host = malloc(sizeof(float) * 2 * (mm + 1));
+  if (!m->act_block || !m->lp_host) return -1;
+  cv = (carver){(char *)m->act_block, 0};
+  carve(m, &cv, n, mm, k);
+  m->dlp_host = m->lp_host + mm + 1;
+  m->cap_n = n;
+  m->cap_m = mm;
+  m->cap_keep = k;
+  return 0;
+}
+
+/* cos/sin tables (T, HD/2) for positions 0..T-1, computed in double and rounded once. */
+static int rope_reserve(pc_model *m, int T, char *err, size_t errlen) {
+  if (!m->cfg.rms_norm || T <= m->rope_cap) return 0;
+  int half = m->cfg.head_dim / 2, cap = T + 64;
+  size_t n = (size_t)cap * (size_t)half * sizeof(float);
+  float *c, *s;
+  if (pc_rope_tables(m->inv_freq, half, cap, &c, &s) != 0) { pc_seterr(err, errlen, "out of memory"); return -1; }
+  pc_backend *be = m->be;
+  if (m->cos_t) be->ops->free(be, m->cos_t);
+  if (m->sin_t) be->ops->free(be, m->sin_t);
+  m->cos_t = be->ops->alloc(be, n);
+  m->sin_t = be->ops->alloc(be, n);
+  int rc = 0;
+  if (!m->cos_t || !m->sin_t) {
+    pc_seterr(err, errlen, "out of memory for RoPE tables");
+    rc = -1;
+  } else if (upload(m, m->cos_t, c, n, "rope tables", err, errlen) || upload(m, m->sin_t, s, n, "rope tables", err, errlen))
+    rc = -1;
+  else m->rope_cap = cap;
+  free(c);
+  free(s);
+  return rc;
+}
+
+// ---- linear modules with LoRA -------------------------------------------------------------------
+
+static pc_weight weight_of(const pc_model *m, const linear *L) {
+  return (pc_weight){m->params[L->pw].w, L->pb >= 0 ? m->params[L->pb].w : NULL, L->layout};
+}
+
+/* out (N, out) (= or +=) inp (N, in) · W + b + scale (inp A^T) B^T; t (N, r) keeps scale inp A^T. */
+static void linear_forward(pc_model *m, const linear *L, float *out, const float *inp, float *t, int N, int accumulate) {
+  const pc_backend_ops *op = m->be->ops;
+  pc_weight w = weight_of(m, L);
+  op->matmul(m->be, out, inp, &w, N, L->in, L->out, accumulate);
+  if (L->la >= 0) {
+    pc_weight A = {m->params[L->la].w, NULL, PC_W_OUT_IN}, B = {m->params[L->lb].w, NULL, PC_W_OUT_IN};
+    op->matmul(m->be, t, inp, &A, N, L->in, m->lora_r, 0);              // t (N, r)
+    op->scale(m->be, t, (size_t)N * (size_t)m->lora_r, (float)m->lora_scale);
+    op->matmul(m->be, out, t, &B, N, m->lora_r, L->out, 1);             // out += t B^T
+  }
+}
+
+/* The backward of linear_forward: dinp (N, in) (= or +=), and the gradients of the trainable ones of
+ * W, b, A, B. */
+static void linear_backward(pc_model *m, const linear *L, float *dinp, const float *dout, const float *inp,
+                            const float *t, int N, int accumulate) {
+  const pc_backend_ops *op = m->be->ops;
+  pc_weight w = weight_of(m, L);
+  op->matmul_backward(m->be, dinp, m->params[L->pw].g, L->pb >= 0 ? m->params[L->pb].g : NULL, dout, inp, &w, N,
+                      L->in, L->out, accumulate);
+  if (L->la >= 0) {
+    pc_weight A = {m->params[L->la].w, NULL, PC_W_OUT_IN}, B = {m->params[L->lb].w, NULL, PC_W_OUT_IN};
+    int r = m->lora_r;
+    op->matmul_backward(m->be, m->dt, m->params[L->lb].g, NULL, dout, t, &B, N, r, L->out, 0);  // dt = dout B; dB
+    op->scale(m->be, m->dt, (size_t)N * (size_t)r, (float)m->lora_scale);
+    op->matmul_backward(m->be, dinp, m->params[L->la].g, NULL, m->dt, inp, &A, N, L->in, r, 1);  // dinp += dt A; dA
+  }
+}
+
+// ---- blocks -------------------------------------------------------------------------------------
+
+/* A parameter's weight or gradient by index; NULL for -1 (absent, or frozen). */
+static const float *W(const pc_model *m, int i) { return i >= 0 ? m->params[i].w : NULL; }
+static float *G(const pc_model *m, int i) { return i >= 0 ? m->params[i].g : NULL; }
+
+static void copy_unless_same(pc_backend *be, float *dst, const float *src, size_t n) {
+  if (dst != src) be->ops->copy(be, dst, src, sizeof(float) * n);
+}
+
+/* mid (N, C) = res + attention(norm1(res)): GPT-2's fused c_attn, or the Llama family's q/k/v with
+ * biases (Qwen2), per-head q/k RMSNorm (Qwen3), RoPE and grouped-query heads. */
+static void attention_forward(pc_model *m, int l, const pc_batch *bt, int N) {
+  const pc_config *c = &m->cfg;
+  pc_backend *be = m->be;
+  const pc_backend_ops *op = be->ops;
+  const layer *t = &m->layers[l];
+  activations *a = &m->acts[l];
+  int C = c->hidden, NH = c->heads, NKV = c->kv_heads, HD = c->head_dim, QD = NH * HD, KD = NKV * HD;
+  float eps = (float)c->norm_eps;
+  if (c->family == PC_FAM_GPT2) {
+    op->layernorm(be, a->h1, a->res, W(m, t->p[PC_L_LN1_W]), W(m, t->p[PC_L_LN1_B]), eps, N, C, a->mean1, a->rstd1);
+    linear_forward(m, &t->mod[PC_MOD_Q], a->qkv, a->h1, a->lt[PC_MOD_Q], N, 0);          // qkv (N, 3C)
+    op->attention(be, a->att, a->qkv, a->qkv + C, a->qkv + 2 * C, 3 * C, 3 * C, bt, N, NH, NH, HD, 0, a->lse);
+  } else {
+    float *q = a->qkv, *k = q + (size_t)N * QD, *v = k + (size_t)N * KD;
+    op->rmsnorm(be, a->h1, a->res, W(m, t->p[PC_L_LN1_W]), eps, N, C, C, a->rstd1);
+    linear_forward(m, &t->mod[PC_MOD_Q], c->qk_norm ? a->qraw : q, a->h1, a->lt[PC_MOD_Q], N, 0);  // q (N, NH, HD)
+    linear_forward(m, &t->mod[PC_MOD_K], c->qk_norm ? a->kraw : k, a->h1, a->lt[PC_MOD_K], N, 0);  // k (N, NKV, HD)
+    linear_forward(m, &t->mod[PC_MOD_V], v, a->h1, a->lt[PC_MOD_V], N, 0);                        // v (N, NKV, HD)
     if (c->qk_norm) {
-      LD(w->q_norm, 1, HD, 0, 0, PC_W_OUT_IN, "%s.%d.self_attn.q_norm.weight", p, l);
-      LD(w->k_norm, 1, HD, 0, 0, PC_W_OUT_IN, "%s.%d.self_attn.k_norm.weight", p, l);
+      op->rmsnorm(be, q, a->qraw, W(m, t->p[PC_L_Q_NORM]), eps, N * NH, HD, HD, a->qrstd);
+      op->rmsnorm(be, k, a->kraw, W(m, t->p[PC_L_K_NORM]), eps, N * NKV, HD, HD, a->krstd);
     }
-    LD(w->gate.w, 2, FF, C, 0, PC_W_OUT_IN, "%s.%d.mlp.gate_proj.weight", p, l);
-    LD(w->up.w, 2, FF, C, 0, PC_W_OUT_IN, "%s.%d.mlp.up_proj.weight", p, l);
-    LD(w->down.w, 2, C, FF, 0, PC_W_OUT_IN, "%s.%d.mlp.down_proj.weight", p, l);
-    if (c->mlp_bias) {
-      LD(w->gate.b, 1, FF, 0, 0, PC_W_OUT_IN, "%s.%d.mlp.gate_proj.bias", p, l);
-      LD(w->up.b, 1, FF, 0, 0, PC_W_OUT_IN, "%s.%d.mlp.up_proj.bias", p, l);
-      LD(w->down.b, 1, C, 0, 0, PC_W_OUT_IN, "%s.%d.mlp.down_proj.bias", p, l);
-    }
+    op->rope(be, q, m->cos_t, m->sin_t, bt, N, NH, HD, QD);
+    op->rope(be, k, m->cos_t, m->sin_t, bt, N, NKV, HD, KD);
+    op->attention(be, a->att, q, k, v, QD, KD, bt, N, NH, NKV, HD, c->sliding_window, a->lse);  // att (N, QD)
   }
-  LD(m->lnf_w, 1, C, 0, 0, PC_W_OUT_IN, "model.norm.weight");
-  const float *head = NULL;
-  if (!c->tie_embeddings) LD(head, 2, V, C, 0, PC_W_OUT_IN, "lm_head.weight");
-  m->head = (pc_weight){head ? head : m->wte, NULL, PC_W_OUT_IN};
-#undef LD
-  // inverse frequencies in double (Hugging Face computes them in float32; double is the exact value
-  // the float64 reference uses), with Llama 3's piecewise rescaling
-  m->inv_freq = malloc(sizeof(double) * (size_t)(HD / 2));
-  if (!m->inv_freq) { pc_seterr(err, errlen, "out of memory"); return -1; }
-  pc_rope_inv_freq(c, m->inv_freq);
+  copy_unless_same(be, a->mid, a->res, (size_t)N * C);
+  linear_forward(m, &t->mod[PC_MOD_O], a->mid, a->att, a->lt[PC_MOD_O], N, 1);         // mid += att · Wo
+}
+
+/* out (N, C) = mid + mlp(norm2(mid)): GELU MLP (GPT-2) or SwiGLU (Llama family). */
+static void mlp_forward(pc_model *m, int l, float *out, int N) {
+  const pc_config *c = &m->cfg;
+  pc_backend *be = m->be;
+  const pc_backend_ops *op = be->ops;
+  const layer *t = &m->layers[l];
+  activations *a = &m->acts[l];
+  int C = c->hidden, FF = c->intermediate;
+  size_t NF = (size_t)N * FF;
+  float eps = (float)c->norm_eps;
+  if (c->family == PC_FAM_GPT2) {
+    op->layernorm(be, a->h2, a->mid, W(m, t->p[PC_L_LN2_W]), W(m, t->p[PC_L_LN2_B]), eps, N, C, a->mean2, a->rstd2);
+    linear_forward(m, &t->mod[PC_MOD_GATE], a->f1, a->h2, a->lt[PC_MOD_GATE], N, 0);   // f1 (N, FF)
+    copy_unless_same(be, m->fact, a->f1, NF);                                         // f1 is kept for the backward
+    op->gelu(be, m->fact, NF, c->act == PC_ACT_GELU_TANH);
+  } else {
+    op->rmsnorm(be, a->h2, a->mid, W(m, t->p[PC_L_LN2_W]), eps, N, C, C, a->rstd2);
+    linear_forward(m, &t->mod[PC_MOD_GATE], a->f1, a->h2, a->lt[PC_MOD_GATE], N, 0);   // gate (N, FF)
+    linear_forward(m, &t->mod[PC_MOD_UP], a->f2, a->h2, a->lt[PC_MOD_UP], N, 0);       // up (N, FF)
+    op->swiglu(be, m->fact, a->f1, a->f2, NF);                                        // silu(gate) * up
+  }
+  copy_unless_same(be, out, a->mid, (size_t)N * C);
+  linear_forward(m, &t->mod[PC_MOD_DOWN], out, m->fact, a->lt[PC_MOD_DOWN], N, 1);     // out += f · Wdown
+}
+
+/* dres holds dLoss/d(layer output); on return dLoss/d(mid). */
+static void mlp_backward(pc_model *m, int l, int N) {
+  const pc_config *c = &m->cfg;
+  pc_backend *be = m->be;
+  const pc_backend_ops *op = be->ops;
+  const layer *t = &m->layers[l];
+  activations *a = &m->acts[l];
+  int C = c->hidden, FF = c->intermediate;
+  size_t NF = (size_t)N * FF;
+  if (c->family == PC_FAM_GPT2) {
+    op->copy(be, m->fact, a->f1, sizeof(float) * NF);  // recompute gelu(f1), the input of c_proj
+    op->gelu(be, m->fact, NF, c->act == PC_ACT_GELU_TANH);
+    linear_backward(m, &t->mod[PC_MOD_DOWN], m->dff1, m->dres, m->fact, a->lt[PC_MOD_DOWN], N, 0);  // dff1 (N, FF)
+    op->gelu_backward(be, m->dff1, a->f1, m->dff1, NF, c->act == PC_ACT_GELU_TANH);
+    linear_backward(m, &t->mod[PC_MOD_GATE], m->dh, m->dff1, a->h2, a->lt[PC_MOD_GATE], N, 0);      // dh (N, C)
+    op->layernorm_backward(be, m->dres, G(m, t->p[PC_L_LN2_W]), G(m, t->p[PC_L_LN2_B]), m->dh, a->mid,
+                           W(m, t->p[PC_L_LN2_W]), a->mean2, a->rstd2, N, C, 1);
+  } else {
+    op->swiglu(be, m->fact, a->f1, a->f2, NF);  // recompute silu(gate) * up
+    linear_backward(m, &t->mod[PC_MOD_DOWN], m->dff1, m->dres, m->fact, a->lt[PC_MOD_DOWN], N, 0);
+    op->swiglu_backward(be, m->dff1, m->dff2, a->f1, a->f2, m->dff1, NF);                          // dgate, dup
+    linear_backward(m, &t->mod[PC_MOD_GATE], m->dh, m->dff1, a->h2, a->lt[PC_MOD_GATE], N, 0);
+    linear_backward(m, &t->mod[PC_MOD_UP], m->dh, m->dff2, a->h2, a->lt[PC_MOD_UP], N, 1);
+    op->rmsnorm_backward(be, m->dres, G(m, t->p[PC_L_LN2_W]), m->dh, a->mid, W(m, t->p[PC_L_LN2_W]), a->rstd2, N, C,
+                         C, 1);
+  }
+}
+
+/* dres holds dLoss/d(mid); on return dLoss/d(res), the layer's input. */
+static void attention_backward(pc_model *m, int l, const pc_batch *bt, int N) {
+  const pc_config *c = &m->cfg;
+  pc_backend *be = m->be;
+  const pc_backend_ops *op = be->ops;
+  const layer *t = &m->layers[l];
+  activations *a = &m->acts[l];
+  int C = c->hidden, NH = c->heads, NKV = c->kv_heads, HD = c->head_dim, QD = NH * HD, KD = NKV * HD;
+  linear_backward(m, &t->mod[PC_MOD_O], m->datt, m->dres, a->att, a->lt[PC_MOD_O], N, 0);  // datt (N, QD)
+  if (c->family == PC_FAM_GPT2) {
+    op->attention_backward(be, m->dqkv, m->dqkv + C, m->dqkv + 2 * C, m->datt, a->qkv, a->qkv + C, a->qkv + 2 * C,
+                           a->att, a->lse, 3 * C, 3 * C, bt, N, NH, NH, HD, 0);
+    linear_backward(m, &t->mod[PC_MOD_Q], m->dh, m->dqkv, a->h1, a->lt[PC_MOD_Q], N, 0);
+    op->layernorm_backward(be, m->dres, G(m, t->p[PC_L_LN1_W]), G(m, t->p[PC_L_LN1_B]), m->dh, a->res,
+                           W(m, t->p[PC_L_LN1_W]), a->mean1, a->rstd1, N, C, 1);
+  } else {
+    float *q = a->qkv, *k = q + (size_t)N * QD, *v = k + (size_t)N * KD;
+    float *dq = m->dqkv, *dk = dq + (size_t)N * QD, *dv = dk + (size_t)N * KD;
+    op->attention_backward(be, dq, dk, dv, m->datt, q, k, v, a->att, a->lse, QD, KD, bt, N, NH, NKV, HD,
+                           c->sliding_window);
+    op->rope_backward(be, dq, m->cos_t, m->sin_t, bt, N, NH, HD, QD);
+    op->rope_backward(be, dk, m->cos_t, m->sin_t, bt, N, NKV, HD, KD);
+    if (c->qk_norm) {
+      op->rmsnorm_backward(be, dq, G(m, t->p[PC_L_Q_NORM]), dq, a->qraw, W(m, t->p[PC_L_Q_NORM]), a->qrstd, N * NH, HD,
+                           HD, 0);
+      op->rmsnorm_backward(be, dk, G(m, t->p[PC_L_K_NORM]), dk, a->kraw, W(m, t->p[PC_L_K_NORM]), a->krstd, N * NKV,
+                           HD, HD, 0);
+    }
+    linear_backward(m, &t->mod[PC_MOD_Q], m->dh, dq, a->h1, a->lt[PC_MOD_Q], N, 0);
+    linear_backward(m, &t->mod[PC_MOD_K], m->dh, dk, a->h1, a->lt[PC_MOD_K], N, 1);
+    linear_backward(m, &t->mod[PC_MOD_V], m->dh, dv, a->h1, a->lt[PC_MOD_V], N, 1);
+    op->rmsnorm_backward(be, m->dres, G(m, t->p[PC_L_LN1_W]), m->dh, a->res, W(m, t->p[PC_L_LN1_W]), a->rstd1, N, C,
+                         C, 1);
+  }
+}
+
+// ---- forward and backward -----------------------------------------------------------------------
+
+static pc_batch batch_of(pc_model *m) {
+  return (pc_batch){m->nseq, m->lay.start, m->pos, m->lay.shares ? m->lay.plen : NULL};
+}
+
+/* The final norm and the fused LM head + log-softmax, only on the M rows whose next token is scored:
+ * lp (M) into m->lp_host. */
+static int head_forward(pc_model *m, char *err, size_t errlen) {
+  const pc_config *c = &m->cfg;
+  pc_backend *be = m->be;
+  const pc_backend_ops *op = be->ops;
+  size_t M = m->lay.M;
+  int C = c->hidden;
+  if (upload(m, m->rows, m->lay.rows, M * 4, "rows", err, errlen) ||
+      upload(m, m->targets, m->lay.targets, M * 4, "targets", err, errlen))
+    return -1;
+  op->gather_rows(be, m->xm, m->res_out, m->rows, (int)M, C);                        // xm (M, C)
+  if (c->rms_norm) op->rmsnorm(be, m->hm, m->xm, W(m, m->g[PC_G_LNF_W]), (float)c->norm_eps, (int)M, C, C, m->rstdf);
+  else
+    op->layernorm(be, m->hm, m->xm, W(m, m->g[PC_G_LNF_W]), W(m, m->g[PC_G_LNF_B]), (float)c->norm_eps, (int)M, C,
+                  m->meanf, m->rstdf);
+  pc_weight head = {W(m, m->g[PC_G_HEAD]), NULL, PC_W_OUT_IN};
+  op->logprob(be, m->lp, m->hm, &head, m->targets, (int)M, C, c->vocab, m->lse_lp);  // lp (M)
+  if (op->download(be, m->lp_host, m->lp, M * 4) != 0) return backend_failed(m, "forward", err, errlen);
   return 0;
 }
+
+int pc_model_forward(pc_model *m, const pc_model_seq *seqs, int nseq, int keep, double *sum, int *count,
+                     float *tok_logps, char *err, size_t errlen) {
+  const pc_config *c = &m->cfg;
+  pc_backend *be = m->be;
+  m->have_fwd = 0;
+  if (keep && !m->trainable) { pc_seterr(err, errlen, "a frozen model has no backward pass"); return -1; }
+  pc_layout_free(&m->lay);
+  if (pc_layout_build(c, seqs, nseq, &m->lay, err, errlen) != 0) return -1;
+  m->nseq = nseq;
+  size_t N = m->lay.N, M = m->lay.M;
+  if (reserve(m, N, M, keep) != 0) {
+    pc_seterr(err, errlen, "out of memory for the activations of %zu tokens", N);
+    return -1;
+  }
+  if (rope_reserve(m, m->lay.maxT, err, errlen) != 0) return -1;
+  pc_batch bt = batch_of(m);
+  if (N) {
+    if (upload(m, m->ids, m->lay.ids, N * 4, "ids", err, errlen) ||
+        upload(m, m->pos, m->lay.pos, N * 4, "positions", err, errlen))
+      return -1;
+    be->ops->embedding(be, m->acts[0].res, m->ids, W(m, m->g[PC_G_WTE]), c->learned_pos ? W(m, m->g[PC_G_WPE]) : NULL,
+                       &bt, (int)N, c->hidden);                                       // res (N, C)
+    for (int l = 0; l < c->layers; l++) {
+      attention_forward(m, l, &bt, (int)N);
+      mlp_forward(m, l, l + 1 < c->layers ? m->acts[l + 1].res : m->res_out, (int)N);
+    }
+  }
+  if (M && head_forward(m, err, errlen) != 0) return -1;
+  size_t k = 0;
+  for (int s = 0; s < nseq; s++) {
+    double acc = 0;
+    for (int i = 0; i < m->lay.cnt[s]; i++, k++) {
+      acc += m->lp_host[k];
+      if (tok_logps) tok_logps[k] = m->lp_host[k];
+    }
+    sum[s] = acc;
+    count[s] = m->lay.cnt[s];
+  }
+  m->have_fwd = keep;
+  return 0;
+}
+
+int pc_model_backward(pc_model *m, const float *dsum, char *err, size_t errlen) {
+  if (!m->have_fwd) { pc_seterr(err, errlen, "backward without a forward pass that kept its activations"); return -1; }
+  const pc_config *c = &m->cfg;
+  pc_backend *be = m->be;
+  const pc_backend_ops *op = be->ops;
+  size_t N = m->lay.N, M = m->lay.M;
+  int C = c->hidden;
+  if (!M) return 0;  // nothing scored: no gradient
+  // every scored token of a sequence receives the gradient of the sequence's sum
+  size_t k = 0;
+  for (int s = 0; s < m->nseq; s++)
+    for (int i = 0; i < m->lay.cnt[s]; i++) m->dlp_host[k++] = dsum[s];
+  if (upload(m, m->dlp, m->dlp_host, M * 4, "backward", err, errlen) != 0) return -1;
+  pc_batch bt = batch_of(m);
+  pc_weight head = {W(m, m->g[PC_G_HEAD]), NULL, PC_W_OUT_IN};
+  op->logprob_backward(be, m->dhm, G(m, m->g[PC_G_HEAD]), m->hm, &head, m->targets, m->lse_lp, m->dlp, (int)M, C,
+                       c->vocab);
+  if (c->rms_norm)
+    op->rmsnorm_backward(be, m->dxm, G(m, m->g[PC_G_LNF_W]), m->dhm, m->xm, W(m, m->g[PC_G_LNF_W]), m->rstdf, (int)M,
+                         C, C, 0);
+  else
+    op->layernorm_backward(be, m->dxm, G(m, m->g[PC_G_LNF_W]), G(m, m->g[PC_G_LNF_B]), m->dhm, m->xm,
+                           W(m, m->g[PC_G_LNF_W]), m->meanf, m->rstdf, (int)M, C, 0);
+  op->zero(be, m->dres, sizeof(float) * N * (size_t)C);
+  op->scatter_rows(be, m->dres, m->dxm, m->rows, (int)M, C);                          // dres (N, C)
+  for (int l = c->layers - 1; l >= 0; l--) {
+    mlp_backward(m, l, (int)N);
+    attention_backward(m, l, &bt, (int)N);
+  }
+  op->embedding_backward(be, G(m, m->g[PC_G_WTE]), c->learned_pos ? G(m, m->g[PC_G_WPE]) : NULL, m->dres, m->ids, &bt,
+                         (int)N, C);
+  if (op->error(be)) return backend_failed(m, "backward", err, errlen);
+  return 0;
+}
+
+// ---- RoPE, adapters' configs ---------------------------------------------------------------------
 
 void pc_rope_inv_freq(const pc_config *c, double *out) {
   int HD = c->head_dim, half = HD / 2;
@@ -294,13 +946,10 @@ int pc_rope_tables(const double *inv_freq, int half, int T, float **cos_out, flo
 int pc_adapter_config(const char *dir, double *r_out, double *alpha_out, char *err, size_t errlen) {
   char path[4096];
   snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-  FILE *fp = fopen(path, "rb");
-  if (!fp) { pc_seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno)); return -1; }
-  char buf[1 << 16];
-  size_t n = fread(buf, 1, sizeof buf - 1, fp);
-  fclose(fp);
-  buf[n] = 0;
-  cJSON *o = cJSON_Parse(buf);
+  char *text = pc_read_file(path, NULL, NULL);
+  if (!text) { pc_seterr(err, errlen, "%s: cannot read: %s", path, strerror(errno)); return -1; }
+  cJSON *o = cJSON_Parse(text);
+  free(text);
   int rc = -1;
   if (!cJSON_IsObject(o)) { pc_seterr(err, errlen, "%s: not a JSON object", path); goto done; }
   cJSON *pt = cJSON_GetObjectItemCaseSensitive(o, "peft_type");
@@ -340,234 +989,6 @@ done:
   return rc;
 }
 
-int pc_model_load(const char *dir, const char *adapter_dir, pc_backend *be, pc_model **out, char *err,
-                  size_t errlen) {
-  *out = NULL;
-  pc_model *m = calloc(1, sizeof *m);
-  if (!m) { pc_seterr(err, errlen, "out of memory"); return -1; }
-  m->be = be;
-  char path[4096];
-  snprintf(path, sizeof path, "%s/config.json", dir);
-  if (pc_config_load(path, &m->cfg, err, errlen) != 0) goto fail;
-  if (pc_ckpt_open(dir, &m->ckpt, err, errlen) != 0) goto fail;
-  if (adapter_dir) {
-    double r, alpha;
-    if (pc_adapter_config(adapter_dir, &r, &alpha, err, errlen) != 0) goto fail;
-    m->lora_scale = alpha / r;
-    snprintf(path, sizeof path, "%s/adapter_model.safetensors", adapter_dir);
-    if (pc_ckpt_open_file(path, &m->lora, err, errlen) != 0) goto fail;
-  }
-  m->L = calloc((size_t)m->cfg.layers, sizeof *m->L);
-  if (!m->L) { pc_seterr(err, errlen, "out of memory"); goto fail; }
-  char e2[1024];
-  int rc = m->cfg.family == PC_FAM_GPT2 ? load_gpt2(m, e2, sizeof e2) : load_llama(m, e2, sizeof e2);
-  if (rc != 0) {
-    // name the directory when the message does not already carry a file
-    if (strstr(e2, ".safetensors") || strstr(e2, ".json")) pc_seterr(err, errlen, "%s", e2);
-    else pc_seterr(err, errlen, "%s: %s", dir, e2);
-    goto fail;
-  }
-  if (m->lora) {
-    int nl = 0;
-    for (int i = 0; i < pc_ckpt_count(m->lora); i++) nl += strstr(pc_ckpt_at(m->lora, i)->name, ".lora_A.") != NULL;
-    if (nl != m->lora_merged) {
-      pc_seterr(err, errlen, "%s/adapter_model.safetensors: %d LoRA modules, but only %d match weights of the model",
-             adapter_dir, nl, m->lora_merged);
-      goto fail;
-    }
-    pc_ckpt_close(m->lora);
-    m->lora = NULL;
-  }
-  *out = m;
-  return 0;
-fail:
-  pc_model_free(m);
-  return -1;
-}
-
-void pc_model_free(pc_model *m) {
-  if (!m) return;
-  pc_backend *be = m->be;
-  for (int i = 0; i < m->nowned; i++) {
-    if (m->owned[i].backend) be->ops->free(be, m->owned[i].p);
-    else free(m->owned[i].p);
-  }
-  free(m->owned);
-  void *acts[] = {m->ids, m->pos, m->rows, m->targets, m->x, m->h, m->qkvb, m->att, m->f1, m->f2, m->xm, m->hm,
-                  m->lp, m->cos_t, m->sin_t};
-  for (size_t i = 0; i < sizeof acts / sizeof *acts; i++)
-    if (acts[i]) be->ops->free(be, acts[i]);
-  free(m->lp_host);
-  free(m->inv_freq);
-  free(m->L);
-  pc_ckpt_close(m->lora);
-  pc_ckpt_close(m->ckpt);
-  free(m);
-}
-
-// ---- activations --------------------------------------------------------------------------------
-
-static int grow(pc_model *m, void **p, size_t bytes) {
-  if (*p) m->be->ops->free(m->be, *p);
-  *p = m->be->ops->alloc(m->be, bytes);
-  return *p ? 0 : -1;
-}
-
-/* Buffers for N rows and M scored rows; they only grow, so steady-state scoring allocates nothing. */
-static int reserve(pc_model *m, size_t N, size_t M) {
-  const pc_config *c = &m->cfg;
-  size_t C = (size_t)c->hidden, FF = (size_t)c->intermediate, HD = (size_t)c->head_dim;
-  size_t QKV = ((size_t)c->heads + 2 * (size_t)c->kv_heads) * HD, A = (size_t)c->heads * HD;
-  if (N > m->cap_n) {
-    size_t n = N + N / 4;
-    if (grow(m, (void **)&m->ids, n * 4) || grow(m, (void **)&m->pos, n * 4) ||
-        grow(m, (void **)&m->x, n * C * 4) || grow(m, (void **)&m->h, n * C * 4) ||
-        grow(m, (void **)&m->qkvb, n * QKV * 4) || grow(m, (void **)&m->att, n * A * 4) ||
-        grow(m, (void **)&m->f1, n * FF * 4) || grow(m, (void **)&m->f2, (c->rms_norm ? n * FF : 1) * 4))
-      return -1;
-    m->cap_n = n;
-  }
-  if (M > m->cap_m) {
-    size_t n = M + M / 4;
-    if (grow(m, (void **)&m->rows, n * 4) || grow(m, (void **)&m->targets, n * 4) ||
-        grow(m, (void **)&m->xm, n * C * 4) || grow(m, (void **)&m->hm, n * C * 4) ||
-        grow(m, (void **)&m->lp, n * 4))
-      return -1;
-    free(m->lp_host);
-    m->lp_host = malloc(n * 4);
-    if (!m->lp_host) return -1;
-    m->cap_m = n;
-  }
-  return 0;
-}
-
-/* cos/sin tables (T, HD/2) for positions 0..T-1, computed in double and rounded once. */
-static int rope_reserve(pc_model *m, int T) {
-  if (!m->cfg.rms_norm || T <= m->rope_cap) return 0;
-  int half = m->cfg.head_dim / 2, cap = T + 64;
-  size_t n = (size_t)cap * (size_t)half;
-  float *c, *s;
-  if (pc_rope_tables(m->inv_freq, half, cap, &c, &s) != 0) return -1;
-  pc_backend *be = m->be;
-  int rc = grow(m, (void **)&m->cos_t, n * 4) || grow(m, (void **)&m->sin_t, n * 4);
-  if (!rc) {
-    be->ops->upload(be, m->cos_t, c, n * 4);
-    be->ops->upload(be, m->sin_t, s, n * 4);
-    m->rope_cap = cap;
-  }
-  free(c);
-  free(s);
-  return rc ? -1 : 0;
-}
-
-// ---- layers -------------------------------------------------------------------------------------
-
-/* x (N, C) += attention(norm1(x)) for layer l: GPT-2's fused c_attn or the Llama family's q/k/v with
- * biases (Qwen2), per-head q/k RMSNorm (Qwen3), RoPE and grouped-query heads. */
-static void attention_block(pc_model *m, const layer_w *w, float *x, const pc_batch *bt, int N) {
-  const pc_config *c = &m->cfg;
-  pc_backend *be = m->be;
-  const pc_backend_ops *op = be->ops;
-  int C = c->hidden, NH = c->heads, NKV = c->kv_heads, HD = c->head_dim;
-  if (c->family == PC_FAM_GPT2) {
-    op->layernorm(be, m->h, x, w->ln1_w, w->ln1_b, (float)c->norm_eps, N, C, NULL, NULL);    // h (N, C)
-    op->matmul(be, m->qkvb, m->h, &w->qkv, N, C, 3 * C, 0);              // qkv (N, 3C)
-    op->attention(be, m->att, m->qkvb, m->qkvb + C, m->qkvb + 2 * C, 3 * C, 3 * C, bt, N, NH, NH, HD, 0, NULL);
-  } else {
-    int QD = NH * HD, KD = NKV * HD;
-    float *q = m->qkvb, *k = q + (size_t)N * QD, *v = k + (size_t)N * KD;
-    op->rmsnorm(be, m->h, x, w->ln1_w, (float)c->norm_eps, N, C, C, NULL);              // h (N, C)
-    op->matmul(be, q, m->h, &w->q, N, C, QD, 0);                          // q (N, NH, HD)
-    op->matmul(be, k, m->h, &w->k, N, C, KD, 0);                          // k (N, NKV, HD)
-    op->matmul(be, v, m->h, &w->v, N, C, KD, 0);                          // v (N, NKV, HD)
-    if (c->qk_norm) {
-      op->rmsnorm(be, q, q, w->q_norm, (float)c->norm_eps, N * NH, HD, HD, NULL);
-      op->rmsnorm(be, k, k, w->k_norm, (float)c->norm_eps, N * NKV, HD, HD, NULL);
-    }
-    op->rope(be, q, m->cos_t, m->sin_t, bt, N, NH, HD, QD);
-    op->rope(be, k, m->cos_t, m->sin_t, bt, N, NKV, HD, KD);
-    op->attention(be, m->att, q, k, v, QD, KD, bt, N, NH, NKV, HD, c->sliding_window, NULL);  // att (N, NH*HD)
-  }
-  op->matmul(be, x, m->att, &w->o, N, NH * HD, C, 1);                     // x (N, C) += att · Wo
-}
-
-/* x (N, C) += mlp(norm2(x)): GELU MLP (GPT-2) or SwiGLU (Llama family). */
-static void mlp_block(pc_model *m, const layer_w *w, float *x, int N) {
-  const pc_config *c = &m->cfg;
-  pc_backend *be = m->be;
-  const pc_backend_ops *op = be->ops;
-  int C = c->hidden, FF = c->intermediate;
-  if (c->family == PC_FAM_GPT2) {
-    op->layernorm(be, m->h, x, w->ln2_w, w->ln2_b, (float)c->norm_eps, N, C, NULL, NULL);    // h (N, C)
-    op->matmul(be, m->f1, m->h, &w->fc, N, C, FF, 0);                      // f1 (N, FF)
-    op->gelu(be, m->f1, (size_t)N * FF, c->act == PC_ACT_GELU_TANH);
-    op->matmul(be, x, m->f1, &w->proj, N, FF, C, 1);                       // x (N, C) += f1 · Wproj
-  } else {
-    op->rmsnorm(be, m->h, x, w->ln2_w, (float)c->norm_eps, N, C, C, NULL);
-    op->matmul(be, m->f1, m->h, &w->gate, N, C, FF, 0);                    // gate (N, FF)
-    op->matmul(be, m->f2, m->h, &w->up, N, C, FF, 0);                      // up (N, FF)
-    op->swiglu(be, m->f1, m->f1, m->f2, (size_t)N * FF);                   // silu(gate) * up
-    op->matmul(be, x, m->f1, &w->down, N, FF, C, 1);                       // x (N, C) += f · Wdown
-  }
-}
-
-// ---- scoring ------------------------------------------------------------------------------------
-
-int pc_model_logps(pc_model *m, const pc_model_seq *seqs, int nseq, double *sum, int *count, float *tok_logps,
-                   char *err, size_t errlen) {
-  const pc_config *c = &m->cfg;
-  pc_backend *be = m->be;
-  const pc_backend_ops *op = be->ops;
-  pc_layout lay;
-  if (pc_layout_build(c, seqs, nseq, &lay, err, errlen) != 0) return -1;
-  size_t N = lay.N, M = lay.M;
-  if (reserve(m, N, M) != 0 || rope_reserve(m, lay.maxT) != 0) {
-    pc_layout_free(&lay);
-    pc_seterr(err, errlen, "out of memory for activations");
-    return -1;
-  }
-  if (N) {
-    op->upload(be, m->ids, lay.ids, N * 4);
-    op->upload(be, m->pos, lay.pos, N * 4);
-  }
-  pc_batch bt = {nseq, lay.start, m->pos, lay.shares ? lay.plen : NULL};
-
-  // ---- the stack
-  float *x = m->x;
-  if (N) {
-    op->embedding(be, x, m->ids, m->wte, c->learned_pos ? m->wpe : NULL, &bt, (int)N, c->hidden);  // x (N, C)
-    for (int l = 0; l < c->layers; l++) {
-      attention_block(m, &m->L[l], x, &bt, (int)N);
-      mlp_block(m, &m->L[l], x, (int)N);
-    }
-  }
-
-  // ---- final norm and the fused LM head + log-softmax, only on rows whose next token is scored
-  if (M > 0) {
-    op->upload(be, m->rows, lay.rows, M * 4);
-    op->upload(be, m->targets, lay.targets, M * 4);
-    op->gather_rows(be, m->xm, x, m->rows, (int)M, c->hidden);                       // xm (M, C)
-    if (c->rms_norm) op->rmsnorm(be, m->hm, m->xm, m->lnf_w, (float)c->norm_eps, (int)M, c->hidden, c->hidden, NULL);
-    else op->layernorm(be, m->hm, m->xm, m->lnf_w, m->lnf_b, (float)c->norm_eps, (int)M, c->hidden, NULL, NULL);
-    op->logprob(be, m->lp, m->hm, &m->head, m->targets, (int)M, c->hidden, c->vocab, NULL);  // lp (M)
-    op->download(be, m->lp_host, m->lp, M * 4);
-  }
-  size_t k = 0;
-  for (int s = 0; s < nseq; s++) {
-    int f = seqs[s].score_from < 1 ? 1 : seqs[s].score_from;
-    double acc = 0;
-    int cnt = 0;
-    for (int i = f; i < seqs[s].n; i++, cnt++) {
-      acc += m->lp_host[k];
-      if (tok_logps) tok_logps[k] = m->lp_host[k];
-      k++;
-    }
-    sum[s] = acc;
-    count[s] = cnt;
-  }
-  pc_layout_free(&lay);
-  return 0;
-}
 
 // ---- batch layout -------------------------------------------------------------------------------
 
@@ -644,4 +1065,141 @@ int pc_layout_build(const pc_config *c, const pc_model_seq *seqs, int nseq, pc_l
   }
 #undef ROW_OF
   return 0;
+}
+
+// ---- writers ------------------------------------------------------------------------------------
+
+/* Host copies of the parameters selected by `want` (lora 1: the LoRA matrices, 0: the model's own
+ * weights), merged with their adapters when `merged`. hosts[i] is malloc'd; free with free_hosts. */
+static int host_params(pc_model *m, int lora, int merged, pc_st_write_tensor *ts, float **hosts, int *n, char *err,
+                       size_t errlen) {
+  *n = 0;
+  for (int i = 0; i < m->nparams; i++) {
+    pc_param *p = &m->params[i];
+    if (p->lora != lora) continue;
+    float *h = malloc(sizeof(float) * (p->n ? p->n : 1));
+    if (!h) { pc_seterr(err, errlen, "out of memory writing '%s'", p->name); return -1; }
+    hosts[*n] = h;
+    if (m->be->ops->download(m->be, h, p->w, sizeof(float) * p->n) != 0) return backend_failed(m, p->name, err, errlen);
+    ts[*n] = (pc_st_write_tensor){p->name, p->ndim, {p->shape[0], p->shape[1]}, h};
+    (*n)++;
+  }
+  if (!merged) return 0;
+  // W += scale B A, as score --adapter merges it. The model's own weights come first in P (LoRA
+  // matrices are appended after them), so hosts[i] is parameter i's copy.
+  for (int l = 0; l < m->cfg.layers; l++)
+    for (int k = 0; k < PC_MOD_COUNT; k++) {
+      const linear *L = &m->layers[l].mod[k];
+      if (L->pw < 0 || L->la < 0) continue;
+      float *a = malloc(sizeof(float) * m->params[L->la].n), *b = malloc(sizeof(float) * m->params[L->lb].n);
+      if (!a || !b) { free(a); free(b); pc_seterr(err, errlen, "out of memory merging"); return -1; }
+      if (m->be->ops->download(m->be, a, m->params[L->la].w, sizeof(float) * m->params[L->la].n) != 0 ||
+          m->be->ops->download(m->be, b, m->params[L->lb].w, sizeof(float) * m->params[L->lb].n) != 0) {
+        free(a);
+        free(b);
+        return backend_failed(m, "LoRA merge", err, errlen);
+      }
+      lora_apply(hosts[L->pw], L->layout, L->out, L->in, a, b, m->lora_r, (float)m->lora_scale);
+      free(a);
+      free(b);
+    }
+  return 0;
+}
+
+static int write_params(pc_model *m, const char *path, int lora, int merged, pc_dtype dtype, char *err,
+                        size_t errlen) {
+  pc_st_write_tensor *ts = calloc((size_t)m->nparams + 1, sizeof *ts);
+  float **hosts = calloc((size_t)m->nparams + 1, sizeof *hosts);
+  int n = 0, rc = -1;
+  if (!ts || !hosts) { pc_seterr(err, errlen, "out of memory"); goto done; }
+  if (host_params(m, lora, merged, ts, hosts, &n, err, errlen) != 0) goto done;
+  rc = pc_st_write(path, ts, n, dtype, err, errlen);
+done:
+  if (hosts)
+    for (int i = 0; i < m->nparams; i++) free(hosts[i]);
+  free(hosts);
+  free(ts);
+  return rc;
+}
+
+int pc_model_save_adapter(pc_model *m, const char *dir, const char *base_model, char *err, size_t errlen) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+  if (write_params(m, path, 1, 0, PC_DT_F32, err, errlen) != 0) return -1;
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddStringToObject(o, "peft_type", "LORA");
+  cJSON_AddStringToObject(o, "task_type", "CAUSAL_LM");
+  cJSON_AddStringToObject(o, "base_model_name_or_path", base_model ? base_model : "");
+  cJSON_AddNumberToObject(o, "r", m->lora_r);
+  // alpha as a number that reproduces the scale exactly when r divides it (PEFT: scale = alpha / r)
+  cJSON_AddNumberToObject(o, "lora_alpha", m->lora_scale * m->lora_r);
+  cJSON_AddNumberToObject(o, "lora_dropout", 0.0);
+  cJSON *tg = cJSON_AddArrayToObject(o, "target_modules");
+  const char *p = m->lora_targets;
+  while (*p) {
+    const char *e = strchr(p, ',');
+    size_t k = e ? (size_t)(e - p) : strlen(p);
+    char name[128];
+    snprintf(name, sizeof name, "%.*s", (int)k, p);
+    cJSON_AddItemToArray(tg, cJSON_CreateString(name));
+    p += k + (e ? 1 : 0);
+  }
+  cJSON_AddBoolToObject(o, "fan_in_fan_out", m->cfg.family == PC_FAM_GPT2);
+  cJSON_AddStringToObject(o, "bias", "none");
+  cJSON_AddBoolToObject(o, "inference_mode", 1);
+  cJSON_AddBoolToObject(o, "use_rslora", 0);
+  cJSON_AddBoolToObject(o, "use_dora", 0);
+  cJSON_AddNullToObject(o, "modules_to_save");
+  cJSON_AddBoolToObject(o, "init_lora_weights", 1);
+  cJSON_AddNullToObject(o, "layers_to_transform");
+  cJSON_AddNullToObject(o, "layers_pattern");
+  cJSON_AddObjectToObject(o, "rank_pattern");
+  cJSON_AddObjectToObject(o, "alpha_pattern");
+  cJSON_AddNullToObject(o, "revision");
+  char *txt = cJSON_Print(o);
+  cJSON_Delete(o);
+  snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+  FILE *f = txt ? fopen(path, "wb") : NULL;
+  int ok = f && fputs(txt, f) >= 0 && fputc('\n', f) != EOF;
+  if (f && fclose(f) != 0) ok = 0;
+  if (!ok) pc_seterr(err, errlen, "%s: cannot write: %s", path, strerror(errno));
+  free(txt);
+  return ok ? 0 : -1;
+}
+
+int pc_model_save(pc_model *m, const char *dir, pc_dtype dtype, int merged, char *err, size_t errlen) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/model.safetensors", dir);
+  if (write_params(m, path, 0, merged, dtype, err, errlen) != 0) return -1;
+  pc_config c = m->cfg;
+  snprintf(c.torch_dtype, sizeof c.torch_dtype, "%s",
+           dtype == PC_DT_BF16 ? "bfloat16" : dtype == PC_DT_F16 ? "float16" : "float32");
+  snprintf(path, sizeof path, "%s/config.json", dir);
+  return pc_config_write(&c, path, err, errlen);
+}
+
+/* Replaces the values of every parameter that `st` holds under the same name (a checkpoint of this
+ * run): used by --resume. Returns how many were loaded; -1 on error. */
+int pc_model_load_params(pc_model *m, const char *path, int *loaded, char *err, size_t errlen) {
+  pc_ckpt *ck = NULL;
+  if (pc_ckpt_open_file(path, &ck, err, errlen) != 0) return -1;
+  int n = 0, rc = 0;
+  for (int i = 0; i < m->nparams && rc == 0; i++) {
+    pc_param *p = &m->params[i];
+    const pc_st_tensor *t = pc_ckpt_find(ck, p->name);
+    if (!t) continue;
+    int64_t dims[2] = {p->shape[0], p->shape[1]};
+    float *h = malloc(sizeof(float) * (p->n ? p->n : 1));
+    if (!h || pc_tensor_check_shape(t, p->ndim, dims, err, errlen) || pc_tensor_to_f32(t, h, err, errlen)) {
+      if (!h) pc_seterr(err, errlen, "out of memory");
+      rc = -1;
+    } else {
+      if (upload(m, p->w, h, sizeof(float) * p->n, p->name, err, errlen) != 0) rc = -1;
+      else n++;
+    }
+    free(h);
+  }
+  pc_ckpt_close(ck);
+  *loaded = n;
+  return rc;
 }

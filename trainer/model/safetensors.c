@@ -6,6 +6,7 @@
  * tensor instead of a read past the mapping. */
 #include "model/safetensors.h"
 #include "util/err.h"
+#include "util/util.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -289,8 +290,6 @@ fail:
   return -1;
 }
 
-int pc_st_count(const pc_st_file *f) { return f->n; }
-const pc_st_tensor *pc_st_at(const pc_st_file *f, int i) { return i >= 0 && i < f->n ? &f->ts[i] : NULL; }
 
 const pc_st_tensor *pc_st_find(const pc_st_file *f, const char *name) {
   pc_st_tensor key = {.name = name};
@@ -315,28 +314,6 @@ void pc_ckpt_close(pc_ckpt *c) {
   free(c->files);
   free(c->all);
   free(c);
-}
-
-static char *read_file(const char *path, size_t *len) {
-  FILE *fp = fopen(path, "rb");
-  if (!fp) return NULL;
-  char *buf = NULL;
-  size_t cap = 0, n = 0;
-  for (;;) {
-    if (n + 4096 + 1 > cap) {
-      cap = cap ? cap * 2 : 8192;
-      char *nb = realloc(buf, cap);
-      if (!nb) { free(buf); fclose(fp); return NULL; }
-      buf = nb;
-    }
-    size_t r = fread(buf + n, 1, cap - n - 1, fp);
-    n += r;
-    if (r == 0) break;
-  }
-  fclose(fp);
-  buf[n] = 0;
-  if (len) *len = n;
-  return buf;
 }
 
 static int add_file(pc_ckpt *c, pc_st_file *f) {
@@ -390,7 +367,7 @@ int pc_ckpt_open(const char *dir, pc_ckpt **out, char *err, size_t errlen) {
     if (pc_st_open(path, &f, err, errlen) != 0) goto fail;
     if (add_file(c, f) != 0) { pc_st_close(f); pc_seterr(err, errlen, "out of memory"); goto fail; }
   } else if (access(idx, F_OK) == 0) {
-    char *txt = read_file(idx, NULL);
+    char *txt = pc_read_file(idx, NULL, NULL);
     if (!txt) { pc_seterr(err, errlen, "%s: cannot read: %s", idx, strerror(errno)); goto fail; }
     index = cJSON_Parse(txt);
     free(txt);

@@ -44,8 +44,6 @@ size_t pc_dtype_size(pc_dtype dt);
 /* Maps and validates one file. On success *out owns the mapping; close with pc_st_close. */
 int pc_st_open(const char *path, pc_st_file **out, char *err, size_t errlen);
 void pc_st_close(pc_st_file *f);
-int pc_st_count(const pc_st_file *f);
-const pc_st_tensor *pc_st_at(const pc_st_file *f, int i);
 const pc_st_tensor *pc_st_find(const pc_st_file *f, const char *name);
 /* The "__metadata__" object's value for key, or NULL (borrowed). */
 const char *pc_st_metadata(const pc_st_file *f, const char *key);
@@ -70,7 +68,7 @@ float pc_f16_to_f32(uint16_t h);
 uint16_t pc_f32_to_bf16(float f);  /* round to nearest even */
 uint16_t pc_f32_to_f16(float f);   /* round to nearest even */
 
-/* Writing (for `init` and, later, adapters): tensors are written in the order given, float32 data
+/* Writing (`init`, adapters, checkpoints, models): tensors are written in the order given, float32 data
  * converted to dtype. */
 typedef struct {
   const char *name;

@@ -16,6 +16,7 @@
 
 #include "text/chat.h"
 #include "text/jinja.h"
+#include "util/util.h"
 
 // ---- small helpers -----------------------------------------------------------------------------
 
@@ -86,25 +87,6 @@ static int u8len(const char *s) {
 
 // ---- tokenizer_config.json ---------------------------------------------------------------------
 
-static char *read_file(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  size_t cap = 1 << 16, n = 0;
-  char *buf = malloc(cap);
-  while (buf) {
-    if (n + 1 >= cap) { char *q = realloc(buf, cap *= 2); if (!q) { free(buf); buf = NULL; break; } buf = q; }
-    size_t r = fread(buf + n, 1, cap - n - 1, f);
-    n += r;
-    if (r == 0) break;
-  }
-  int bad = ferror(f);
-  fclose(f);
-  if (!buf || bad) { free(buf); return NULL; }
-  buf[n] = 0;
-  if (len) *len = n;
-  return buf;
-}
-
 static char *path_join(const char *dir, const char *name) {
   size_t nd = strlen(dir);
   char *p = malloc(nd + strlen(name) + 2);
@@ -148,7 +130,7 @@ int pc_tokcfg_load(const char *dir, pc_tokcfg *c, char *err, size_t errlen) {
   memset(c, 0, sizeof *c);
   c->path = path_join(dir, "tokenizer_config.json");
   if (!c->path) { snprintf(err, errlen, "out of memory"); return -1; }
-  char *text = read_file(c->path, NULL);
+  char *text = pc_read_file(c->path, NULL, NULL);
   if (!text) { snprintf(err, errlen, "%s: cannot read: %s", c->path, strerror(errno)); pc_tokcfg_free(c); return -1; }
   const char *end = NULL;
   cJSON *j = cJSON_ParseWithOpts(text, &end, 1);
@@ -167,7 +149,7 @@ int pc_tokcfg_load(const char *dir, pc_tokcfg *c, char *err, size_t errlen) {
   const char *extra[] = {"special_tokens_map.json", "chat_template.json"};
   for (int i = 0; i < 2; i++) {
     char *p = path_join(dir, extra[i]);
-    char *t = p ? read_file(p, NULL) : NULL;
+    char *t = p ? pc_read_file(p, NULL, NULL) : NULL;
     cJSON *e = t ? cJSON_Parse(t) : NULL;
     if (cJSON_IsObject(e)) {
       if (i == 0) fill_tokens(c, e);
@@ -178,7 +160,7 @@ int pc_tokcfg_load(const char *dir, pc_tokcfg *c, char *err, size_t errlen) {
   /* transformers: "if independent chat template file(s) exist, they take priority over template
    * entries in the tokenizer config"; `prefcap-dpo render` reads them in the same order */
   char *jp = path_join(dir, "chat_template.jinja");
-  char *jt = jp ? read_file(jp, NULL) : NULL;
+  char *jt = jp ? pc_read_file(jp, NULL, NULL) : NULL;
   free(jp);
   if (jt) { free(c->chat_template); c->chat_template = jt; }
   return 0;

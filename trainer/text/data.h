@@ -1,4 +1,5 @@
-/* trainer/text/data.h: the preference-data reader. JSONL in (what `prefcap export --format trl-dpo` writes
+/* trainer/text/data.h: the preference-data reader, the main header of text/: tokenizer.c (Hugging Face
+ * tokenizer.json), chat.c (the built-in chat formats) and data.c (this reader). JSONL in (what `prefcap export --format trl-dpo` writes
  * and TRL reads), tokenized (prompt, chosen, rejected) sequences out, exactly as TRL's DPOTrainer
  * prepares them (trl/trainer/dpo_trainer.py `_prepare_dataset` and its DataCollatorForPreference):
  *

@@ -18,7 +18,7 @@ TRAINER_LIBS += $(PC_TOK_LIBS) -lm
 
 $(BUILD)/tests/test_tokenizer: tests/tokenizer/test_tokenizer.c $(PC_TOK_OBJS) tests/test.h
 	@mkdir -p $(@D)
-	$(CC) $(PC_CFLAGS) -Itests $< $(PC_TOK_OBJS) -o $@ $(LDFLAGS_ALL) $(PC_TOK_LIBS)
+	$(CC) $(PC_CFLAGS) -Itests $< $(PC_TOK_OBJS) $(PC_UTIL_OBJS) -o $@ $(LDFLAGS_ALL) $(PC_TOK_LIBS) $(PC_UTIL_LIBS)
 
 $(BUILD)/tests/test_chat: tests/data/test_chat.c $(BUILD)/trainer/text/chat.o tests/test.h
 	@mkdir -p $(dir $@)
@@ -26,7 +26,7 @@ $(BUILD)/tests/test_chat: tests/data/test_chat.c $(BUILD)/trainer/text/chat.o te
 
 $(BUILD)/tests/test_data: tests/data/test_data.c $(PC_DATA_OBJS) $(PC_TOK_OBJS) tests/test.h
 	@mkdir -p $(dir $@)
-	$(CC) $(PC_CFLAGS) -Itests -o $@ $< $(PC_DATA_OBJS) $(PC_TOK_OBJS) $(LDFLAGS_ALL) $(PC_TOK_LIBS) -lm
+	$(CC) $(PC_CFLAGS) -Itests -o $@ $< $(PC_DATA_OBJS) $(PC_TOK_OBJS) $(PC_UTIL_OBJS) $(LDFLAGS_ALL) $(PC_TOK_LIBS) $(PC_UTIL_LIBS) -lm
 
 $(BUILD)/tests/test_jinja: tests/data/test_jinja.c $(BUILD)/trainer/text/jinja.o tests/test.h
 	@mkdir -p $(dir $@)

@@ -19,6 +19,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "text/tokenizer.h"
 #include "util/err.h"
+#include "util/util.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -677,7 +678,7 @@ static int load_added(loadctx *L, const cJSON *added) {
     if (k->normalized && t->n_norm) {            /* matched against normalized text: normalize it too */
       bbuf nb = {0};
       if (norm_apply(t, content, cl, &nb)) { free(nb.p); LERR("added_tokens[%zu]: normalization failed", i); }
-      if (nb.n != cl || memcmp(nb.p, content, cl) != 0) { k->content = arena_dup(&t->arena, nb.p ? nb.p : "", nb.n); k->len = nb.n; }
+      if (nb.n != cl || (cl && memcmp(nb.p, content, cl) != 0)) { k->content = arena_dup(&t->arena, nb.p ? nb.p : "", nb.n); k->len = nb.n; }
       free(nb.p);
       if (!k->content) LERR("out of memory");
     }
@@ -996,20 +997,13 @@ static int load_decoder(loadctx *L, const cJSON *d, const char *where) {
        "Metaspace, Sequence)", where, type);
 }
 
-static char *read_file(const char *path, size_t *n, char *err, size_t errlen) {
-  FILE *f = fopen(path, "rb");
-  if (!f) { pc_seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno)); return NULL; }
-  bbuf b = {0};
-  char chunk[1 << 16];
-  size_t r;
-  while ((r = fread(chunk, 1, sizeof chunk, f)) > 0)
-    if (bbuf_add(&b, chunk, r)) { fclose(f); free(b.p); pc_seterr(err, errlen, "%s: out of memory", path); return NULL; }
-  int bad = ferror(f);
-  fclose(f);
-  if (bad) { free(b.p); pc_seterr(err, errlen, "%s: read error", path); return NULL; }
-  if (bbuf_add(&b, "", 1)) { free(b.p); pc_seterr(err, errlen, "%s: out of memory", path); return NULL; }
-  *n = b.n - 1;
-  return b.p;
+/* The file's text, or NULL with err set (naming the file). */
+static char *read_text(const char *path, size_t *n, char *err, size_t errlen) {
+  char *t = pc_read_file(path, n, NULL);
+  if (!t && errno == ENOMEM) pc_seterr(err, errlen, "%s: out of memory", path);
+  else if (!t && errno == EIO) pc_seterr(err, errlen, "%s: read error", path);
+  else if (!t) pc_seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+  return t;
 }
 
 /* transformers' Llama/Gemma fast tokenizers rebuild the post-processor from tokenizer_config.json's
@@ -1030,7 +1024,7 @@ static int load_config_template(loadctx *L) {
   FILE *f = fopen(cpath, "rb");
   if (!f) { free(cpath); return 0; }
   fclose(f);
-  char *text = read_file(cpath, &n, e2, sizeof e2);
+  char *text = read_text(cpath, &n, e2, sizeof e2);
   cJSON *root = text ? cJSON_ParseWithLength(text, n) : NULL;
   free(text);
   int rc = 0;
@@ -1069,7 +1063,7 @@ static int load_config_template(loadctx *L) {
 pc_tokenizer *pc_tok_load(const char *path, char *err, size_t errlen) {
   pthread_once(&g_bl_once, bl_init);
   size_t n;
-  char *text = read_file(path, &n, err, errlen);
+  char *text = read_text(path, &n, err, errlen);
   if (!text) return NULL;
   cJSON *root = cJSON_ParseWithLength(text, n);
   if (!root) {

@@ -1,16 +1,22 @@
-# trainer/train/train.mk: training beyond the model: the HTML training report (report.c), and the
+# trainer/train/train.mk: training beyond the model: the options (options.c), the losses (loss.c), the
+# optimizer and schedules (optim.c), reference log-probs (reference.c), checkpoints (checkpoint.c), the
+# run manifest (manifest.c), the run itself (trainer.c) and the HTML report (report.c); and the
 # training tests (tests/train: gradients, trajectories, adapters, resume against float64 PyTorch).
 #
 #   build/tests/report_driver    calls pc_report_write and pc_progress_* for tests/train/test_report.py
 
-PC_TRAIN_OBJS := $(BUILD)/trainer/train/report.o
+PC_TRAIN_OBJS := $(addprefix $(BUILD)/trainer/train/,report.o reference.o loss.o optim.o checkpoint.o manifest.o \
+                   options.o trainer.o)
 TRAINER_OBJS  += $(PC_TRAIN_OBJS)
 TRAINER_LIBS  += -lcjson -lm
 -include $(PC_TRAIN_OBJS:.o=.d)
 
-$(BUILD)/tests/report_driver: tests/train/report_driver.c $(PC_TRAIN_OBJS) $(PC_UTIL_OBJS) $(COMMON_A)
+# run.json records how the trainer was built
+$(BUILD)/trainer/train/trainer.o: PC_CFLAGS += -DPC_BUILD_FLAGS='"$(OPT) $(SAN)"'
+
+$(BUILD)/tests/report_driver: tests/train/report_driver.c $(BUILD)/trainer/train/report.o $(PC_UTIL_OBJS)
 	@mkdir -p $(dir $@)
-	$(CC) $(PC_CFLAGS) -o $@ $< $(PC_TRAIN_OBJS) $(PC_UTIL_OBJS) $(COMMON_A) $(LDFLAGS_ALL) -lcjson -lm
+	$(CC) $(PC_CFLAGS) -o $@ $< $(BUILD)/trainer/train/report.o $(PC_UTIL_OBJS) $(LDFLAGS_ALL) -lcjson $(PC_UTIL_LIBS)
 
 TEST_BINS += $(BUILD)/tests/report_driver
 TESTS     += tests/train/test_report.py tests/train/test_train.py

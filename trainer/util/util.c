@@ -2,7 +2,10 @@
 #include "util/util.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <openssl/evp.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -41,4 +44,31 @@ int pc_mkdir_p(const char *dir) {
       *s = '/';
     }
   return mkdir(p, 0755) != 0 && errno != EEXIST ? -1 : 0;
+}
+
+int pc_parse_int(const char *s, int lo, int *out) {
+  char *end;
+  errno = 0;
+  long v = strtol(s, &end, 10);
+  if (errno || *end || end == s || v < lo || v > INT_MAX) return -1;
+  *out = (int)v;
+  return 0;
+}
+
+int pc_sha256_file(const char *path, char hex[65]) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return -1;
+  EVP_MD_CTX *c = EVP_MD_CTX_new();
+  int ok = c && EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1;
+  unsigned char buf[1 << 16], d[EVP_MAX_MD_SIZE];
+  size_t n;
+  while (ok && (n = fread(buf, 1, sizeof buf, f)) > 0) ok = EVP_DigestUpdate(c, buf, n) == 1;
+  unsigned dl = 0;
+  if (ferror(f)) { ok = 0; errno = EIO; }
+  if (ok) ok = EVP_DigestFinal_ex(c, d, &dl) == 1 && dl == 32;
+  EVP_MD_CTX_free(c);
+  fclose(f);
+  if (!ok) return -1;
+  for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", d[i]);
+  return 0;
 }

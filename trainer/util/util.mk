@@ -1,8 +1,11 @@
 # trainer/util/util.mk: helpers every part of the trainer uses: the error-message helper (err.h),
-# splitmix64, copy and mkdir -p (util.c). The progress display of score and train is common/progress.c,
-# in the library both CLIs share (common/common.mk).
+# splitmix64, copy, mkdir -p, parse an integer, SHA-256 through libcrypto (util.c). Read-whole-file and the
+# progress display of score and train are common/readfile.c and common/progress.c, in the library both CLIs share
+# (common/common.mk).
 
-PC_UTIL_OBJS := $(BUILD)/trainer/util/util.o
-TRAINER_OBJS += $(PC_UTIL_OBJS) $(COMMON_A)
-TRAINER_LIBS += -lm
--include $(PC_UTIL_OBJS:.o=.d)
+# PC_UTIL_OBJS are objects and the common library (link them before the libraries, after every object
+# that uses them); PC_UTIL_LIBS the system libraries they need.
+PC_UTIL_OBJS := $(BUILD)/trainer/util/util.o $(COMMON_A)
+TRAINER_LIBS += $(PC_UTIL_OBJS) -lcrypto -lm
+PC_UTIL_LIBS := -lcrypto -lm
+-include $(BUILD)/trainer/util/util.d

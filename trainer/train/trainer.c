@@ -1,0 +1,608 @@
+/* trainer/train/trainer.c: see trainer.h. The path of one optimizer step: pairs chosen by the data order
+ * (step_pairs), grad_accum micro-batches of batch_size pairs through the model's forward and backward
+ * (micro_batch), the gradient norm and the NaN check, clipping, AdamW (train/optim.c), the metrics
+ * line. */
+#include "train/trainer.h"
+#include "backend/backend.h"
+#include "model/model.h"
+#include "model/safetensors.h"
+#include "text/data.h"
+#include "text/tokenizer.h"
+#include "train/checkpoint.h"
+#include "train/loss.h"
+#include "train/manifest.h"
+#include "train/options.h"
+#include "train/optim.h"
+#include "train/reference.h"
+#include "train/report.h"
+#include "progress.h"
+#include "util/util.h"
+
+#include <cblas.h>
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PROG "prefcap-dpo train"
+
+/* Messages and paths are built into fixed buffers; a path long enough to be cut is also too long to
+ * open, so the cut never changes what happens. */
+#pragma GCC diagnostic ignored "-Wformat-truncation"
+
+static volatile sig_atomic_t g_stop;
+void pc_train_request_stop(int sig) { g_stop = sig; }
+
+struct pc_trainer {
+  pc_train_opts o;
+  pc_loss_params loss;
+  pc_schedule schedule;
+  int lora;                  /* LoRA (--lora-r > 0 or --init-adapter), else a full fine-tune */
+  pc_tokenizer *tok;
+  pc_dataset data, eval_data;  /* eval_data only with --eval-data */
+  const pc_pair **train, **eval;  /* one array: the training pairs, then the evaluation pairs */
+  size_t ntrain, neval;
+  double *ref;               /* (2 ntrain) then (2 neval): reference sums (chosen, rejected) */
+  pc_backend *be;
+  pc_model *model;
+  pc_adamw opt;
+  int total_steps, start_step, step, last_saved;
+  cJSON *manifest;
+  FILE *metrics;
+  pc_progress *progress;
+  double all_tokens, t_start;
+  char err[2048];
+  // ---- the current step's buffers: its pairs, one micro-batch's sequences and results
+  size_t *step_pairs;        /* (batch_size * grad_accum) indices into train */
+  size_t *perm;              /* the current epoch's order */
+  long perm_epoch;
+  const pc_pair **mb;
+  double *mb_ref;
+  pc_model_seq *seqs;
+  double *sums;
+  int *cnts;
+  float *dsum;
+};
+
+static int pairs_per_step(const pc_trainer *t) { return t->o.batch_size * t->o.grad_accum; }
+
+/* A seeded permutation of 0..n-1 (Fisher-Yates); stream is a label that separates its uses. */
+static void permutation(size_t *p, size_t n, uint64_t seed, uint64_t stream) {
+  uint64_t s = seed * 0x100000001B3ull ^ (stream + 0x5DEECE66Dull);
+  for (size_t i = 0; i < n; i++) p[i] = i;
+  for (size_t i = n; i > 1; i--) {
+    size_t j = (size_t)(pc_splitmix64(&s) % i);
+    size_t tmp = p[i - 1];
+    p[i - 1] = p[j];
+    p[j] = tmp;
+  }
+}
+
+/* Index i of the run's stream of pairs -> its index in train (and ref): epoch e is permutation 1000+e. */
+static size_t train_index(pc_trainer *t, size_t i) {
+  size_t n = t->ntrain;
+  if (t->o.no_shuffle) return i % n;
+  long e = (long)(i / n);
+  if (e != t->perm_epoch) {
+    permutation(t->perm, n, (uint64_t)t->o.seed, 1000 + (uint64_t)e);
+    t->perm_epoch = e;
+  }
+  return t->perm[i % n];
+}
+
+// ---- setup --------------------------------------------------------------------------------------
+
+static int load_data(pc_trainer *t, const char *path, pc_dataset *ds) {
+  pc_data_opts dopt = {t->o.max_length, pc_data_truncation_from_name(t->o.truncation), t->o.skip_bad,
+                       t->o.chat_template[0] ? t->o.chat_template : NULL};
+  if (pc_data_load(path, t->tok, t->o.model, &dopt, ds, t->err, sizeof t->err) != 0) {
+    fprintf(stderr, PROG ": %s\n", t->err);
+    return -1;
+  }
+  if (ds->skipped_bad)
+    fprintf(stderr, PROG ": %s: skipped %zu bad line(s); the first: %s\n", path, ds->skipped_bad, ds->first_skipped_msg);
+  if (ds->dropped_too_long)
+    fprintf(stderr, PROG ": %s: dropped %zu pair(s) whose prompt alone reaches --max-length %d (as TRL does)\n", path,
+            ds->dropped_too_long, t->o.max_length);
+  if (ds->truncated)
+    fprintf(stderr, PROG ": %s: truncated %zu pair(s) to --max-length %d (%s)\n", path, ds->truncated,
+            t->o.max_length, t->o.truncation);
+  if (ds->n == 0) {
+    fprintf(stderr, PROG ": %s: no pairs to train on%s\n", path,
+            ds->dropped_too_long ? " (every pair was dropped by --max-length)" : "");
+    return -1;
+  }
+  return 0;
+}
+
+/* Training and evaluation pairs: --eval-data, or a seeded --eval-fraction of --data held out. */
+static int split_pairs(pc_trainer *t) {
+  size_t n = t->data.n;
+  t->train = malloc(sizeof *t->train * (n + t->eval_data.n + 1));
+  if (!t->train) return -1;
+  t->eval = t->train + n;
+  if (t->o.eval_fraction <= 0) {
+    for (size_t i = 0; i < n; i++) t->train[t->ntrain++] = &t->data.pairs[i];
+    for (size_t i = 0; i < t->eval_data.n; i++) t->eval[t->neval++] = &t->eval_data.pairs[i];
+    return 0;
+  }
+  size_t ne = (size_t)llround(t->o.eval_fraction * (double)n);
+  if (ne < 1) ne = 1;
+  if (ne >= n) {
+    fprintf(stderr, PROG ": %s: --eval-fraction %g leaves no training pairs of %zu\n", t->o.data, t->o.eval_fraction, n);
+    return 1;
+  }
+  size_t *perm = malloc(sizeof *perm * n);
+  char *is_eval = calloc(n, 1);
+  if (!perm || !is_eval) { free(perm); free(is_eval); return -1; }
+  permutation(perm, n, (uint64_t)t->o.seed, 7);
+  for (size_t i = 0; i < ne; i++) is_eval[perm[i]] = 1;
+  for (size_t i = 0; i < n; i++)
+    if (!is_eval[i]) t->train[t->ntrain++] = &t->data.pairs[i];
+  t->eval = t->train + t->ntrain;
+  for (size_t i = 0; i < n; i++)
+    if (is_eval[i]) t->eval[t->neval++] = &t->data.pairs[i];
+  free(perm);
+  free(is_eval);
+  return 0;
+}
+
+/* --dump-tokens (tests): the tokenized training pairs. */
+static int dump_tokens(pc_trainer *t) {
+  FILE *f = fopen(t->o.dump_tokens, "w");
+  if (!f) { fprintf(stderr, PROG ": %s: cannot create: %s\n", t->o.dump_tokens, strerror(errno)); return -1; }
+  for (size_t i = 0; i < t->ntrain; i++) {
+    const pc_pair *p = t->train[i];
+    fprintf(f, "{\"index\": %zu, \"line\": %d, \"chosen\": [", i, p->line);
+    for (int k = 0; k < p->chosen.n; k++) fprintf(f, "%s%d", k ? ", " : "", p->chosen.ids[k]);
+    fprintf(f, "], \"rejected\": [");
+    for (int k = 0; k < p->rejected.n; k++) fprintf(f, "%s%d", k ? ", " : "", p->rejected.ids[k]);
+    fprintf(f, "], \"chosen_prompt_len\": %d, \"rejected_prompt_len\": %d}\n", p->chosen.prompt_len,
+            p->rejected.prompt_len);
+  }
+  return fclose(f) == 0 ? 0 : -1;
+}
+
+static int setup_data(pc_trainer *t) {
+  char path[4400];
+  snprintf(path, sizeof path, "%s/tokenizer.json", t->o.model);
+  if (!(t->tok = pc_tok_load(path, t->err, sizeof t->err))) { fprintf(stderr, PROG ": %s\n", t->err); return -1; }
+  if (load_data(t, t->o.data, &t->data) != 0) return -1;
+  if (t->o.eval_data[0] && load_data(t, t->o.eval_data, &t->eval_data) != 0) return -1;
+  int rc = split_pairs(t);
+  if (rc < 0) fprintf(stderr, PROG ": out of memory\n");
+  if (rc != 0) return -1;
+  if (t->o.dump_tokens[0] && dump_tokens(t) != 0) return -1;
+  t->total_steps = t->o.max_steps > 0 ? t->o.max_steps : (int)ceil(t->o.epochs * (double)t->ntrain / pairs_per_step(t));
+  if (t->total_steps < 1) t->total_steps = 1;
+  return 0;
+}
+
+/* The device: --device, where "auto" settles for the CPU when the GPU's backend cannot train. */
+static int setup_backend(pc_trainer *t) {
+  t->be = pc_backend_new(t->o.device, t->o.threads, t->err, sizeof t->err);
+  if (!t->be) { fprintf(stderr, PROG ": %s\n", t->err); return -1; }
+  if (!pc_backend_can_train(t->be) && !strcmp(t->o.device, "auto")) {
+    t->be->ops->destroy(t->be);
+    t->be = pc_backend_new("cpu", t->o.threads, t->err, sizeof t->err);
+    if (!t->be) { fprintf(stderr, PROG ": %s\n", t->err); return -1; }
+  }
+  if (!pc_backend_can_train(t->be)) {
+    fprintf(stderr, PROG ": device '%s': training on %s is not built yet (scoring is); use --device cpu\n", t->o.device,
+            t->be->ops->name);
+    return -1;
+  }
+  return 0;
+}
+
+static int setup_buffers(pc_trainer *t) {
+  size_t B = (size_t)t->o.batch_size, per_step = (size_t)pairs_per_step(t);
+  t->seqs = malloc(sizeof *t->seqs * 2 * B);
+  t->sums = malloc(sizeof *t->sums * 2 * B);
+  t->cnts = malloc(sizeof *t->cnts * 2 * B);
+  t->dsum = malloc(sizeof *t->dsum * 2 * B);
+  t->mb = malloc(sizeof *t->mb * B);
+  t->mb_ref = malloc(sizeof *t->mb_ref * 2 * B);
+  t->step_pairs = malloc(sizeof *t->step_pairs * per_step);
+  t->perm = malloc(sizeof *t->perm * (t->ntrain + 1));
+  t->perm_epoch = -1;
+  t->ref = calloc(2 * (t->ntrain + t->neval) + 1, sizeof *t->ref);
+  if (!t->seqs || !t->sums || !t->cnts || !t->dsum || !t->mb || !t->mb_ref || !t->step_pairs || !t->perm || !t->ref) {
+    fprintf(stderr, PROG ": out of memory\n");
+    return -1;
+  }
+  return 0;
+}
+
+/* The scored tokens of a sequence, as the model counts them (position 0 is never scored). */
+static int scored_tokens(const pc_seq *s) {
+  int f = s->prompt_len < 1 ? 1 : s->prompt_len;
+  return s->n > f ? s->n - f : 0;
+}
+
+/* --dump-ref (tests): the training pairs' reference log-probs, in `score`'s format. */
+static int dump_ref(pc_trainer *t) {
+  FILE *f = fopen(t->o.dump_ref, "w");
+  if (!f) { fprintf(stderr, PROG ": %s: cannot create: %s\n", t->o.dump_ref, strerror(errno)); return -1; }
+  for (size_t i = 0; i < t->ntrain; i++)
+    pc_ref_write_line(f, t->ref[2 * i], t->ref[2 * i + 1], scored_tokens(&t->train[i]->chosen),
+                      scored_tokens(&t->train[i]->rejected), t->train[i]->line);
+  return fclose(f) == 0 ? 0 : -1;
+}
+
+/* Reference sums under the starting model (full) or the base (LoRA): the checkpoint as loaded, frozen,
+ * with no adapter, computed once before training; or read from --ref-logps (then only the eval pairs
+ * are computed). SimPO has no reference. */
+static int setup_reference(pc_trainer *t) {
+  if (t->loss.kind == PC_LOSS_SIMPO) return 0;
+  const pc_pair **from = t->train;
+  size_t n = t->ntrain + t->neval;
+  if (t->o.ref_logps[0]) {
+    if (pc_ref_read(t->o.ref_logps, t->o.data, t->train, t->ntrain, t->ref, t->err, sizeof t->err) != 0) {
+      fprintf(stderr, PROG ": %s\n", t->err);
+      return -1;
+    }
+    from = t->eval;
+    n = t->neval;
+  }
+  long bad = -1;
+  if (n && pc_ref_compute(t->o.model, t->be, from, n, t->o.batch_size, t->ref + 2 * (size_t)(from - t->train), stderr,
+                          &bad, t->err, sizeof t->err) != 0) {
+    if (bad < 0) fprintf(stderr, PROG ": %s\n", t->err);
+    else {
+      const pc_pair *p = from[bad];
+      int ev = from + bad >= t->eval && t->o.eval_data[0];  // pairs of --eval-data come after the training ones
+      fprintf(stderr, PROG ": %s:%d: %s\n", ev ? t->o.eval_data : t->o.data, p->line, t->err);
+    }
+    return -1;
+  }
+  if (t->o.dump_ref[0] && dump_ref(t) != 0) return -1;
+  return 0;
+}
+
+static int setup_model(pc_trainer *t) {
+  const pc_train_opts *o = &t->o;
+  pc_model_opts mo = {.trainable = 1, .lora_r = t->lora ? o->lora_r : 0, .lora_alpha = o->lora_alpha,
+                      .lora_targets = o->lora_targets[0] ? o->lora_targets : NULL,
+                      .init_adapter = o->init_adapter[0] ? o->init_adapter : NULL, .seed = (uint64_t)o->seed};
+  if (pc_model_load(o->model, &mo, t->be, &t->model, t->err, sizeof t->err) != 0 ||
+      pc_adamw_init(&t->opt, t->model, t->be, o->weight_decay, t->err, sizeof t->err) != 0) {
+    fprintf(stderr, PROG ": %s\n", t->err);
+    return -1;
+  }
+  return 0;
+}
+
+/* A new run's manifest: what it is made of, before any step. */
+static cJSON *new_manifest(pc_trainer *t, const char *cmdline) {
+  const pc_train_opts *o = &t->o;
+  char now[32], path[4400];
+  size_t total, trainable = pc_model_trainable(t->model, &total);
+  pc_iso_now(now, sizeof now);
+  cJSON *m = cJSON_CreateObject();
+  cJSON_AddStringToObject(m, "prefcap_version", PREFCAP_VERSION);
+  cJSON *b = cJSON_AddObjectToObject(m, "build");
+  cJSON_AddStringToObject(b, "compiler", __VERSION__);
+  cJSON_AddStringToObject(b, "flags", PC_BUILD_FLAGS);
+  cJSON_AddStringToObject(b, "openblas", openblas_get_config());
+  cJSON_AddStringToObject(m, "command", cmdline);
+  cJSON_AddStringToObject(m, "started_at", now);
+  cJSON_AddItemToObject(m, "model", pc_manifest_model(o->model));
+  cJSON_AddItemToObject(m, "data", pc_manifest_data(o->data, &t->data));
+  cJSON_AddItemToObject(m, "eval_data", o->eval_data[0] ? pc_manifest_data(o->eval_data, &t->eval_data) : cJSON_CreateNull());
+  cJSON_AddItemToObject(m, "ref_logps", o->ref_logps[0] ? pc_manifest_file(o->ref_logps) : cJSON_CreateNull());
+  snprintf(path, sizeof path, "%s/adapter_model.safetensors", o->init_adapter);
+  cJSON_AddItemToObject(m, "init_adapter", o->init_adapter[0] ? pc_manifest_file(path) : cJSON_CreateNull());
+  cJSON_AddItemToObject(m, "options", pc_train_opts_json(o));
+  cJSON_AddNumberToObject(m, "threads", t->be->threads);
+  cJSON_AddNumberToObject(m, "train_pairs", (double)t->ntrain);
+  cJSON_AddNumberToObject(m, "eval_pairs", (double)t->neval);
+  cJSON_AddNumberToObject(m, "total_steps", t->total_steps);
+  cJSON_AddNumberToObject(m, "trainable_params", (double)trainable);
+  cJSON_AddNumberToObject(m, "total_params", (double)total);
+  cJSON_AddStringToObject(m, "lora_targets", t->lora ? pc_model_lora_targets(t->model) : "");
+  return m;
+}
+
+static void set_status(pc_trainer *t, const char *status) {
+  if (pc_manifest_set_status(t->manifest, t->o.out, status) != 0)
+    fprintf(stderr, PROG ": warning: cannot write %s/run.json\n", t->o.out);
+}
+
+/* The manifest and metrics.jsonl: a new run's, or the resumed run's cut back to its checkpoint. */
+static int setup_outputs(pc_trainer *t, const char *cmdline) {
+  char path[4400];
+  snprintf(path, sizeof path, "%s/metrics.jsonl", t->o.out);
+  if (t->manifest) {  // resuming
+    t->start_step = pc_checkpoint_latest(t->o.out);
+    if (t->start_step > 0 &&
+        pc_checkpoint_load(t->o.out, t->start_step, t->model, &t->opt, t->err, sizeof t->err) != 0) {
+      fprintf(stderr, PROG ": resuming from checkpoint-%d: %s\n", t->start_step, t->err);
+      return -1;
+    }
+    if (pc_metrics_truncate(path, t->start_step) != 0) { fprintf(stderr, PROG ": %s: cannot rewrite\n", path); return -1; }
+    fprintf(stderr, PROG ": resuming %s at step %d of %d\n", t->o.out, t->start_step, t->total_steps);
+  } else {
+    t->manifest = new_manifest(t, cmdline);
+    remove(path);
+  }
+  set_status(t, "running");
+  t->metrics = fopen(path, "a");
+  if (!t->metrics) { fprintf(stderr, PROG ": %s: cannot open: %s\n", path, strerror(errno)); return -1; }
+  return 0;
+}
+
+static int evaluate(pc_trainer *t, int step);
+
+int pc_train_setup(const pc_train_opts *o, const char *cmdline, cJSON *resume, pc_trainer **out) {
+  pc_trainer *t = calloc(1, sizeof *t);
+  *out = t;
+  if (!t) { cJSON_Delete(resume); fprintf(stderr, PROG ": out of memory\n"); return 1; }
+  t->o = *o;
+  t->manifest = resume;
+  t->loss = (pc_loss_params){(pc_loss_kind)pc_loss_from_name(o->loss), o->beta, o->label_smoothing, o->simpo_gamma};
+  t->schedule = (pc_schedule)pc_schedule_from_name(o->scheduler);
+  t->lora = o->lora_r > 0 || o->init_adapter[0];
+  if (setup_data(t) || setup_backend(t) || setup_buffers(t) || setup_reference(t) || setup_model(t) ||
+      setup_outputs(t, cmdline))
+    return 1;
+  size_t total, trainable = pc_model_trainable(t->model, &total);
+  fprintf(stderr, PROG ": %zu training pairs, %zu eval pairs, %d steps of %d pairs (batch %d x accumulation %d), "
+          "%s, %zu of %zu parameters trainable, %d threads\n", t->ntrain, t->neval, t->total_steps, pairs_per_step(t),
+          o->batch_size, o->grad_accum, t->lora ? "LoRA" : "full fine-tune", trainable, total, t->be->threads);
+  if (t->start_step == 0 && evaluate(t, 0) != 0) return 1;
+  t->step = t->last_saved = t->start_step;
+  t->progress = pc_progress_new(stderr, "train", "steps", "tok", (size_t)(t->total_steps - t->start_step));
+  t->t_start = pc_now_s();
+  return 0;
+}
+
+// ---- a step -------------------------------------------------------------------------------------
+
+/* Forward (and, with backward, the backward pass) of pairs[0..nb) against reference sums ref (2 nb,
+ * NULL for SimPO); adds each pair's loss to st. scale: the weight of this micro-batch's pairs in the
+ * step's mean loss. */
+static int micro_batch(pc_trainer *t, const pc_pair **pairs, const double *ref, int nb, int backward, double scale,
+                       pc_loss_stats *st, double *tokens) {
+  for (int i = 0; i < nb; i++) {
+    pc_pair_seqs(pairs[i], &t->seqs[2 * i]);
+    *tokens += pairs[i]->chosen.n + pairs[i]->rejected.n;
+  }
+  if (pc_model_forward(t->model, t->seqs, 2 * nb, backward, t->sums, t->cnts, NULL, t->err, sizeof t->err) != 0)
+    return -1;
+  for (int i = 0; i < nb; i++) {
+    pc_pair_loss p = pc_loss_pair(&t->loss, t->sums[2 * i], t->sums[2 * i + 1], ref ? ref[2 * i] : 0,
+                                  ref ? ref[2 * i + 1] : 0, t->cnts[2 * i], t->cnts[2 * i + 1]);
+    pc_loss_stats_add(st, &p);
+    t->dsum[2 * i] = (float)(p.dchosen * scale);
+    t->dsum[2 * i + 1] = (float)(p.drejected * scale);
+  }
+  if (backward && pc_model_backward(t->model, t->dsum, t->err, sizeof t->err) != 0) return -1;
+  return 0;
+}
+
+/* The loss and metrics over the evaluation pairs, as one line of metrics.jsonl. */
+static int evaluate(pc_trainer *t, int step) {
+  if (!t->neval) return 0;
+  pc_loss_stats st = {0};
+  double tokens = 0;
+  int B = t->o.batch_size;
+  for (size_t b = 0; b < t->neval; b += (size_t)B) {
+    int nb = t->neval - b < (size_t)B ? (int)(t->neval - b) : B;
+    const double *ref = t->loss.kind == PC_LOSS_SIMPO ? NULL : t->ref + 2 * (t->ntrain + b);
+    if (micro_batch(t, t->eval + b, ref, nb, 0, 0, &st, &tokens) != 0) {
+      fprintf(stderr, PROG ": evaluation: %s\n", t->err);
+      return -1;
+    }
+  }
+  fprintf(t->metrics, "{\"step\": %d, \"epoch\": %.17g, ", step, (double)step * pairs_per_step(t) / (double)t->ntrain);
+  pc_loss_stats_print(t->metrics, &st, "eval_");
+  fprintf(t->metrics, "}\n");
+  fflush(t->metrics);
+  double n = st.n ? (double)st.n : 1;
+  cJSON_Delete(cJSON_DetachItemFromObject(t->manifest, "final_eval"));
+  cJSON *fe = cJSON_AddObjectToObject(t->manifest, "final_eval");
+  cJSON_AddNumberToObject(fe, "step", step);
+  cJSON_AddNumberToObject(fe, "eval_loss", st.loss / n);
+  cJSON_AddNumberToObject(fe, "eval_rewards/accuracies", st.accuracy / n);
+  cJSON_AddNumberToObject(fe, "eval_rewards/margins", (st.reward_chosen - st.reward_rejected) / n);
+  return 0;
+}
+
+/* The step's forward and backward passes: grad_accum micro-batches, gradients summed. */
+static int accumulate_gradients(pc_trainer *t, pc_loss_stats *st, double *tokens) {
+  int B = t->o.batch_size, per_step = pairs_per_step(t);
+  pc_model_zero_grad(t->model);
+  for (int k = 0; k < per_step; k++) t->step_pairs[k] = train_index(t, (size_t)t->step * per_step + k);
+  for (int j = 0; j < t->o.grad_accum; j++) {
+    for (int b = 0; b < B; b++) {
+      size_t i = t->step_pairs[j * B + b];
+      t->mb[b] = t->train[i];
+      t->mb_ref[2 * b] = t->ref[2 * i];
+      t->mb_ref[2 * b + 1] = t->ref[2 * i + 1];
+    }
+    if (micro_batch(t, t->mb, t->loss.kind == PC_LOSS_SIMPO ? NULL : t->mb_ref, B, 1, 1.0 / per_step, st, tokens) != 0) {
+      pc_progress_break(t->progress);
+      fprintf(stderr, PROG ": step %d: %s\n", t->step + 1, t->err);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* A NaN or infinite loss or gradient norm stops the run, naming the step's data lines. */
+static int check_finite(pc_trainer *t, double mean_loss, double norm) {
+  if (isfinite(mean_loss) && isfinite(norm)) return 0;
+  pc_progress_break(t->progress);
+  fprintf(stderr, PROG ": step %d: the %s is %s (data lines", t->step + 1, isfinite(mean_loss) ? "gradient norm" : "loss",
+          isnan(isfinite(mean_loss) ? norm : mean_loss) ? "NaN" : "infinite");
+  for (int k = 0; k < pairs_per_step(t); k++) fprintf(stderr, " %d", t->train[t->step_pairs[k]]->line);
+  fprintf(stderr, "); stopping. Lower --lr, check the data and the model's weights%s\n",
+          t->last_saved ? ", or resume from the last checkpoint" : "");
+  set_status(t, "failed");
+  return -1;
+}
+
+/* The step's line of metrics.jsonl, the manifest's final metrics, the progress display. */
+static void log_step(pc_trainer *t, const pc_loss_stats *st, double norm, double lr, double tokens, double seconds) {
+  int step = t->step + 1;
+  double n = (double)st->n, mean_loss = st->loss / n;
+  fprintf(t->metrics, "{\"step\": %d, \"epoch\": %.17g, ", step, (double)step * pairs_per_step(t) / (double)t->ntrain);
+  pc_loss_stats_print(t->metrics, st, "");
+  fprintf(t->metrics, ", \"grad_norm\": %.17g, \"learning_rate\": %.17g, \"tokens_per_s\": %.1f}\n", norm, lr,
+          seconds > 0 ? tokens / seconds : 0);
+  fflush(t->metrics);
+  cJSON_Delete(cJSON_DetachItemFromObject(t->manifest, "final_metrics"));
+  cJSON *fm = cJSON_AddObjectToObject(t->manifest, "final_metrics");
+  cJSON_AddNumberToObject(fm, "step", step);
+  cJSON_AddNumberToObject(fm, "loss", mean_loss);
+  cJSON_AddNumberToObject(fm, "rewards/accuracies", st->accuracy / n);
+  cJSON_AddNumberToObject(fm, "rewards/margins", (st->reward_chosen - st->reward_rejected) / n);
+  char extra[96];
+  snprintf(extra, sizeof extra, "loss %.4f acc %.2f", mean_loss, st->accuracy / n);
+  pc_progress_update(t->progress, (size_t)(step - t->start_step), t->all_tokens, extra);
+}
+
+int pc_train_step(pc_trainer *t) {
+  if (t->step >= t->total_steps) return 1;
+  double t0 = pc_now_s(), tokens = 0, norm;
+  pc_loss_stats st = {0};
+  if (accumulate_gradients(t, &st, &tokens) != 0) return -1;
+  if (pc_grad_norm(t->model, t->be, &norm, t->err, sizeof t->err) != 0) {
+    fprintf(stderr, PROG ": step %d: %s\n", t->step + 1, t->err);
+    return -1;
+  }
+  if (check_finite(t, st.loss / (double)st.n, norm) != 0) return -1;
+  if (t->o.dump_grads[0] && t->step == t->start_step &&
+      pc_dump_tensors(t->model, &t->opt, t->o.dump_grads, PC_DUMP_GRADS, t->err, sizeof t->err) != 0) {
+    fprintf(stderr, PROG ": %s: %s\n", t->o.dump_grads, t->err);
+    return -1;
+  }
+  pc_clip_grads(t->model, t->be, norm, t->o.max_grad_norm);
+  double lr = pc_schedule_lr(t->schedule, t->o.lr, t->o.warmup_steps, t->step, t->total_steps);
+  pc_adamw_step(&t->opt, t->step + 1, lr);
+  t->all_tokens += tokens;
+  log_step(t, &st, norm, lr, tokens, pc_now_s() - t0);
+  int done = ++t->step;  // steps done
+  if (t->o.eval_steps > 0 && done % t->o.eval_steps == 0 && done < t->total_steps) {
+    pc_progress_break(t->progress);
+    if (evaluate(t, done) != 0) return -1;
+  }
+  if (t->o.save_steps > 0 && done % t->o.save_steps == 0 && done < t->total_steps) {
+    if (pc_checkpoint_save(t->o.out, done, t->total_steps, t->model, &t->opt, t->lora, t->o.model, t->err,
+                           sizeof t->err) != 0) {
+      fprintf(stderr, PROG ": checkpoint at step %d: %s\n", done, t->err);
+      return -1;
+    }
+    t->last_saved = done;
+  }
+  return g_stop || done >= t->total_steps ? 1 : 0;
+}
+
+// ---- finish -------------------------------------------------------------------------------------
+
+static int copy_tokenizer_files(const char *from, const char *to) {
+  static const char *names[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                                "generation_config.json", "chat_template.jinja", "vocab.json", "merges.txt"};
+  char a[4200], b[4200];
+  for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+    snprintf(a, sizeof a, "%s/%s", from, names[i]);
+    snprintf(b, sizeof b, "%s/%s", to, names[i]);
+    if (pc_copy_file(a, b) < 0) { fprintf(stderr, PROG ": cannot copy %s to %s: %s\n", a, b, strerror(errno)); return -1; }
+  }
+  return 0;
+}
+
+/* The adapter (and, with --merge, the merged model) or the fine-tuned model. */
+static int write_outputs(pc_trainer *t) {
+  const pc_train_opts *o = &t->o;
+  char path[4400];
+  t->err[0] = 0;
+  if (!t->lora) {
+    if (pc_model_save(t->model, o->out, pc_model_dtype(t->model), 0, t->err, sizeof t->err) != 0 ||
+        copy_tokenizer_files(o->model, o->out) != 0) {
+      fprintf(stderr, PROG ": %s\n", t->err);
+      return -1;
+    }
+    return 0;
+  }
+  if (pc_model_save_adapter(t->model, o->out, o->model, t->err, sizeof t->err) != 0) {
+    fprintf(stderr, PROG ": %s\n", t->err);
+    return -1;
+  }
+  if (!o->merge) return 0;
+  snprintf(path, sizeof path, "%s/merged", o->out);
+  if (pc_mkdir_p(path) != 0 || pc_model_save(t->model, path, pc_model_dtype(t->model), 1, t->err, sizeof t->err) != 0 ||
+      copy_tokenizer_files(o->model, path) != 0) {
+    fprintf(stderr, PROG ": %s: %s\n", path, t->err[0] ? t->err : strerror(errno));
+    return -1;
+  }
+  return 0;
+}
+
+/* A run stopped by a signal: checkpointed, and the way to continue said. */
+static int finish_interrupted(pc_trainer *t) {
+  int step = t->step;
+  if (t->last_saved != step &&
+      pc_checkpoint_save(t->o.out, step, t->total_steps, t->model, &t->opt, t->lora, t->o.model, t->err,
+                         sizeof t->err) != 0) {
+    fprintf(stderr, PROG ": checkpoint at step %d: %s\n", step, t->err);
+    return 1;
+  }
+  set_status(t, "interrupted");
+  fprintf(stderr, PROG ": stopped by signal %d after step %d of %d; checkpoint %s/checkpoint-%d; continue with "
+          "`prefcap-dpo train --resume %s`\n", (int)g_stop, step, t->total_steps, t->o.out, step, t->o.out);
+  return 128 + (int)g_stop;
+}
+
+int pc_train_finish(pc_trainer *t) {
+  pc_progress_end(t->progress, (size_t)(t->step - t->start_step), t->all_tokens, NULL);
+  t->progress = NULL;
+  if (g_stop && t->step < t->total_steps) return finish_interrupted(t);
+  if (evaluate(t, t->step) != 0 || write_outputs(t) != 0) return 1;
+  fclose(t->metrics);
+  t->metrics = NULL;
+  char mpath[4400], rpath[4400], title[512];
+  snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", t->o.out);
+  snprintf(rpath, sizeof rpath, "%s/report.html", t->o.out);
+  snprintf(title, sizeof title, "%s on %s: %s, %s", t->o.model, t->o.data, t->o.loss, t->lora ? "LoRA" : "full fine-tune");
+  if (pc_report_write(mpath, rpath, title, t->err, sizeof t->err) != 0) {
+    fprintf(stderr, PROG ": report: %s\n", t->err);
+    return 1;
+  }
+  set_status(t, "finished");
+  double el = pc_now_s() - t->t_start;
+  fprintf(stderr, PROG ": done: %d steps in %.1f s (%.0f tokens/s); outputs in %s (report: %s)\n",
+          t->step - t->start_step, el, el > 0 ? t->all_tokens / el : 0, t->o.out, rpath);
+  return 0;
+}
+
+void pc_trainer_free(pc_trainer *t) {
+  if (!t) return;
+  pc_progress_free(t->progress);
+  if (t->manifest) {  // a run that ends while "running" failed
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(t->manifest, "status");
+    if (cJSON_IsString(s) && !strcmp(s->valuestring, "running")) set_status(t, "failed");
+  }
+  if (t->metrics) fclose(t->metrics);
+  pc_adamw_free(&t->opt);
+  pc_model_free(t->model);
+  if (t->be) t->be->ops->destroy(t->be);
+  free(t->train);
+  free(t->ref);
+  free(t->seqs);
+  free(t->sums);
+  free(t->cnts);
+  free(t->dsum);
+  free(t->mb);
+  free(t->mb_ref);
+  free(t->step_pairs);
+  free(t->perm);
+  pc_data_free(&t->data);
+  pc_data_free(&t->eval_data);
+  pc_tok_free(t->tok);
+  cJSON_Delete(t->manifest);
+  free(t);
+}
