@@ -76,7 +76,7 @@ extern "C" {
 #define PREFCAP_VERSION_NUM 2000
 #define PREFCAP_VERSION_STRING PREFCAP_VERSION   /* the 0.1 name, kept */
 /* The store's schema version this library writes; older stores are migrated on open. */
-#define PREFCAP_SCHEMA_VERSION 3
+#define PREFCAP_SCHEMA_VERSION 4
 /* Longest id (generation, event, user, session) in bytes, excluding the NUL. */
 #define PREFCAP_ID_MAX 128
 
@@ -363,6 +363,7 @@ typedef enum {
   PREFCAP_FORMAT_TRL_DPO = 0,     /* {"prompt","chosen","rejected"} (+ provenance), TRL's DPO format */
   PREFCAP_FORMAT_TRL_KTO = 1,     /* {"prompt","completion","label"} from the unpaired labels */
   PREFCAP_FORMAT_OPENAI_DPO = 2,  /* {"input":{"messages"},"preferred_output","non_preferred_output"} */
+  PREFCAP_FORMAT_EVENTS = 3,      /* the raw event log in the ingest format, for a central store (docs/fleet.md) */
 } prefcap_format_t;
 
 /* Defaults: trl-dpo, no filters, no split, no name, out "prefcap-export.jsonl". Free with
@@ -445,6 +446,24 @@ int prefcap_lineage_export(prefcap_t *pc, const char *export_id, prefcap_export_
 /* Deletes events and generations older than older_than_ms (Unix ms) that no live pair or label needs,
  * and the pairs and labels that only they derived. *deleted (if not NULL) receives the rows deleted. */
 int prefcap_prune(prefcap_t *pc, int64_t older_than_ms, uint64_t *deleted);
+
+// ---- a fleet: events across hosts (sdk/fleet.c; docs/fleet.md) ------------------------------------
+/* An events export (prefcap_export with PREFCAP_FORMAT_EVENTS) writes a header line
+ * {"type":"prefcap_events","events_schema":1,"store_id":…,"range":…}, every generation and feedback
+ * event in the ingest format (docs/events.md) with its id, and an erase line
+ * {"type":"erase","user_hash":…,"at":…,"generations":[…]} per erasure (the host kept only the hash of
+ * the user's id). Of the export options only out, since_last, upload and mode apply. */
+
+/* The store's id, a UUID made with the store (schema 4 gives older stores one), into out (NUL-ended).
+ * Takes the handle's lock: thread-safe with logging, not with open or close. */
+int prefcap_store_id(prefcap_t *pc, char out[37]);
+
+/* One line of an events file: an events header (PREFCAP_ESCHEMA when it comes from a newer events
+ * schema: read no further in that file), an erase line (flushes what is queued, then erases the user
+ * here as prefcap_forget_user does, and records the tombstone and generation hashes so their later
+ * events from any host are refused), or any other event, which goes to prefcap_log_json unchanged.
+ * line is borrowed. Not thread-safe with other calls on the handle while an erase line runs. */
+int prefcap_ingest_line(prefcap_t *pc, const char *line, size_t len);
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop

@@ -115,10 +115,11 @@ static int cmd_ingest(int argc, char **argv) {
     size_t i = 0;
     while (i < (size_t)len && (line[i] == ' ' || line[i] == '\t')) i++;
     if (i == (size_t)len) continue;   /* blank lines are allowed */
-    int e = prefcap_log_json(pc, line, (size_t)len, NULL);
+    int e = prefcap_ingest_line(pc, line, (size_t)len);   /* events exports' own lines too (docs/fleet.md) */
     if (e) {
       bad++;
       fprintf(stderr, "%s:%zu: %s: %s\n", name, lineno, prefcap_strerror(e), prefcap_errmsg(pc));
+      if (e == PREFCAP_ESCHEMA) break;   /* a newer events file: none of it is read */
     } else ok++;
   }
   bool read_error = ferror(in);
@@ -383,7 +384,8 @@ static int cmd_export(int argc, char **argv) {
         if (!strcmp(optarg, "trl-dpo")) prefcap_export_options_set_format(o, PREFCAP_FORMAT_TRL_DPO);
         else if (!strcmp(optarg, "trl-kto")) prefcap_export_options_set_format(o, PREFCAP_FORMAT_TRL_KTO);
         else if (!strcmp(optarg, "openai-dpo")) prefcap_export_options_set_format(o, PREFCAP_FORMAT_OPENAI_DPO);
-        else bad = usage_error("export", "--format is trl-dpo, trl-kto or openai-dpo");
+        else if (!strcmp(optarg, "events")) prefcap_export_options_set_format(o, PREFCAP_FORMAT_EVENTS);   /* docs/fleet.md */
+        else bad = usage_error("export", "--format is trl-dpo, trl-kto, openai-dpo or events");
         break;
       case 'o': prefcap_export_options_set_out(o, optarg); break;
       case 'z': prefcap_export_options_set_gzip(o, 1); break;
