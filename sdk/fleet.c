@@ -15,7 +15,9 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <glob.h>
 #include <libgen.h>
+#include <signal.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -203,6 +205,28 @@ static int finish_range(prefcap_t *pc, const char *name, range_t from, range_t t
   return prefcap__store_commit(pc->store, err, errlen);
 }
 
+/* Removes what killed runs left beside path (path.tmp-PID, or its manifest's) whose process is gone:
+ * such a file holds events, perhaps of a user erased since. */
+static void remove_dead_temps(const char *path) {
+  char pat[PATH_MAX + 64];
+  for (int m = 0; m < 2; m++) {
+    snprintf(pat, sizeof pat, m ? "%s.manifest.json.tmp-*" : "%s.tmp-*", path);
+    glob_t g;
+    if (glob(pat, GLOB_NOSORT, NULL, &g)) continue;
+    for (size_t i = 0; i < g.gl_pathc; i++) {
+      const char *dash = strrchr(g.gl_pathv[i], '-');
+      char *end;
+      long pid = strtol(dash + 1, &end, 10);
+      struct stat sb;
+      if (*end || pid <= 0) continue;
+      bool gone = kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+      if (!gone && pid != (long)getpid()) continue;   /* a running export's file */
+      if (!lstat(g.gl_pathv[i], &sb) && S_ISREG(sb.st_mode)) unlink(g.gl_pathv[i]);
+    }
+    globfree(&g);
+  }
+}
+
 /* Writes path from b's bytes through a temporary file opened O_EXCL, fsynced, then renamed. */
 static int write_file(const char *path, const prefcap__buf *b, unsigned mode, char *err, size_t errlen) {
   char tmp[PATH_MAX + 64];
@@ -254,6 +278,7 @@ int prefcap__export_events(prefcap_t *pc, const char *out, const char *name, con
     res->nothing_new = 1;
     return finish_range(pc, name, from, to, err, errlen);
   }
+  remove_dead_temps(out);
   /* the body in memory, in one read transaction: an events export covers one interval (a night) */
   prefcap__buf b = {0};
   char hdr[600];

@@ -61,11 +61,19 @@ for i, l in enumerate(lines):
 "$P" export --db "$T/b.db" --format events --since-last fleet --out "$T/b.events" --quiet
 # c's export killed mid-way (as soon as its range is fixed, or later), then run again
 "$P" ingest --db "$T/c.db" "$T/c.jsonl" 2>/dev/null
-"$P" export --db "$T/c.db" --format events --since-last fleet --out "$T/c.events" --quiet & pid=$!
-sleep 0.005; kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
+# killed at growing delays until one kill lands after the range is fixed and before the watermark moved
+pending=0
+for d in $(seq 0.02 0.004 0.3); do
+  "$P" export --db "$T/c.db" --format events --since-last fleet --out "$T/c.events" --quiet & pid=$!
+  sleep $d; kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
+  if [ -n "$(sqlite3 "$T/c.db" "SELECT value FROM meta WHERE key = 'events.pending.fleet'" 2>/dev/null)" ]; then pending=1; break; fi
+  if [ -n "$(sqlite3 "$T/c.db" "SELECT value FROM meta WHERE key = 'events.watermark.fleet'" 2>/dev/null)" ]; then break; fi
+done
+echo "# c's export killed with its range pending: $pending (after ${d}s)"
 "$P" export --db "$T/c.db" --format events --since-last fleet --out "$T/c.events" --quiet
 "$P" export --db "$T/c.db" --format events --since-last fleet --out "$T/c-again.events" --quiet   # nothing new
 check "a rerun after the kill leaves nothing pending and nothing new" test ! -e "$T/c-again.events"
+check "no temporary file of the killed run is left" bash -c "! ls '$T' | grep -q 'tmp-'"
 check "a manifest names the store's UUID and the range" py '
 import json, re, sys
 m = json.load(open(sys.argv[1]))
