@@ -228,13 +228,15 @@ static void remove_dead_temps(const char *path) {
 }
 
 /* Writes path from b's bytes through a temporary file opened O_EXCL, fsynced, then renamed. */
-static int write_file(const char *path, const prefcap__buf *b, unsigned mode, char *err, size_t errlen) {
+static int write_file(const char *path, const char *head, const prefcap__buf *b, unsigned mode, char *err, size_t errlen) {
   char tmp[PATH_MAX + 64];
   snprintf(tmp, sizeof tmp, "%s.tmp-%ld", path, (long)getpid());
   unlink(tmp);   /* a killed run of this same pid-number's leftover; never a file another run holds (pids differ) */
   int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode ? mode : 0600);
   if (fd < 0) { snprintf(err, errlen, "cannot create %.400s: %s", tmp, strerror(errno)); return PREFCAP_EIO; }
-  int rc = write_buf(fd, b);
+  prefcap__buf h = {(char *)head, strlen(head), 0, false};
+  int rc = write_buf(fd, &h);
+  if (!rc) rc = write_buf(fd, b);
   if (!rc && fsync(fd)) rc = PREFCAP_EIO;
   close(fd);
   if (!rc && rename(tmp, path)) rc = PREFCAP_EIO;
@@ -281,12 +283,6 @@ int prefcap__export_events(prefcap_t *pc, const char *out, const char *name, con
   remove_dead_temps(out);
   /* the body in memory, in one read transaction: an events export covers one interval (a night) */
   prefcap__buf b = {0};
-  char hdr[600];
-  snprintf(hdr, sizeof hdr, "{\"type\":\"prefcap_events\",\"events_schema\":%d,\"store_id\":\"%s\",\"schema_version\":%d,"
-           "\"range\":{\"generations\":[%lld,%lld],\"events\":[%lld,%lld],\"erasures\":[%lld,%lld]}}\n", EVENTS_SCHEMA, sid,
-           PREFCAP_SCHEMA_VERSION, (long long)from.g, (long long)to.g, (long long)from.e, (long long)to.e, (long long)from.t,
-           (long long)to.t);
-  prefcap__buf_puts(&b, hdr);
   uint64_t ng = 0, ne = 0, nt = 0;
   sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
   rc = step_all(db, gen_sql, from.g, to.g, &b, gen_line, &ng);
@@ -294,7 +290,14 @@ int prefcap__export_events(prefcap_t *pc, const char *out, const char *name, con
   if (!rc) rc = step_all(db, tomb_sql, from.t, to.t, &b, tomb_line, &nt);
   sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
   if (rc) { snprintf(err, errlen, "reading the events: %.400s", sqlite3_errmsg(db)); free(b.p); return rc; }
-  rc = write_file(out, &b, mode, err, errlen);
+  /* the header first: the source, the range and the counts (what a central store's stats show) */
+  char hdr[800];
+  snprintf(hdr, sizeof hdr, "{\"type\":\"prefcap_events\",\"events_schema\":%d,\"store_id\":\"%s\",\"schema_version\":%d,"
+           "\"range\":{\"generations\":[%lld,%lld],\"events\":[%lld,%lld],\"erasures\":[%lld,%lld]},"
+           "\"counts\":{\"generations\":%llu,\"feedback\":%llu,\"erasures\":%llu}}\n", EVENTS_SCHEMA, sid,
+           PREFCAP_SCHEMA_VERSION, (long long)from.g, (long long)to.g, (long long)from.e, (long long)to.e, (long long)from.t,
+           (long long)to.t, (unsigned long long)ng, (unsigned long long)ne, (unsigned long long)nt);
+  rc = write_file(out, hdr, &b, mode, err, errlen);
   free(b.p);
   if (rc) return rc;
   /* the manifest, like the other formats': the store, the range, the counts */
@@ -310,7 +313,7 @@ int prefcap__export_events(prefcap_t *pc, const char *out, const char *name, con
                       sid, EVENTS_SCHEMA, PREFCAP_SCHEMA_VERSION, PREFCAP_VERSION_STRING, (long long)from.g, (long long)to.g,
                       (long long)from.e, (long long)to.e, (long long)from.t, (long long)to.t,
                       (unsigned long long)(ng + ne + nt), (unsigned long long)ng, (unsigned long long)ne, (unsigned long long)nt);
-  rc = m.oom ? PREFCAP_ENOMEM : write_file(mpath, &m, mode, err, errlen);
+  rc = m.oom ? PREFCAP_ENOMEM : write_file(mpath, "", &m, mode, err, errlen);
   free(m.p);
   if (rc) return rc;
   char dir[PATH_MAX];
@@ -421,7 +424,8 @@ static int ingest_erase(prefcap_t *pc, cJSON *obj, char *err, size_t errlen) {
 }
 
 /* The header line: refused whole (and the rest of the file with it, by the caller) when it comes from
- * a newer events schema; otherwise nothing to do: the lines that follow carry their own ids. */
+ * a newer events schema; otherwise its counts are recorded once per (source store, range), for stats (the events themselves
+ * carry their own ids). */
 static int ingest_header(prefcap_t *pc, cJSON *obj, char *err, size_t errlen) {
   cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, "events_schema"), *sid = cJSON_GetObjectItemCaseSensitive(obj, "store_id");
   if (!cJSON_IsNumber(v) || !cJSON_IsString(sid)) { snprintf(err, errlen, "an events header needs 'events_schema' and 'store_id'"); return PREFCAP_EINVAL; }
@@ -430,8 +434,35 @@ static int ingest_header(prefcap_t *pc, cJSON *obj, char *err, size_t errlen) {
              v->valuedouble, EVENTS_SCHEMA);
     return PREFCAP_ESCHEMA;
   }
-  (void)pc;
-  return PREFCAP_OK;
+  cJSON *range = cJSON_GetObjectItemCaseSensitive(obj, "range"), *counts = cJSON_GetObjectItemCaseSensitive(obj, "counts");
+  if (!cJSON_IsObject(range) || !cJSON_IsObject(counts)) return PREFCAP_OK;   /* nothing to count by */
+  char *rtext = cJSON_PrintUnformatted(range);
+  if (!rtext) { snprintf(err, errlen, "out of memory"); return PREFCAP_ENOMEM; }
+  const char *keys[3] = {"generations", "feedback", "erasures"};
+  int64_t n[3];
+  for (int i = 0; i < 3; i++) {
+    cJSON *c = cJSON_GetObjectItemCaseSensitive(counts, keys[i]);
+    n[i] = cJSON_IsNumber(c) && c->valuedouble >= 0 ? (int64_t)c->valuedouble : 0;
+  }
+  sqlite3 *db = prefcap__db(pc);
+  pthread_mutex_lock(&pc->db_mu);
+  int rc = prefcap__store_begin(pc->store, err, errlen);
+  if (!rc) {
+    sqlite3_stmt *st;
+    sqlite3_prepare_v2(db, "INSERT OR IGNORE INTO fleet_sources(store_id, range, generations, feedback, erasures, received)"
+                           " VALUES(?1, ?2, ?3, ?4, ?5, ?6)", -1, &st, NULL);
+    sqlite3_bind_text(st, 1, sid->valuestring, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, rtext, -1, SQLITE_STATIC);
+    for (int i = 0; i < 3; i++) sqlite3_bind_int64(st, 3 + i, n[i]);
+    sqlite3_bind_int64(st, 6, prefcap__now_ms());
+    rc = sqlite3_step(st) == SQLITE_DONE ? PREFCAP_OK : prefcap__sqlite_code(sqlite3_errcode(db));
+    sqlite3_finalize(st);
+    if (rc) { snprintf(err, errlen, "recording the events file's source: %.400s", sqlite3_errmsg(db)); prefcap__store_rollback(pc->store); }
+    else rc = prefcap__store_commit(pc->store, err, errlen);
+  }
+  pthread_mutex_unlock(&pc->db_mu);
+  cJSON_free(rtext);
+  return rc;
 }
 
 int prefcap_ingest_line(prefcap_t *pc, const char *line, size_t len) {

@@ -208,6 +208,7 @@ static int cmd_stats(int argc, char **argv) {
   section(&so, "generations_by_model", "SELECT ifnull(model, '(none)') || ifnull(' ' || model_version, ''), count(*) FROM generations GROUP BY 1 ORDER BY 2 DESC LIMIT 50");
   section(&so, "pairs_by_model", "SELECT ifnull(g.model, '(none)'), count(*), avg(p.weight) FROM pairs p JOIN generations g ON g.id = p.rejected_id GROUP BY 1 ORDER BY 2 DESC LIMIT 50");
   section(&so, "events_by_day", byday);
+  section(&so, "events_by_source_store", "SELECT store_id, sum(generations + feedback + erasures) FROM fleet_sources GROUP BY 1 ORDER BY 1");   /* docs/fleet.md */
   section(&so, "problems",
           "SELECT 'feedback for unknown generations', count(*) FROM events e WHERE NOT EXISTS (SELECT 1 FROM generations g WHERE g.id = e.gen_id)"
           " UNION ALL SELECT 'dropped (queue full)', ifnull((SELECT value FROM counters WHERE name = 'dropped'), 0)"

@@ -98,6 +98,18 @@ for f in $(printf '%s\n' a-1 a-2 b c a-2 b | shuf --random-source=<(yes)); do
   "$P" ingest --db "$T/central.db" "$T/$f.events" 2>/dev/null || echo "  ingest of $f failed"
 done
 "$P" derive --db "$T/central.db" >/dev/null 2>&1; "$P" derive --db "$T/single.db" >/dev/null 2>&1
+src_ok() {  # stats: events by source store, each file counted once however often it was ingested
+  "$P" stats --db "$T/central.db" --json > "$T/stats.json" 2>/dev/null && /usr/bin/python3 -c '
+import json, sys
+s = json.load(open(sys.argv[1]))["events_by_source_store"]
+want = {}
+for f in sys.argv[2:]:
+    h = json.loads(open(f).readline())
+    want[h["store_id"]] = want.get(h["store_id"], 0) + sum(h["counts"].values())
+assert s == want and len(s) == 3, (s, want)
+' "$T/stats.json" "$T/a-1.events" "$T/a-2.events" "$T/b.events" "$T/c.events"
+}
+check "stats shows events by source store (three stores, each file once)" src_ok
 dump() {  # pairs and labels by content, for comparison across stores
   sqlite3 "$1" "SELECT 'P', p.signal, printf('%.9f', p.weight), p.source, p.flags, r.prompt, coalesce(p.chosen_text, c.completion), r.completion
                 FROM pairs p JOIN generations r ON r.id = p.rejected_id LEFT JOIN generations c ON c.id = p.chosen_id
