@@ -465,6 +465,34 @@ int prefcap_store_id(prefcap_t *pc, char out[37]);
  * line is borrowed. Not thread-safe with other calls on the handle while an erase line runs. */
 int prefcap_ingest_line(prefcap_t *pc, const char *line, size_t len);
 
+// ---- did the fine-tune help? (sdk/compare.c) -------------------------------------------------------
+/* What to compare: model (required, borrowed), baseline and candidate versions (both or neither;
+ * neither: the two versions first used last), and a time range on the generations (ms; 0 = open). */
+typedef struct prefcap_compare_options {
+  size_t size;   /* sizeof(prefcap_compare_options_t): PREFCAP_COMPARE_OPTIONS_INIT */
+  const char *model, *baseline, *candidate;
+  int64_t since_ms, until_ms;
+} prefcap_compare_options_t;
+#define PREFCAP_COMPARE_OPTIONS_INIT { .size = sizeof(prefcap_compare_options_t) }
+
+/* Per version of the model: generations; the rates of generations regenerated, edited, copied,
+ * accepted, abandoned (each generation once per signal); mean edit size (bytes changed by the latest
+ * edit); mean rating (each rated generation's latest, ±1); the win rate in choices between the two
+ * compared versions; 95% intervals (Wilson for rates, a percentile bootstrap with a fixed seed for
+ * means). Per metric: candidate minus baseline, its interval (Newcombe for rates, bootstrap for
+ * means; win rate: the candidate's share minus 0.5), simultaneous 95% across the 8 comparisons
+ * (Bonferroni: each at 99.375%, so identical versions rarely get any verdict but "no evidence"), and "better", "worse" or "no evidence" in the
+ * stated direction ("better_if": lower for regenerate, edit, abandon, edit size). *json receives
+ * {"model","versions":[{"version","generations","rates":{"regenerate":{"value","ci":[lo,hi],"n"},…},
+ * "mean_edit_size",…}],"comparisons":[{"metric","baseline","candidate","difference","ci","better_if",
+ * "verdict"}]}; free it with prefcap_free. PREFCAP_EINVAL: a version named has no generations. Takes
+ * the handle's lock (thread-safe with logging; not with open or close). */
+int prefcap_compare(prefcap_t *pc, const prefcap_compare_options_t *o, char **json);
+/* Candidate minus baseline rate with Newcombe's hybrid score interval: out = {difference, lo, hi}; 95%,
+ * or with simultaneous != 0 the interval compare's verdicts use (99.375%). Pure; thread-safe.
+ * PREFCAP_EINVAL when k > n. */
+int prefcap_rate_difference(uint64_t k_base, uint64_t n_base, uint64_t k_cand, uint64_t n_cand, int simultaneous, double out[3]);
+
 #if defined(__GNUC__)
 #pragma GCC visibility pop
 #endif
