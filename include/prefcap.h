@@ -493,6 +493,15 @@ int prefcap_compare(prefcap_t *pc, const prefcap_compare_options_t *o, char **js
  * PREFCAP_EINVAL when k > n. */
 int prefcap_rate_difference(uint64_t k_base, uint64_t n_base, uint64_t k_cand, uint64_t n_cand, int simultaneous, double out[3]);
 
+// ---- a dashboard (sdk/report.c) ---------------------------------------------------------------------
+/* Writes one self-contained HTML page to path (inline SVG and CSS; no script, nothing loaded from
+ * elsewhere): events per day by signal, pairs and labels by signal and by source, the AI-judged
+ * fraction against the last export's cap, the per-version comparison of the most used model with
+ * intervals, the prompts most often regenerated (their text: the page is as private as the store),
+ * exports over time, erasures (counts only). Aggregated in SQL and bounded in rows. Written to a
+ * temporary file and renamed into place. Takes the handle's lock; not thread-safe with open or close. */
+int prefcap_report(prefcap_t *pc, const char *path);
+
 #if defined(__GNUC__)
 #pragma GCC visibility pop
 #endif

@@ -461,6 +461,7 @@ static int cmd_export(int argc, char **argv) {
 static const struct { const char *name; int (*fn)(int, char **); const char *what; } commands[] = {
     {"ingest", cmd_ingest, "store events given as JSON lines (a file or stdin)"},
     {"compare", prefcap__cli_compare, "did the fine-tune help? signal rates by model version, with intervals and verdicts"},
+    {"report", prefcap__cli_report, "write a self-contained HTML dashboard of the store"},
     {"stats", cmd_stats, "counts of events, pairs and labels by signal, model and day"},
     {"pairs", cmd_pairs, "look at derived preference pairs"},
     {"derive", cmd_derive, "derive pairs and labels (again, with --all)"},

@@ -14,4 +14,5 @@ int prefcap__cli_forget(int argc, char **argv);   /* sdk/cli/cli_forget.c */
 int prefcap__cli_lineage(int argc, char **argv);  /* sdk/cli/cli_forget.c */
 int prefcap__cli_prune(int argc, char **argv);    /* sdk/cli/cli_forget.c */
 int prefcap__cli_compare(int argc, char **argv);  /* sdk/cli/cli_compare.c */
+int prefcap__cli_report(int argc, char **argv);   /* sdk/cli/cli_compare.c */
 #endif

@@ -1,6 +1,6 @@
-/* sdk/cli/cli_compare.c: `prefcap compare`: did the fine-tune help? Per model version, the implicit
+/* sdk/cli/cli_compare.c: `prefcap compare` and `prefcap report`. compare: did the fine-tune help? Per model version, the implicit
  * signals' rates and means with 95% intervals, and per metric a verdict (sdk/compare.c does the work;
- * this prints its JSON as is with --json, or as a table). */
+ * this prints its JSON as is with --json, or as a table). report: the dashboard page (sdk/report.c). */
 #include "cli.h"
 #include "internal.h"
 
@@ -95,4 +95,35 @@ int prefcap__cli_compare(int argc, char **argv) {
   }
   cJSON_Delete(r);
   return 0;
+}
+
+int prefcap__cli_report(int argc, char **argv) {
+  static const struct option lo[] = {{"db", 1, 0, 'd'}, {"out", 1, 0, 'o'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+  const char *db = prefcap__cli_default_db(), *out = NULL;
+  int c;
+  while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+    switch (c) {
+      case 'd': db = optarg; break;
+      case 'o': out = optarg; break;
+      case 'h':
+        printf("usage: prefcap report --out FILE.html [--db PATH]\n\n"
+               "Writes one self-contained page (inline SVG, no scripts, nothing loaded from elsewhere):\n"
+               "events per day by signal, pairs and labels by signal and source, the AI-judged fraction\n"
+               "against the cap, the per-version comparison with intervals, the prompts most often\n"
+               "regenerated, exports over time, erasures (counts only). Derives pending pairs first.\n");
+        return 0;
+      default: return 2;
+    }
+  }
+  if (optind < argc) { fprintf(stderr, "prefcap report: unexpected argument (see --help)\n"); return 2; }
+  if (!out) { fprintf(stderr, "prefcap report: --out FILE.html is required (see --help)\n"); return 2; }
+  if (access(db, F_OK) != 0) { fprintf(stderr, "prefcap report: no store at %s\n", db); return 1; }
+  prefcap_t *pc;
+  if (prefcap__cli_open(db, PREFCAP_SYNC, NULL, &pc)) return 1;
+  int rc = prefcap_derive(pc, 0);
+  if (!rc) rc = prefcap_report(pc, out);
+  if (rc) fprintf(stderr, "prefcap report: %s: %s\n", prefcap_strerror(rc), prefcap_errmsg(pc));
+  prefcap_close(pc, -1);
+  if (!rc) printf("%s\n", out);
+  return rc ? 1 : 0;
 }
