@@ -81,7 +81,7 @@ static int query_bars(sqlite3 *db, const char *sql, bars_t *bs) {
   if (rc) return rc;
   while ((rc = sqlite3_step(st)) == SQLITE_ROW && bs->n < MAXBARS) {
     bar_t *r = &bs->b[bs->n++];
-    clip(r->label, sizeof r->label, (const char *)sqlite3_column_text(st, 0), 60);
+    clip(r->label, sizeof r->label, (const char *)sqlite3_column_text(st, 0), 48);   /* fits the 330 px left of the bars */
     r->v = sqlite3_column_double(st, 1);
     r->ci = false;
   }
@@ -117,7 +117,7 @@ static int build(prefcap_t *pc, prefcap__buf *b, char *err, size_t errlen) {
        "SELECT kind || ': ' || src, n FROM (SELECT 'pairs' AS kind, source AS src, count(*) AS n FROM pairs GROUP BY source"
        " UNION ALL SELECT 'labels', source, count(*) FROM labels GROUP BY source) ORDER BY n DESC LIMIT 20", "%.0f"},
       {"top-regenerated", "Prompts most often regenerated", "top 10",
-       "SELECT coalesce(g.prompt, g.messages), count(*) FROM generations g WHERE g.id IN"
+       "SELECT coalesce(g.prompt, json_extract(g.messages, '$[#-1].content')), count(*) FROM generations g WHERE g.id IN"
        " (SELECT gen_id FROM events WHERE type = 'regenerate' UNION SELECT regenerates FROM generations WHERE regenerates IS NOT NULL)"
        " GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 10", "%.0f"},
       {"exports", "Exports over time (records)", "the last 30 published",
