@@ -443,7 +443,7 @@ static void test_forget_async_after_migration(void) {
   prefcap_close(pc, -1);
   sqlite3 *h;
   REQUIRE(sqlite3_open(db, &h) == SQLITE_OK);
-  REQUIRE(sqlite3_exec(h, "DROP TABLE erased_generations; PRAGMA user_version = 2;", NULL, NULL, NULL) == SQLITE_OK);
+  REQUIRE(sqlite3_exec(h, "DROP TABLE erased_generations; DROP TABLE fleet_sources; PRAGMA user_version = 2;", NULL, NULL, NULL) == SQLITE_OK);
   sqlite3_close(h);
   pc = open_store(db, PREFCAP_ASYNC, -1);
   REQUIRE(pc);
