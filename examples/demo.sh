@@ -118,3 +118,8 @@ print("  (%d of the %d held-out pairs record the minority's taste for long answe
     minority, len(held), 1 - minority / len(held)))
 PY
 echo "report: $OUT/run/report.html"
+
+echo
+echo "== 7. the dashboard: prefcap report, and did the model versions differ? prefcap compare"
+"$BUILD/prefcap" compare --model "$(sqlite3 "$PREFCAP_DB" 'SELECT model FROM generations WHERE model IS NOT NULL GROUP BY 1 ORDER BY count(*) DESC LIMIT 1')" 2>&1 | head -20 || true
+echo "dashboard: $("$BUILD/prefcap" report --out "$OUT/dashboard.html")"

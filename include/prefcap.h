@@ -76,7 +76,7 @@ extern "C" {
 #define PREFCAP_VERSION_NUM 2000
 #define PREFCAP_VERSION_STRING PREFCAP_VERSION   /* the 0.1 name, kept */
 /* The store's schema version this library writes; older stores are migrated on open. */
-#define PREFCAP_SCHEMA_VERSION 3
+#define PREFCAP_SCHEMA_VERSION 4
 /* Longest id (generation, event, user, session) in bytes, excluding the NUL. */
 #define PREFCAP_ID_MAX 128
 
@@ -366,6 +366,7 @@ typedef enum {
   PREFCAP_FORMAT_TRL_DPO = 0,     /* {"prompt","chosen","rejected"} (+ provenance), TRL's DPO format */
   PREFCAP_FORMAT_TRL_KTO = 1,     /* {"prompt","completion","label"} from the unpaired labels */
   PREFCAP_FORMAT_OPENAI_DPO = 2,  /* {"input":{"messages"},"preferred_output","non_preferred_output"} */
+  PREFCAP_FORMAT_EVENTS = 3,      /* the raw event log in the ingest format, for a central store (docs/fleet.md) */
 } prefcap_format_t;
 
 /* Defaults: trl-dpo, no filters, no split, no name, out "prefcap-export.jsonl". Free with
@@ -449,7 +450,7 @@ int prefcap_lineage_export(prefcap_t *pc, const char *export_id, prefcap_export_
  * and the pairs and labels that only they derived. *deleted (if not NULL) receives the rows deleted. */
 int prefcap_prune(prefcap_t *pc, int64_t older_than_ms, uint64_t *deleted);
 
-// ==== reading the store (sdk/query.c) ===============================================================
+// ==== reading the store (sdk/query.c) ========================================================
 /* What the `prefcap` command reads, for any program: the derived pairs and labels with filters, the
  * store's counts (a struct) and its breakdowns (JSON), an integrity check, erasure and retention with
  * their counts, and the small helpers the lineage and time options need. The CLI in sdk/cli/ uses
@@ -590,6 +591,60 @@ int prefcap_time_parse(const char *text, int64_t *ms);
 /* Formats Unix milliseconds as "2026-11-21T10:00:00.000Z" (UTC) into buf (at least 32 bytes). */
 void prefcap_time_format(int64_t ms, char buf[32]);
 /* ==== end reading the store ====================================================================== */
+// ---- a fleet: events across hosts (sdk/fleet.c; docs/fleet.md) ------------------------------------
+/* An events export (prefcap_export with PREFCAP_FORMAT_EVENTS) writes a header line
+ * {"type":"prefcap_events","events_schema":1,"store_id":…,"range":…}, every generation and feedback
+ * event in the ingest format (docs/events.md) with its id, and an erase line
+ * {"type":"erase","user_hash":…,"at":…,"generations":[…]} per erasure (the host kept only the hash of
+ * the user's id). Of the export options only out, since_last, upload and mode apply. */
+
+/* The store's id, a UUID made with the store (schema 4 gives older stores one), into out (NUL-ended).
+ * Takes the handle's lock: thread-safe with logging, not with open or close. */
+int prefcap_store_id(prefcap_t *pc, char out[37]);
+
+/* One line of an events file: an events header (PREFCAP_ESCHEMA when it comes from a newer events
+ * schema: read no further in that file), an erase line (flushes what is queued, then erases the user
+ * here as prefcap_forget_user does, and records the tombstone and generation hashes so their later
+ * events from any host are refused), or any other event, which goes to prefcap_log_json unchanged.
+ * line is borrowed. Not thread-safe with other calls on the handle while an erase line runs. */
+int prefcap_ingest_line(prefcap_t *pc, const char *line, size_t len);
+
+// ---- did the fine-tune help? (sdk/compare.c) -------------------------------------------------------
+/* What to compare: model (required, borrowed), baseline and candidate versions (both or neither;
+ * neither: the two versions first used last), and a time range on the generations (ms; 0 = open). */
+typedef struct prefcap_compare_options {
+  size_t size;   /* sizeof(prefcap_compare_options_t): PREFCAP_COMPARE_OPTIONS_INIT */
+  const char *model, *baseline, *candidate;
+  int64_t since_ms, until_ms;
+} prefcap_compare_options_t;
+#define PREFCAP_COMPARE_OPTIONS_INIT { .size = sizeof(prefcap_compare_options_t) }
+
+/* Per version of the model: generations; the rates of generations regenerated, edited, copied,
+ * accepted, abandoned (each generation once per signal); mean edit size (bytes changed by the latest
+ * edit); mean rating (each rated generation's latest, ±1); the win rate in choices between the two
+ * compared versions; 95% intervals (Wilson for rates, a percentile bootstrap with a fixed seed for
+ * means). Per metric: candidate minus baseline, its interval (Newcombe for rates, bootstrap for
+ * means; win rate: the candidate's share minus 0.5), simultaneous 95% across the 8 comparisons
+ * (Bonferroni: each at 99.375%, so identical versions rarely get any verdict but "no evidence"), and "better", "worse" or "no evidence" in the
+ * stated direction ("better_if": lower for regenerate, edit, abandon, edit size). *json receives
+ * {"model","versions":[{"version","generations","rates":{"regenerate":{"value","ci":[lo,hi],"n"},…},
+ * "mean_edit_size",…}],"comparisons":[{"metric","baseline","candidate","difference","ci","better_if",
+ * "verdict"}]}; free it with prefcap_free. PREFCAP_EINVAL: a version named has no generations. Takes
+ * the handle's lock (thread-safe with logging; not with open or close). */
+int prefcap_compare(prefcap_t *pc, const prefcap_compare_options_t *o, char **json);
+/* Candidate minus baseline rate with Newcombe's hybrid score interval: out = {difference, lo, hi}; 95%,
+ * or with simultaneous != 0 the interval compare's verdicts use (99.375%). Pure; thread-safe.
+ * PREFCAP_EINVAL when k > n. */
+int prefcap_rate_difference(uint64_t k_base, uint64_t n_base, uint64_t k_cand, uint64_t n_cand, int simultaneous, double out[3]);
+
+// ---- a dashboard (sdk/report.c) ---------------------------------------------------------------------
+/* Writes one self-contained HTML page to path (inline SVG and CSS; no script, nothing loaded from
+ * elsewhere): events per day by signal, pairs and labels by signal and by source, the AI-judged
+ * fraction against the last export's cap, the per-version comparison of the most used model with
+ * intervals, the prompts most often regenerated (their text: the page is as private as the store),
+ * exports over time, erasures (counts only). Aggregated in SQL and bounded in rows. Written to a
+ * temporary file and renamed into place. Takes the handle's lock; not thread-safe with open or close. */
+int prefcap_report(prefcap_t *pc, const char *path);
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop

@@ -77,7 +77,7 @@ static int set_str(char **dst, const char *v, bool allow_null) {
 
 int prefcap_export_options_set_format(prefcap_export_options_t *o, prefcap_format_t f) {
   if (!o) return REFUSE(NO_OPTIONS);
-  if (f < PREFCAP_FORMAT_TRL_DPO || f > PREFCAP_FORMAT_OPENAI_DPO) return REFUSE("unknown format");
+  if (f < PREFCAP_FORMAT_TRL_DPO || f > PREFCAP_FORMAT_EVENTS) return REFUSE("unknown format");
   o->format = f;
   return PREFCAP_OK;
 }
@@ -829,6 +829,7 @@ static void format_row(prefcap__buf *b, sqlite3_stmt *st, const prefcap_export_o
       prefcap__buf_puts(b, ",\"non_preferred_output\":");
       put_assistant(b, rejected);
       break;
+    case PREFCAP_FORMAT_EVENTS: break;   /* written by sdk/fleet.c, never here */
   }
   /* provenance: trainers ignore fields they do not know */
   char num[64];   /* one snprintf per number: this runs once per line of a million-line export */
@@ -1389,7 +1390,9 @@ int prefcap_export(prefcap_t *pc, const prefcap_export_options_t *o, prefcap_exp
   memset(&res, 0, sizeof res);
   char err[1024] = "";
   pthread_mutex_lock(&pc->db_mu);
-  int rc = do_export(pc, o, &res, err, sizeof err);
+  int rc = o->format == PREFCAP_FORMAT_EVENTS
+               ? prefcap__export_events(pc, o->out, o->since_last, o->upload_url, o->upload_opts, o->mode, &res, err, sizeof err)
+               : do_export(pc, o, &res, err, sizeof err);
   pthread_mutex_unlock(&pc->db_mu);
   if (out) {
     size_t keep = out->size;

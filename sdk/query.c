@@ -217,6 +217,7 @@ int prefcap_stats_json(prefcap_t *pc, int days, char **json) {
       {"generations_by_model", "SELECT ifnull(model, '(none)') || ifnull(' ' || model_version, ''), count(*) FROM generations GROUP BY 1 ORDER BY 2 DESC LIMIT 50"},
       {"pairs_by_model", "SELECT ifnull(g.model, '(none)'), count(*), avg(p.weight) FROM pairs p JOIN generations g ON g.id = p.rejected_id GROUP BY 1 ORDER BY 2 DESC LIMIT 50"},
       {"events_by_day", NULL},
+      {"events_by_source_store", "SELECT store_id, sum(generations + feedback + erasures) FROM fleet_sources GROUP BY 1 ORDER BY 1"},   /* docs/fleet.md */
       {"problems", "SELECT 'feedback for unknown generations', (" UNKNOWN_FEEDBACK_SQL ")"
                    " UNION ALL SELECT 'dropped (queue full)', " COUNTER_SQL("dropped")
                    " UNION ALL SELECT 'failed (not stored)', " COUNTER_SQL("failed")

@@ -23,8 +23,8 @@ SDK_EXAMPLES := $(BUILD)/examples/chat_backend
 ALL_TARGETS += $(SDK_A) $(SDK_SO) $(PREFCAP_CLI) $(SDK_EXAMPLES)
 TEST_BINS   += $(SDK_TEST_BINS) $(BUILD)/tests/crashchild $(BUILD)/bench/ingest_bench $(BUILD)/bench/redact_bench
 TESTS       += $(SDK_TEST_BINS) $(SDK_TEST_SCRIPTS)
-BENCHES     += $(BUILD)/bench/ingest_bench $(BUILD)/bench/redact_bench
-BENCH_CMDS  += $(BUILD)/bench/ingest_bench $(BUILD)/bench/redact_bench bench/export_bench.sh
+BENCHES     += $(BUILD)/bench/ingest_bench $(BUILD)/bench/redact_bench $(BUILD)/bench/fleet_bench
+BENCH_CMDS  += $(BUILD)/bench/ingest_bench $(BUILD)/bench/redact_bench bench/export_bench.sh $(BUILD)/bench/fleet_bench
 
 $(BUILD)/sdk/%.o: sdk/%.c include/prefcap.h $(wildcard sdk/*.h common/*.h)
 	@mkdir -p $(dir $@)

@@ -13,7 +13,9 @@
  * Schema version 2 adds: exports (every export, pending or published, with the records it held and
  * whose they were: lineage), export_users (each export's users by hash: who was in which export),
  * watermarks (per export name).
- * Schema version 3 adds: erased_generations (hashes of erased generations' ids: late feedback refused). */
+ * Schema version 3 adds: erased_generations (hashes of erased generations' ids: late feedback refused).
+ * Schema version 4 adds: meta 'store_id', the store's UUID, and fleet_sources (the events files a central
+ * store received, by source store; sdk/fleet.c). */
 #include "internal.h"
 #include "sha256.h"
 
@@ -97,6 +99,14 @@ static const char *const migrations[] = {
      * random page per insert and cut ingest to a third (bench/ingest_bench). Erasure, which is rare,
      * scans instead.) */
     "CREATE TABLE erased_generations(gen_hash TEXT PRIMARY KEY, ts INTEGER NOT NULL) WITHOUT ROWID;",
+    /* 3 -> 4: the store's id (sdk/fleet.c), a random UUID (version 4) made once, with the store or by
+     * this migration: an events export names its source by it. */
+    "INSERT OR IGNORE INTO meta(key, value) SELECT 'store_id', lower(substr(h, 1, 8) || '-' || substr(h, 9, 4) || '-4' ||"
+    " substr(h, 14, 3) || '-' || substr('89ab', 1 + (abs(random()) % 4), 1) || substr(h, 18, 3) || '-' || substr(h, 21, 12))"
+    " FROM (SELECT hex(randomblob(16)) AS h);"
+    /* a central store: each events file received, once per (source store, range), with its counts */
+    "CREATE TABLE fleet_sources(store_id TEXT NOT NULL, range TEXT NOT NULL, generations INTEGER NOT NULL,"
+    "  feedback INTEGER NOT NULL, erasures INTEGER NOT NULL, received INTEGER NOT NULL, PRIMARY KEY(store_id, range)) WITHOUT ROWID;",
 };
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof *migrations))
 _Static_assert(N_MIGRATIONS == PREFCAP_SCHEMA_VERSION, "a migration per schema version");

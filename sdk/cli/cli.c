@@ -149,7 +149,7 @@ static int cmd_ingest(int argc, char **argv) {
       while (!prefcap_get_counters(pc, &k) && k.queued >= INGEST_QUEUE && !stalled(&w)) sleep_ms(2);
       if (w.stalled) break;
     }
-    int e = prefcap_log_json(pc, line, (size_t)len, NULL);
+    int e = prefcap_ingest_line(pc, line, (size_t)len);   /* events exports' own lines too (docs/fleet.md) */
     if (e) {
       bad++;
       fprintf(stderr, "%s:%zu: %s: %s\n", S(name), lineno, prefcap_strerror(e), S(prefcap_errmsg(pc)));
@@ -160,6 +160,7 @@ static int cmd_ingest(int argc, char **argv) {
         snprintf(sync_why, sizeof sync_why, "%s", prefcap_errmsg(pc));
       }
       if (sync_mode && e == PREFCAP_ECORRUPT) { damaged = true; break; }   /* said above; nothing more will store */
+      if (e == PREFCAP_ESCHEMA) break;   /* a newer events file: none of it is read */
     } else {
       ok++;
       last_ok_ms = now_ms();
@@ -443,7 +444,8 @@ static int cmd_export(int argc, char **argv) {
         if (!strcmp(optarg, "trl-dpo")) prefcap_export_options_set_format(o, PREFCAP_FORMAT_TRL_DPO);
         else if (!strcmp(optarg, "trl-kto")) prefcap_export_options_set_format(o, PREFCAP_FORMAT_TRL_KTO);
         else if (!strcmp(optarg, "openai-dpo")) prefcap_export_options_set_format(o, PREFCAP_FORMAT_OPENAI_DPO);
-        else bad = cli_usage_error("export", "--format is trl-dpo, trl-kto or openai-dpo");
+        else if (!strcmp(optarg, "events")) prefcap_export_options_set_format(o, PREFCAP_FORMAT_EVENTS);   /* docs/fleet.md */
+        else bad = cli_usage_error("export", "--format is trl-dpo, trl-kto, openai-dpo or events");
         break;
       case 'o': prefcap_export_options_set_out(o, optarg); break;
       case 'z': prefcap_export_options_set_gzip(o, 1); break;
@@ -517,6 +519,8 @@ static int cmd_export(int argc, char **argv) {
 
 static const struct { const char *name; int (*fn)(int, char **); const char *what; } commands[] = {
     {"ingest", cmd_ingest, "store events given as JSON lines (a file or stdin)"},
+    {"compare", cli_compare, "did the fine-tune help? signal rates by model version, with intervals and verdicts"},
+    {"report", cli_report, "write a self-contained HTML dashboard of the store"},
     {"stats", cmd_stats, "counts of events, pairs and labels by signal, model and day"},
     {"pairs", cmd_pairs, "look at derived preference pairs"},
     {"derive", cmd_derive, "derive pairs and labels (again, with --all)"},

@@ -42,4 +42,6 @@ int cli_upload(int argc, char **argv);   /* sdk/cli/cli_upload.c */
 int cli_forget(int argc, char **argv);   /* sdk/cli/cli_forget.c */
 int cli_lineage(int argc, char **argv);  /* sdk/cli/cli_forget.c */
 int cli_prune(int argc, char **argv);    /* sdk/cli/cli_forget.c */
+int cli_compare(int argc, char **argv);  /* sdk/cli/cli_compare.c */
+int cli_report(int argc, char **argv);   /* sdk/cli/cli_compare.c */
 #endif

@@ -346,13 +346,16 @@ static void migrates_from_version_1(void) {
   REQUIRE(sqlite3_open(db, &h) == SQLITE_OK);
   /* what schema 1 did not have */
   REQUIRE(sqlite3_exec(h, "DROP TABLE exports; DROP TABLE export_users; DROP TABLE watermarks;"
-                          " DROP TABLE erased_generations; PRAGMA user_version = 1;", NULL, NULL, NULL) == SQLITE_OK);
+                          " DROP TABLE erased_generations; DROP TABLE fleet_sources; DELETE FROM meta WHERE key = 'store_id';"
+                          " PRAGMA user_version = 1;", NULL, NULL, NULL) == SQLITE_OK);
   sqlite3_close(h);
   EXPECT(tu_query(db, "PRAGMA user_version") == 1);
   pc = tu_open(db, PREFCAP_SYNC);
   REQUIRE(pc);
   EXPECT(tu_query(db, "PRAGMA user_version") == PREFCAP_SCHEMA_VERSION);
-  EXPECT(tu_query(db, "SELECT count(*) FROM sqlite_schema WHERE name IN ('exports', 'export_users', 'watermarks', 'erased_generations')") == 4);
+  EXPECT(tu_query(db, "SELECT count(*) FROM sqlite_schema WHERE name IN ('exports', 'export_users', 'watermarks', 'erased_generations', 'fleet_sources')") == 5);
+  /* schema 4: an older store gets its id (a UUID, version 4) */
+  EXPECT(tu_query(db, "SELECT count(*) FROM meta WHERE key = 'store_id' AND value GLOB '[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]-*-4*' AND length(value) = 36") == 1);
   EXPECT(tu_query(db, "SELECT count(*) FROM labels WHERE gen_id = 'g1' AND signal = 'copy'") == 1);
   prefcap_export_options_t *o = prefcap_export_options_new();
   char out[700];
