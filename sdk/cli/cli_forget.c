@@ -121,7 +121,8 @@ int cli_forget(int argc, char **argv) {
                "(secure delete, then a checkpoint that truncates the WAL), and a tombstone (the SHA-256\n"
                "of the id) makes the store refuse their late events. Then it lists the exports that\n"
                "held their records (time, name, path, id): rebuild those datasets, and the fine-tunes\n"
-               "trained on them. The export files themselves are not touched.\n\n"
+               "trained on them. Published export files are not touched; the temporary files of killed\n"
+               "exports (unpublished copies) are removed, and any that cannot be is named (exit 1).\n\n"
                "Running it again is harmless; it also completes an erasure whose WAL could not be\n"
                "truncated because another process was reading the store (exit 1, said so).\n\n"
                "  --json   one JSON object: user_hash, erased (rows by table), wal_truncated, exports\n");
