@@ -8,7 +8,8 @@
 #   fuzz_config       config.json
 #   fuzz_tok_load     tokenizer.json, loading (then a few encodes and decodes)
 #   fuzz_tok_encode   encoding any text with a small and a real tokenizer
-#   fuzz_chat         chat templates: recognition and rendering
+#   fuzz_chat         chat templates: recognition and rendering (the built-in formats)
+#   fuzz_jinja        the Jinja interpreter on any template text, rendered with a fixed conversation
 #   fuzz_data         preference (and KTO) JSONL
 #
 # `make fuzz` runs each for FUZZ_SECONDS (60); `make test` runs each for FUZZ_TEST_SECONDS (10) through
@@ -24,7 +25,7 @@ HAVE_FUZZ  := $(shell f=$$($(FUZZ_CC) -print-file-name=libclang_rt.fuzzer-x86_64
 FUZZ_SAN   := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -pthread -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter \
                -Iinclude -Icommon -Itrainer -Isdk -Itests/fuzz $(FUZZ_SAN)
-FUZZ_NAMES := event_json redact safetensors config tok_load tok_encode chat data
+FUZZ_NAMES := event_json redact safetensors config tok_load tok_encode chat jinja data
 FUZZ_BINS  := $(FUZZ_NAMES:%=$(FUZZ_BUILD)/fuzz_%)
 
 FUZZ_SDK_A := $(FUZZ_BUILD)/libprefcap.a
@@ -57,6 +58,8 @@ $(FUZZ_BUILD)/fuzz_tok_encode: $(FZ)/tests/fuzz/fuzz_tok_encode.o $(FUZZ_TOK) $(
 	$(FUZZ_LINK) $^ $(PC_TOK_LIBS) -lcrypto
 $(FUZZ_BUILD)/fuzz_chat: $(FZ)/tests/fuzz/fuzz_chat.o $(FZ)/trainer/text/chat.o $(FZ)/trainer/text/jinja.o $(FUZZ_UTIL)
 	$(FUZZ_LINK) $^ -lcjson -lm -lcrypto
+$(FUZZ_BUILD)/fuzz_jinja: $(FZ)/tests/fuzz/fuzz_jinja.o $(FZ)/trainer/text/jinja.o
+	$(FUZZ_LINK) $^ -lcjson -lm
 $(FUZZ_BUILD)/fuzz_data: $(FZ)/tests/fuzz/fuzz_data.o $(FZ)/trainer/text/data.o $(FZ)/trainer/text/chat.o $(FZ)/trainer/text/jinja.o $(FUZZ_TOK) $(FUZZ_UTIL)
 	$(FUZZ_LINK) $^ $(PC_TOK_LIBS) -lm -lcrypto
 

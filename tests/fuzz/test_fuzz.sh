@@ -12,7 +12,7 @@ set -u
 cd "$(dirname "$0")/../.."
 B=${FUZZ_BUILD:-build-fuzz}
 S=${FUZZ_SECONDS:-10}
-ALL="event_json redact safetensors config tok_load tok_encode chat data"
+ALL="event_json redact safetensors config tok_load tok_encode chat jinja data"
 names=${*:-$ALL}
 
 if ! [ -x "$B/fuzz_event_json" ]; then
@@ -37,7 +37,9 @@ gen_seeds() {
   local g=$B/seeds
   [ -f "$g/.done" ] && return
   rm -rf "$g"
-  mkdir -p "$g"/{event_json,redact,tok_encode,data,chat}
+  mkdir -p "$g"/{event_json,redact,tok_encode,data,chat,jinja}
+  # every committed template, and those of the real models (below), as they are
+  cp tests/fixtures/templates/*.jinja "$g/jinja/" 2>/dev/null || true
   seed_lines "$g/event_json" tests/sdk/export/events.jsonl tests/sdk/export/chat_events.jsonl
   seed_lines "$g/redact" tests/sdk/export/events.jsonl
   PREFIX=$'\x00' seed_lines "$g/tok_encode" tests/data/std.jsonl tests/data/conv.jsonl
@@ -55,6 +57,7 @@ bos = c.get("bos_token") or ""
 if isinstance(bos, dict): bos = bos.get("content", "")
 msgs = ["system", "Be brief.", "", "user", "Hi <think>x</think>", "", "assistant", "Hello!", "because", "user", "ok", ""]
 open(sys.argv[2], "wb").write(bytes([1]) + "\0".join([t, bos] + msgs).encode())
+open(sys.argv[2].replace("/chat/", "/jinja/"), "w").write(t)
 PY
   done
   touch "$g/.done"
