@@ -19,7 +19,7 @@ $(BUILD)/tests/report_driver: tests/train/report_driver.c $(BUILD)/trainer/train
 	$(CC) $(PC_CFLAGS) -o $@ $< $(BUILD)/trainer/train/report.o $(PC_UTIL_OBJS) $(LDFLAGS_ALL) -lcjson $(PC_UTIL_LIBS)
 
 TEST_BINS += $(BUILD)/tests/report_driver
-TESTS     += tests/train/test_report.py tests/train/test_train.py
+TESTS     += tests/train/test_report.py tests/train/test_train.py tests/train/test_refcache.py
 
 # The training benchmark (bench/bench_train.py: one DPO step against PyTorch) and the sgemm yardstick
 # it measures the machine with.
