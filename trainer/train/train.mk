@@ -1,7 +1,8 @@
 # trainer/train/train.mk: training beyond the model: the options (options.c), the losses (loss.c), the
 # optimizer and schedules (optim.c), reference log-probs (reference.c) and their cache (refcache.c),
 # checkpoints (checkpoint.c), the run manifest (manifest.c), the run itself (trainer.c) and the HTML
-# report (report.c); and the training tests (tests/train: gradients, trajectories, adapters, resume against float64 PyTorch).
+# report (report.c); and the training tests (tests/train: gradients, trajectories, adapters, resume
+# against float64 PyTorch; test_refcache.py: the reference cache).
 #
 #   build/tests/report_driver    calls pc_report_write and pc_progress_* for tests/train/test_report.py
 
