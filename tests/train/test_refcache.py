@@ -14,7 +14,8 @@ Checks (PASS/FAIL lines):
   - tokenizer_changed / weight_changed: one byte more in tokenizer.json (still the same tokens) and one
     weight's last mantissa bit each give a new model key: nothing from the cache.
   - truncated / flipped: a pack cut short by 10 bytes, or one byte of a stored sum flipped, is
-    detected (a warning, run.json "damaged"), the lost sequence is recomputed (computed = 1) and every
+    detected (a warning, run.json "damaged"), the lost sequence is recomputed with its pair's other one
+    (computed = 2: a pair is one batch unit, its prompt shared; the other keeps its cached value) and every
     sum equals a fresh computation (within 1e-6 relative: the recomputed pair alone in its batch
     rounds its float32 sums differently from the fresh run's packing, ~1e-7 here); a trusted flipped
     sum would be off by a factor of 2^64. The damaged pack is then removed and the good records kept.
@@ -245,7 +246,8 @@ def main():
             f.truncate(os.path.getsize(pk) - 10)
         tr = Run(tmp, "trunc", model, data, cache=dc).go()
         left = packs(dc)
-        report("truncated", tr.rc == 0 and tr.cache.get("damaged") == 1 and tr.cache.get("computed") == 1
+        report("truncated", tr.rc == 0 and tr.cache.get("damaged") == 1 and tr.cache.get("computed") == 2
+               and tr.cache.get("from_cache") == 11
                and "truncated" in tr.stderr and "warning" in tr.stderr and close(tr.refs(), fresh.refs()) and
                len(left) == 1 and left[0] != pk and check_pack(left[0]) is None and tr.cache.get("stored") == 12,
                f"packs {left}; {tr.why()}")
@@ -255,7 +257,8 @@ def main():
             f.seek(64 + 48 * 3 + 32 + 7)
             f.write(bytes([byte ^ 0x04]))
         fl = Run(tmp, "flip", model, data, cache=dc).go()
-        report("flipped", fl.rc == 0 and fl.cache.get("damaged") == 1 and fl.cache.get("computed") == 1 and
+        report("flipped", fl.rc == 0 and fl.cache.get("damaged") == 1 and fl.cache.get("computed") == 2 and
+               fl.cache.get("from_cache") == 11 and
                "checksum" in fl.stderr and close(fl.refs(), fresh.refs()) and
                all(check_pack(x) is None for x in packs(dc)), f"packs {packs(dc)}; {fl.why()}")
 

@@ -59,7 +59,7 @@ done:
   return rc;
 }
 
-int pc_ref_seqs(const pc_ref_ctx *c, const pc_model_seq *seqs, size_t n, double *sum, int *cnt, long *bad, char *err,
+int pc_ref_seqs(pc_ref_ctx *c, const pc_model_seq *seqs, size_t n, double *sum, int *cnt, long *bad, char *err,
                 size_t errlen) {
   if (bad) *bad = -1;
   char *hit = calloc(n + 1, 1);
@@ -79,6 +79,7 @@ int pc_ref_seqs(const pc_ref_ctx *c, const pc_model_seq *seqs, size_t n, double 
   if (m) {
     if (pc_model_load(c->model_dir, NULL, c->be, &base, err, errlen) != 0) goto done;  // frozen, no adapter
     if (compute(c, base, seqs, idx, m, sum, counts, bad, err, errlen) != 0) goto done;
+    c->computed += m;
     // only the missing are stored: a hit keeps the value every run before used
     size_t k = 0;
     for (size_t i = 0; i < m; i++)
@@ -95,7 +96,7 @@ done:
   return rc;
 }
 
-int pc_ref_compute(const pc_ref_ctx *c, const pc_pair *const *pairs, size_t n, int batch, double *out, long *bad,
+int pc_ref_compute(pc_ref_ctx *c, const pc_pair *const *pairs, size_t n, int batch, double *out, long *bad,
                    char *err, size_t errlen) {
   pc_model_seq *seqs = malloc(sizeof *seqs * (2 * n + 1));
   if (!seqs) { pc_seterr(err, errlen, "out of memory"); return -1; }
@@ -103,6 +104,7 @@ int pc_ref_compute(const pc_ref_ctx *c, const pc_pair *const *pairs, size_t n, i
   pc_ref_ctx pc = *c;
   pc.batch = 2 * batch;
   int rc = pc_ref_seqs(&pc, seqs, 2 * n, out, NULL, bad, err, errlen);
+  c->computed = pc.computed;
   if (rc != 0 && bad && *bad >= 0) *bad /= 2;
   free(seqs);
   return rc;
@@ -134,7 +136,7 @@ pc_refcache *pc_ref_cache_open(const char *dir, const char *model_dir, const pc_
   return pc_refcache_open(dir, &id, log);
 }
 
-cJSON *pc_ref_cache_json(const pc_refcache *c, const char *why_off) {
+cJSON *pc_ref_cache_json(const pc_refcache *c, size_t computed, const char *why_off) {
   cJSON *j = cJSON_CreateObject();
   cJSON_AddBoolToObject(j, "enabled", c != NULL);
   if (!c) {
@@ -145,7 +147,7 @@ cJSON *pc_ref_cache_json(const pc_refcache *c, const char *why_off) {
   cJSON_AddStringToObject(j, "dir", pc_refcache_path(c));
   cJSON_AddStringToObject(j, "model_key", pc_refcache_model_key(c));
   cJSON_AddNumberToObject(j, "from_cache", (double)s->hits);
-  cJSON_AddNumberToObject(j, "computed", (double)s->misses);
+  cJSON_AddNumberToObject(j, "computed", (double)computed);
   cJSON_AddNumberToObject(j, "damaged", (double)s->damaged);
   cJSON_AddNumberToObject(j, "stored", (double)s->stored);
   cJSON_AddBoolToObject(j, "write_failed", s->write_failed);

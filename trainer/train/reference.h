@@ -34,6 +34,7 @@ typedef struct {
   int batch;           /* sequences per forward pass (a sequence that shares a prefix travels with the
                           one before it, so a batch may hold one more) */
   FILE *progress;      /* the progress display's stream and the cache's warnings, or NULL */
+  size_t computed;     /* out: sequences run through the model (the misses and the group they are in) */
 } pc_ref_ctx;
 
 /* Reference sums (and scored-token counts, cnt may be NULL) of seqs[0..n), the batch API: each is
@@ -41,13 +42,13 @@ typedef struct {
  * in it (pc_refcache_commit is the caller's, once, after its last call). A sequence with
  * shared_prefix > 0 is computed together with the one before it. On error *bad (when not NULL) is the
  * index of the first sequence of the failed batch (-1 when no sequence is at fault). */
-int pc_ref_seqs(const pc_ref_ctx *c, const pc_model_seq *seqs, size_t n, double *sum, int *cnt, long *bad, char *err,
+int pc_ref_seqs(pc_ref_ctx *c, const pc_model_seq *seqs, size_t n, double *sum, int *cnt, long *bad, char *err,
                 size_t errlen);
 
 /* Reference sums of pairs[0..n): out[2i] chosen, out[2i+1] rejected; batch pairs per forward pass, as
  * `score --batch-size` packs them (c->batch is ignored). On error *bad is the index of the first pair
  * of the failed batch (-1 when no pair is at fault). */
-int pc_ref_compute(const pc_ref_ctx *c, const pc_pair *const *pairs, size_t n, int batch, double *out, long *bad,
+int pc_ref_compute(pc_ref_ctx *c, const pc_pair *const *pairs, size_t n, int batch, double *out, long *bad,
                    char *err, size_t errlen);
 
 /* The cache directory when none is given: $XDG_CACHE_HOME/prefcap, else $HOME/.cache/prefcap. -1 when
@@ -57,8 +58,9 @@ int pc_ref_cache_default_dir(char *buf, size_t n);
  * on be: NULL (warned on log) when it cannot be used. */
 pc_refcache *pc_ref_cache_open(const char *dir, const char *model_dir, const pc_data_opts *dopt, pc_backend *be,
                                FILE *log);
-/* run.json's "ref_cache": the cache's directory and counts; with c NULL, {"enabled": false, "why"}. */
-cJSON *pc_ref_cache_json(const pc_refcache *c, const char *why_off);
+/* run.json's "ref_cache": the cache's directory and counts (computed: the ctx's); with c NULL,
+ * {"enabled": false, "why"}. */
+cJSON *pc_ref_cache_json(const pc_refcache *c, size_t computed, const char *why_off);
 
 /* Reference sums of pairs[0..n) read from `score` output at path, matched by data line (the file may
  * hold more lines). data_path names the data file in messages. */

@@ -253,7 +253,7 @@ static int setup_reference(pc_trainer *t) {
     n = t->neval;
   }
   pc_data_opts dopt = data_opts(t);
-  pc_ref_ctx rc = {t->o.model, t->be, NULL, 2 * t->o.batch_size, stderr};
+  pc_ref_ctx rc = {t->o.model, t->be, NULL, 2 * t->o.batch_size, stderr, 0};
   if (n && !t->o.no_ref_cache) rc.cache = pc_ref_cache_open(t->o.ref_cache, t->o.model, &dopt, t->be, stderr);
   long bad = -1;
   int r = n ? pc_ref_compute(&rc, from, n, t->o.batch_size, t->ref + 2 * (size_t)(from - t->train), &bad, t->err,
@@ -269,9 +269,9 @@ static int setup_reference(pc_trainer *t) {
     pc_refcache_commit(rc.cache, stderr);
     const pc_refcache_stats *st = pc_refcache_get_stats(rc.cache);
     fprintf(stderr, PROG ": reference log-probs: %zu of %zu sequences from the cache, %zu computed (%s)\n", st->hits,
-            st->hits + st->misses, st->misses, pc_refcache_path(rc.cache));
+            st->hits + st->misses, rc.computed, pc_refcache_path(rc.cache));
   }
-  t->ref_cache = pc_ref_cache_json(rc.cache, !n ? "nothing to compute" : t->o.no_ref_cache ? "--no-ref-cache"
+  t->ref_cache = pc_ref_cache_json(rc.cache, rc.computed, !n ? "nothing to compute" : t->o.no_ref_cache ? "--no-ref-cache"
                                                                                            : "cannot be used (warned)");
   pc_refcache_close(rc.cache);
   if (r != 0) return -1;
