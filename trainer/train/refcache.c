@@ -195,12 +195,15 @@ static size_t read_pack(pc_refcache *c, const char *name, int merge, FILE *log) 
   struct stat sb;
   uint8_t *b = NULL;
   size_t size = 0, lost = 0;
-  if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && (b = malloc((size_t)sb.st_size + 1))) {
-    ssize_t r;
+  ssize_t r = 0;
+  if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && (b = malloc((size_t)sb.st_size + 1)))
     while (size < (size_t)sb.st_size && (r = read(fd, b + size, (size_t)sb.st_size - size)) > 0) size += (size_t)r;
-  }
   close(fd);
-  if (!b) { if (log) fprintf(log, PROG ": warning: %s: cannot read; not used\n", path); return 0; }
+  if (!b || r < 0) {  // not the pack's fault (memory, an I/O error): left alone, not used this time
+    if (log) fprintf(log, PROG ": warning: %s: cannot read; not used\n", path);
+    free(b);
+    return 0;
+  }
   if (size < HDR || memcmp(b, MAGIC, 8) || get32(b + 60) != crc(b, 60) || memcmp(b + 8, c->mkey, 32)) {
     if (log) fprintf(log, PROG ": warning: %s: damaged header (or not a pack of this model); not trusted, removed\n", path);
     free(b);
@@ -282,7 +285,9 @@ size_t pc_refcache_get(pc_refcache *c, const pc_model_seq *seqs, size_t n, doubl
   for (size_t i = 0; i < n; i++) {
     uint8_t key[32];
     entry *e = c->cap && seq_key(c, &seqs[i], key) == 0 ? slot(c, key) : NULL;
-    hit[i] = e && e->used;
+    int from = seqs[i].score_from < 1 ? 1 : seqs[i].score_from, want = seqs[i].n > from ? seqs[i].n - from : 0;
+    hit[i] = e && e->used && e->cnt == want;  // a count that cannot be this sequence's: not trusted
+    if (e && e->used && !hit[i]) c->st.damaged++;
     if (hit[i]) {
       sum[i] = e->sum;
       cnt[i] = e->cnt;

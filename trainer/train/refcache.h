@@ -25,8 +25,9 @@
  * warning, the pack's good records are rewritten into the run's new pack and the damaged pack is
  * removed. More than PC_REFCACHE_MAX_PACKS packs are merged into one the same way.
  *
- * Nothing here fails a run: a cache that cannot be created or written gives a warning on the FILE
- * given (NULL: silent) and the run goes on computing. Not thread-safe: one thread uses a cache. */
+ * Nothing here fails a run: a cache that cannot be created gives a warning on the FILE given (NULL:
+ * silent) and the run goes on without it; one that can be read but not written gives a warning at
+ * commit (what it had was used). Not thread-safe: one thread uses a cache. */
 #ifndef PC_REFCACHE_H
 #define PC_REFCACHE_H
 #include <stddef.h>
@@ -61,8 +62,9 @@ typedef struct {
 pc_refcache *pc_refcache_open(const char *dir, const pc_refcache_ident *id, FILE *log);
 
 /* Looks up seqs[0..n) (shared_prefix is ignored: it changes how a sequence is computed, not its
- * value). Found: hit[i] = 1, sum[i], cnt[i]; else hit[i] = 0 and sum[i], cnt[i] are untouched.
- * Returns the number found. */
+ * value). Found: hit[i] = 1, sum[i], cnt[i]; else hit[i] = 0 and sum[i], cnt[i] are untouched. An
+ * entry whose token count is not the sequence's (n - max(score_from, 1)) is not trusted (a miss,
+ * counted as damaged). Returns the number found. */
 size_t pc_refcache_get(pc_refcache *c, const pc_model_seq *seqs, size_t n, double *sum, int *cnt, char *hit);
 
 /* Remembers the values of seqs[0..n) for the next commit (a key already held keeps its value).
