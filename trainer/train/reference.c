@@ -96,20 +96,6 @@ done:
   return rc;
 }
 
-int pc_ref_compute(pc_ref_ctx *c, const pc_pair *const *pairs, size_t n, int batch, double *out, long *bad,
-                   char *err, size_t errlen) {
-  pc_model_seq *seqs = malloc(sizeof *seqs * (2 * n + 1));
-  if (!seqs) { pc_seterr(err, errlen, "out of memory"); return -1; }
-  for (size_t i = 0; i < n; i++) pc_pair_seqs(pairs[i], &seqs[2 * i]);
-  pc_ref_ctx pc = *c;
-  pc.batch = 2 * batch;
-  int rc = pc_ref_seqs(&pc, seqs, 2 * n, out, NULL, bad, err, errlen);
-  c->computed = pc.computed;
-  if (rc != 0 && bad && *bad >= 0) *bad /= 2;
-  free(seqs);
-  return rc;
-}
-
 // ---- the cache's glue ------------------------------------------------------------------------------
 
 int pc_ref_cache_default_dir(char *buf, size_t n) {
@@ -121,7 +107,8 @@ int pc_ref_cache_default_dir(char *buf, size_t n) {
   return w > 0 && (size_t)w < n ? 0 : -1;
 }
 
-pc_refcache *pc_ref_cache_open(const char *dir, const char *model_dir, const pc_data_opts *dopt, pc_backend *be,
+/* The cache under dir for the model in model_dir, its data tokenized with dopt, computed on be. */
+static pc_refcache *cache_open(const char *dir, const char *model_dir, const pc_data_opts *dopt, pc_backend *be,
                                FILE *log) {
   char tokz[256], num[64];
   snprintf(tokz, sizeof tokz, "max_length=%d truncation=%s chat_template=%s", dopt->max_length,
@@ -136,7 +123,7 @@ pc_refcache *pc_ref_cache_open(const char *dir, const char *model_dir, const pc_
   return pc_refcache_open(dir, &id, log);
 }
 
-cJSON *pc_ref_cache_json(const pc_refcache *c, size_t computed, const char *why_off) {
+static cJSON *cache_json(const pc_refcache *c, size_t computed, const char *why_off) {
   cJSON *j = cJSON_CreateObject();
   cJSON_AddBoolToObject(j, "enabled", c != NULL);
   if (!c) {
@@ -152,6 +139,24 @@ cJSON *pc_ref_cache_json(const pc_refcache *c, size_t computed, const char *why_
   cJSON_AddNumberToObject(j, "stored", (double)s->stored);
   cJSON_AddBoolToObject(j, "write_failed", s->write_failed);
   return j;
+}
+
+int pc_ref_run(const char *cache_dir, const pc_data_opts *dopt, pc_ref_ctx *c, const pc_model_seq *seqs, size_t n,
+               double *sum, long *bad, cJSON **info, char *err, size_t errlen) {
+  if (bad) *bad = -1;
+  c->cache = n && cache_dir ? cache_open(cache_dir, c->model_dir, dopt, c->be, c->progress) : NULL;
+  int rc = n ? pc_ref_seqs(c, seqs, n, sum, NULL, bad, err, errlen) : 0;
+  if (rc == 0 && c->cache) {
+    pc_refcache_commit(c->cache, c->progress);
+    const pc_refcache_stats *st = pc_refcache_get_stats(c->cache);
+    if (c->progress)
+      fprintf(c->progress, "reference log-probs: %zu of %zu sequences from the cache, %zu computed (%s)\n", st->hits,
+              st->hits + st->misses, c->computed, pc_refcache_path(c->cache));
+  }
+  if (info) *info = cache_json(c->cache, c->computed, !n ? "nothing to compute" : !cache_dir ? "off" : "cannot be used (warned)");
+  pc_refcache_close(c->cache);
+  c->cache = NULL;
+  return rc;
 }
 
 int pc_ref_read(const char *path, const char *data_path, const pc_pair *const *pairs, size_t n, double *out, char *err,

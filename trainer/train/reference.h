@@ -30,7 +30,7 @@ void pc_ref_write_line(FILE *f, double chosen, double rejected, int chosen_token
 typedef struct {
   const char *model_dir;
   pc_backend *be;
-  pc_refcache *cache;  /* NULL: no cache */
+  pc_refcache *cache;  /* NULL: no cache (pc_ref_run opens and closes it) */
   int batch;           /* sequences per forward pass (a sequence that shares a prefix travels with the
                           one before it, so a batch may hold one more) */
   FILE *progress;      /* the progress display's stream and the cache's warnings, or NULL */
@@ -45,22 +45,19 @@ typedef struct {
 int pc_ref_seqs(pc_ref_ctx *c, const pc_model_seq *seqs, size_t n, double *sum, int *cnt, long *bad, char *err,
                 size_t errlen);
 
-/* Reference sums of pairs[0..n): out[2i] chosen, out[2i+1] rejected; batch pairs per forward pass, as
- * `score --batch-size` packs them (c->batch is ignored). On error *bad is the index of the first pair
- * of the failed batch (-1 when no pair is at fault). */
-int pc_ref_compute(pc_ref_ctx *c, const pc_pair *const *pairs, size_t n, int batch, double *out, long *bad,
-                   char *err, size_t errlen);
+/* The reference step of a run, for any sequences (pairs through pc_pair_seqs, KTO examples and their
+ * KL sequences): pc_ref_seqs through the cache under cache_dir (NULL: no cache), opened for the model
+ * c->model_dir with the tokenization dopt on c->be, committed once at the end (c->cache is set and
+ * closed here). Says on c->progress how many came from the cache. *info (when info is not NULL)
+ * receives run.json's "ref_cache" (the caller's to free): {"enabled", "dir", "model_key",
+ * "from_cache", "computed", "damaged", "stored", "write_failed"}, or {"enabled": false, "why"}.
+ * n = 0 computes and opens nothing. */
+int pc_ref_run(const char *cache_dir, const pc_data_opts *dopt, pc_ref_ctx *c, const pc_model_seq *seqs, size_t n,
+               double *sum, long *bad, cJSON **info, char *err, size_t errlen);
 
 /* The cache directory when none is given: $XDG_CACHE_HOME/prefcap, else $HOME/.cache/prefcap. -1 when
  * neither variable is set (or the path does not fit). */
 int pc_ref_cache_default_dir(char *buf, size_t n);
-/* The reference cache under dir for the model in model_dir, its data tokenized with dopt, computed
- * on be: NULL (warned on log) when it cannot be used. */
-pc_refcache *pc_ref_cache_open(const char *dir, const char *model_dir, const pc_data_opts *dopt, pc_backend *be,
-                               FILE *log);
-/* run.json's "ref_cache": the cache's directory and counts (computed: the ctx's); with c NULL,
- * {"enabled": false, "why"}. */
-cJSON *pc_ref_cache_json(const pc_refcache *c, size_t computed, const char *why_off);
 
 /* Reference sums of pairs[0..n) read from `score` output at path, matched by data line (the file may
  * hold more lines). data_path names the data file in messages. */

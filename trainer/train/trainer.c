@@ -254,27 +254,22 @@ static int setup_reference(pc_trainer *t) {
   }
   pc_data_opts dopt = data_opts(t);
   pc_ref_ctx rc = {t->o.model, t->be, NULL, 2 * t->o.batch_size, stderr, 0};
-  if (n && !t->o.no_ref_cache) rc.cache = pc_ref_cache_open(t->o.ref_cache, t->o.model, &dopt, t->be, stderr);
+  pc_model_seq *seqs = malloc(sizeof *seqs * (2 * n + 1));
+  if (!seqs) { fprintf(stderr, PROG ": out of memory\n"); return -1; }
+  for (size_t i = 0; i < n; i++) pc_pair_seqs(from[i], &seqs[2 * i]);
   long bad = -1;
-  int r = n ? pc_ref_compute(&rc, from, n, t->o.batch_size, t->ref + 2 * (size_t)(from - t->train), &bad, t->err,
-                             sizeof t->err) : 0;
+  int r = pc_ref_run(t->o.no_ref_cache ? NULL : t->o.ref_cache, &dopt, &rc, seqs, 2 * n,
+                     t->ref + 2 * (size_t)(from - t->train), &bad, &t->ref_cache, t->err, sizeof t->err);
+  free(seqs);
   if (r != 0) {
     if (bad < 0) fprintf(stderr, PROG ": %s\n", t->err);
     else {
-      const pc_pair *p = from[bad];
-      int ev = from + bad >= t->eval && t->o.eval_data[0];  // pairs of --eval-data come after the training ones
+      const pc_pair *p = from[bad / 2];
+      int ev = from + bad / 2 >= t->eval && t->o.eval_data[0];  // pairs of --eval-data come after the training ones
       fprintf(stderr, PROG ": %s:%d: %s\n", ev ? t->o.eval_data : t->o.data, p->line, t->err);
     }
-  } else if (rc.cache) {
-    pc_refcache_commit(rc.cache, stderr);
-    const pc_refcache_stats *st = pc_refcache_get_stats(rc.cache);
-    fprintf(stderr, PROG ": reference log-probs: %zu of %zu sequences from the cache, %zu computed (%s)\n", st->hits,
-            st->hits + st->misses, rc.computed, pc_refcache_path(rc.cache));
+    return -1;
   }
-  t->ref_cache = pc_ref_cache_json(rc.cache, rc.computed, !n ? "nothing to compute" : t->o.no_ref_cache ? "--no-ref-cache"
-                                                                                           : "cannot be used (warned)");
-  pc_refcache_close(rc.cache);
-  if (r != 0) return -1;
   if (t->o.dump_ref[0] && dump_ref(t) != 0) return -1;
   return 0;
 }
