@@ -19,8 +19,8 @@
 
 static void usage(FILE *f) {
   fputs("usage: prefcap-dpo train --model DIR --data FILE --out DIR [options]\n"
-        "       prefcap-dpo train --resume OUT [--threads N]\n"
-        "       prefcap-dpo train --from-manifest OUT/run.json --out DIR [--threads N]\n"
+        "       prefcap-dpo train --resume OUT [--threads N] [--ref-cache DIR | --no-ref-cache]\n"
+        "       prefcap-dpo train --from-manifest OUT/run.json --out DIR [--threads N] [--ref-cache DIR | --no-ref-cache]\n"
         "\n"
         "DPO fine-tuning on preference pairs (docs/training.md). Writes OUT/metrics.jsonl (TRL's names, one\n"
         "line per optimizer step), OUT/report.html, OUT/run.json (the manifest that rebuilds the run), and\n"
@@ -32,8 +32,8 @@ static void usage(FILE *f) {
 
 static void on_signal(int sig) { pc_train_request_stop(sig); }
 
-/* --resume OUT / --from-manifest FILE: the run's own options from its manifest; only --threads (and
- * --out for a rebuild) may be given. given: the command line's options. *resume_manifest: the
+/* --resume OUT / --from-manifest FILE: the run's own options from its manifest; only --threads, the
+ * reference cache's options (and --out for a rebuild) may be given. given: the command line's options. *resume_manifest: the
  * manifest to continue (resume only). Returns 0, or the exit status. */
 static int options_from_manifest(pc_train_opts *o, const pc_train_opts *given, int threads_given, const char *resume,
                                  const char *from, cJSON **resume_manifest) {
@@ -50,6 +50,8 @@ static int options_from_manifest(pc_train_opts *o, const pc_train_opts *given, i
   strcpy(o->dump_tokens, given->dump_tokens);
   strcpy(o->dump_grads, given->dump_grads);
   strcpy(o->dump_ref, given->dump_ref);
+  strcpy(o->ref_cache, given->ref_cache);  // where the cache is belongs to this machine, not to the run
+  o->no_ref_cache = given->no_ref_cache;
   if (resume) {
     snprintf(o->out, sizeof o->out, "%s", resume);
     char now[32];

@@ -3,6 +3,7 @@
 #include "text/data.h"
 #include "train/loss.h"
 #include "train/optim.h"
+#include "train/reference.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -23,6 +24,8 @@ static const pc_train_optdef OPTS[] = {
   {"label-smoothing", PC_OPT_DBL, F(label_smoothing), 1, "X  cDPO / robust label smoothing [0]"},
   {"simpo-gamma", PC_OPT_DBL, F(simpo_gamma), 1, "X  SimPO's target reward margin gamma (TRL's simpo_gamma) [0.5]"},
   {"ref-logps", PC_OPT_STR, F(ref_logps), 1, "FILE  reference log-probs from `prefcap-dpo score` on the same data"},
+  {"ref-cache", PC_OPT_STR, F(ref_cache), 0, "DIR  reference log-prob cache [$XDG_CACHE_HOME/prefcap, else ~/.cache/prefcap]"},
+  {"no-ref-cache", PC_OPT_FLAG, F(no_ref_cache), 0, "  compute every reference log-prob; read and write no cache"},
   {"lora-r", PC_OPT_INT, F(lora_r), 1, "N  LoRA rank; 0 = full fine-tune [16]"},
   {"lora-alpha", PC_OPT_DBL, F(lora_alpha), 1, "X  LoRA alpha (scale alpha/r) [2r]"},
   {"lora-targets", PC_OPT_STR, F(lora_targets), 1, "LIST  comma-separated module names [attention and MLP projections]"},
@@ -185,6 +188,10 @@ int pc_train_opts_check(pc_train_opts *o) {
   if (o->eval_data[0] && o->eval_fraction > 0) { fprintf(stderr, PROG ": give --eval-data or --eval-fraction, not both\n"); return -1; }
   if (lk == PC_LOSS_SIMPO && o->ref_logps[0]) { fprintf(stderr, PROG ": --loss simpo is reference-free; drop --ref-logps\n"); return -1; }
   if (o->merge && o->lora_r == 0 && !o->init_adapter[0]) { fprintf(stderr, PROG ": --merge is for LoRA runs (--lora-r > 0)\n"); return -1; }
+  if (!o->no_ref_cache && !o->ref_cache[0] && pc_ref_cache_default_dir(o->ref_cache, sizeof o->ref_cache) != 0) {
+    fprintf(stderr, PROG ": warning: neither XDG_CACHE_HOME nor HOME is set: no reference cache (give --ref-cache DIR)\n");
+    o->no_ref_cache = 1;
+  }
   if (!o->model[0] || !o->data[0]) { fprintf(stderr, PROG ": --model and --data are required\n"); return -1; }
   return 0;
 }

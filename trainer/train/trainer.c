@@ -45,6 +45,7 @@ struct pc_trainer {
   const pc_pair **train, **eval;  /* one array: the training pairs, then the evaluation pairs */
   size_t ntrain, neval;
   double *ref;               /* (2 ntrain) then (2 neval): reference sums (chosen, rejected) */
+  cJSON *ref_cache;          /* run.json's "ref_cache" (what the reference cache gave), or NULL */
   pc_backend *be;
   pc_model *model;
   pc_adamw opt;
@@ -94,9 +95,13 @@ static size_t train_index(pc_trainer *t, size_t i) {
 
 // ---- setup --------------------------------------------------------------------------------------
 
+static pc_data_opts data_opts(const pc_trainer *t) {
+  return (pc_data_opts){t->o.max_length, pc_data_truncation_from_name(t->o.truncation), t->o.skip_bad,
+                        t->o.chat_template[0] ? t->o.chat_template : NULL};
+}
+
 static int load_data(pc_trainer *t, const char *path, pc_dataset *ds) {
-  pc_data_opts dopt = {t->o.max_length, pc_data_truncation_from_name(t->o.truncation), t->o.skip_bad,
-                       t->o.chat_template[0] ? t->o.chat_template : NULL};
+  pc_data_opts dopt = data_opts(t);
   if (pc_data_load(path, t->tok, t->o.model, &dopt, ds, t->err, sizeof t->err) != 0) {
     fprintf(stderr, PROG ": %s\n", t->err);
     return -1;
@@ -233,8 +238,8 @@ static int dump_ref(pc_trainer *t) {
 }
 
 /* Reference sums under the starting model (full) or the base (LoRA): the checkpoint as loaded, frozen,
- * with no adapter, computed once before training; or read from --ref-logps (then only the eval pairs
- * are computed). SimPO has no reference. */
+ * with no adapter, computed once before training (or found in the reference cache); or read from
+ * --ref-logps (then only the eval pairs are computed). SimPO has no reference. */
 static int setup_reference(pc_trainer *t) {
   if (t->loss.kind == PC_LOSS_SIMPO) return 0;
   const pc_pair **from = t->train;
@@ -247,13 +252,20 @@ static int setup_reference(pc_trainer *t) {
     from = t->eval;
     n = t->neval;
   }
+  pc_data_opts dopt = data_opts(t);
+  pc_ref_ctx rc = {t->o.model, t->be, NULL, 2 * t->o.batch_size, stderr, 0};
+  pc_model_seq *seqs = malloc(sizeof *seqs * (2 * n + 1));
+  if (!seqs) { fprintf(stderr, PROG ": out of memory\n"); return -1; }
+  for (size_t i = 0; i < n; i++) pc_pair_seqs(from[i], &seqs[2 * i]);
   long bad = -1;
-  if (n && pc_ref_compute(t->o.model, t->be, from, n, t->o.batch_size, t->ref + 2 * (size_t)(from - t->train), stderr,
-                          &bad, t->err, sizeof t->err) != 0) {
+  int r = pc_ref_run(t->o.no_ref_cache ? NULL : t->o.ref_cache, &dopt, &rc, seqs, 2 * n,
+                     t->ref + 2 * (size_t)(from - t->train), &bad, &t->ref_cache, t->err, sizeof t->err);
+  free(seqs);
+  if (r != 0) {
     if (bad < 0) fprintf(stderr, PROG ": %s\n", t->err);
     else {
-      const pc_pair *p = from[bad];
-      int ev = from + bad >= t->eval && t->o.eval_data[0];  // pairs of --eval-data come after the training ones
+      const pc_pair *p = from[bad / 2];
+      int ev = from + bad / 2 >= t->eval && t->o.eval_data[0];  // pairs of --eval-data come after the training ones
       fprintf(stderr, PROG ": %s:%d: %s\n", ev ? t->o.eval_data : t->o.data, p->line, t->err);
     }
     return -1;
@@ -327,6 +339,11 @@ static int setup_outputs(pc_trainer *t, const char *cmdline) {
   } else {
     t->manifest = new_manifest(t, cmdline);
     remove(path);
+  }
+  if (t->ref_cache) {  // this start's (a resumed run's reference comes from the cache too)
+    cJSON_Delete(cJSON_DetachItemFromObject(t->manifest, "ref_cache"));
+    cJSON_AddItemToObject(t->manifest, "ref_cache", t->ref_cache);
+    t->ref_cache = NULL;
   }
   set_status(t, "running");
   t->metrics = fopen(path, "a");
@@ -592,6 +609,7 @@ void pc_trainer_free(pc_trainer *t) {
   if (t->be) t->be->ops->destroy(t->be);
   free(t->train);
   free(t->ref);
+  cJSON_Delete(t->ref_cache);
   free(t->seqs);
   free(t->sums);
   free(t->cnts);

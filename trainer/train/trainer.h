@@ -10,7 +10,9 @@
  * The run is a pure function of its inputs (model, data, options, thread count): the data order comes
  * from the seed and the step number alone, and every reduction on the CPU has a fixed order. That is
  * what lets a checkpoint resume to the same result as an uninterrupted run, and `--from-manifest`
- * rebuild a run bit for bit.
+ * rebuild a run bit for bit. One more input when the reference cache is on (train/refcache.h): a
+ * reference sum found there is the one the run that stored it computed, whose batch packing and thread
+ * count may have rounded its last float32 bits differently (~1e-7 relative); --no-ref-cache excludes it.
  *
  * This is the command's engine: it reports progress and failures on stderr, prefixed with the
  * command's name, and returns the command's exit status. */
@@ -26,6 +28,8 @@ typedef struct {
   int lora_r, warmup_steps, batch_size, grad_accum, max_steps, no_shuffle, eval_steps, max_length, save_steps;
   int merge, threads, skip_bad;
   long long seed;
+  char ref_cache[4096];  /* the reference cache's directory (not in the manifest: a place, not an input) */
+  int no_ref_cache;
   char dump_tokens[4096], dump_grads[4096], dump_ref[4096];  /* test hooks; not part of the manifest */
 } pc_train_opts;
 
