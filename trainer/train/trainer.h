@@ -27,6 +27,7 @@ typedef struct {
   int merge, threads, skip_bad;
   long long seed;
   char dump_tokens[4096], dump_grads[4096], dump_ref[4096];  /* test hooks; not part of the manifest */
+  struct pc_comm *comm;  /* data parallel (trainer/dist/comm.h): borrowed; NULL for one process */
 } pc_train_opts;
 
 typedef struct pc_trainer pc_trainer;
