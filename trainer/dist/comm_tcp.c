@@ -240,9 +240,21 @@ static int tcp_exchange(pc_comm *c, const pc_comm_msg *sends, int nsend, pc_comm
       }
     }
     if (bad >= 0) {
-      if (closed)
-        pc_comm__fail(c, "rank %d closed its connection (it exited or was killed) during %s (this is rank %d of %d, tcp)",
-                      bad, what, c->rank, c->size);
+      if (closed) {
+        // one death cascades (a rank that saw it exits too): name every peer already gone, in rank order,
+        // so that the first cause is among them and not only the first socket polled
+        char who[256] = "";
+        size_t w = 0;
+        int gone = 0;
+        for (int p = 0; p < n && w + 16 < sizeof who; p++) {
+          char b;
+          if (p != bad && (p == c->rank || recv(t->fd[p], &b, 1, MSG_PEEK | MSG_DONTWAIT) != 0)) continue;
+          w += (size_t)snprintf(who + w, sizeof who - w, "%s%d", w ? ", " : "", p);
+          gone++;
+        }
+        pc_comm__fail(c, "rank%s %s closed %s connection (exited or killed) during %s (this is rank %d of %d, tcp)",
+                      gone > 1 ? "s" : "", who, gone > 1 ? "their" : "its", what, c->rank, c->size);
+      }
       break;
     }
   }
