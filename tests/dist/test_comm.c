@@ -6,7 +6,11 @@
  *   test_comm [--timeout S] [--die R] [--stall R]
  *     --die R    rank R exits (as if killed) before the first collective: the others must fail naming it
  *     --stall R  rank R sleeps past the timeout: the others must fail naming it
- * In the fault modes the surviving ranks print "comm error: MESSAGE" and exit 3. */
+ * In the fault modes the surviving ranks print "comm error: MESSAGE" and exit 3.
+ *
+ * PREFCAP_COMM_NCCL=1 (a build with NCCL, on a GPU machine): the same checks on the nccl engine, its
+ * buffers in GPU memory, bootstrapped over the environment's engine; one rank per GPU. With one GPU:
+ * PREFCAP_COMM=tcp WORLD_SIZE=1 RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29500 PREFCAP_COMM_NCCL=1. */
 #include "dist/comm.h"
 
 #include <signal.h>
@@ -14,8 +18,38 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#ifdef PC_HAVE_NCCL
+#include <cuda_runtime.h>
+#endif
 
-static int failures, R;
+static int failures, R, on_gpu;
+
+// ---- the collectives' buffers: host memory, or GPU memory for nccl ----------------------------------
+static void *balloc(size_t n) {
+#ifdef PC_HAVE_NCCL
+  void *p = NULL;
+  if (on_gpu) return cudaMalloc(&p, n) == cudaSuccess ? p : NULL;
+#endif
+  return malloc(n);
+}
+static void bfree(void *p) {
+#ifdef PC_HAVE_NCCL
+  if (on_gpu) { cudaFree(p); return; }
+#endif
+  free(p);
+}
+static void put(void *dst, const void *src, size_t n) {  // host -> buffer
+#ifdef PC_HAVE_NCCL
+  if (on_gpu) { cudaMemcpy(dst, src, n, cudaMemcpyHostToDevice); return; }
+#endif
+  memcpy(dst, src, n);
+}
+static void get(void *dst, const void *src, size_t n) {  // buffer -> host
+#ifdef PC_HAVE_NCCL
+  if (on_gpu) { cudaMemcpy(dst, src, n, cudaMemcpyDeviceToHost); return; }
+#endif
+  memcpy(dst, src, n);
+}
 
 static void check(const char *name, int ok, const char *detail) {
   printf("%s rank%d_%s%s%s\n", ok ? "PASS" : "FAIL", R, name, ok ? "" : ": ", ok ? "" : detail);
@@ -37,16 +71,30 @@ int main(int argc, char **argv) {
     printf("FAIL comm_setup: %s\n", c ? "" : err[0] ? err : "no multi-process environment");
     return 1;
   }
+  pc_comm *boot = NULL;
+  if (getenv("PREFCAP_COMM_NCCL")) {  // the nccl engine over the environment's one
+    boot = c;
+    if (!(c = pc_comm_nccl_new(boot, err, sizeof err))) {
+      printf("FAIL comm_nccl_setup: %s\n", err);
+      pc_comm_free(boot, 1);
+      return 1;
+    }
+    on_gpu = 1;
+  }
   R = c->rank;
   int N = c->size;
   if (R == die) raise(SIGKILL);
   if (R == stall) sleep((unsigned)(timeout * 2 + 2));
   // reduce-scatter: rank r's block b holds r*1000 + b*10 + i; the sum over r is known in closed form
   enum { COUNT = 1000 };
-  float *send = malloc(sizeof(float) * COUNT * (size_t)N), recv[COUNT];
+  size_t sbytes = sizeof(float) * COUNT * (size_t)N;
+  float *send = malloc(sbytes), recv[COUNT];
+  void *dsend = balloc(sbytes), *drecv = balloc(sizeof recv), *dbuf = balloc(sizeof(double) * 3 * (size_t)N);
   for (int b = 0; b < N; b++)
     for (int i = 0; i < COUNT; i++) send[b * COUNT + i] = (float)(R * 1000 + b * 10 + i);
-  int rc = pc_comm_reduce_scatter(c, send, recv, COUNT, PC_COMM_F32);
+  put(dsend, send, sbytes);
+  int rc = pc_comm_reduce_scatter(c, dsend, drecv, COUNT, PC_COMM_F32);
+  get(recv, drecv, sizeof recv);
   if (rc != 0) {
     printf("comm error: %s\n", pc_comm_error(c));
     pc_comm_free(c, 1);
@@ -61,26 +109,38 @@ int main(int argc, char **argv) {
   // all-gather, in place
   double *g = malloc(sizeof(double) * 3 * (size_t)N);
   for (int k = 0; k < 3; k++) g[R * 3 + k] = R + 0.25 * k;
-  rc = pc_comm_all_gather(c, g, sizeof(double) * 3);
+  put(dbuf, g, sizeof(double) * 3 * (size_t)N);
+  rc = pc_comm_all_gather(c, dbuf, sizeof(double) * 3);
+  get(g, dbuf, sizeof(double) * 3 * (size_t)N);
   ok = rc == 0;
   for (int r = 0; r < N && ok; r++)
     for (int k = 0; k < 3; k++) ok &= g[r * 3 + k] == r + 0.25 * k;
   check("all_gather", ok, rc ? pc_comm_error(c) : "wrong block");
   // all-reduce in double and float
   double d[2] = {R + 0.5, 1};
-  rc = pc_comm_all_reduce(c, d, 2, PC_COMM_F64);
+  put(dbuf, d, sizeof d);
+  rc = pc_comm_all_reduce(c, dbuf, 2, PC_COMM_F64);
+  get(d, dbuf, sizeof d);
   check("all_reduce_f64", rc == 0 && d[0] == N * (N - 1) / 2.0 + 0.5 * N && d[1] == N, rc ? pc_comm_error(c) : "wrong sum");
   float f = (float)(R + 1);
-  rc = pc_comm_all_reduce(c, &f, 1, PC_COMM_F32);
+  put(dbuf, &f, sizeof f);
+  rc = pc_comm_all_reduce(c, dbuf, 1, PC_COMM_F32);
+  get(&f, dbuf, sizeof f);
   check("all_reduce_f32", rc == 0 && f == (float)(N * (N + 1) / 2), rc ? pc_comm_error(c) : "wrong sum");
   // broadcast from the last rank
   int v[4] = {R, R, R, R};
-  rc = pc_comm_broadcast(c, v, sizeof v, N - 1);
+  put(dbuf, v, sizeof v);
+  rc = pc_comm_broadcast(c, dbuf, sizeof v, N - 1);
+  get(v, dbuf, sizeof v);
   check("broadcast", rc == 0 && v[0] == N - 1 && v[3] == N - 1, rc ? pc_comm_error(c) : "wrong value");
   rc = pc_comm_barrier(c);
   check("barrier", rc == 0, pc_comm_error(c));
   free(send);
   free(g);
+  bfree(dsend);
+  bfree(drecv);
+  bfree(dbuf);
   pc_comm_free(c, failures != 0);
+  pc_comm_free(boot, failures != 0);
   return failures ? 1 : 0;
 }

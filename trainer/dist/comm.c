@@ -206,7 +206,8 @@ int pc_comm_from_env(double timeout_s, pc_comm **out, char *err, size_t errlen) 
     return *out ? 0 : -1;
   }
   if (has_world < 0) { pc_seterr(err, errlen, "WORLD_SIZE='%s' is not a process count", getenv("WORLD_SIZE")); return -1; }
-  if (!has_world || world <= 1) return 0;  // one process
+  // one process; unless tcp is forced: a world of one (a single GPU's NCCL check needs a bootstrap)
+  if (!has_world || (world <= 1 && !(force && !strcmp(force, "tcp")))) return 0;
   if (env_int("RANK", &rank) != 1 || rank >= world) {
     pc_seterr(err, errlen, "WORLD_SIZE=%d needs RANK in 0..%d (got '%s')", world, world - 1,
               getenv("RANK") ? getenv("RANK") : "(unset)");

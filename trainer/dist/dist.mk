@@ -30,7 +30,7 @@ $(BUILD)/trainer/dist/comm_nccl.o: trainer/dist/comm_nccl.cu trainer/dist/comm.h
 	$(NVCC) $(NVCCFLAGS) -std=c++17 -Werror all-warnings -Xcompiler -fPIC,-Wall,-Wextra,-Wno-unused-parameter \
 	  -Iinclude -Itrainer -c $< -o $@
 PC_COMM_OBJS += $(BUILD)/trainer/dist/comm_nccl.o
-PC_DIST_LIBS := -L$(CUDA_HOME)/lib64 -lnccl -lcudart
+PC_DIST_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lnccl -lcudart
 endif
 endif
 ifneq ($(PC_HAVE_NCCL),1)
@@ -48,7 +48,7 @@ probe: probe-dist
 
 $(BUILD)/tests/test_comm: tests/dist/test_comm.c $(PC_COMM_OBJS)
 	@mkdir -p $(dir $@)
-	$(CC) $(PC_CFLAGS) $< $(PC_COMM_OBJS) -o $@ $(LDFLAGS_ALL) $(PC_MPI_LIBS) $(PC_DIST_LIBS)
+	$(CC) $(PC_CFLAGS) $(if $(PC_HAVE_NCCL),-DPC_HAVE_NCCL -I$(PC_NCCL_INC)) $< $(PC_COMM_OBJS) -o $@ $(LDFLAGS_ALL) $(PC_MPI_LIBS) $(PC_DIST_LIBS)
 
 TEST_BINS += $(BUILD)/tests/test_comm
 TESTS     += tests/dist/test_dist.py
