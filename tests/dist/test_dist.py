@@ -45,7 +45,7 @@ BUILD = os.environ.get("BUILD", "build")
 CLI = os.path.join(hf.ROOT, BUILD, "prefcap-dpo")
 TEST_COMM = os.path.join(hf.ROOT, BUILD, "tests", "test_comm")
 TOL = 1e-5
-COMM_TIMEOUT = 4
+COMM_TIMEOUT = 6  # the fault checks: long enough for ranks that start seconds apart on a loaded machine
 MPIRUN = shutil.which("mpirun")
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
            OMPI_MCA_rmaps_base_oversubscribe="1")  # ranks may outnumber this machine's cores
@@ -155,7 +155,9 @@ def main():
     # 5 pairs (batches of 4 and 1: with 2 or 3 ranks, some rank has an empty slice)
     base = ["train", "--model", model, "--data", data, "--eval-data", evald, "--eval-steps", "5", "--batch-size", "4",
             "--grad-accum", "2", "--max-steps", "10", "--lora-r", "4", "--lora-alpha", "8", "--init-adapter", adapter,
-            "--lr", "1e-2", "--threads", "1", "--save-steps", "5", "--comm-timeout", str(COMM_TIMEOUT)]
+            "--lr", "1e-2", "--threads", "1", "--save-steps", "5", "--comm-timeout", "120"]
+    # (a generous timeout: on a loaded machine one rank may lag another by seconds; the fault checks
+    # below set a short one)
 
     def args(out, *extra):
         return [CLI] + base + ["--out", os.path.join(tmp, out)] + list(extra)
@@ -270,7 +272,7 @@ def wait_for(pred, timeout):
 
 def fault_checks(tmp, args):
     # --max-steps 40 with a checkpoint every 2 steps: the runs are stopped long before the end
-    extra = ["--max-steps", "40", "--save-steps", "2"]
+    extra = ["--max-steps", "40", "--save-steps", "2", "--comm-timeout", str(COMM_TIMEOUT)]
     # torchrun-style: SIGKILL rank 1, then SIGSTOP rank 1
     for how in ("kill", "stop"):
         out = f"fault_tcp_{how}"

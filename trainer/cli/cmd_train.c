@@ -131,6 +131,10 @@ int pc_cmd_train(int argc, char **argv) {
     rc = 1;
     goto done;
   }
+  if (comm && o->dump_grads[0]) {  // each rank holds the gradient of its slice only
+    fprintf(stderr, PROG ": --dump-grads is for one process, not %d ranks\n", comm->size);
+    goto done;
+  }
   o->comm = comm;
   if (pc_mkdir_p(o->out) != 0) { fprintf(stderr, PROG ": %s: cannot create: %s\n", o->out, strerror(errno)); rc = 1; goto done; }
   struct sigaction sa;

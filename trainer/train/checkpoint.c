@@ -1,7 +1,6 @@
 /* trainer/train/checkpoint.c: see checkpoint.h. */
 #include "train/checkpoint.h"
 #include "train/manifest.h"
-#include "dist/zero.h"
 #include "model/safetensors.h"
 #include "util/err.h"
 #include "util/util.h"
@@ -143,9 +142,6 @@ int pc_checkpoint_load(const char *out, int step, pc_model *m, pc_adamw *opt, ch
   int loaded;
   snprintf(path, sizeof path, "%s/checkpoint-%d/trainable.safetensors", out, step);
   if (pc_model_load_params(m, path, &loaded, err, errlen) != 0) return -1;
-  // a data-parallel run's checkpoint holds the optimizer state as ZeRO shards (dist/zero.h)
-  snprintf(path, sizeof path, "%s/checkpoint-%d", out, step);
-  if (pc_zero_is_sharded(path)) return pc_zero_load_full(path, m, opt, err, errlen);
   snprintf(path, sizeof path, "%s/checkpoint-%d/optimizer.safetensors", out, step);
   if (load_state(path, "exp_avg.", opt->exp_avg, m, opt->be, err, errlen) != 0) return -1;
   snprintf(path, sizeof path, "%s/checkpoint-%d/optimizer_sq.safetensors", out, step);

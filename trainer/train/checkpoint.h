@@ -27,8 +27,8 @@ int pc_checkpoint_seal(const char *out, int step, int total_steps, pc_model *m, 
                        const char *base_model, char *err, size_t errlen);
 /* The newest checkpoint-K under out: K, or 0 when there is none. */
 int pc_checkpoint_latest(const char *out);
-/* Loads OUT/checkpoint-step into the model's parameters and the optimizer's state (from a
- * data-parallel run's shards too, whatever its number of ranks). */
+/* Loads OUT/checkpoint-step into the model's parameters and the optimizer's state (a data-parallel
+ * run's sharded state is dist/zero.h's to read). */
 int pc_checkpoint_load(const char *out, int step, pc_model *m, pc_adamw *opt, char *err, size_t errlen);
 /* Keeps the lines of metrics.jsonl up to `step` (what the checkpoint had seen). */
 int pc_metrics_truncate(const char *path, int step);

@@ -353,15 +353,19 @@ static void set_status(pc_trainer *t, const char *status) {
     fprintf(stderr, PROG ": warning: cannot write %s/run.json\n", t->o.out);
 }
 
-/* A data-parallel run resumes its replica's parameters and this rank's optimizer shard (from a
- * checkpoint of any number of ranks, or of one process). */
-static int load_sharded(pc_trainer *t) {
+/* The parameters and optimizer state of checkpoint-start_step. One process reads its own kind with
+ * train/checkpoint.c; a data-parallel run (ZeRO-1) takes its shard of either kind, and one process
+ * rebuilds a data-parallel run's state from its shards (dist/zero.h), whatever the number of ranks. */
+static int load_checkpoint(pc_trainer *t) {
   char dir[4400], path[4500];
   int loaded;
   snprintf(dir, sizeof dir, "%s/checkpoint-%d", t->o.out, t->start_step);
+  if (!t->zero && !pc_zero_is_sharded(dir))
+    return pc_checkpoint_load(t->o.out, t->start_step, t->model, &t->opt, t->err, sizeof t->err);
   snprintf(path, sizeof path, "%s/trainable.safetensors", dir);
   if (pc_model_load_params(t->model, path, &loaded, t->err, sizeof t->err) != 0) return -1;
-  return pc_zero_load(t->zero, dir, t->err, sizeof t->err);
+  return t->zero ? pc_zero_load(t->zero, dir, t->err, sizeof t->err)
+                 : pc_zero_load_full(dir, t->model, &t->opt, t->err, sizeof t->err);
 }
 
 /* The manifest and metrics.jsonl: a new run's, or the resumed run's cut back to its checkpoint. */
@@ -370,8 +374,7 @@ static int setup_outputs(pc_trainer *t, const char *cmdline) {
   snprintf(path, sizeof path, "%s/metrics.jsonl", t->o.out);
   if (t->manifest) {  // resuming
     t->start_step = pc_checkpoint_latest(t->o.out);
-    if (t->start_step > 0 && (t->zero ? load_sharded(t) : pc_checkpoint_load(t->o.out, t->start_step, t->model, &t->opt,
-                                                                              t->err, sizeof t->err)) != 0) {
+    if (t->start_step > 0 && load_checkpoint(t) != 0) {
       fprintf(stderr, PROG ": resuming from checkpoint-%d: %s\n", t->start_step, t->err);
       return -1;
     }
