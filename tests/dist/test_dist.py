@@ -7,7 +7,8 @@ from the ties at zero that would make accuracies depend on the last bit):
   - `mpirun -np 2` and `-np 3` (batch 4 over 3 ranks: slices of 1, 1, 2) equal one process on every
     metric of a 10-step run with evaluation, within TOL;
   - each rank's ZeRO-1 optimizer shard is 1/N of the state (the shard files of a checkpoint);
-  - a 2-rank checkpoint resumed by one process continues as the uninterrupted run;
+  - a 2-rank checkpoint resumed by one process continues as the uninterrupted run (and one process's
+    checkpoint resumed by 2 ranks);
   - the torchrun-style launch (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT; TCP) equals mpirun bit for bit
     (the same collectives in the same order), and so one process within TOL;
   - a rank killed with SIGKILL (mpirun and torchrun-style) or stopped (SIGSTOP, torchrun-style) ends the
@@ -259,6 +260,16 @@ def resume_check(tmp, want):
     note("2 ranks -> checkpoint-5 -> 1 process, against one process")
     d = compare(metrics(out), want)
     report("dist_resume_2_to_1", not d, d)
+    # and back: one process's checkpoint (per-parameter optimizer files) taken up by 2 ranks' shards
+    src, out = os.path.join(tmp, "one"), os.path.join(tmp, "resume12")
+    shutil.copytree(src, out)
+    p = run([MPIRUN, "-np", "2", CLI, "train", "--resume", out])
+    if p.returncode != 0 or "at step 5" not in p.stderr:
+        report("dist_resume_1_to_2", False, f"exit {p.returncode}: {p.stderr[-500:]}")
+        return
+    note("1 process -> checkpoint-5 -> 2 ranks, against one process")
+    d = compare(metrics(out), want)
+    report("dist_resume_1_to_2", not d, d)
 
 
 def wait_for(pred, timeout):

@@ -1,10 +1,13 @@
 /* trainer/dist/zero.c: see zero.h. */
 #include "dist/zero.h"
 #include "model/safetensors.h"
+#include "train/checkpoint.h"
 #include "train/manifest.h"
+#include "util/util.h"
 #include "util/err.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -209,6 +212,26 @@ int pc_zero_save(pc_zero *z, const char *dir, char *err, size_t errlen) {
   double bad = rc != 0;
   if (pc_comm_all_reduce(z->c, &bad, 1, PC_COMM_F64) != 0) return comm_fail(z->c, err, errlen);
   if (bad && rc == 0) pc_seterr(err, errlen, "another rank could not write its optimizer shard");
+  return bad ? -1 : 0;
+}
+
+int pc_zero_checkpoint(pc_zero *z, const char *out, int step, int total_steps, int lora, const char *base_model,
+                       char *err, size_t errlen) {
+  char tmp[4200];
+  pc_checkpoint_tmpdir(tmp, sizeof tmp, out, step);
+  // rank 0 makes the folder, every rank writes its shard (pc_zero_save agrees on the outcome), rank 0
+  // seals it (parameters, adapter, state.json, the rename) and says whether that worked
+  double bad = z->c->rank == 0 && pc_mkdir_p(tmp) != 0;
+  if (bad) pc_seterr(err, errlen, "%s: cannot create: %s", tmp, strerror(errno));
+  if (pc_comm_broadcast(z->c, &bad, sizeof bad, 0) != 0) return comm_fail(z->c, err, errlen);
+  if (bad) {
+    if (z->c->rank) pc_seterr(err, errlen, "rank 0 could not create %s", tmp);
+    return -1;
+  }
+  if (pc_zero_save(z, tmp, err, errlen) != 0) return -1;
+  bad = z->c->rank == 0 && pc_checkpoint_seal(out, step, total_steps, z->m, z->be, lora, base_model, err, errlen) != 0;
+  if (pc_comm_broadcast(z->c, &bad, sizeof bad, 0) != 0) return comm_fail(z->c, err, errlen);
+  if (bad && z->c->rank) pc_seterr(err, errlen, "rank 0 could not seal checkpoint-%d", step);
   return bad ? -1 : 0;
 }
 

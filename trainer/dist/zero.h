@@ -53,6 +53,11 @@ int pc_zero_step(pc_zero *z, int t, double lr, char *err, size_t errlen);
 /* Writes this rank's shard (and on rank 0 the index) into dir, the checkpoint being written. Every
  * rank calls it; it returns 0 on every rank only if every rank succeeded. */
 int pc_zero_save(pc_zero *z, const char *dir, char *err, size_t errlen);
+/* The whole checkpoint OUT/checkpoint-step of a data-parallel run: the shards, and from rank 0 the
+ * parameters, the adapter (lora) and state.json, sealed by train/checkpoint.c's rename. Every rank
+ * calls it and gets the same result. */
+int pc_zero_checkpoint(pc_zero *z, const char *out, int step, int total_steps, int lora, const char *base_model,
+                       char *err, size_t errlen);
 /* This rank's state from checkpoint dir: sharded (any N) or a single process's. */
 int pc_zero_load(pc_zero *z, const char *dir, char *err, size_t errlen);
 /* dir holds a sharded optimizer state (zero_index.json). */

@@ -534,27 +534,12 @@ static void log_step(pc_trainer *t, const pc_loss_stats *st, double norm, double
   pc_progress_update(t->progress, (size_t)(step - t->start_step), t->all_tokens, extra);
 }
 
-/* OUT/checkpoint-K: one process's, or the ranks' optimizer shards sealed by rank 0 once every shard is
- * written (zero.h); every rank returns the same result. */
+/* OUT/checkpoint-K: one process's, or a data-parallel run's (every rank calls it: zero.h). */
 static int save_checkpoint(pc_trainer *t, int step) {
-  if (!t->zero)
-    return pc_checkpoint_save(t->o.out, step, t->total_steps, t->model, &t->opt, t->lora, t->o.model, t->err,
-                              sizeof t->err);
-  char tmp[4200];
-  pc_checkpoint_tmpdir(tmp, sizeof tmp, t->o.out, step);
-  double bad = is_root(t) && pc_mkdir_p(tmp) != 0;
-  if (bad) snprintf(t->err, sizeof t->err, "%s: cannot create: %s", tmp, strerror(errno));
-  if (pc_comm_broadcast(t->comm, &bad, sizeof bad, 0) != 0) goto comm_failed;
-  if (bad) return -1;
-  if (pc_zero_save(t->zero, tmp, t->err, sizeof t->err) != 0) return -1;
-  bad = is_root(t) && pc_checkpoint_seal(t->o.out, step, t->total_steps, t->model, t->be, t->lora, t->o.model, t->err,
-                                         sizeof t->err) != 0;
-  if (pc_comm_broadcast(t->comm, &bad, sizeof bad, 0) != 0) goto comm_failed;
-  if (bad && !is_root(t)) snprintf(t->err, sizeof t->err, "rank 0 could not seal the checkpoint");
-  return bad ? -1 : 0;
-comm_failed:
-  snprintf(t->err, sizeof t->err, "%s", pc_comm_error(t->comm));
-  return -1;
+  if (t->zero)
+    return pc_zero_checkpoint(t->zero, t->o.out, step, t->total_steps, t->lora, t->o.model, t->err, sizeof t->err);
+  return pc_checkpoint_save(t->o.out, step, t->total_steps, t->model, &t->opt, t->lora, t->o.model, t->err,
+                            sizeof t->err);
 }
 
 /* A stop requested by a signal: with several ranks, each may have seen it after a different step, so
