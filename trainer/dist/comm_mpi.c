@@ -103,6 +103,12 @@ static int mpi_exchange(pc_comm *c, const pc_comm_msg *sends, int nsend, pc_comm
     w += (size_t)snprintf(who + w, sizeof who - w, "%s%d", w ? ", " : "", m->peer_of[i]);
   }
   free(named);
+  // the receives still posted would write into the caller's buffers if a message came late: withdrawn
+  for (int i = 0; i < n; i++)
+    if (m->is_recv[i] && m->reqs[i] != MPI_REQUEST_NULL) {
+      MPI_Cancel(&m->reqs[i]);
+      MPI_Request_free(&m->reqs[i]);
+    }
   return pc_comm__fail(c, "rank %s did not answer within %g s (%s; this is rank %d of %d, mpi)", w ? who : "?",
                        c->timeout_s, what, c->rank, c->size);
 }
