@@ -249,29 +249,21 @@ def st_header(path):
 
 
 def resume_check(tmp, want):
-    """The 2-rank run's checkpoint-5, resumed by one process (no launcher): the same steps 6..10."""
-    src, out = os.path.join(tmp, "mpi2"), os.path.join(tmp, "resume21")
-    if not os.path.isdir(os.path.join(src, "checkpoint-5")):
-        report("dist_resume_2_to_1", False, "the 2-rank run left no checkpoint-5")
-        return
-    shutil.copytree(src, out)
-    p = run([CLI, "train", "--resume", out])
-    if p.returncode != 0 or "at step 5" not in p.stderr:
-        report("dist_resume_2_to_1", False, f"exit {p.returncode}: {p.stderr[-500:]}")
-        return
-    note("2 ranks -> checkpoint-5 -> 1 process, against one process")
-    d = compare(metrics(out), want)
-    report("dist_resume_2_to_1", not d, d)
-    # and back: one process's checkpoint (per-parameter optimizer files) taken up by 2 ranks' shards
-    src, out = os.path.join(tmp, "one"), os.path.join(tmp, "resume12")
-    shutil.copytree(src, out)
-    p = run([MPIRUN, "-np", "2", CLI, "train", "--resume", out], env=MPI_ENV)
-    if p.returncode != 0 or "at step 5" not in p.stderr:
-        report("dist_resume_1_to_2", False, f"exit {p.returncode}: {p.stderr[-500:]}")
-        return
-    note("1 process -> checkpoint-5 -> 2 ranks, against one process")
-    d = compare(metrics(out), want)
-    report("dist_resume_1_to_2", not d, d)
+    """The 2-rank run's checkpoint-5 resumed by one process (no launcher), and one process's checkpoint
+    (per-parameter optimizer files) resumed by 2 ranks: the same steps 6..10 as one process."""
+    for name, src, launch in (("dist_resume_2_to_1", "mpi2", []), ("dist_resume_1_to_2", "one", [MPIRUN, "-np", "2"])):
+        out = os.path.join(tmp, name)
+        if not os.path.isdir(os.path.join(tmp, src, "checkpoint-5")):
+            report(name, False, f"the run {src} left no checkpoint-5")
+            continue
+        shutil.copytree(os.path.join(tmp, src), out)
+        p = run(launch + [CLI, "train", "--resume", out], env=MPI_ENV if launch else ENV)
+        if p.returncode != 0 or "at step 5" not in p.stderr:
+            report(name, False, f"exit {p.returncode}: {p.stderr[-500:]}")
+            continue
+        note(f"{name}: checkpoint-5 of {src}, against one process")
+        d = compare(metrics(out), want)
+        report(name, not d, d)
 
 
 def wait_for(pred, timeout):
