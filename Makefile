@@ -57,6 +57,7 @@ include trainer/text/text.mk
 include trainer/backend/backend.mk
 include trainer/model/model.mk
 include trainer/train/train.mk
+include trainer/dist/dist.mk
 include trainer/cli/cli.mk
 include tests/fuzz/fuzz.mk
 

@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 pkgs=(build-essential pkg-config libsqlite3-dev sqlite3 libcjson-dev libcurl4-openssl-dev libssl-dev libopenblas-dev
       libpcre2-dev libicu-dev zlib1g-dev curl python3 python3-torch python3-numpy python3-jinja2
       clang libclang-rt-14-dev   # clang: the libFuzzer targets of tests/fuzz (make fuzz)
-      chromium)   # chromium: tests/sdk/test_browser.sh opens the HTML reports in a real headless browser
+      chromium    # chromium: tests/sdk/test_browser.sh opens the HTML reports in a real headless browser
+      openmpi-bin libopenmpi-dev)   # data-parallel training under mpirun (trainer/dist, tests/dist)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "dist/comm.h"
 #include "train/manifest.h"
 #include "train/options.h"
 #include "train/trainer.h"
@@ -25,7 +26,10 @@ static void usage(FILE *f) {
         "DPO fine-tuning on preference pairs (docs/training.md). Writes OUT/metrics.jsonl (TRL's names, one\n"
         "line per optimizer step), OUT/report.html, OUT/run.json (the manifest that rebuilds the run), and\n"
         "the adapter (LoRA: adapter_config.json + adapter_model.safetensors, PEFT's format) or the model\n"
-        "(full fine-tune). SIGINT/SIGTERM save a checkpoint and stop; --resume continues it.\n\n",
+        "(full fine-tune). SIGINT/SIGTERM save a checkpoint and stop; --resume continues it.\n\n"
+        "Data parallel (docs/training.md): `mpirun -np N prefcap-dpo train ...`, or N processes with torchrun's\n"
+        "variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); each rank runs 1/N of every batch.\n"
+        "  --comm-timeout S  a rank that does not answer for S seconds stops the run [300]\n\n",
         f);
   pc_train_opts_usage(f);
 }
@@ -73,11 +77,17 @@ fail:
 
 /* Parses argv into o (and --resume / --from-manifest). Returns -1 to go on, else the exit status. */
 static int parse_args(int argc, char **argv, pc_train_opts *o, const char **resume, const char **from,
-                      int *threads_given, char *cmdline, size_t cmdlen) {
+                      int *threads_given, double *comm_timeout, char *cmdline, size_t cmdlen) {
   for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (!strcmp(a, "--comm-timeout")) {  // how the ranks talk, not what the run is: not in the manifest
+      char *end = NULL;
+      *comm_timeout = i + 1 < argc ? strtod(argv[++i], &end) : 0;
+      if (!end || *end || !(*comm_timeout > 0)) { fprintf(stderr, PROG ": --comm-timeout needs seconds > 0\n"); return 2; }
+      continue;
+    }
     size_t u = strlen(cmdline);
     snprintf(cmdline + u, cmdlen - u, " %s", argv[i]);
-    const char *a = argv[i];
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
     if (!strcmp(a, "--resume") || !strcmp(a, "--from-manifest")) {
       if (i + 1 >= argc) { fprintf(stderr, PROG ": %s needs a value\n", a); return 2; }
@@ -97,12 +107,14 @@ int pc_cmd_train(int argc, char **argv) {
   pc_train_opts *given = malloc(sizeof *given), *o = malloc(sizeof *o);
   const char *resume = NULL, *from = NULL;
   int threads_given = 0, rc;
+  double comm_timeout = 300;
+  pc_comm *comm = NULL;
   char cmdline[8192] = "prefcap-dpo train";
   cJSON *resume_manifest = NULL;
   if (!given || !o) { free(given); free(o); fprintf(stderr, PROG ": out of memory\n"); return 1; }
   pc_train_opts_defaults(given);
   *o = *given;
-  if ((rc = parse_args(argc, argv, given, &resume, &from, &threads_given, cmdline, sizeof cmdline)) >= 0) goto done;
+  if ((rc = parse_args(argc, argv, given, &resume, &from, &threads_given, &comm_timeout, cmdline, sizeof cmdline)) >= 0) goto done;
   rc = 2;
   if (resume || from) {
     if ((rc = options_from_manifest(o, given, threads_given, resume, from, &resume_manifest)) != 0) goto done;
@@ -115,6 +127,17 @@ int pc_cmd_train(int argc, char **argv) {
     *o = *given;
   }
   if (pc_train_opts_check(o) != 0) goto done;
+  char cerr[600];
+  if (pc_comm_from_env(comm_timeout, &comm, cerr, sizeof cerr) != 0) {
+    fprintf(stderr, PROG ": data parallel: %s\n", cerr);
+    rc = 1;
+    goto done;
+  }
+  if (comm && o->dump_grads[0]) {  // each rank holds the gradient of its slice only
+    fprintf(stderr, PROG ": --dump-grads is for one process, not %d ranks\n", comm->size);
+    goto done;
+  }
+  o->comm = comm;
   if (pc_mkdir_p(o->out) != 0) { fprintf(stderr, PROG ": %s: cannot create: %s\n", o->out, strerror(errno)); rc = 1; goto done; }
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
@@ -130,7 +153,9 @@ int pc_cmd_train(int argc, char **argv) {
     rc = s < 0 ? 1 : pc_train_finish(t);
   }
   pc_trainer_free(t);
+  if (rc != 0 && comm) fprintf(stderr, PROG ": rank %d of %d stops (exit %d)\n", comm->rank, comm->size, rc);
 done:
+  pc_comm_free(comm, rc != 0);
   cJSON_Delete(resume_manifest);
   free(given);
   free(o);

@@ -51,14 +51,16 @@ done:
   return rc;
 }
 
+void pc_checkpoint_tmpdir(char *buf, size_t n, const char *out, int step) {
+  snprintf(buf, n, "%s/.checkpoint-%d.tmp", out, step);
+}
+
 int pc_checkpoint_save(const char *out, int step, int total_steps, pc_model *m, const pc_adamw *opt, int lora,
                        const char *base_model, char *err, size_t errlen) {
-  char tmp[4200], dir[4200], path[4400];
-  snprintf(dir, sizeof dir, "%s/checkpoint-%d", out, step);
-  snprintf(tmp, sizeof tmp, "%s/.checkpoint-%d.tmp", out, step);
+  char tmp[4200], path[4400];
+  pc_checkpoint_tmpdir(tmp, sizeof tmp, out, step);
   if (pc_mkdir_p(tmp) != 0) { pc_seterr(err, errlen, "%s: cannot create: %s", tmp, strerror(errno)); return -1; }
   static const struct { const char *file; pc_dump_what what; } parts[] = {
-    {"trainable.safetensors", PC_DUMP_PARAMS},
     {"optimizer.safetensors", PC_DUMP_EXP_AVG},
     {"optimizer_sq.safetensors", PC_DUMP_EXP_AVG_SQ},
   };
@@ -66,6 +68,17 @@ int pc_checkpoint_save(const char *out, int step, int total_steps, pc_model *m, 
     snprintf(path, sizeof path, "%s/%s", tmp, parts[i].file);
     if (pc_dump_tensors(m, opt, path, parts[i].what, err, errlen) != 0) return -1;
   }
+  return pc_checkpoint_seal(out, step, total_steps, m, opt->be, lora, base_model, err, errlen);
+}
+
+int pc_checkpoint_seal(const char *out, int step, int total_steps, pc_model *m, pc_backend *be, int lora,
+                       const char *base_model, char *err, size_t errlen) {
+  char tmp[4200], dir[4200], path[4400];
+  snprintf(dir, sizeof dir, "%s/checkpoint-%d", out, step);
+  pc_checkpoint_tmpdir(tmp, sizeof tmp, out, step);
+  pc_adamw params_only = {.model = m, .be = be};  // PC_DUMP_PARAMS reads no optimizer state
+  snprintf(path, sizeof path, "%s/trainable.safetensors", tmp);
+  if (pc_dump_tensors(m, &params_only, path, PC_DUMP_PARAMS, err, errlen) != 0) return -1;
   if (lora && pc_model_save_adapter(m, tmp, base_model, err, errlen) != 0) return -1;
   cJSON *st = cJSON_CreateObject();
   cJSON_AddNumberToObject(st, "step", step);

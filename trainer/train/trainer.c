@@ -4,6 +4,8 @@
  * line. */
 #include "train/trainer.h"
 #include "backend/backend.h"
+#include "dist/comm.h"
+#include "dist/zero.h"
 #include "model/model.h"
 #include "model/safetensors.h"
 #include "text/data.h"
@@ -65,7 +67,37 @@ struct pc_trainer {
   double *sums;
   int *cnts;
   float *dsum;
+  // ---- data parallel (trainer/dist): NULL for one process
+  pc_comm *comm;             /* borrowed from the options */
+  pc_zero *zero;             /* the sharded optimizer, in place of opt's state */
 };
+
+// ---- data parallel ------------------------------------------------------------------------------
+/* With N ranks, each global micro-batch of nb pairs is cut into N contiguous slices (sizes differ by at
+ * most one); each rank runs its slice with the single process's loss scale (1 / pairs per step), so the
+ * summed gradient is the single process's, and the loss sums below are reduced before anything is
+ * logged. Only rank 0 writes outputs. */
+static int is_root(const pc_trainer *t) { return !t->comm || t->comm->rank == 0; }
+
+static void my_slice(const pc_trainer *t, int nb, int *from, int *to) {
+  int r = t->comm ? t->comm->rank : 0, n = t->comm ? t->comm->size : 1;
+  *from = (int)((long)nb * r / n);
+  *to = (int)((long)nb * (r + 1) / n);
+}
+
+/* The ranks' loss sums (and token counts) added up on every rank. */
+static int reduce_stats(pc_trainer *t, pc_loss_stats *st, double *tokens) {
+  if (!t->comm) return 0;
+  double v[8] = {st->loss, st->reward_chosen, st->reward_rejected, st->accuracy, st->logp_chosen, st->logp_rejected,
+                 (double)st->n, *tokens};
+  if (pc_comm_all_reduce(t->comm, v, 8, PC_COMM_F64) != 0) {
+    snprintf(t->err, sizeof t->err, "%s", pc_comm_error(t->comm));
+    return -1;
+  }
+  *st = (pc_loss_stats){v[0], v[1], v[2], v[3], v[4], v[5], (size_t)v[6]};
+  *tokens = v[7];
+  return 0;
+}
 
 static int pairs_per_step(const pc_trainer *t) { return t->o.batch_size * t->o.grad_accum; }
 
@@ -284,6 +316,15 @@ static int setup_model(pc_trainer *t) {
     fprintf(stderr, PROG ": %s\n", t->err);
     return -1;
   }
+  if (t->comm) {  // ZeRO-1: the optimizer state lives in shards, 1/N on each rank
+    if (pc_zero_new(t->comm, t->model, t->be, &t->opt, &t->zero, t->err, sizeof t->err) != 0) {
+      fprintf(stderr, PROG ": %s\n", t->err);
+      return -1;
+    }
+    pc_adamw_free(&t->opt);
+    fprintf(stderr, PROG ": rank %d of %d (%s): ZeRO-1 optimizer shard of %zu of %zu trainable parameters\n",
+            t->comm->rank, t->comm->size, t->comm->ops->name, pc_zero_shard_size(t->zero), pc_zero_flat_size(t->zero));
+  }
   return 0;
 }
 
@@ -319,8 +360,24 @@ static cJSON *new_manifest(pc_trainer *t, const char *cmdline) {
 }
 
 static void set_status(pc_trainer *t, const char *status) {
+  if (!is_root(t)) return;
   if (pc_manifest_set_status(t->manifest, t->o.out, status) != 0)
     fprintf(stderr, PROG ": warning: cannot write %s/run.json\n", t->o.out);
+}
+
+/* The parameters and optimizer state of checkpoint-start_step. One process reads its own kind with
+ * train/checkpoint.c; a data-parallel run (ZeRO-1) takes its shard of either kind, and one process
+ * rebuilds a data-parallel run's state from its shards (dist/zero.h), whatever the number of ranks. */
+static int load_checkpoint(pc_trainer *t) {
+  char dir[4400], path[4500];
+  int loaded;
+  snprintf(dir, sizeof dir, "%s/checkpoint-%d", t->o.out, t->start_step);
+  if (!t->zero && !pc_zero_is_sharded(dir))
+    return pc_checkpoint_load(t->o.out, t->start_step, t->model, &t->opt, t->err, sizeof t->err);
+  snprintf(path, sizeof path, "%s/trainable.safetensors", dir);
+  if (pc_model_load_params(t->model, path, &loaded, t->err, sizeof t->err) != 0) return -1;
+  return t->zero ? pc_zero_load(t->zero, dir, t->err, sizeof t->err)
+                 : pc_zero_load_full(dir, t->model, &t->opt, t->err, sizeof t->err);
 }
 
 /* The manifest and metrics.jsonl: a new run's, or the resumed run's cut back to its checkpoint. */
@@ -329,24 +386,25 @@ static int setup_outputs(pc_trainer *t, const char *cmdline) {
   snprintf(path, sizeof path, "%s/metrics.jsonl", t->o.out);
   if (t->manifest) {  // resuming
     t->start_step = pc_checkpoint_latest(t->o.out);
-    if (t->start_step > 0 &&
-        pc_checkpoint_load(t->o.out, t->start_step, t->model, &t->opt, t->err, sizeof t->err) != 0) {
+    if (t->start_step > 0 && load_checkpoint(t) != 0) {
       fprintf(stderr, PROG ": resuming from checkpoint-%d: %s\n", t->start_step, t->err);
       return -1;
     }
-    if (pc_metrics_truncate(path, t->start_step) != 0) { fprintf(stderr, PROG ": %s: cannot rewrite\n", path); return -1; }
+    if (is_root(t) && pc_metrics_truncate(path, t->start_step) != 0) { fprintf(stderr, PROG ": %s: cannot rewrite\n", path); return -1; }
     fprintf(stderr, PROG ": resuming %s at step %d of %d\n", t->o.out, t->start_step, t->total_steps);
   } else {
     t->manifest = new_manifest(t, cmdline);
-    remove(path);
+    if (is_root(t)) remove(path);
   }
   if (t->ref_cache) {  // this start's (a resumed run's reference comes from the cache too)
     cJSON_Delete(cJSON_DetachItemFromObject(t->manifest, "ref_cache"));
     cJSON_AddItemToObject(t->manifest, "ref_cache", t->ref_cache);
     t->ref_cache = NULL;
   }
+  cJSON_Delete(cJSON_DetachItemFromObject(t->manifest, "world_size"));
+  cJSON_AddNumberToObject(t->manifest, "world_size", t->comm ? t->comm->size : 1);
   set_status(t, "running");
-  t->metrics = fopen(path, "a");
+  t->metrics = fopen(is_root(t) ? path : "/dev/null", "a");  // the other ranks' lines go nowhere
   if (!t->metrics) { fprintf(stderr, PROG ": %s: cannot open: %s\n", path, strerror(errno)); return -1; }
   return 0;
 }
@@ -358,6 +416,7 @@ int pc_train_setup(const pc_train_opts *o, const char *cmdline, cJSON *resume, p
   *out = t;
   if (!t) { cJSON_Delete(resume); fprintf(stderr, PROG ": out of memory\n"); return 1; }
   t->o = *o;
+  t->comm = o->comm;
   t->manifest = resume;
   t->loss = (pc_loss_params){(pc_loss_kind)pc_loss_from_name(o->loss), o->beta, o->label_smoothing, o->simpo_gamma};
   t->schedule = (pc_schedule)pc_schedule_from_name(o->scheduler);
@@ -366,12 +425,13 @@ int pc_train_setup(const pc_train_opts *o, const char *cmdline, cJSON *resume, p
       setup_outputs(t, cmdline))
     return 1;
   size_t total, trainable = pc_model_trainable(t->model, &total);
-  fprintf(stderr, PROG ": %zu training pairs, %zu eval pairs, %d steps of %d pairs (batch %d x accumulation %d), "
+  if (is_root(t))
+    fprintf(stderr, PROG ": %zu training pairs, %zu eval pairs, %d steps of %d pairs (batch %d x accumulation %d), "
           "%s, %zu of %zu parameters trainable, %d threads\n", t->ntrain, t->neval, t->total_steps, pairs_per_step(t),
           o->batch_size, o->grad_accum, t->lora ? "LoRA" : "full fine-tune", trainable, total, t->be->threads);
   if (t->start_step == 0 && evaluate(t, 0) != 0) return 1;
   t->step = t->last_saved = t->start_step;
-  t->progress = pc_progress_new(stderr, "train", "steps", "tok", (size_t)(t->total_steps - t->start_step));
+  t->progress = pc_progress_new(is_root(t) ? stderr : NULL, "train", "steps", "tok", (size_t)(t->total_steps - t->start_step));
   t->t_start = pc_now_s();
   return 0;
 }
@@ -408,11 +468,17 @@ static int evaluate(pc_trainer *t, int step) {
   int B = t->o.batch_size;
   for (size_t b = 0; b < t->neval; b += (size_t)B) {
     int nb = t->neval - b < (size_t)B ? (int)(t->neval - b) : B;
-    const double *ref = t->loss.kind == PC_LOSS_SIMPO ? NULL : t->ref + 2 * (t->ntrain + b);
-    if (micro_batch(t, t->eval + b, ref, nb, 0, 0, &st, &tokens) != 0) {
+    int f, e;  // this rank's slice of the batch (all of it for one process)
+    my_slice(t, nb, &f, &e);
+    const double *ref = t->loss.kind == PC_LOSS_SIMPO ? NULL : t->ref + 2 * (t->ntrain + b + (size_t)f);
+    if (e > f && micro_batch(t, t->eval + b + f, ref, e - f, 0, 0, &st, &tokens) != 0) {
       fprintf(stderr, PROG ": evaluation: %s\n", t->err);
       return -1;
     }
+  }
+  if (reduce_stats(t, &st, &tokens) != 0) {
+    fprintf(stderr, PROG ": evaluation: %s\n", t->err);
+    return -1;
   }
   fprintf(t->metrics, "{\"step\": %d, \"epoch\": %.17g, ", step, (double)step * pairs_per_step(t) / (double)t->ntrain);
   pc_loss_stats_print(t->metrics, &st, "eval_");
@@ -440,7 +506,10 @@ static int accumulate_gradients(pc_trainer *t, pc_loss_stats *st, double *tokens
       t->mb_ref[2 * b] = t->ref[2 * i];
       t->mb_ref[2 * b + 1] = t->ref[2 * i + 1];
     }
-    if (micro_batch(t, t->mb, t->loss.kind == PC_LOSS_SIMPO ? NULL : t->mb_ref, B, 1, 1.0 / per_step, st, tokens) != 0) {
+    int f, e;  // this rank's slice of the micro-batch (all of it for one process)
+    my_slice(t, B, &f, &e);
+    if (e > f && micro_batch(t, t->mb + f, t->loss.kind == PC_LOSS_SIMPO ? NULL : t->mb_ref + 2 * f, e - f, 1,
+                             1.0 / per_step, st, tokens) != 0) {
       pc_progress_break(t->progress);
       fprintf(stderr, PROG ": step %d: %s\n", t->step + 1, t->err);
       return -1;
@@ -482,24 +551,51 @@ static void log_step(pc_trainer *t, const pc_loss_stats *st, double norm, double
   pc_progress_update(t->progress, (size_t)(step - t->start_step), t->all_tokens, extra);
 }
 
+/* OUT/checkpoint-K: one process's, or a data-parallel run's (every rank calls it: zero.h). */
+static int save_checkpoint(pc_trainer *t, int step) {
+  if (t->zero)
+    return pc_zero_checkpoint(t->zero, t->o.out, step, t->total_steps, t->lora, t->o.model, t->err, sizeof t->err);
+  return pc_checkpoint_save(t->o.out, step, t->total_steps, t->model, &t->opt, t->lora, t->o.model, t->err,
+                            sizeof t->err);
+}
+
+/* A stop requested by a signal: with several ranks, each may have seen it after a different step, so
+ * they agree on it (any rank's request stops all) and stop after the same step. */
+static int agree_stop(pc_trainer *t) {
+  if (!t->comm) return g_stop != 0;
+  double v[2] = {g_stop != 0, (double)g_stop};
+  if (pc_comm_all_reduce(t->comm, v, 2, PC_COMM_F64) != 0) return 0;  // the next collective reports it
+  if (v[0] > 0 && !g_stop) g_stop = SIGTERM;
+  return v[0] > 0;
+}
+
 int pc_train_step(pc_trainer *t) {
   if (t->step >= t->total_steps) return 1;
   double t0 = pc_now_s(), tokens = 0, norm;
   pc_loss_stats st = {0};
   if (accumulate_gradients(t, &st, &tokens) != 0) return -1;
-  if (pc_grad_norm(t->model, t->be, &norm, t->err, sizeof t->err) != 0) {
+  if ((t->zero ? pc_zero_reduce_grads(t->zero, &norm, t->err, sizeof t->err) : pc_grad_norm(t->model, t->be, &norm, t->err, sizeof t->err)) != 0 ||
+      reduce_stats(t, &st, &tokens) != 0) {
     fprintf(stderr, PROG ": step %d: %s\n", t->step + 1, t->err);
     return -1;
   }
   if (check_finite(t, st.loss / (double)st.n, norm) != 0) return -1;
-  if (t->o.dump_grads[0] && t->step == t->start_step &&
+  if (t->o.dump_grads[0] && !t->zero && t->step == t->start_step &&
       pc_dump_tensors(t->model, &t->opt, t->o.dump_grads, PC_DUMP_GRADS, t->err, sizeof t->err) != 0) {
     fprintf(stderr, PROG ": %s: %s\n", t->o.dump_grads, t->err);
     return -1;
   }
-  pc_clip_grads(t->model, t->be, norm, t->o.max_grad_norm);
   double lr = pc_schedule_lr(t->schedule, t->o.lr, t->o.warmup_steps, t->step, t->total_steps);
-  pc_adamw_step(&t->opt, t->step + 1, lr);
+  if (t->zero) {
+    pc_zero_clip(t->zero, norm, t->o.max_grad_norm);
+    if (pc_zero_step(t->zero, t->step + 1, lr, t->err, sizeof t->err) != 0) {
+      fprintf(stderr, PROG ": step %d: %s\n", t->step + 1, t->err);
+      return -1;
+    }
+  } else {
+    pc_clip_grads(t->model, t->be, norm, t->o.max_grad_norm);
+    pc_adamw_step(&t->opt, t->step + 1, lr);
+  }
   t->all_tokens += tokens;
   log_step(t, &st, norm, lr, tokens, pc_now_s() - t0);
   int done = ++t->step;  // steps done
@@ -508,14 +604,13 @@ int pc_train_step(pc_trainer *t) {
     if (evaluate(t, done) != 0) return -1;
   }
   if (t->o.save_steps > 0 && done % t->o.save_steps == 0 && done < t->total_steps) {
-    if (pc_checkpoint_save(t->o.out, done, t->total_steps, t->model, &t->opt, t->lora, t->o.model, t->err,
-                           sizeof t->err) != 0) {
+    if (save_checkpoint(t, done) != 0) {
       fprintf(stderr, PROG ": checkpoint at step %d: %s\n", done, t->err);
       return -1;
     }
     t->last_saved = done;
   }
-  return g_stop || done >= t->total_steps ? 1 : 0;
+  return agree_stop(t) || done >= t->total_steps ? 1 : 0;
 }
 
 // ---- finish -------------------------------------------------------------------------------------
@@ -537,6 +632,7 @@ static int write_outputs(pc_trainer *t) {
   const pc_train_opts *o = &t->o;
   char path[4400];
   t->err[0] = 0;
+  if (!is_root(t)) return 0;  // the replicas are identical: rank 0 writes
   if (!t->lora) {
     if (pc_model_save(t->model, o->out, pc_model_dtype(t->model), 0, t->err, sizeof t->err) != 0 ||
         copy_tokenizer_files(o->model, o->out) != 0) {
@@ -562,9 +658,7 @@ static int write_outputs(pc_trainer *t) {
 /* A run stopped by a signal: checkpointed, and the way to continue said. */
 static int finish_interrupted(pc_trainer *t) {
   int step = t->step;
-  if (t->last_saved != step &&
-      pc_checkpoint_save(t->o.out, step, t->total_steps, t->model, &t->opt, t->lora, t->o.model, t->err,
-                         sizeof t->err) != 0) {
+  if (t->last_saved != step && save_checkpoint(t, step) != 0) {
     fprintf(stderr, PROG ": checkpoint at step %d: %s\n", step, t->err);
     return 1;
   }
@@ -585,13 +679,14 @@ int pc_train_finish(pc_trainer *t) {
   snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", t->o.out);
   snprintf(rpath, sizeof rpath, "%s/report.html", t->o.out);
   snprintf(title, sizeof title, "%s on %s: %s, %s", t->o.model, t->o.data, t->o.loss, t->lora ? "LoRA" : "full fine-tune");
-  if (pc_report_write(mpath, rpath, title, t->err, sizeof t->err) != 0) {
+  if (is_root(t) && pc_report_write(mpath, rpath, title, t->err, sizeof t->err) != 0) {
     fprintf(stderr, PROG ": report: %s\n", t->err);
     return 1;
   }
   set_status(t, "finished");
   double el = pc_now_s() - t->t_start;
-  fprintf(stderr, PROG ": done: %d steps in %.1f s (%.0f tokens/s); outputs in %s (report: %s)\n",
+  if (is_root(t))
+    fprintf(stderr, PROG ": done: %d steps in %.1f s (%.0f tokens/s); outputs in %s (report: %s)\n",
           t->step - t->start_step, el, el > 0 ? t->all_tokens / el : 0, t->o.out, rpath);
   return 0;
 }
@@ -605,6 +700,7 @@ void pc_trainer_free(pc_trainer *t) {
   }
   if (t->metrics) fclose(t->metrics);
   pc_adamw_free(&t->opt);
+  pc_zero_free(t->zero);
   pc_model_free(t->model);
   if (t->be) t->be->ops->destroy(t->be);
   free(t->train);

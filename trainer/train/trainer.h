@@ -31,6 +31,7 @@ typedef struct {
   char ref_cache[4096];  /* the reference cache's directory (not in the manifest: a place, not an input) */
   int no_ref_cache;
   char dump_tokens[4096], dump_grads[4096], dump_ref[4096];  /* test hooks; not part of the manifest */
+  struct pc_comm *comm;  /* data parallel (trainer/dist/comm.h): borrowed; NULL for one process */
 } pc_train_opts;
 
 typedef struct pc_trainer pc_trainer;
