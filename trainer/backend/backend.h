@@ -63,6 +63,17 @@ typedef struct {
 
 typedef struct pc_backend pc_backend;
 
+/* What mem_info() says: the device's memory, and what the backend itself will take besides the
+ * buffers its callers alloc() (so that a caller can plan a run before allocating anything). */
+typedef struct {
+  size_t free_bytes, total_bytes; /* the device's memory now (the CPU backend: MemAvailable, MemTotal) */
+  size_t workspace_bytes;         /* the backend's own workspaces at their largest (the CUDA backend's
+                                     fused log-prob chunk and its statistics); 0 when none */
+  double weight_extra;            /* bytes per element that the backend adds to every weight matrix it
+                                     multiplies (the CUDA backend's bf16 twins: 2; fp32 mode and CPU: 0),
+                                     and per element of a matmul's input (its bf16 copy) */
+} pc_mem_info;
+
 /* The ops a backend may or may not have (supports()). */
 typedef enum {
   PC_OP_EMBEDDING, PC_OP_MATMUL, PC_OP_LAYERNORM, PC_OP_RMSNORM, PC_OP_ROPE, PC_OP_ATTENTION, PC_OP_GELU,
@@ -178,6 +189,18 @@ typedef struct {
    * sqrt(1 - b2^t) */
   void (*adamw)(pc_backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr, float wd,
                 float b1, float b2, float eps, float step_size, float bc2_sqrt);
+
+  // ---- every backend has these three (no supports() entry): planning, weights that change, identity
+  /* The device's memory and the backend's own needs: 0, or -1 when the device cannot say. */
+  int (*mem_info)(pc_backend *be, pc_mem_info *out);
+  /* The n floats at w, a weight that matmul and logprob multiply, were written (loaded, uploaded, or
+   * stepped by the optimizer): a backend that multiplies through copies of its own (the CUDA backend's
+   * bf16 twins) refreshes them before an op next reads w. Call it after every write of a weight; a
+   * weight from weight() that is never written needs no call. The CPU backend has nothing to do. */
+  void (*weight_updated)(pc_backend *be, const float *w, size_t n);
+  /* The device as a JSON object (name, and for CUDA the driver, runtime and cuBLAS versions, whether it
+   * is the CPU emulation), for run.json: a string the backend owns, valid until destroy. */
+  const char *(*device_json)(pc_backend *be);
 } pc_backend_ops;
 
 struct pc_backend {

@@ -17,7 +17,10 @@
  * registered weight in bf16 mode makes its bf16 twin (a conversion kernel, once) and keeps it in that
  * table, keyed by the fp32 pointer; free() of the weight frees the twin. Only matrices ever get twins,
  * so the cost is 6 bytes per matrix parameter (4 for the fp32 copy, 2 for the twin): a 7B model needs
- * about 42 GB. A matrix not from weight() (alloc'd by the training code) is multiplied in fp32.
+ * about 42 GB. A matrix alloc'd by the training code (a trainable weight) joins the table when the
+ * trainer first calls weight_updated() on it (after loading it), and every later weight_updated() (after
+ * each AdamW step) marks its twin stale: remade before the next matmul reads it. Any other matrix is
+ * multiplied in fp32.
  *
  * Errors. Every CUDA and cuBLAS call is checked and every launch is followed by cudaGetLastError()
  * (and, with PREFCAP_CUDA_SYNC=1, a device synchronisation, so that an asynchronous fault is named at
@@ -67,6 +70,7 @@ typedef struct {
   const float *p;      /* fp32 device copy, as weight() returned it */
   size_t n;
   __nv_bfloat16 *bf;   /* its bf16 twin, made on first use by a bf16 matmul (NULL until then) */
+  int stale;           /* weight_updated() since the twin was made: remade before its next use */
 } weight_entry;
 
 typedef struct { int q0, nq, p0, plen, pbase, base; } att_tile;  /* 64 query rows of one sequence */
@@ -79,6 +83,7 @@ typedef struct {
   int failed;
   char err[512];
   const char *op;      /* the table op running now (for error messages) */
+  char device_json[768]; /* what device_json() returns: made once, at construction */
   cublasHandle_t blas;
   size_t smem_optin;    /* the device's largest dynamic shared memory per block */
   // ---- registered weights (linear search: a few hundred entries, looked up once per matmul)
@@ -420,10 +425,52 @@ static const float *cuda_weight(pc_backend *be, const float *host, size_t n, int
     cudaFree(d);
     return NULL;
   }
-  weight_entry we = {d, n, NULL};
+  weight_entry we = {d, n, NULL, 0};
   cb->w[cb->nw++] = we;
   return d;
 }
+
+/* A weight was written. One from weight() or seen here before: its twin (if any) is remade before its
+ * next use. One alloc'd by the training code: registered now, so that bf16 matmuls find (and make) its
+ * twin; free() then frees the twin with it. Registration that fails for want of host memory leaves
+ * the weight multiplied in fp32 (slower, not wrong). */
+static void cuda_weight_updated(pc_backend *be, const float *w, size_t n) {
+  cuda_backend *cb = CB(be);
+  int i = find_weight(cb, w);
+  if (i >= 0) {
+    cb->w[i].stale = 1;
+    return;
+  }
+  if (cb->nw == cb->capw) {
+    int nc = cb->capw ? 2 * cb->capw : 256;
+    weight_entry *nwp = (weight_entry *)realloc(cb->w, sizeof *nwp * (size_t)nc);
+    if (!nwp) return;
+    cb->w = nwp;
+    cb->capw = nc;
+  }
+  weight_entry we = {w, n, NULL, 0};
+  cb->w[cb->nw++] = we;
+}
+
+/* The device's free and total memory (cudaMemGetInfo: under the emulation, its PREFCAP_CUDA_EMU_MEM
+ * limit), and what this backend allocates of its own: the fused log-prob's logit chunk and row
+ * statistics, and in bf16 mode 2 bytes per weight element (its twin) and per matmul input element. */
+static int cuda_mem_info(pc_backend *be, pc_mem_info *out) {
+  cuda_backend *cb = CB(be);
+  memset(out, 0, sizeof *out);
+  out->workspace_bytes = sizeof(float) * ((size_t)LP_ROWS * LP_VOCAB + 3 * (size_t)LP_ROWS);
+  out->weight_extra = cb->fp32 ? 0.0 : (double)sizeof(__nv_bfloat16);
+  size_t fr = 0, tot = 0;
+  if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) {
+    cudaGetLastError();
+    return -1;
+  }
+  out->free_bytes = fr;
+  out->total_bytes = tot;
+  return 0;
+}
+
+static const char *cuda_device_json(pc_backend *be) { return CB(be)->device_json; }
 
 /* The bf16 twin of the n-element matrix at w, made on first use; NULL when w is not (inside) a
  * registered weight, or in fp32 mode: the caller then multiplies in fp32. */
@@ -432,6 +479,11 @@ static const __nv_bfloat16 *bf16_twin(cuda_backend *cb, const float *w, size_t n
   for (int i = 0; i < cb->nw; i++) {
     weight_entry *e = &cb->w[i];
     if (w < e->p || w + n > e->p + e->n) continue;
+    if (e->bf && e->stale) {  // the weight changed since: convert again, into the same twin
+      PC_LAUNCH(to_bf16_kernel, grid_for(e->n), 256, 0)(e->bf, e->p, e->n);
+      LAUNCH_CHECK(cb, "to_bf16_kernel");
+    }
+    e->stale = 0;
     if (!e->bf) {
       void *p = NULL;
       if (cudaMalloc(&p, e->n * sizeof(__nv_bfloat16)) != cudaSuccess) {
@@ -906,6 +958,9 @@ static pc_backend_ops make_ops(void) {
   o.copy = NAMED(cuda_copy, "copy");
   o.zero = NAMED(cuda_zero, "zero");
   o.scale = NAMED(cuda_scale, "scale");
+  o.mem_info = NAMED(cuda_mem_info, "mem_info");
+  o.weight_updated = NAMED(cuda_weight_updated, "weight_updated");
+  o.device_json = cuda_device_json;
   return o;
 }
 #undef NAMED
@@ -913,6 +968,31 @@ static pc_backend_ops make_ops(void) {
 static int env_is(const char *name, const char *val) {
   const char *s = getenv(name);
   return s && !strcmp(s, val);
+}
+
+/* run.json's "device": what the device is and the versions of the driver, the runtime and cuBLAS that
+ * ran it (major.minor[.patch] as NVIDIA numbers them: 12040 is 12.4). The emulation says so. */
+static void describe_device(cuda_backend *cb, const cudaDeviceProp *prop) {
+  int drv = 0, rt = 0, blas = 0;
+  if (cudaDriverGetVersion(&drv) != cudaSuccess) cudaGetLastError();
+  if (cudaRuntimeGetVersion(&rt) != cudaSuccess) cudaGetLastError();
+  if (cublasGetVersion(cb->blas, &blas) != CUBLAS_STATUS_SUCCESS) blas = 0;
+#ifdef __CUDACC__
+  const char *emulated = "false";
+#else
+  const char *emulated = "true";  // cuda_emu: the kernels ran on the CPU (make cuda-emu)
+#endif
+  char name[256];
+  size_t k = 0;
+  for (const char *c = prop->name; *c && k + 2 < sizeof name; c++)  // JSON-safe: no quotes or backslashes
+    if (*c != '"' && *c != '\\' && (unsigned char)*c >= 0x20) name[k++] = *c;
+  name[k] = 0;
+  snprintf(cb->device_json, sizeof cb->device_json,
+           "{\"name\": \"%s\", \"backend\": \"cuda\", \"emulated\": %s, \"compute_capability\": \"%d.%d\", "
+           "\"memory_bytes\": %zu, \"precision\": \"%s\", \"driver\": \"%d.%d\", \"cuda_runtime\": \"%d.%d\", "
+           "\"cublas\": \"%d.%d.%d\"}",
+           name, emulated, prop->major, prop->minor, (size_t)prop->totalGlobalMem, cb->fp32 ? "fp32" : "bf16",
+           drv / 1000, drv % 1000 / 10, rt / 1000, rt % 1000 / 10, blas / 10000, blas % 10000 / 100, blas % 100);
 }
 
 extern "C" pc_backend *pc_backend_cuda_new(int fp32, char *err, size_t errlen) {
@@ -950,6 +1030,7 @@ extern "C" pc_backend *pc_backend_cuda_new(int fp32, char *err, size_t errlen) {
     cuda_destroy(&cb->base);
     return NULL;
   }
+  describe_device(cb, &prop);
   // fp32 mode: no TF32 anywhere (the gemm calls also ask for pedantic compute)
   s = cublasSetMathMode(cb->blas, cb->fp32 ? CUBLAS_PEDANTIC_MATH : CUBLAS_DEFAULT_MATH);
   if (s != CUBLAS_STATUS_SUCCESS) {

@@ -25,6 +25,7 @@ typedef struct {
   double beta, label_smoothing, simpo_gamma, lora_alpha, lr, weight_decay, max_grad_norm, epochs, eval_fraction;
   int lora_r, warmup_steps, batch_size, grad_accum, max_steps, no_shuffle, eval_steps, max_length, save_steps;
   int merge, threads, skip_bad;
+  int recompute;  /* --recompute: not in the manifest's options (it changes memory, not results) */
   long long seed;
   char dump_tokens[4096], dump_grads[4096], dump_ref[4096];  /* test hooks; not part of the manifest */
 } pc_train_opts;
