@@ -656,6 +656,27 @@ static void test_optimizer(void) {
   pair_free(g);
   pair_free(m);
   pair_free(v);
+  // a weight from weight() trained in place (full fine-tuning): in bf16 mode the matmul multiplies
+  // its bf16 twin, which must follow the step
+  int N = 37, C = 45, OC = 77;
+  n = (size_t)C * OC;
+  wpair w = weight_new(n, 1.0f / sqrtf((float)C), 1);
+  pair inp = pair_rand((size_t)N * C, 1), out = pair_new((size_t)N * OC, NULL), gw = pair_rand(n, 1);
+  pair mw = pair_rand(n, 0), vw = pair_rand(n, 0);  // zeros
+  pc_weight wc = {w.c, NULL, PC_W_OUT_IN}, wg = {w.g, NULL, PC_W_OUT_IN};
+  GPU->ops->matmul(GPU, out.g, inp.g, &wg, N, C, OC, 0);  // makes the twin
+  CPU->ops->adamw(CPU, (float *)w.c, gw.c, mw.c, vw.c, n, lr, wd, b1, b2, eps, lr / (1 - b1), sqrtf(1 - b2));
+  GPU->ops->adamw(GPU, (float *)w.g, gw.g, mw.g, vw.g, n, lr, wd, b1, b2, eps, lr / (1 - b1), sqrtf(1 - b2));
+  poison(out);
+  CPU->ops->matmul(CPU, out.c, inp.c, &wc, N, C, OC, 0);
+  GPU->ops->matmul(GPU, out.g, inp.g, &wg, N, C, OC, 0);
+  check("adamw_then_matmul_sees_the_step", out);
+  weight_free(w);
+  pair_free(inp);
+  pair_free(out);
+  pair_free(gw);
+  pair_free(mw);
+  pair_free(vw);
 }
 
 /* LayerNorm's backward with the mean and rstd of the CPU's forward; gradients as `want` says

@@ -17,7 +17,8 @@
  * registered weight in bf16 mode makes its bf16 twin (a conversion kernel, once) and keeps it in that
  * table, keyed by the fp32 pointer; free() of the weight frees the twin. Only matrices ever get twins,
  * so the cost is 6 bytes per matrix parameter (4 for the fp32 copy, 2 for the twin): a 7B model needs
- * about 42 GB. A matrix not from weight() (alloc'd by the training code) is multiplied in fp32.
+ * about 42 GB. A matrix not from weight() (alloc'd by the training code) is multiplied in fp32. adamw
+ * on (part of) a weight with a twin updates the twin with it, so a trained weight stays in step.
  *
  * Errors. Every CUDA and cuBLAS call is checked and every launch is followed by cudaGetLastError()
  * (and, with PREFCAP_CUDA_SYNC=1, a device synchronisation, so that an asynchronous fault is named at
@@ -97,6 +98,7 @@ typedef struct {
   // ---- training ops' workspaces (the backward and optimizer section), grown on demand
   __nv_bfloat16 *act16b; size_t act16b_cap; /* a second bf16 activation (matmul_backward's inp for dW) */
   double *sumsq_part; size_t sumsq_part_cap; /* sumsq's per-block partial sums */
+  double *colsum_part; size_t colsum_part_cap; /* column sums' per-chunk partial sums */
 } cuda_backend;
 
 static cuda_backend *CB(pc_backend *be) { return (cuda_backend *)be; }
@@ -432,26 +434,30 @@ static const float *cuda_weight(pc_backend *be, const float *host, size_t n, int
   return d;
 }
 
+/* The registered weight that holds the n floats at w, or NULL */
+static weight_entry *weight_containing(cuda_backend *cb, const float *w, size_t n) {
+  for (int i = 0; i < cb->nw; i++)
+    if (w >= cb->w[i].p && w + n <= cb->w[i].p + cb->w[i].n) return &cb->w[i];
+  return NULL;
+}
+
 /* The bf16 twin of the n-element matrix at w, made on first use; NULL when w is not (inside) a
  * registered weight, or in fp32 mode: the caller then multiplies in fp32. */
 static const __nv_bfloat16 *bf16_twin(cuda_backend *cb, const float *w, size_t n) {
   if (cb->fp32) return NULL;
-  for (int i = 0; i < cb->nw; i++) {
-    weight_entry *e = &cb->w[i];
-    if (w < e->p || w + n > e->p + e->n) continue;
-    if (!e->bf) {
-      void *p = NULL;
-      if (cudaMalloc(&p, e->n * sizeof(__nv_bfloat16)) != cudaSuccess) {
-        cudaGetLastError();
-        return NULL;  // no room for the twin: this matmul runs in fp32
-      }
-      e->bf = (__nv_bfloat16 *)p;
-      PC_LAUNCH(to_bf16_kernel, grid_for(e->n), 256, 0)(e->bf, e->p, e->n);
-      LAUNCH_CHECK(cb, "to_bf16_kernel");
+  weight_entry *e = weight_containing(cb, w, n);
+  if (!e) return NULL;
+  if (!e->bf) {
+    void *p = NULL;
+    if (cudaMalloc(&p, e->n * sizeof(__nv_bfloat16)) != cudaSuccess) {
+      cudaGetLastError();
+      return NULL;  // no room for the twin: this matmul runs in fp32
     }
-    return e->bf + (w - e->p);
+    e->bf = (__nv_bfloat16 *)p;
+    PC_LAUNCH(to_bf16_kernel, grid_for(e->n), 256, 0)(e->bf, e->p, e->n);
+    LAUNCH_CHECK(cb, "to_bf16_kernel");
   }
-  return NULL;
+  return e->bf + (w - e->p);
 }
 
 /* Grows a workspace to `bytes` (never shrinks); -1 with the failure kept when the device is full. */
@@ -914,19 +920,24 @@ static void launch_scatter_add(cuda_backend *cb, float *dst, const int32_t *idx,
 /* What a column reduction sums over the rows: d, d * (x - mean) * rstd (LayerNorm's dw), or
  * d * x * rstd (RMSNorm's dw). */
 enum { CS_SUM = 0, CS_LAYERNORM = 1, CS_RMSNORM = 2 };
+/* Column sums run in two passes: chunks of rows, then the chunks' partial sums. Rows per chunk, at
+ * least (so a tall matrix with few columns, such as Qwen3's per-head q/k norms, still fills the GPU),
+ * and the most partial sums kept (doubles, 32 MB). */
+#define CS_CHUNK_ROWS 64
+#define CS_MAX_PARTS (1 << 22)
 
-/* Weight and bias gradients: out1[c] += sum over rows of d[r,c] (CS_SUM), or of d[r,c] times the
- * normalised input (the norms; LayerNorm also sums d into out2). Rows have stride `stride`. A block
- * owns 32 columns: its 8 warps read the rows r = warp, warp + 8, ... (a warp reads 32 consecutive
- * floats of a row), each lane summing in double; the 8 partial sums of a column are then added in
- * warp order. The order depends only on the shapes: deterministic. */
-__global__ void colsum_kernel(float *out1, float *out2, const float *d, const float *x, const float *mean,
-                              const float *rstd, int rows, int C, int stride, int mode) {
+/* Pass 1: block (x, y) sums columns 32x..32x+31 over the rows of chunk y (rpc rows from y*rpc, rows of
+ * stride `stride`): its 8 warps take the rows r0 + warp, r0 + warp + 8, ... (a warp reads 32
+ * consecutive floats of a row), each lane in double, and the 8 warps' sums are added in warp order
+ * into part[y][0][c] (and part[y][1][c]: LayerNorm's sum of d). */
+__global__ void colsum_kernel(double *part, const float *d, const float *x, const float *mean, const float *rstd,
+                              int rows, int C, int stride, int mode, int rpc) {
   __shared__ double sh1[8][32], sh2[8][32];
   int lane = threadIdx.x % 32, w = threadIdx.x / 32, c = blockIdx.x * 32 + lane;
+  int r0 = blockIdx.y * rpc, r1 = r0 + rpc < rows ? r0 + rpc : rows;
   double a1 = 0, a2 = 0;
   if (c < C)
-    for (int r = w; r < rows; r += 8) {
+    for (int r = r0 + w; r < r1; r += 8) {
       size_t i = (size_t)r * stride + c;
       float di = d[i];
       if (mode == CS_SUM) {
@@ -947,15 +958,39 @@ __global__ void colsum_kernel(float *out1, float *out2, const float *d, const fl
       s1 += sh1[k][lane];
       s2 += sh2[k][lane];
     }
-    if (out1) out1[c] += (float)s1;
-    if (out2) out2[c] += (float)s2;
+    part[((size_t)blockIdx.y * 2) * C + c] = s1;
+    part[((size_t)blockIdx.y * 2 + 1) * C + c] = s2;
   }
 }
 
+/* Pass 2: one thread per column adds the chunks' sums in chunk order into out1 (and out2) */
+__global__ void colsum_finish_kernel(float *out1, float *out2, const double *part, int nchunks, int C) {
+  int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  double s1 = 0, s2 = 0;
+  for (int y = 0; y < nchunks; y++) {
+    s1 += part[((size_t)y * 2) * C + c];
+    s2 += part[((size_t)y * 2 + 1) * C + c];
+  }
+  if (out1) out1[c] += (float)s1;
+  if (out2) out2[c] += (float)s2;
+}
+
+/* out1 (C) += the column sums over `rows` rows (out2 too for LayerNorm's db; either may be NULL). The
+ * order of the additions depends only on the shapes: deterministic. */
 static void launch_colsum(cuda_backend *cb, float *out1, float *out2, const float *d, const float *x, const float *mean,
                           const float *rstd, int rows, int C, int stride, int mode) {
-  PC_LAUNCH(colsum_kernel, (C + 31) / 32, 256, 0)(out1, out2, d, x, mean, rstd, rows, C, stride, mode);
+  int nchunks = (rows + CS_CHUNK_ROWS - 1) / CS_CHUNK_ROWS, maxc = CS_MAX_PARTS / (2 * C);
+  if (nchunks > maxc) nchunks = maxc > 1 ? maxc : 1;
+  if (nchunks > 65535) nchunks = 65535;  // the grid's y limit
+  int rpc = (rows + nchunks - 1) / nchunks;
+  if (ws_reserve(cb, (void **)&cb->colsum_part, &cb->colsum_part_cap, sizeof(double) * 2 * (size_t)nchunks * C))
+    return;
+  dim3 grid((unsigned)((C + 31) / 32), (unsigned)nchunks);
+  PC_LAUNCH(colsum_kernel, grid, 256, 0)(cb->colsum_part, d, x, mean, rstd, rows, C, stride, mode, rpc);
   LAUNCH_CHECK(cb, "colsum_kernel");
+  PC_LAUNCH(colsum_finish_kernel, (C + 255) / 256, 256, 0)(out1, out2, cb->colsum_part, nchunks, C);
+  LAUNCH_CHECK(cb, "colsum_finish_kernel");
 }
 
 /* dinp of LayerNorm, one warp per row: with n = (x - mean) rstd and dn = w d,
@@ -1038,9 +1073,11 @@ __global__ void sumsq_kernel(double *part, const float *x, size_t n) {
   if (threadIdx.x == 0) part[blockIdx.x] = sh[0];
 }
 
-/* torch.optim.AdamW, element by element, in the CPU's order of operations (backend.h) */
-__global__ void adamw_kernel(float *p, const float *g, float *m, float *v, size_t n, float lr, float wd, float b1,
-                             float b2, float eps, float step_size, float bc2_sqrt) {
+/* torch.optim.AdamW, element by element, in the CPU's order of operations (backend.h). p16, when not
+ * NULL, is p's bf16 twin: it gets the updated p rounded, so bf16 matmuls see the step (the fp32 p is
+ * the master copy). */
+__global__ void adamw_kernel(float *p, __nv_bfloat16 *p16, const float *g, float *m, float *v, size_t n, float lr,
+                             float wd, float b1, float b2, float eps, float step_size, float bc2_sqrt) {
   const float decay = 1.0f - lr * wd;
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
     float gi = g[i], pi = p[i] * decay;
@@ -1048,7 +1085,9 @@ __global__ void adamw_kernel(float *p, const float *g, float *m, float *v, size_
     float vi = v[i] * b2 + (1.0f - b2) * gi * gi;
     m[i] = mi;
     v[i] = vi;
-    p[i] = pi - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+    pi -= step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+    p[i] = pi;
+    if (p16) p16[i] = __float2bfloat16_rn(pi);
   }
 }
 
@@ -1173,7 +1212,10 @@ static void cuda_adamw(pc_backend *be, float *p, const float *g, float *m, float
                        float b1, float b2, float eps, float step_size, float bc2_sqrt) {
   cuda_backend *cb = CB(be);
   if (cb->failed || !n) return;
-  PC_LAUNCH(adamw_kernel, grid_for(n), 256, 0)(p, g, m, v, n, lr, wd, b1, b2, eps, step_size, bc2_sqrt);
+  // a weight from weight() that a bf16 matmul has multiplied has a twin, which must follow the step
+  weight_entry *e = weight_containing(cb, p, n);
+  __nv_bfloat16 *p16 = e && e->bf ? e->bf + (p - e->p) : NULL;
+  PC_LAUNCH(adamw_kernel, grid_for(n), 256, 0)(p, p16, g, m, v, n, lr, wd, b1, b2, eps, step_size, bc2_sqrt);
   LAUNCH_CHECK(cb, "adamw_kernel");
 }
 // ==== end of the training ops (backward kernels and the optimizer) ==============================
@@ -1193,6 +1235,7 @@ static void cuda_destroy(pc_backend *be) {
   if (cb->tiles_dev) cudaFree(cb->tiles_dev);
   if (cb->act16b) cudaFree(cb->act16b);
   if (cb->sumsq_part) cudaFree(cb->sumsq_part);
+  if (cb->colsum_part) cudaFree(cb->colsum_part);
   if (cb->blas) cublasDestroy(cb->blas);
   free(cb->w);
   free(cb->tiles_host);
