@@ -18,9 +18,10 @@
  * table, keyed by the fp32 pointer; free() of the weight frees the twin. Only matrices ever get twins,
  * so the cost is 6 bytes per matrix parameter (4 for the fp32 copy, 2 for the twin): a 7B model needs
  * about 42 GB. A matrix alloc'd by the training code (a trainable weight) joins the table when the
- * trainer first calls weight_updated() on it (after loading it), and every later weight_updated() (after
- * each AdamW step) marks its twin stale: remade before the next matmul reads it. Any other matrix is
- * multiplied in fp32.
+ * trainer first calls weight_updated() on it (after uploading it); a later weight_updated() (an upload
+ * on resume) marks its twin stale, remade before the next matmul reads it. adamw on (part of) a weight
+ * with a twin updates the twin with it, so a trained weight stays in step without a call. Any other
+ * matrix is multiplied in fp32.
  *
  * Errors. Every CUDA and cuBLAS call is checked and every launch is followed by cudaGetLastError()
  * (and, with PREFCAP_CUDA_SYNC=1, a device synchronisation, so that an asynchronous fault is named at
@@ -38,8 +39,10 @@
  * warp per query row) that is also the fallback to compare with when the tiled one is in doubt.
  * A tensor-core (bf16 mma) version is the next step for speed.
  *
- * Training ops (the *_backward, sumsq, adamw, scatter_rows) are not written yet: supports() says no
- * (NULL in the table); `prefcap-dpo train --device cuda` says so before it starts. */
+ * Training ops. The backward kernels of the token-wise ops, scatter_rows, sumsq and a fused AdamW are
+ * in their own section near the end (deterministic: no atomics, see there). An op not written yet
+ * stays NULL in the table and supports() says no, so pc_backend_can_train is false and
+ * `prefcap-dpo train --device cuda` says so before it starts. */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -97,6 +100,10 @@ typedef struct {
   att_tile *tiles_host, *tiles_dev;
   int ntiles, tiles_cap;
   int *lay_start, *lay_plen, lay_nseq, lay_cap, lay_has_plen;
+  // ---- training ops' workspaces (the backward and optimizer section), grown on demand
+  __nv_bfloat16 *act16b; size_t act16b_cap; /* a second bf16 activation (matmul_backward's inp for dW) */
+  double *sumsq_part; size_t sumsq_part_cap; /* sumsq's per-block partial sums */
+  double *colsum_part; size_t colsum_part_cap; /* column sums' per-chunk partial sums */
 } cuda_backend;
 
 static cuda_backend *CB(pc_backend *be) { return (cuda_backend *)be; }
@@ -234,16 +241,17 @@ __global__ void rmsnorm_kernel(float *out, const float *inp, const float *w, flo
   for (int i = lane; i < C; i += 32) o[i] = x[i] * rs * w[i];
 }
 
-/* One thread per rotated pair (i, i + HD/2) of one head of one row. */
+/* One thread per rotated pair (i, i + HD/2) of one head of one row. sgn = -1 rotates by the negated angle:
+ * the transpose of the rotation, which is rope_backward (sin(-a) = -sin(a); the negation is exact). */
 __global__ void rope_kernel(float *x, const float *cos_t, const float *sin_t, const int32_t *pos, int N, int H,
-                            int HD, int stride) {
+                            int HD, int stride, float sgn) {
   int half = HD / 2;
   size_t n = (size_t)N * H * half;
   for (size_t t = blockIdx.x * (size_t)blockDim.x + threadIdx.x; t < n; t += (size_t)gridDim.x * blockDim.x) {
     size_t r = t / ((size_t)H * half);
     int rem = (int)(t % ((size_t)H * half)), h = rem / half, i = rem % half;
     size_t p = (size_t)pos[r] * half + i;
-    float c = cos_t[p], s = sin_t[p];
+    float c = cos_t[p], s = sgn * sin_t[p];
     float *v = x + r * stride + (size_t)h * HD;
     float x1 = v[i], x2 = v[i + half];
     v[i] = x1 * c - x2 * s;
@@ -321,7 +329,8 @@ static void cuda_rope(pc_backend *be, float *x, const float *cos_t, const float 
                       int H, int HD, int stride) {
   cuda_backend *cb = CB(be);
   if (cb->failed || N <= 0 || HD < 2) return;
-  PC_LAUNCH(rope_kernel, grid_for((size_t)N * H * (HD / 2)), 256, 0)(x, cos_t, sin_t, bt->pos, N, H, HD, stride);
+  PC_LAUNCH(rope_kernel, grid_for((size_t)N * H * (HD / 2)), 256, 0)(x, cos_t, sin_t, bt->pos, N, H, HD, stride,
+                                                                            1.0f);
   LAUNCH_CHECK(cb, "rope_kernel");
 }
 
@@ -452,51 +461,37 @@ static void cuda_weight_updated(pc_backend *be, const float *w, size_t n) {
   cb->w[cb->nw++] = we;
 }
 
-/* The device's free and total memory (cudaMemGetInfo: under the emulation, its PREFCAP_CUDA_EMU_MEM
- * limit), and what this backend allocates of its own: the fused log-prob's logit chunk and row
- * statistics, and in bf16 mode 2 bytes per weight element (its twin) and per matmul input element. */
-static int cuda_mem_info(pc_backend *be, pc_mem_info *out) {
-  cuda_backend *cb = CB(be);
-  memset(out, 0, sizeof *out);
-  out->workspace_bytes = sizeof(float) * ((size_t)LP_ROWS * LP_VOCAB + 3 * (size_t)LP_ROWS);
-  out->weight_extra = cb->fp32 ? 0.0 : (double)sizeof(__nv_bfloat16);
-  size_t fr = 0, tot = 0;
-  if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) {
-    cudaGetLastError();
-    return -1;
-  }
-  out->free_bytes = fr;
-  out->total_bytes = tot;
-  return 0;
-}
-
 static const char *cuda_device_json(pc_backend *be) { return CB(be)->device_json; }
+
+/* The registered weight that holds the n floats at w, or NULL */
+static weight_entry *weight_containing(cuda_backend *cb, const float *w, size_t n) {
+  for (int i = 0; i < cb->nw; i++)
+    if (w >= cb->w[i].p && w + n <= cb->w[i].p + cb->w[i].n) return &cb->w[i];
+  return NULL;
+}
 
 /* The bf16 twin of the n-element matrix at w, made on first use; NULL when w is not (inside) a
  * registered weight, or in fp32 mode: the caller then multiplies in fp32. */
 static const __nv_bfloat16 *bf16_twin(cuda_backend *cb, const float *w, size_t n) {
   if (cb->fp32) return NULL;
-  for (int i = 0; i < cb->nw; i++) {
-    weight_entry *e = &cb->w[i];
-    if (w < e->p || w + n > e->p + e->n) continue;
-    if (e->bf && e->stale) {  // the weight changed since: convert again, into the same twin
-      PC_LAUNCH(to_bf16_kernel, grid_for(e->n), 256, 0)(e->bf, e->p, e->n);
-      LAUNCH_CHECK(cb, "to_bf16_kernel");
-    }
-    e->stale = 0;
-    if (!e->bf) {
-      void *p = NULL;
-      if (cudaMalloc(&p, e->n * sizeof(__nv_bfloat16)) != cudaSuccess) {
-        cudaGetLastError();
-        return NULL;  // no room for the twin: this matmul runs in fp32
-      }
-      e->bf = (__nv_bfloat16 *)p;
-      PC_LAUNCH(to_bf16_kernel, grid_for(e->n), 256, 0)(e->bf, e->p, e->n);
-      LAUNCH_CHECK(cb, "to_bf16_kernel");
-    }
-    return e->bf + (w - e->p);
+  weight_entry *e = weight_containing(cb, w, n);
+  if (!e) return NULL;
+  if (e->bf && e->stale) {  // written from the host since (weight_updated): convert again, into the same twin
+    PC_LAUNCH(to_bf16_kernel, grid_for(e->n), 256, 0)(e->bf, e->p, e->n);
+    LAUNCH_CHECK(cb, "to_bf16_kernel");
   }
-  return NULL;
+  e->stale = 0;
+  if (!e->bf) {
+    void *p = NULL;
+    if (cudaMalloc(&p, e->n * sizeof(__nv_bfloat16)) != cudaSuccess) {
+      cudaGetLastError();
+      return NULL;  // no room for the twin: this matmul runs in fp32
+    }
+    e->bf = (__nv_bfloat16 *)p;
+    PC_LAUNCH(to_bf16_kernel, grid_for(e->n), 256, 0)(e->bf, e->p, e->n);
+    LAUNCH_CHECK(cb, "to_bf16_kernel");
+  }
+  return e->bf + (w - e->p);
 }
 
 /* Grows a workspace to `bytes` (never shrinks); -1 with the failure kept when the device is full. */
@@ -510,27 +505,37 @@ static int ws_reserve(cuda_backend *cb, void **p, size_t *cap, size_t bytes) {
   return 0;
 }
 
-/* The bf16 copy of an (n) fp32 activation, in the act16 workspace (valid until the next call). */
-static const __nv_bfloat16 *act_bf16(cuda_backend *cb, const float *x, size_t n) {
-  if (ws_reserve(cb, (void **)&cb->act16, &cb->act16_cap, n * sizeof(__nv_bfloat16))) return NULL;
-  PC_LAUNCH(to_bf16_kernel, grid_for(n), 256, 0)(cb->act16, x, n);
+/* The bf16 copy of an (n) fp32 activation in the workspace *ws (grown to fit; valid until the next
+ * conversion into the same workspace). */
+static const __nv_bfloat16 *to_bf16_ws(cuda_backend *cb, const float *x, size_t n, __nv_bfloat16 **ws, size_t *cap) {
+  if (ws_reserve(cb, (void **)ws, cap, n * sizeof(__nv_bfloat16))) return NULL;
+  PC_LAUNCH(to_bf16_kernel, grid_for(n), 256, 0)(*ws, x, n);
   LAUNCH_CHECK(cb, "to_bf16_kernel");
-  return cb->failed ? NULL : cb->act16;
+  return cb->failed ? NULL : *ws;
+}
+/* ... in the act16 workspace: a matmul's input */
+static const __nv_bfloat16 *act_bf16(cuda_backend *cb, const float *x, size_t n) {
+  return to_bf16_ws(cb, x, n, &cb->act16, &cb->act16_cap);
 }
 
 // ---- matmul -------------------------------------------------------------------------------------
 
-/* Column-major C (m x n, ldc) = op(A) (m x k) · B (k x n) + beta C, A and B both fp32 or both bf16,
+/* Column-major C (m x n, ldc) = op(A) (m x k) · op(B) (k x n) + beta C, A and B both fp32 or both bf16,
  * fp32 accumulation and output. Row-major callers pass their product transposed: row-major
  * out = inp · W is column-major out^T = W^T · inp^T. */
-static void gemm(cuda_backend *cb, cublasOperation_t opA, int m, int n, int k, const void *A, int lda, const void *B,
-                 int ldb, float beta, float *C, int ldc, int bf16) {
+static void gemm_t(cuda_backend *cb, cublasOperation_t opA, cublasOperation_t opB, int m, int n, int k, const void *A,
+                   int lda, const void *B, int ldb, float beta, float *C, int ldc, int bf16) {
   const float one = 1.0f;
   cudaDataType_t t = bf16 ? CUDA_R_16BF : CUDA_R_32F;
   // fp32 mode: pedantic, so cuBLAS never substitutes TF32 or reduced-precision reductions
   cublasComputeType_t ct = bf16 || !cb->fp32 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_PEDANTIC;
-  BLAS_CHECK(cb, cublasGemmEx(cb->blas, opA, CUBLAS_OP_N, m, n, k, &one, A, t, lda, B, t, ldb, &beta, C, CUDA_R_32F,
-                              ldc, ct, CUBLAS_GEMM_DEFAULT));
+  BLAS_CHECK(cb, cublasGemmEx(cb->blas, opA, opB, m, n, k, &one, A, t, lda, B, t, ldb, &beta, C, CUDA_R_32F, ldc, ct,
+                              CUBLAS_GEMM_DEFAULT));
+}
+/* The forward's products: B untransposed */
+static void gemm(cuda_backend *cb, cublasOperation_t opA, int m, int n, int k, const void *A, int lda, const void *B,
+                 int ldb, float beta, float *C, int ldc, int bf16) {
+  gemm_t(cb, opA, CUBLAS_OP_N, m, n, k, A, lda, B, ldb, beta, C, ldc, bf16);
 }
 
 static void cuda_matmul(pc_backend *be, float *out, const float *inp, const pc_weight *w, int N, int C, int OC,
@@ -895,6 +900,382 @@ static void cuda_logprob(pc_backend *be, float *out, const float *h, const pc_we
   }
 }
 
+// ==== training ops: backward kernels and the optimizer ==========================================
+// The gradients of the forward ops above (backend.h's training section), each the same function as
+// backend_cpu.c's, which tests/gpu/test_cuda_ops.c compares them with. attention_backward and
+// logprob_backward live in their own section.
+//
+// Determinism: no op here uses atomics. A reduction across rows (the weight gradients of the norms,
+// a bias gradient, a scatter into repeated rows, the sum of squares) is added in a fixed order that
+// depends only on the shapes, so two runs give the same bits. Scatters go further: each thread owns
+// a column and adds the rows in order, which is the CPU's order, so they match it bit for bit.
+
+/* dst[idx[m]] (a row of C) += src[m] for m = 0..M-1 in order. Each thread owns one column, so no two
+ * threads ever touch one element and repeated rows need no atomics. Rows are taken 8 at a time: when
+ * the 8 indices differ (the usual case: tokens of a batch, rows scored once) their 8 loads go out
+ * together instead of one round trip each; a repeat inside the 8 falls back to one row at a time. */
+#define SC_GROUP 8
+__global__ void scatter_add_kernel(float *dst, const int32_t *idx, const float *src, int M, int C) {
+  int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  int m = 0;
+  for (; m + SC_GROUP <= M; m += SC_GROUP) {
+    int r[SC_GROUP];
+    float d[SC_GROUP];
+    bool distinct = true;
+#pragma unroll
+    for (int j = 0; j < SC_GROUP; j++) {
+      r[j] = idx[m + j];
+      d[j] = src[(size_t)(m + j) * C + c];
+    }
+#pragma unroll
+    for (int j = 1; j < SC_GROUP; j++) {
+#pragma unroll
+      for (int i = 0; i < j; i++) distinct = distinct && r[i] != r[j];
+    }
+    if (distinct) {
+      float g[SC_GROUP];
+#pragma unroll
+      for (int j = 0; j < SC_GROUP; j++) g[j] = dst[(size_t)r[j] * C + c];
+#pragma unroll
+      for (int j = 0; j < SC_GROUP; j++) dst[(size_t)r[j] * C + c] = g[j] + d[j];
+    } else {
+      for (int j = 0; j < SC_GROUP; j++) dst[(size_t)r[j] * C + c] += d[j];
+    }
+  }
+  for (; m < M; m++) dst[(size_t)idx[m] * C + c] += src[(size_t)m * C + c];
+}
+
+static void launch_scatter_add(cuda_backend *cb, float *dst, const int32_t *idx, const float *src, int M, int C) {
+  PC_LAUNCH(scatter_add_kernel, (C + 255) / 256, 256, 0)(dst, idx, src, M, C);
+  LAUNCH_CHECK(cb, "scatter_add_kernel");
+}
+
+/* What a column reduction sums over the rows: d, d * (x - mean) * rstd (LayerNorm's dw), or
+ * d * x * rstd (RMSNorm's dw). */
+enum { CS_SUM = 0, CS_LAYERNORM = 1, CS_RMSNORM = 2 };
+/* Column sums run in two passes: chunks of rows, then the chunks' partial sums. Rows per chunk, at
+ * least (so a tall matrix with few columns, such as Qwen3's per-head q/k norms, still fills the GPU),
+ * and the most partial sums kept (doubles, 32 MB). */
+#define CS_CHUNK_ROWS 64
+#define CS_MAX_PARTS (1 << 22)
+
+/* Pass 1: block (x, y) sums columns 32x..32x+31 over the rows of chunk y (rpc rows from y*rpc, rows of
+ * stride `stride`): its 8 warps take the rows r0 + warp, r0 + warp + 8, ... (a warp reads 32
+ * consecutive floats of a row), each lane in double, and the 8 warps' sums are added in warp order
+ * into part[y][0][c] (and part[y][1][c]: LayerNorm's sum of d). */
+__global__ void colsum_kernel(double *part, const float *d, const float *x, const float *mean, const float *rstd,
+                              int rows, int C, int stride, int mode, int rpc) {
+  __shared__ double sh1[8][32], sh2[8][32];
+  int lane = threadIdx.x % 32, w = threadIdx.x / 32, c = blockIdx.x * 32 + lane;
+  int r0 = blockIdx.y * rpc, r1 = r0 + rpc < rows ? r0 + rpc : rows;
+  double a1 = 0, a2 = 0;
+  if (c < C)
+    for (int r = r0 + w; r < r1; r += 8) {
+      size_t i = (size_t)r * stride + c;
+      float di = d[i];
+      if (mode == CS_SUM) {
+        a1 += di;
+      } else if (mode == CS_LAYERNORM) {
+        a1 += (double)di * ((x[i] - mean[r]) * rstd[r]);
+        a2 += di;
+      } else {
+        a1 += (double)di * (x[i] * rstd[r]);
+      }
+    }
+  sh1[w][lane] = a1;
+  sh2[w][lane] = a2;
+  __syncthreads();
+  if (w == 0 && c < C) {
+    double s1 = 0, s2 = 0;
+    for (int k = 0; k < 8; k++) {
+      s1 += sh1[k][lane];
+      s2 += sh2[k][lane];
+    }
+    part[((size_t)blockIdx.y * 2) * C + c] = s1;
+    part[((size_t)blockIdx.y * 2 + 1) * C + c] = s2;
+  }
+}
+
+/* Pass 2: one thread per column adds the chunks' sums in chunk order into out1 (and out2) */
+__global__ void colsum_finish_kernel(float *out1, float *out2, const double *part, int nchunks, int C) {
+  int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  double s1 = 0, s2 = 0;
+  for (int y = 0; y < nchunks; y++) {
+    s1 += part[((size_t)y * 2) * C + c];
+    s2 += part[((size_t)y * 2 + 1) * C + c];
+  }
+  if (out1) out1[c] += (float)s1;
+  if (out2) out2[c] += (float)s2;
+}
+
+/* out1 (C) += the column sums over `rows` rows (out2 too for LayerNorm's db; either may be NULL). The
+ * order of the additions depends only on the shapes: deterministic. */
+static void launch_colsum(cuda_backend *cb, float *out1, float *out2, const float *d, const float *x, const float *mean,
+                          const float *rstd, int rows, int C, int stride, int mode) {
+  int nchunks = (rows + CS_CHUNK_ROWS - 1) / CS_CHUNK_ROWS, maxc = CS_MAX_PARTS / (2 * C);
+  if (nchunks > maxc) nchunks = maxc > 1 ? maxc : 1;
+  if (nchunks > 65535) nchunks = 65535;  // the grid's y limit
+  int rpc = (rows + nchunks - 1) / nchunks;
+  if (ws_reserve(cb, (void **)&cb->colsum_part, &cb->colsum_part_cap, sizeof(double) * 2 * (size_t)nchunks * C))
+    return;
+  dim3 grid((unsigned)((C + 31) / 32), (unsigned)nchunks);
+  PC_LAUNCH(colsum_kernel, grid, 256, 0)(cb->colsum_part, d, x, mean, rstd, rows, C, stride, mode, rpc);
+  LAUNCH_CHECK(cb, "colsum_kernel");
+  PC_LAUNCH(colsum_finish_kernel, (C + 255) / 256, 256, 0)(out1, out2, cb->colsum_part, nchunks, C);
+  LAUNCH_CHECK(cb, "colsum_finish_kernel");
+}
+
+/* dinp of LayerNorm, one warp per row: with n = (x - mean) rstd and dn = w d,
+ * dinp = (dn - mean(dn) - n mean(dn n)) rstd. */
+__global__ void layernorm_backward_kernel(float *dinp, const float *dout, const float *inp, const float *w,
+                                          const float *mean, const float *rstd, int N, int C, int accumulate) {
+  int row = (int)((blockIdx.x * (size_t)blockDim.x + threadIdx.x) / 32), lane = threadIdx.x % 32;
+  if (row >= N) return;  // whole warps leave together
+  const float *x = inp + (size_t)row * C, *d = dout + (size_t)row * C;
+  float m = mean[row], rs = rstd[row], sd = 0, sdn = 0;
+  for (int i = lane; i < C; i += 32) {
+    float dn = w[i] * d[i];
+    sd += dn;
+    sdn += dn * ((x[i] - m) * rs);
+  }
+  float a = warp_sum(sd) / C, b2 = warp_sum(sdn) / C;
+  float *o = dinp + (size_t)row * C;
+  for (int i = lane; i < C; i += 32) {
+    float v = (w[i] * d[i] - a - (x[i] - m) * rs * b2) * rs;
+    o[i] = accumulate ? o[i] + v : v;
+  }
+}
+
+/* dinp of RMSNorm, one warp per row of stride `stride`: with n = x rstd, dinp = rstd (w d - n mean(w d n)).
+ * dinp may be dout: each lane reads d[i] before it writes o[i], and only that lane touches i. */
+__global__ void rmsnorm_backward_kernel(float *dinp, const float *dout, const float *inp, const float *w,
+                                        const float *rstd, int rows, int C, int stride, int accumulate) {
+  int row = (int)((blockIdx.x * (size_t)blockDim.x + threadIdx.x) / 32), lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  const float *x = inp + (size_t)row * stride, *d = dout + (size_t)row * stride;
+  float rs = rstd[row], sdn = 0;
+  for (int i = lane; i < C; i += 32) sdn += (w[i] * d[i]) * (x[i] * rs);
+  float b2 = warp_sum(sdn) / C;
+  float *o = dinp + (size_t)row * stride;
+  for (int i = lane; i < C; i += 32) {
+    float v = rs * (w[i] * d[i] - x[i] * rs * b2);
+    o[i] = accumulate ? o[i] + v : v;
+  }
+}
+
+/* dinp = dout * gelu'(inp), the CPU's formulas (tanh: through s = sigmoid(2u), one expf). dinp may be
+ * dout: element i is read before it is written, by one thread. */
+__global__ void gelu_backward_kernel(float *dinp, const float *inp, const float *dout, size_t n, int tanh_approx) {
+  const float k = 0.7978845608028654f;  // sqrt(2/pi)
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    float x = inp[i], g;
+    if (tanh_approx) {
+      float u = k * (x + 0.044715f * x * x * x), sg = 1.0f / (1.0f + expf(-2.0f * u));
+      g = sg + 2.0f * x * sg * (1.0f - sg) * (k * (1.0f + 3.0f * 0.044715f * x * x));
+    } else {
+      g = 0.5f * (1.0f + erff(x * 0.7071067811865476f)) + x * expf(-0.5f * x * x) * 0.3989422804014327f;
+    }
+    dinp[i] = dout[i] * g;
+  }
+}
+
+/* out = silu(gate) up: dgate = d up s (1 + g (1 - s)), dup = d g s with s = sigmoid(g). Either output
+ * may be dout (all three inputs are read before either is written). */
+__global__ void swiglu_backward_kernel(float *dgate, float *dup, const float *gate, const float *up, const float *dout,
+                                       size_t n) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    float g = gate[i], u = up[i], d = dout[i], sg = 1.0f / (1.0f + expf(-g));
+    dgate[i] = d * u * sg * (1.0f + g * (1.0f - sg));
+    dup[i] = d * g * sg;
+  }
+}
+
+/* Partial sums of squares in double, one per block: each thread a grid-stride slice, then a tree over
+ * the block's 256 threads (fixed pairs: deterministic). */
+__global__ void sumsq_kernel(double *part, const float *x, size_t n) {
+  __shared__ double sh[256];
+  double s = 0;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+    s += (double)x[i] * x[i];
+  sh[threadIdx.x] = s;
+  for (int h = 128; h > 0; h >>= 1) {
+    __syncthreads();
+    if ((int)threadIdx.x < h) sh[threadIdx.x] += sh[threadIdx.x + h];
+  }
+  if (threadIdx.x == 0) part[blockIdx.x] = sh[0];
+}
+
+/* torch.optim.AdamW, element by element, in the CPU's order of operations (backend.h). p16, when not
+ * NULL, is p's bf16 twin: it gets the updated p rounded, so bf16 matmuls see the step (the fp32 p is
+ * the master copy). */
+__global__ void adamw_kernel(float *p, __nv_bfloat16 *p16, const float *g, float *m, float *v, size_t n, float lr,
+                             float wd, float b1, float b2, float eps, float step_size, float bc2_sqrt) {
+  const float decay = 1.0f - lr * wd;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    float gi = g[i], pi = p[i] * decay;
+    float mi = m[i] + (gi - m[i]) * (1.0f - b1);  // torch: exp_avg.lerp_(grad, 1 - beta1)
+    float vi = v[i] * b2 + (1.0f - b2) * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    pi -= step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+    p[i] = pi;
+    if (p16) p16[i] = __float2bfloat16_rn(pi);
+  }
+}
+
+// ---- training ops: launchers
+
+static void cuda_embedding_backward(pc_backend *be, float *dwte, float *dwpe, const float *dout, const int32_t *ids,
+                                    const pc_batch *bt, int N, int C) {
+  cuda_backend *cb = CB(be);
+  if (cb->failed || N <= 0) return;
+  if (dwte) launch_scatter_add(cb, dwte, ids, dout, N, C);
+  if (dwpe) launch_scatter_add(cb, dwpe, bt->pos, dout, N, C);
+}
+
+static void cuda_scatter_rows(pc_backend *be, float *dinp, const float *dout, const int32_t *rows, int M, int C) {
+  cuda_backend *cb = CB(be);
+  if (cb->failed || M <= 0) return;
+  launch_scatter_add(cb, dinp, rows, dout, M, C);
+}
+
+/* Through cuBLAS, row-major products written as column-major ones (see gemm_t):
+ *   W (OC, C):  dinp^T (C x N) = W^T·dout^T      dW^T (C x OC) += inp^T·dout
+ *   W (C, OC):  dinp^T (C x N) = W·dout^T         dW^T (OC x C) += dout^T·inp
+ * Precision: as the forward. In bf16 mode a weight with a bf16 twin (from weight()) is multiplied in
+ * bf16 (dout and, for dW, inp converted per call), fp32 accumulation; any other weight in fp32 (pedantic
+ * in fp32 mode). db: column sums of dout, in double. */
+static void cuda_matmul_backward(pc_backend *be, float *dinp, float *dw, float *db, const float *dout,
+                                 const float *inp, const pc_weight *w, int N, int C, int OC, int accumulate) {
+  cuda_backend *cb = CB(be);
+  if (cb->failed || N <= 0) return;
+  const int oi = w->layout == PC_W_OUT_IN;
+  const __nv_bfloat16 *w16 = (dinp || dw) ? bf16_twin(cb, w->w, (size_t)C * OC) : NULL;
+  const __nv_bfloat16 *d16 = w16 ? act_bf16(cb, dout, (size_t)N * OC) : NULL;
+  const __nv_bfloat16 *x16 = d16 && dw ? to_bf16_ws(cb, inp, (size_t)N * C, &cb->act16b, &cb->act16b_cap) : NULL;
+  if (cb->failed) return;
+  int bf = d16 != NULL;
+  if (dinp) {
+    const void *W = bf ? (const void *)w16 : (const void *)w->w, *D = bf ? (const void *)d16 : (const void *)dout;
+    gemm_t(cb, oi ? CUBLAS_OP_N : CUBLAS_OP_T, CUBLAS_OP_N, C, N, OC, W, oi ? C : OC, D, OC, accumulate ? 1.0f : 0.0f,
+           dinp, C, bf);
+  }
+  if (dw) {
+    bf = bf && x16;
+    const void *X = bf ? (const void *)x16 : (const void *)inp, *D = bf ? (const void *)d16 : (const void *)dout;
+    if (oi) gemm_t(cb, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, X, C, D, OC, 1.0f, dw, C, bf);
+    else gemm_t(cb, CUBLAS_OP_N, CUBLAS_OP_T, OC, C, N, D, OC, X, C, 1.0f, dw, OC, bf);
+  }
+  if (db) launch_colsum(cb, db, NULL, dout, NULL, NULL, NULL, N, OC, OC, CS_SUM);
+}
+
+static void cuda_layernorm_backward(pc_backend *be, float *dinp, float *dw, float *db, const float *dout,
+                                    const float *inp, const float *w, const float *mean, const float *rstd, int N,
+                                    int C, int accumulate) {
+  cuda_backend *cb = CB(be);
+  if (cb->failed || N <= 0) return;
+  if (dw || db) launch_colsum(cb, dw, db, dout, inp, mean, rstd, N, C, C, CS_LAYERNORM);
+  if (!dinp) return;
+  PC_LAUNCH(layernorm_backward_kernel, (N + 7) / 8, 256, 0)(dinp, dout, inp, w, mean, rstd, N, C, accumulate);
+  LAUNCH_CHECK(cb, "layernorm_backward_kernel");
+}
+
+static void cuda_rmsnorm_backward(pc_backend *be, float *dinp, float *dw, const float *dout, const float *inp,
+                                  const float *w, const float *rstd, int rows, int C, int stride, int accumulate) {
+  cuda_backend *cb = CB(be);
+  if (cb->failed || rows <= 0) return;
+  // dw first: dinp may be dout, which the row kernel overwrites
+  if (dw) launch_colsum(cb, dw, NULL, dout, inp, NULL, rstd, rows, C, stride, CS_RMSNORM);
+  if (!dinp) return;
+  PC_LAUNCH(rmsnorm_backward_kernel, (rows + 7) / 8, 256, 0)(dinp, dout, inp, w, rstd, rows, C, stride, accumulate);
+  LAUNCH_CHECK(cb, "rmsnorm_backward_kernel");
+}
+
+static void cuda_rope_backward(pc_backend *be, float *dx, const float *cos_t, const float *sin_t, const pc_batch *bt,
+                               int N, int H, int HD, int stride) {
+  cuda_backend *cb = CB(be);
+  if (cb->failed || N <= 0 || HD < 2) return;
+  PC_LAUNCH(rope_kernel, grid_for((size_t)N * H * (HD / 2)), 256, 0)(dx, cos_t, sin_t, bt->pos, N, H, HD, stride,
+                                                                     -1.0f);
+  LAUNCH_CHECK(cb, "rope_kernel");
+}
+
+static void cuda_gelu_backward(pc_backend *be, float *dinp, const float *inp, const float *dout, size_t n,
+                               int tanh_approx) {
+  cuda_backend *cb = CB(be);
+  if (cb->failed || !n) return;
+  PC_LAUNCH(gelu_backward_kernel, grid_for(n), 256, 0)(dinp, inp, dout, n, tanh_approx);
+  LAUNCH_CHECK(cb, "gelu_backward_kernel");
+}
+
+static void cuda_swiglu_backward(pc_backend *be, float *dgate, float *dup, const float *gate, const float *up,
+                                 const float *dout, size_t n) {
+  cuda_backend *cb = CB(be);
+  if (cb->failed || !n) return;
+  PC_LAUNCH(swiglu_backward_kernel, grid_for(n), 256, 0)(dgate, dup, gate, up, dout, n);
+  LAUNCH_CHECK(cb, "swiglu_backward_kernel");
+}
+
+/* At most this many partial sums (a grid of 256-thread blocks): plenty of blocks for a GPU, and a
+ * read-back of 8 KB. */
+#define SUMSQ_BLOCKS 1024
+
+/* Synchronises (the partial sums are read back and added on the host, in block order). */
+static int cuda_sumsq(pc_backend *be, const float *x, size_t n, double *out) {
+  cuda_backend *cb = CB(be);
+  *out = 0;
+  if (cb->failed) return -1;
+  if (!n) return 0;
+  unsigned nb = grid_for(n) < SUMSQ_BLOCKS ? grid_for(n) : SUMSQ_BLOCKS;
+  double part[SUMSQ_BLOCKS];
+  if (ws_reserve(cb, (void **)&cb->sumsq_part, &cb->sumsq_part_cap, sizeof(double) * SUMSQ_BLOCKS)) return -1;
+  PC_LAUNCH(sumsq_kernel, nb, 256, 0)(cb->sumsq_part, x, n);
+  LAUNCH_CHECK(cb, "sumsq_kernel");
+  if (cb->failed ||
+      CUDA_CHECK(cb, cudaMemcpy(part, cb->sumsq_part, sizeof(double) * nb, cudaMemcpyDeviceToHost)))
+    return -1;
+  double s = 0;
+  for (unsigned i = 0; i < nb; i++) s += part[i];
+  *out = s;
+  return 0;
+}
+
+static void cuda_adamw(pc_backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr, float wd,
+                       float b1, float b2, float eps, float step_size, float bc2_sqrt) {
+  cuda_backend *cb = CB(be);
+  if (cb->failed || !n) return;
+  // a weight from weight() that a bf16 matmul has multiplied has a twin, which must follow the step
+  weight_entry *e = weight_containing(cb, p, n);
+  __nv_bfloat16 *p16 = e && e->bf ? e->bf + (p - e->p) : NULL;
+  PC_LAUNCH(adamw_kernel, grid_for(n), 256, 0)(p, p16, g, m, v, n, lr, wd, b1, b2, eps, step_size, bc2_sqrt);
+  LAUNCH_CHECK(cb, "adamw_kernel");
+}
+// ==== end of the training ops (backward kernels and the optimizer) ==============================
+
+/* The device's free and total memory (cudaMemGetInfo: under the emulation, its PREFCAP_CUDA_EMU_MEM
+ * limit), and what this backend allocates of its own: the fused log-prob's logit chunk and row
+ * statistics, the partial sums of sumsq and of the column sums, and in bf16 mode 2 bytes per weight
+ * element (its twin) and 4 per element of a matmul's input (its bf16 copies). */
+static int cuda_mem_info(pc_backend *be, pc_mem_info *out) {
+  cuda_backend *cb = CB(be);
+  memset(out, 0, sizeof *out);
+  out->workspace_bytes = sizeof(float) * ((size_t)LP_ROWS * LP_VOCAB + 3 * (size_t)LP_ROWS)  // logprob
+                         + sizeof(double) * (SUMSQ_BLOCKS + CS_MAX_PARTS)  // sumsq, the column sums
+                         + ((size_t)1 << 20);  // attention tile tables and 256-byte rounding: a MiB is ample
+  out->weight_extra = cb->fp32 ? 0.0 : (double)sizeof(__nv_bfloat16);
+  out->input_extra = cb->fp32 ? 0.0 : 2.0 * sizeof(__nv_bfloat16);  // act16, and matmul_backward's act16b
+  size_t fr = 0, tot = 0;
+  if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) {
+    cudaGetLastError();
+    return -1;
+  }
+  out->free_bytes = fr;
+  out->total_bytes = tot;
+  return 0;
+}
+
 // ---- construction -------------------------------------------------------------------------------
 
 static void cuda_destroy(pc_backend *be) {
@@ -908,6 +1289,9 @@ static void cuda_destroy(pc_backend *be) {
   if (cb->lp_ws) cudaFree(cb->lp_ws);
   if (cb->lp_stats) cudaFree(cb->lp_stats);
   if (cb->tiles_dev) cudaFree(cb->tiles_dev);
+  if (cb->act16b) cudaFree(cb->act16b);
+  if (cb->sumsq_part) cudaFree(cb->sumsq_part);
+  if (cb->colsum_part) cudaFree(cb->colsum_part);
   if (cb->blas) cublasDestroy(cb->blas);
   free(cb->w);
   free(cb->tiles_host);
@@ -916,13 +1300,17 @@ static void cuda_destroy(pc_backend *be) {
   free(cb);
 }
 
-/* The ops this backend has: the forward ops and the memory helpers (the training ops are not written
- * for CUDA yet). */
+/* The ops this backend has: exactly those whose table entry make_ops sets. */
 static int cuda_supports(pc_backend *be, pc_op op) {
   switch (op) {
     case PC_OP_EMBEDDING: case PC_OP_MATMUL: case PC_OP_LAYERNORM: case PC_OP_RMSNORM: case PC_OP_ROPE:
     case PC_OP_ATTENTION: case PC_OP_GELU: case PC_OP_SWIGLU: case PC_OP_LOGPROB: case PC_OP_GATHER_ROWS:
     case PC_OP_COPY: case PC_OP_ZERO: case PC_OP_SCALE:
+      return 1;
+    // training ops (backward kernels and the optimizer)
+    case PC_OP_EMBEDDING_BACKWARD: case PC_OP_MATMUL_BACKWARD: case PC_OP_LAYERNORM_BACKWARD:
+    case PC_OP_RMSNORM_BACKWARD: case PC_OP_ROPE_BACKWARD: case PC_OP_GELU_BACKWARD: case PC_OP_SWIGLU_BACKWARD:
+    case PC_OP_SCATTER_ROWS: case PC_OP_SUMSQ: case PC_OP_ADAMW:
       return 1;
     default: return 0;
   }
@@ -935,7 +1323,7 @@ static const char *cuda_error(pc_backend *be) { return CB(be)->failed ? CB(be)->
 
 static pc_backend_ops make_ops(void) {
   pc_backend_ops o;
-  memset(&o, 0, sizeof o);  // the training ops stay NULL: not written for CUDA yet (supports() says so)
+  memset(&o, 0, sizeof o);  // an op not written for CUDA yet stays NULL (supports() says so)
   o.name = "cuda";
   o.destroy = cuda_destroy;
   o.supports = cuda_supports;
@@ -958,6 +1346,17 @@ static pc_backend_ops make_ops(void) {
   o.copy = NAMED(cuda_copy, "copy");
   o.zero = NAMED(cuda_zero, "zero");
   o.scale = NAMED(cuda_scale, "scale");
+  // training ops (backward kernels and the optimizer)
+  o.embedding_backward = NAMED(cuda_embedding_backward, "embedding_backward");
+  o.matmul_backward = NAMED(cuda_matmul_backward, "matmul_backward");
+  o.layernorm_backward = NAMED(cuda_layernorm_backward, "layernorm_backward");
+  o.rmsnorm_backward = NAMED(cuda_rmsnorm_backward, "rmsnorm_backward");
+  o.rope_backward = NAMED(cuda_rope_backward, "rope_backward");
+  o.gelu_backward = NAMED(cuda_gelu_backward, "gelu_backward");
+  o.swiglu_backward = NAMED(cuda_swiglu_backward, "swiglu_backward");
+  o.scatter_rows = NAMED(cuda_scatter_rows, "scatter_rows");
+  o.sumsq = NAMED(cuda_sumsq, "sumsq");
+  o.adamw = NAMED(cuda_adamw, "adamw");
   o.mem_info = NAMED(cuda_mem_info, "mem_info");
   o.weight_updated = NAMED(cuda_weight_updated, "weight_updated");
   o.device_json = cuda_device_json;

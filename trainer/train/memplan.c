@@ -65,7 +65,7 @@ static int plan_once(const pc_train_opts *o, int lora, const pc_pair *const *pai
   double extra = p->dev.weight_extra;
   p->twins = (size_t)(extra * (double)p->model.matrix_elems);
   p->optimizer = 2 * p->model.grads;  // exp_avg and exp_avg_sq: a gradient's size each
-  p->workspace = p->dev.workspace_bytes + (size_t)(extra * (double)p->model.matmul_input);
+  p->workspace = p->dev.workspace_bytes + (size_t)(p->dev.input_extra * (double)p->model.matmul_input);
   p->training = p->model.params + p->twins + p->model.grads + p->optimizer + p->model.activations + p->workspace;
   p->reference = 0;
   if (ref_phase) {
@@ -73,7 +73,7 @@ static int plan_once(const pc_train_opts *o, int lora, const pc_pair *const *pai
     pc_model_bytes r;
     if (pc_model_plan(o->model, NULL, N + N / 4, M + M / 4, 0, &r, err, errlen) != 0) return -1;
     p->reference = r.params + (size_t)(extra * (double)r.matrix_elems) + r.activations + p->dev.workspace_bytes +
-                   (size_t)(extra * (double)r.matmul_input);
+                   (size_t)(p->dev.input_extra * (double)r.matmul_input);
   }
   p->peak = p->training > p->reference ? p->training : p->reference;
   return 0;

@@ -92,6 +92,5 @@ void pc_adamw_step(pc_adamw *o, int t, double lr) {
     o->be->ops->adamw(o->be, p->w, p->g, o->exp_avg[i], o->exp_avg_sq[i], p->n, (float)lr,
                       p->decay ? (float)o->weight_decay : 0.0f, (float)o->beta1, (float)o->beta2, (float)o->eps,
                       step_size, bc2_sqrt);
-    o->be->ops->weight_updated(o->be, p->w, p->n);  // the CUDA backend's bf16 copy of p is stale now
   }
 }
