@@ -1,8 +1,9 @@
-/* tests/gpu/test_cuda_ops.c: every forward op of the CUDA backend against the CPU backend (the
- * reference), on random inputs of awkward sizes: rows not a multiple of any tile, odd head counts,
- * grouped-query ratios 1, 2 and 7, head sizes from 8 to 300 (300 takes the simple attention kernel),
- * packed sequences with shared prefixes, sliding windows, strided q/k/v, vocabularies that span
- * several chunks of the fused log-prob, and more rows than one of its row chunks.
+/* tests/gpu/test_cuda_ops.c: every forward op of the CUDA backend, and the training ops it has, against
+ * the CPU backend (the reference), on random inputs of awkward sizes: rows not a multiple of any tile,
+ * odd head counts, grouped-query ratios 1, 2 and 7, head sizes from 8 to 300 (300 takes the simple
+ * attention kernels), packed sequences with shared prefixes, sliding windows, strided q/k/v,
+ * vocabularies that span several chunks of the fused log-prob, and more rows than one of its row
+ * chunks. The attention backward runs in fp32 mode only (attention is fp32 in both modes).
  *
  *   test_cuda_ops           both modes: fp32 (PREFCAP_CUDA_FP32's mode) then bf16
  *   test_cuda_ops --bench   times the large ops on the GPU in bf16 (--bench --fp32: in fp32)
@@ -119,17 +120,14 @@ static void weight_free(wpair w) {
 
 // ---- comparison ---------------------------------------------------------------------------------
 
-static void check(const char *name, pair p) {
-  float *c = malloc(p.n * 4 + 4), *g = malloc(p.n * 4 + 4);
-  if (!c || !g) die("out of memory");
-  CPU->ops->download(CPU, c, p.c, p.n * 4);
-  GPU->ops->download(GPU, g, p.g, p.n * 4);
+/* cuda g against cpu c, n floats each (host copies) */
+static void compare(const char *name, const float *c, const float *g, size_t n) {
   const char *gerr = pc_backend_cuda_error(GPU);
   double ss = 0;
-  for (size_t i = 0; i < p.n; i++) ss += (double)c[i] * c[i];
-  double rms = p.n ? sqrt(ss / (double)p.n) : 0, worst = 0;
+  for (size_t i = 0; i < n; i++) ss += (double)c[i] * c[i];
+  double rms = n ? sqrt(ss / (double)n) : 0, worst = 0;
   size_t bad = 0, first = 0, nan = 0;
-  for (size_t i = 0; i < p.n; i++) {
+  for (size_t i = 0; i < n; i++) {
     if (isnan(g[i]) || isnan(c[i])) {
       if (!nan++ && !bad) first = i;
       bad++;
@@ -144,12 +142,48 @@ static void check(const char *name, pair p) {
     failures++;
   } else if (bad) {
     printf("FAIL cuda_%s_%s: %zu of %zu elements off (%zu NaN); first at %zu: cuda %.9g, cpu %.9g (rms %.3g, "
-           "worst relative %.3g, tol %.0e)\n", name, MODE, bad, p.n, nan, first, g[first], c[first], rms, worst, TOL);
+           "worst relative %.3g, tol %.0e)\n", name, MODE, bad, n, nan, first, g[first], c[first], rms, worst, TOL);
     failures++;
   } else {
-    printf("PASS cuda_%s_%s (worst %.2e of tol %.0e over %zu)\n", name, MODE, worst, TOL, p.n);
+    printf("PASS cuda_%s_%s (worst %.2e of tol %.0e over %zu)\n", name, MODE, worst, TOL, n);
   }
   fflush(stdout);
+}
+
+static void check(const char *name, pair p) {
+  float *c = malloc(p.n * 4 + 4), *g = malloc(p.n * 4 + 4);
+  if (!c || !g) die("out of memory");
+  CPU->ops->download(CPU, c, p.c, p.n * 4);
+  GPU->ops->download(GPU, g, p.g, p.n * 4);
+  compare(name, c, g, p.n);
+  free(c);
+  free(g);
+}
+
+/* p holds rows of `stride` floats of which columns off .. off+width-1 are the op's output: those are
+ * compared (the rms taken over them alone), and every other element must be equal on both sides, bit
+ * for bit (the op must leave them as they were). */
+static void check_slice(const char *name, pair p, size_t rows, size_t stride, size_t off, size_t width) {
+  float *c = malloc(p.n * 4 + 4), *g = malloc(p.n * 4 + 4);
+  if (!c || !g) die("out of memory");
+  CPU->ops->download(CPU, c, p.c, p.n * 4);
+  GPU->ops->download(GPU, g, p.g, p.n * 4);
+  size_t outside = 0, k = 0;
+  for (size_t i = 0; i < rows * stride && i < p.n; i++) {
+    size_t col = i % stride;
+    if (col >= off && col < off + width) {  // packed to the front, in order (k <= i)
+      c[k] = c[i];
+      g[k++] = g[i];
+    } else if (memcmp(&c[i], &g[i], 4)) {
+      outside++;
+    }
+  }
+  if (outside) {
+    printf("FAIL cuda_%s_%s: %zu elements outside the output columns were changed\n", name, MODE, outside);
+    failures++;
+  } else {
+    compare(name, c, g, k);
+  }
   free(c);
   free(g);
 }
@@ -373,6 +407,74 @@ static void test_attention(void) {
   test_attention_case("gqa1_no_prefix_layout", 1, len4, NULL, 5, 5, 32, 0, 1);
 }
 
+/* The attention backward against the CPU's, from the same inputs: the CPU forward's out and lse (so the
+ * backward alone is compared), q, k, v packed in one buffer (strides), dq, dk and dv each written into
+ * a buffer of the same packed shape filled with zeros (an element the op should write and does not,
+ * or one it should leave and does not, differs from the CPU's). with_dq = 0 passes dq = NULL.
+ * fp32 tol 1e-5 as for the forward ops; the worst seen in the emulation is 3.7e-6: dq and dk are sums
+ * of up to a few hundred products, some ten times their tensor's rms, through dS = P (dP - D), which
+ * cancels, so the two summation orders differ by a few 1e-7 of the largest terms. A wrong mask, head
+ * or prefix row moves whole rows by 1e-1 or more (see docs/cuda.md for the planted bugs). */
+static void test_attention_backward_case(const char *name, int nseq, const int *len, const int *plen, int NH, int NKV,
+                                         int HD, int window, int with_dq) {
+  layout L = layout_new(nseq, len, plen);
+  int stride = (NH + 2 * NKV) * HD + 3;
+  size_t nqkv = (size_t)L.N * stride, no = (size_t)L.N * NH * HD;
+  pair qkv = pair_rand(nqkv, 1.5f), dout = pair_rand(no, 1), out = pair_new(no, NULL), lse = pair_new((size_t)L.N * NH, NULL);
+  float *qc = qkv.c, *qg = qkv.g;
+  CPU->ops->attention(CPU, out.c, qc, qc + NH * HD, qc + (NH + NKV) * HD, stride, stride, &L.c, L.N, NH, NKV, HD,
+                      window, lse.c);
+  float *h = malloc(no * 4 + 4);
+  if (!h) die("out of memory");
+  CPU->ops->download(CPU, h, out.c, no * 4);
+  GPU->ops->upload(GPU, out.g, h, no * 4);
+  CPU->ops->download(CPU, h, lse.c, (size_t)L.N * NH * 4);
+  GPU->ops->upload(GPU, lse.g, h, (size_t)L.N * NH * 4);
+  free(h);
+  pair g[3];
+  float *zero = calloc(nqkv + 1, 4);
+  if (!zero) die("out of memory");
+  for (int i = 0; i < 3; i++) g[i] = pair_new(nqkv, zero);
+  free(zero);
+  size_t off_k = (size_t)NH * HD, off_v = (size_t)(NH + NKV) * HD;
+  CPU->ops->attention_backward(CPU, g[0].c, (float *)g[1].c + off_k, (float *)g[2].c + off_v, dout.c, qc,
+                               qc + off_k, qc + off_v, out.c, lse.c, stride, stride, &L.c, L.N, NH, NKV, HD, window);
+  GPU->ops->attention_backward(GPU, with_dq ? g[0].g : NULL, (float *)g[1].g + off_k, (float *)g[2].g + off_v, dout.g,
+                               qg, qg + off_k, qg + off_v, out.g, lse.g, stride, stride, &L.g, L.N, NH, NKV, HD, window);
+  const char *what[3] = {"dq", "dk", "dv"};
+  size_t off[3] = {0, off_k, off_v}, width[3] = {(size_t)NH * HD, (size_t)NKV * HD, (size_t)NKV * HD};
+  for (int i = with_dq ? 0 : 1; i < 3; i++) {
+    char nm[160];
+    snprintf(nm, sizeof nm, "attention_backward_%s_%s", name, what[i]);
+    check_slice(nm, g[i], (size_t)L.N, (size_t)stride, off[i], width[i]);
+  }
+  for (int i = 0; i < 3; i++) pair_free(g[i]);
+  pair_free(qkv);
+  pair_free(dout);
+  pair_free(out);
+  pair_free(lse);
+  layout_free(&L);
+}
+
+static void test_attention_backward(void) {
+  // three sequences, the second reading 25 positions of the first's 37; lengths off the 64-row tiles
+  int len[] = {37, 70, 20}, plen[] = {0, 25, 0};
+  test_attention_backward_case("3seq_prefix_gqa2_hd40", 3, len, plen, 4, 2, 40, 0, 1);
+  test_attention_backward_case("3seq_prefix_gqa4_hd64_window7", 3, len, plen, 4, 1, 64, 7, 1);
+  // a prefix longer than a tile: the first sequence's second key tile is read by the second
+  // sequence's queries for 6 of its 16 positions only
+  int len2[] = {80, 100}, plen2[] = {0, 70};
+  test_attention_backward_case("long_prefix_gqa4_hd64_window50", 2, len2, plen2, 4, 1, 64, 50, 1);
+  test_attention_backward_case("long_prefix_gqa2_hd40_no_dq", 2, len2, plen2, 4, 2, 40, 0, 0);
+  int len3[] = {77};
+  test_attention_backward_case("1seq_gqa2_hd40", 1, len3, NULL, 4, 2, 40, 0, 1);
+  int len4[] = {1, 2, 3, 66}, plen4[] = {0, 1, 0, 3};
+  test_attention_backward_case("tiny_seqs_gqa1_hd16", 4, len4, plen4, 2, 2, 16, 0, 1);
+  int len5[] = {40, 30}, plen5[] = {0, 12};
+  test_attention_backward_case("gqa2_hd128", 2, len5, plen5, 2, 1, 128, 0, 1);
+  test_attention_backward_case("gqa2_hd300_rows_kernels_window9", 2, len5, plen5, 2, 1, 300, 9, 1);
+}
+
 static void test_activations(void) {
   size_t n = 100003;
   pair x = pair_rand(n, 4);
@@ -462,11 +564,32 @@ static void test_logprob(void) {
   test_logprob_case("one_row_small_vocab", 1, 8, 3, PC_W_OUT_IN, 1, 1);
 }
 
+/* supports(op) must agree with the table for every op (pc_backend_can_train and the trainer ask
+ * supports() before they use a pointer); the training ops are filled in one by one. */
 static void test_table(void) {
   const pc_backend_ops *o = GPU->ops;
-  int ok = o->matmul_backward == NULL && o->attention_backward == NULL && o->adamw == NULL && o->sumsq == NULL &&
-           o->logprob_backward == NULL && !strcmp(o->name, "cuda");
-  printf("%s cuda_training_ops_null_%s\n", ok ? "PASS" : "FAIL", MODE);  // cmd_train.c relies on it
+  struct { pc_op op; int has; const char *name; } t[] = {
+    {PC_OP_EMBEDDING_BACKWARD, o->embedding_backward != NULL, "embedding_backward"},
+    {PC_OP_MATMUL_BACKWARD, o->matmul_backward != NULL, "matmul_backward"},
+    {PC_OP_LAYERNORM_BACKWARD, o->layernorm_backward != NULL, "layernorm_backward"},
+    {PC_OP_RMSNORM_BACKWARD, o->rmsnorm_backward != NULL, "rmsnorm_backward"},
+    {PC_OP_ROPE_BACKWARD, o->rope_backward != NULL, "rope_backward"},
+    {PC_OP_ATTENTION_BACKWARD, o->attention_backward != NULL, "attention_backward"},
+    {PC_OP_GELU_BACKWARD, o->gelu_backward != NULL, "gelu_backward"},
+    {PC_OP_SWIGLU_BACKWARD, o->swiglu_backward != NULL, "swiglu_backward"},
+    {PC_OP_LOGPROB_BACKWARD, o->logprob_backward != NULL, "logprob_backward"},
+    {PC_OP_SCATTER_ROWS, o->scatter_rows != NULL, "scatter_rows"},
+    {PC_OP_SUMSQ, o->sumsq != NULL, "sumsq"},
+    {PC_OP_ADAMW, o->adamw != NULL, "adamw"},
+  };
+  int ok = !strcmp(o->name, "cuda") && o->supports(GPU, PC_OP_ATTENTION_BACKWARD);
+  for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
+    if (o->supports(GPU, t[i].op) != t[i].has) {
+      printf("FAIL cuda_table_%s: supports(%s) is %d but the table's pointer is %s\n", MODE, t[i].name,
+             o->supports(GPU, t[i].op), t[i].has ? "set" : "NULL");
+      ok = 0;
+    }
+  printf("%s cuda_table_supports_%s\n", ok ? "PASS" : "FAIL", MODE);
   if (!ok) failures++;
 }
 
@@ -636,6 +759,7 @@ int main(int argc, char **argv) {
     test_norms();
     test_rope();
     test_attention();
+    if (fp32) test_attention_backward();  // fp32 in both modes (no matmul operand is rounded): once
     test_activations();
     test_gather_and_memory();
     test_logprob();
