@@ -564,6 +564,117 @@ static void test_logprob(void) {
   test_logprob_case("one_row_small_vocab", 1, 8, 3, PC_W_OUT_IN, 1, 1);
 }
 
+/* The log-prob backward against the CPU's: each side's own forward lse (as training runs it), dlp of
+ * both signs, dh (=) poisoned, dhead (+=) starting from the same random values. transposed: the GPU
+ * gets the head as (C, V) (PC_W_IN_OUT) and the CPU as (V, C) (the CPU's backward reads (V, C) only):
+ * dh must agree, and the GPU's dhead, in its head's (C, V) layout, transposed, must equal the CPU's.
+ * with_dhead = 0 passes dhead = NULL. dhead is compared in two parts, each with its own rms: the rows
+ * of words that are some row's target (terms of size ~1) and the others (terms of size p ~ 1/V).
+ * Tolerances: fp32 1e-5, as for the forward. bf16: dh 1e-2, as for the forward (dh is dominated by the
+ * target's row of the head); dhead 1e-1. The GEMMs' operands, G and h included, are rounded to bf16
+ * (as the forward rounds its, and as PyTorch's bf16 autocast does), and p comes from bf16 logits (as
+ * the forward's lse did): each term dlp_m (1[t] - p) h_m of dhead moves by a few 1e-3 of itself, and
+ * dhead's entries are sums of such terms of both signs that cancel (most of all for a word that is the
+ * target of many rows, as V-1 is here, and a frequent token is), so their errors reach a few 1e-2 of
+ * the part's rms (measured: target rows 8.7e-3, other rows 2.7e-2). A wrong chunk offset, bias or
+ * layout moves dhead by O(1) (a bias left out: 1e6 of its 1.5e6 elements off); fp32 mode holds the same
+ * code to 1e-5. */
+static void test_logprob_backward_case(const char *name, int M, int C, int V, int bias, int registered, int transposed,
+                                       int with_dhead) {
+  int32_t *tg = malloc(sizeof(int32_t) * (size_t)M);
+  float *d = malloc(sizeof(float) * (size_t)M);
+  if (!tg || !d) die("out of memory");
+  for (int i = 0; i < M; i++) {
+    tg[i] = i % 7 == 0 ? V - 1 : irand(V);  // the last id too: the last chunk's edge
+    d[i] = i % 5 == 0 ? 0.0f : frand() * 2;  // some rows are not scored (dlp 0)
+  }
+  pair h = pair_rand((size_t)M * C, 1), t = pair_ints((size_t)M, tg), dlp = pair_new((size_t)M, d);
+  pair lse = pair_new((size_t)M, NULL), lp = pair_new((size_t)M, NULL);
+  wpair w = weight_new((size_t)V * C, 2.0f / sqrtf((float)C), registered), b = weight_new((size_t)V, 1, 1);
+  const float *wg = w.g;
+  float *wt = NULL;
+  if (transposed) {  // the GPU's copy of the head as (C, V)
+    float *ht = malloc(sizeof(float) * (size_t)V * C);
+    if (!ht) die("out of memory");
+    for (int v = 0; v < V; v++)
+      for (int c = 0; c < C; c++) ht[(size_t)c * V + v] = w.host[(size_t)v * C + c];
+    int owned;
+    wt = (float *)GPU->ops->weight(GPU, ht, (size_t)V * C, &owned);
+    if (!wt) die("out of GPU memory for a weight");
+    wg = wt;
+    free(ht);
+  }
+  pc_weight wc = {w.c, bias ? b.c : NULL, PC_W_OUT_IN}, wgp = {wg, bias ? b.g : NULL, transposed ? PC_W_IN_OUT : PC_W_OUT_IN};
+  CPU->ops->logprob(CPU, lp.c, h.c, &wc, t.c, M, C, V, lse.c);
+  GPU->ops->logprob(GPU, lp.g, h.g, &wgp, t.g, M, C, V, lse.g);
+  pair dh = pair_new((size_t)M * C, NULL), dhead = pair_rand((size_t)V * C, 1e-4f);  // small: += shows
+  poison(dh);
+  if (transposed) {  // the GPU's dhead starts as the CPU's, transposed
+    float *x = malloc(sizeof(float) * (size_t)V * C), *y = malloc(sizeof(float) * (size_t)V * C);
+    if (!x || !y) die("out of memory");
+    CPU->ops->download(CPU, x, dhead.c, (size_t)V * C * 4);
+    for (int v = 0; v < V; v++)
+      for (int c = 0; c < C; c++) y[(size_t)c * V + v] = x[(size_t)v * C + c];
+    GPU->ops->upload(GPU, dhead.g, y, (size_t)V * C * 4);
+    free(x);
+    free(y);
+  }
+  CPU->ops->logprob_backward(CPU, dh.c, with_dhead ? dhead.c : NULL, h.c, &wc, t.c, lse.c, dlp.c, M, C, V);
+  GPU->ops->logprob_backward(GPU, dh.g, with_dhead ? dhead.g : NULL, h.g, &wgp, t.g, lse.g, dlp.g, M, C, V);
+  char nm[160];
+  snprintf(nm, sizeof nm, "logprob_backward_%s_dh", name);
+  check(nm, dh);
+  if (with_dhead) {  // the rows of target words, then the others, each as its own tensor (its own rms)
+    size_t n = (size_t)V * C;
+    float *c = malloc(sizeof(float) * n), *g = malloc(sizeof(float) * n);
+    float *pc = malloc(sizeof(float) * n), *pg = malloc(sizeof(float) * n);
+    char *is_tg = calloc((size_t)V, 1);
+    if (!c || !g || !pc || !pg || !is_tg) die("out of memory");
+    CPU->ops->download(CPU, c, dhead.c, n * 4);
+    GPU->ops->download(GPU, g, dhead.g, n * 4);
+    for (int i = 0; i < M; i++) is_tg[tg[i]] = 1;
+    double tol = TOL;
+    for (int part = 1; part >= 0; part--) {
+      size_t k = 0;
+      for (int v = 0; v < V; v++)
+        if (is_tg[v] == part)
+          for (int j = 0; j < C; j++, k++) {
+            pc[k] = c[(size_t)v * C + j];
+            pg[k] = transposed ? g[(size_t)j * V + v] : g[(size_t)v * C + j];  // the GPU's (C, V), transposed
+          }
+      snprintf(nm, sizeof nm, "logprob_backward_%s_dhead_%s", name, part ? "target_rows" : "other_rows");
+      TOL = tol > 1e-5 ? 1e-1 : tol;  // bf16's dhead (above)
+      compare(nm, pc, pg, k);
+      TOL = tol;
+    }
+    free(c);
+    free(g);
+    free(pc);
+    free(pg);
+    free(is_tg);
+  }
+  if (wt) GPU->ops->free(GPU, wt);
+  pair_free(h);
+  pair_free(t);
+  pair_free(dlp);
+  pair_free(lse);
+  pair_free(lp);
+  pair_free(dh);
+  pair_free(dhead);
+  weight_free(w);
+  weight_free(b);
+  free(tg);
+  free(d);
+}
+
+static void test_logprob_backward(void) {
+  test_logprob_backward_case("bias_3_vocab_chunks", 37, 45, 33000, 1, 1, 0, 1);
+  test_logprob_backward_case("2_row_chunks", 1100, 16, 3000, 0, 1, 0, 1);
+  test_logprob_backward_case("in_out_head", 37, 45, 20000, 1, 1, 1, 1);
+  test_logprob_backward_case("unregistered_head", 5, 33, 1000, 0, 0, 0, 1);
+  test_logprob_backward_case("no_dhead", 5, 33, 1000, 1, 1, 0, 0);
+}
+
 /* supports(op) must agree with the table for every op (pc_backend_can_train and the trainer ask
  * supports() before they use a pointer); the training ops are filled in one by one. */
 static void test_table(void) {
@@ -763,6 +874,7 @@ int main(int argc, char **argv) {
     test_activations();
     test_gather_and_memory();
     test_logprob();
+    test_logprob_backward();
     GPU->ops->destroy(GPU);
   }
   CPU->ops->destroy(CPU);

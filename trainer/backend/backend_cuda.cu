@@ -95,6 +95,7 @@ typedef struct {
   __nv_bfloat16 *act16; size_t act16_cap;   /* bf16 copy of a matmul's input */
   float *lp_ws; size_t lp_ws_cap;           /* a chunk of logits */
   float *lp_stats; size_t lp_stats_cap;     /* running max, sum, target logit per row (3 x LP_ROWS) */
+  __nv_bfloat16 *lp_g16; size_t lp_g16_cap; /* the log-prob backward's chunk of G in bf16 (bf16 mode) */
   // ---- attention tiles of the last batch layout (the same for every layer of a forward pass)
   att_tile *tiles_host, *tiles_dev;
   int ntiles, tiles_cap;
@@ -479,17 +480,22 @@ static const __nv_bfloat16 *act_bf16(cuda_backend *cb, const float *x, size_t n)
 
 // ---- matmul -------------------------------------------------------------------------------------
 
-/* Column-major C (m x n, ldc) = op(A) (m x k) · B (k x n) + beta C, A and B both fp32 or both bf16,
+/* Column-major C (m x n, ldc) = op(A) (m x k) · op(B) (k x n) + beta C, A and B both fp32 or both bf16,
  * fp32 accumulation and output. Row-major callers pass their product transposed: row-major
  * out = inp · W is column-major out^T = W^T · inp^T. */
-static void gemm(cuda_backend *cb, cublasOperation_t opA, int m, int n, int k, const void *A, int lda, const void *B,
-                 int ldb, float beta, float *C, int ldc, int bf16) {
+static void gemm_ab(cuda_backend *cb, cublasOperation_t opA, cublasOperation_t opB, int m, int n, int k, const void *A,
+                    int lda, const void *B, int ldb, float beta, float *C, int ldc, int bf16) {
   const float one = 1.0f;
   cudaDataType_t t = bf16 ? CUDA_R_16BF : CUDA_R_32F;
   // fp32 mode: pedantic, so cuBLAS never substitutes TF32 or reduced-precision reductions
   cublasComputeType_t ct = bf16 || !cb->fp32 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_PEDANTIC;
-  BLAS_CHECK(cb, cublasGemmEx(cb->blas, opA, CUBLAS_OP_N, m, n, k, &one, A, t, lda, B, t, ldb, &beta, C, CUDA_R_32F,
-                              ldc, ct, CUBLAS_GEMM_DEFAULT));
+  BLAS_CHECK(cb, cublasGemmEx(cb->blas, opA, opB, m, n, k, &one, A, t, lda, B, t, ldb, &beta, C, CUDA_R_32F, ldc, ct,
+                              CUBLAS_GEMM_DEFAULT));
+}
+/* the common case: B as it is */
+static void gemm(cuda_backend *cb, cublasOperation_t opA, int m, int n, int k, const void *A, int lda, const void *B,
+                 int ldb, float beta, float *C, int ldc, int bf16) {
+  gemm_ab(cb, opA, CUBLAS_OP_N, m, n, k, A, lda, B, ldb, beta, C, ldc, bf16);
 }
 
 static void cuda_matmul(pc_backend *be, float *out, const float *inp, const pc_weight *w, int N, int C, int OC,
@@ -1333,6 +1339,76 @@ static void cuda_attention_backward(pc_backend *be, float *dq, float *dk, float 
   }
 }
 
+// ==== training: the fused log-prob backward =======================================================
+//
+// Chunked like cuda_logprob, so the (M x V) logits never exist: per chunk of LP_ROWS rows and LP_VOCAB
+// words, the logits are recomputed by the same GEMM as the forward (same operands, so in bf16 mode the
+// same bf16 products the forward's lse came from), turned in place into G = dlp (onehot - p) with
+// p = exp(logit + b - lse), and then
+//   dh rows (mr x C)     = sum over vocabulary chunks of G (mr x vc) · head rows (vc x C)   (beta 0, then 1)
+//   dhead rows (vc x C) += G^T (vc x mr) · h (mr x C)
+// both cuBLAS GEMMs with fp32 accumulation. Memory: the forward's chunk of logits (LP_ROWS x LP_VOCAB
+// floats) and, in bf16 mode, its bf16 copy. The bias is added to the logits as in the forward; it gets
+// no gradient (backend.h has none for it: the CPU backend's reference does the same). Each dhead row
+// is written by its chunk's GEMMs only, one row chunk after the other: deterministic, no atomics.
+
+/* In place over one (mr x vc) chunk of logits (words v0..), one block per row i:
+ * G[i][j] = dlp[i] (1[v0+j == target[i]] - exp(logit + b - lse[i])); with g16, also its bf16 copy. */
+__global__ void lp_grad_kernel(float *G, __nv_bfloat16 *g16, int vc, int v0, const float *bias,
+                               const int32_t *targets, const float *lse, const float *dlp) {
+  const int i = blockIdx.x;
+  float *x = G + (size_t)i * vc;
+  const float l = lse[i], d = dlp[i];
+  const int tj = targets[i] - v0;  // the target's column, when it is in this chunk
+  for (int j = threadIdx.x; j < vc; j += blockDim.x) {
+    float g = -d * expf(x[j] + (bias ? bias[v0 + j] : 0.0f) - l);
+    if (j == tj) g += d;
+    x[j] = g;
+    if (g16) g16[(size_t)i * vc + j] = __float2bfloat16_rn(g);
+  }
+}
+
+static void cuda_logprob_backward(pc_backend *be, float *dh, float *dhead, const float *h, const pc_weight *head,
+                                  const int32_t *targets, const float *lse, const float *dlp, int M, int C, int V) {
+  cuda_backend *cb = CB(be);
+  if (cb->failed || M <= 0 || (!dh && !dhead)) return;
+  const __nv_bfloat16 *w16 = bf16_twin(cb, head->w, (size_t)V * C);
+  const __nv_bfloat16 *h16 = w16 ? act_bf16(cb, h, (size_t)M * C) : NULL;  // act16: valid through this call
+  int bf = w16 && h16;
+  int RC = M < LP_ROWS ? M : LP_ROWS, VC = V < LP_VOCAB ? V : LP_VOCAB;
+  if (ws_reserve(cb, (void **)&cb->lp_ws, &cb->lp_ws_cap, sizeof(float) * (size_t)RC * VC) ||
+      (bf && ws_reserve(cb, (void **)&cb->lp_g16, &cb->lp_g16_cap, sizeof(__nv_bfloat16) * (size_t)RC * VC)))
+    return;
+  const int outin = head->layout == PC_W_OUT_IN, ldw = outin ? C : V;
+  for (int r0 = 0; r0 < M; r0 += LP_ROWS) {
+    int mr = M - r0 < LP_ROWS ? M - r0 : LP_ROWS;
+    for (int v0 = 0; v0 < V; v0 += LP_VOCAB) {
+      int vc = V - v0 < LP_VOCAB ? V - v0 : LP_VOCAB;
+      // the forward's logits (mr x vc) row-major = column-major (vc x mr): see cuda_logprob
+      size_t woff = outin ? (size_t)v0 * C : (size_t)v0;
+      const void *W = bf ? (const void *)(w16 + woff) : (const void *)(head->w + woff);
+      const void *H = bf ? (const void *)(h16 + (size_t)r0 * C) : (const void *)(h + (size_t)r0 * C);
+      gemm(cb, outin ? CUBLAS_OP_T : CUBLAS_OP_N, vc, mr, C, W, ldw, H, C, 0.0f, cb->lp_ws, vc, bf);
+      PC_LAUNCH(lp_grad_kernel, mr, 256, 0)(cb->lp_ws, bf ? cb->lp_g16 : NULL, vc, v0, head->b, targets + r0,
+                                           lse + r0, dlp + r0);
+      LAUNCH_CHECK(cb, "lp_grad_kernel");
+      const void *G = bf ? (const void *)cb->lp_g16 : (const void *)cb->lp_ws;  // column-major (vc x mr)
+      // dh^T (C x mr) (+)= Wc^T (C x vc) · G (vc x mr), Wc the chunk's head rows (vc x C) row-major: for
+      // (V, C) that is column-major (C x vc) as it is; for (C, V), column-major (vc x C), transposed
+      if (dh)
+        gemm(cb, outin ? CUBLAS_OP_N : CUBLAS_OP_T, C, mr, vc, W, ldw, G, vc, v0 ? 1.0f : 0.0f, dh + (size_t)r0 * C,
+             C, bf);
+      // dhead, in the head's layout: (V, C): its chunk column-major (C x vc) += h^T (C x mr) · G^T (mr x vc);
+      // (C, V): its chunk column-major (vc x C) += G (vc x mr) · h (mr x C)
+      if (dhead && outin)
+        gemm_ab(cb, CUBLAS_OP_N, CUBLAS_OP_T, C, vc, mr, H, C, G, vc, 1.0f, dhead + (size_t)v0 * C, C, bf);
+      else if (dhead)
+        gemm_ab(cb, CUBLAS_OP_N, CUBLAS_OP_T, vc, C, mr, G, vc, H, C, 1.0f, dhead + v0, V, bf);
+      if (cb->failed) return;
+    }
+  }
+}
+
 // ---- construction -------------------------------------------------------------------------------
 
 static void cuda_destroy(pc_backend *be) {
@@ -1345,6 +1421,7 @@ static void cuda_destroy(pc_backend *be) {
   if (cb->act16) cudaFree(cb->act16);
   if (cb->lp_ws) cudaFree(cb->lp_ws);
   if (cb->lp_stats) cudaFree(cb->lp_stats);
+  if (cb->lp_g16) cudaFree(cb->lp_g16);
   if (cb->tiles_dev) cudaFree(cb->tiles_dev);
   if (cb->ktiles_dev) cudaFree(cb->ktiles_dev);
   if (cb->att_D) cudaFree(cb->att_D);
@@ -1363,7 +1440,7 @@ static int cuda_supports(pc_backend *be, pc_op op) {
     case PC_OP_EMBEDDING: case PC_OP_MATMUL: case PC_OP_LAYERNORM: case PC_OP_RMSNORM: case PC_OP_ROPE:
     case PC_OP_ATTENTION: case PC_OP_GELU: case PC_OP_SWIGLU: case PC_OP_LOGPROB: case PC_OP_GATHER_ROWS:
     case PC_OP_COPY: case PC_OP_ZERO: case PC_OP_SCALE:
-    case PC_OP_ATTENTION_BACKWARD:
+    case PC_OP_ATTENTION_BACKWARD: case PC_OP_LOGPROB_BACKWARD:
       return 1;
     default: return 0;
   }
@@ -1400,6 +1477,7 @@ static pc_backend_ops make_ops(void) {
   o.zero = NAMED(cuda_zero, "zero");
   o.scale = NAMED(cuda_scale, "scale");
   o.attention_backward = NAMED(cuda_attention_backward, "attention_backward");
+  o.logprob_backward = NAMED(cuda_logprob_backward, "logprob_backward");
   return o;
 }
 #undef NAMED
