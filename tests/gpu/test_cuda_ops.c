@@ -1,10 +1,11 @@
 /* tests/gpu/test_cuda_ops.c: every op of the CUDA backend against the CPU backend (the reference), on
  * random inputs of awkward sizes: rows not a multiple of any tile, odd head counts, grouped-query
- * ratios 1, 2 and 7, head sizes from 8 to 300 (300 takes the simple attention kernel), packed
+ * ratios 1, 2 and 7, head sizes from 8 to 300 (300 takes the simple attention kernels), packed
  * sequences with shared prefixes, sliding windows, strided q/k/v, vocabularies that span several
  * chunks of the fused log-prob, and more rows than one of its row chunks. The training ops (backward
  * kernels, scatter_rows, sumsq, AdamW) with accumulate on and off, NULL gradients, gradients that
- * alias their inputs where backend.h allows it, strided rows and repeated indices.
+ * alias their inputs where backend.h allows it, strided rows and repeated indices. The attention
+ * backward runs in fp32 mode only (attention is fp32 in both modes).
  *
  *   test_cuda_ops           both modes: fp32 (PREFCAP_CUDA_FP32's mode) then bf16
  *   test_cuda_ops --bench   times the large ops on the GPU in bf16 (--bench --fp32: in fp32)
@@ -122,17 +123,14 @@ static void weight_free(wpair w) {
 
 // ---- comparison ---------------------------------------------------------------------------------
 
-static void check_tol(const char *name, pair p, double tol) {
-  float *c = malloc(p.n * 4 + 4), *g = malloc(p.n * 4 + 4);
-  if (!c || !g) die("out of memory");
-  CPU->ops->download(CPU, c, p.c, p.n * 4);
-  GPU->ops->download(GPU, g, p.g, p.n * 4);
+/* cuda g against cpu c, n floats each (host copies), within tol of |c| + rms(c) per element */
+static void compare_tol(const char *name, const float *c, const float *g, size_t n, double tol) {
   const char *gerr = pc_backend_cuda_error(GPU);
   double ss = 0;
-  for (size_t i = 0; i < p.n; i++) ss += (double)c[i] * c[i];
-  double rms = p.n ? sqrt(ss / (double)p.n) : 0, worst = 0;
+  for (size_t i = 0; i < n; i++) ss += (double)c[i] * c[i];
+  double rms = n ? sqrt(ss / (double)n) : 0, worst = 0;
   size_t bad = 0, first = 0, nan = 0;
-  for (size_t i = 0; i < p.n; i++) {
+  for (size_t i = 0; i < n; i++) {
     if (isnan(g[i]) || isnan(c[i])) {
       if (!nan++ && !bad) first = i;
       bad++;
@@ -147,17 +145,55 @@ static void check_tol(const char *name, pair p, double tol) {
     failures++;
   } else if (bad) {
     printf("FAIL cuda_%s_%s: %zu of %zu elements off (%zu NaN); first at %zu: cuda %.9g, cpu %.9g (rms %.3g, "
-           "worst relative %.3g, tol %.0e)\n", name, MODE, bad, p.n, nan, first, g[first], c[first], rms, worst, tol);
+           "worst relative %.3g, tol %.0e)\n", name, MODE, bad, n, nan, first, g[first], c[first], rms, worst, tol);
     failures++;
   } else {
-    printf("PASS cuda_%s_%s (worst %.2e of tol %.0e over %zu)\n", name, MODE, worst, tol, p.n);
+    printf("PASS cuda_%s_%s (worst %.2e of tol %.0e over %zu)\n", name, MODE, worst, tol, n);
   }
   fflush(stdout);
+}
+
+static void compare(const char *name, const float *c, const float *g, size_t n) { compare_tol(name, c, g, n, TOL); }
+
+static void check_tol(const char *name, pair p, double tol) {
+  float *c = malloc(p.n * 4 + 4), *g = malloc(p.n * 4 + 4);
+  if (!c || !g) die("out of memory");
+  CPU->ops->download(CPU, c, p.c, p.n * 4);
+  GPU->ops->download(GPU, g, p.g, p.n * 4);
+  compare_tol(name, c, g, p.n, tol);
   free(c);
   free(g);
 }
 
 static void check(const char *name, pair p) { check_tol(name, p, TOL); }
+
+/* p holds rows of `stride` floats of which columns off .. off+width-1 are the op's output: those are
+ * compared (the rms taken over them alone), and every other element must be equal on both sides, bit
+ * for bit (the op must leave them as they were). */
+static void check_slice(const char *name, pair p, size_t rows, size_t stride, size_t off, size_t width) {
+  float *c = malloc(p.n * 4 + 4), *g = malloc(p.n * 4 + 4);
+  if (!c || !g) die("out of memory");
+  CPU->ops->download(CPU, c, p.c, p.n * 4);
+  GPU->ops->download(GPU, g, p.g, p.n * 4);
+  size_t outside = 0, k = 0;
+  for (size_t i = 0; i < rows * stride && i < p.n; i++) {
+    size_t col = i % stride;
+    if (col >= off && col < off + width) {  // packed to the front, in order (k <= i)
+      c[k] = c[i];
+      g[k++] = g[i];
+    } else if (memcmp(&c[i], &g[i], 4)) {
+      outside++;
+    }
+  }
+  if (outside) {
+    printf("FAIL cuda_%s_%s: %zu elements outside the output columns were changed\n", name, MODE, outside);
+    failures++;
+  } else {
+    compare(name, c, g, k);
+  }
+  free(c);
+  free(g);
+}
 
 // ---- the ops --------------------------------------------------------------------------------------
 
@@ -378,6 +414,74 @@ static void test_attention(void) {
   test_attention_case("gqa1_no_prefix_layout", 1, len4, NULL, 5, 5, 32, 0, 1);
 }
 
+/* The attention backward against the CPU's, from the same inputs: the CPU forward's out and lse (so the
+ * backward alone is compared), q, k, v packed in one buffer (strides), dq, dk and dv each written into
+ * a buffer of the same packed shape filled with zeros (an element the op should write and does not,
+ * or one it should leave and does not, differs from the CPU's). with_dq = 0 passes dq = NULL.
+ * fp32 tol 1e-5 as for the forward ops; the worst seen in the emulation is 3.7e-6: dq and dk are sums
+ * of up to a few hundred products, some ten times their tensor's rms, through dS = P (dP - D), which
+ * cancels, so the two summation orders differ by a few 1e-7 of the largest terms. A wrong mask, head
+ * or prefix row moves whole rows by 1e-1 or more (see docs/cuda.md for the planted bugs). */
+static void test_attention_backward_case(const char *name, int nseq, const int *len, const int *plen, int NH, int NKV,
+                                         int HD, int window, int with_dq) {
+  layout L = layout_new(nseq, len, plen);
+  int stride = (NH + 2 * NKV) * HD + 3;
+  size_t nqkv = (size_t)L.N * stride, no = (size_t)L.N * NH * HD;
+  pair qkv = pair_rand(nqkv, 1.5f), dout = pair_rand(no, 1), out = pair_new(no, NULL), lse = pair_new((size_t)L.N * NH, NULL);
+  float *qc = qkv.c, *qg = qkv.g;
+  CPU->ops->attention(CPU, out.c, qc, qc + NH * HD, qc + (NH + NKV) * HD, stride, stride, &L.c, L.N, NH, NKV, HD,
+                      window, lse.c);
+  float *h = malloc(no * 4 + 4);
+  if (!h) die("out of memory");
+  CPU->ops->download(CPU, h, out.c, no * 4);
+  GPU->ops->upload(GPU, out.g, h, no * 4);
+  CPU->ops->download(CPU, h, lse.c, (size_t)L.N * NH * 4);
+  GPU->ops->upload(GPU, lse.g, h, (size_t)L.N * NH * 4);
+  free(h);
+  pair g[3];
+  float *zero = calloc(nqkv + 1, 4);
+  if (!zero) die("out of memory");
+  for (int i = 0; i < 3; i++) g[i] = pair_new(nqkv, zero);
+  free(zero);
+  size_t off_k = (size_t)NH * HD, off_v = (size_t)(NH + NKV) * HD;
+  CPU->ops->attention_backward(CPU, g[0].c, (float *)g[1].c + off_k, (float *)g[2].c + off_v, dout.c, qc,
+                               qc + off_k, qc + off_v, out.c, lse.c, stride, stride, &L.c, L.N, NH, NKV, HD, window);
+  GPU->ops->attention_backward(GPU, with_dq ? g[0].g : NULL, (float *)g[1].g + off_k, (float *)g[2].g + off_v, dout.g,
+                               qg, qg + off_k, qg + off_v, out.g, lse.g, stride, stride, &L.g, L.N, NH, NKV, HD, window);
+  const char *what[3] = {"dq", "dk", "dv"};
+  size_t off[3] = {0, off_k, off_v}, width[3] = {(size_t)NH * HD, (size_t)NKV * HD, (size_t)NKV * HD};
+  for (int i = with_dq ? 0 : 1; i < 3; i++) {
+    char nm[160];
+    snprintf(nm, sizeof nm, "attention_backward_%s_%s", name, what[i]);
+    check_slice(nm, g[i], (size_t)L.N, (size_t)stride, off[i], width[i]);
+  }
+  for (int i = 0; i < 3; i++) pair_free(g[i]);
+  pair_free(qkv);
+  pair_free(dout);
+  pair_free(out);
+  pair_free(lse);
+  layout_free(&L);
+}
+
+static void test_attention_backward(void) {
+  // three sequences, the second reading 25 positions of the first's 37; lengths off the 64-row tiles
+  int len[] = {37, 70, 20}, plen[] = {0, 25, 0};
+  test_attention_backward_case("3seq_prefix_gqa2_hd40", 3, len, plen, 4, 2, 40, 0, 1);
+  test_attention_backward_case("3seq_prefix_gqa4_hd64_window7", 3, len, plen, 4, 1, 64, 7, 1);
+  // a prefix longer than a tile: the first sequence's second key tile is read by the second
+  // sequence's queries for 6 of its 16 positions only
+  int len2[] = {80, 100}, plen2[] = {0, 70};
+  test_attention_backward_case("long_prefix_gqa4_hd64_window50", 2, len2, plen2, 4, 1, 64, 50, 1);
+  test_attention_backward_case("long_prefix_gqa2_hd40_no_dq", 2, len2, plen2, 4, 2, 40, 0, 0);
+  int len3[] = {77};
+  test_attention_backward_case("1seq_gqa2_hd40", 1, len3, NULL, 4, 2, 40, 0, 1);
+  int len4[] = {1, 2, 3, 66}, plen4[] = {0, 1, 0, 3};
+  test_attention_backward_case("tiny_seqs_gqa1_hd16", 4, len4, plen4, 2, 2, 16, 0, 1);
+  int len5[] = {40, 30}, plen5[] = {0, 12};
+  test_attention_backward_case("gqa2_hd128", 2, len5, plen5, 2, 1, 128, 0, 1);
+  test_attention_backward_case("gqa2_hd300_rows_kernels_window9", 2, len5, plen5, 2, 1, 300, 9, 1);
+}
+
 static void test_activations(void) {
   size_t n = 100003;
   pair x = pair_rand(n, 4);
@@ -467,6 +571,117 @@ static void test_logprob(void) {
   test_logprob_case("one_row_small_vocab", 1, 8, 3, PC_W_OUT_IN, 1, 1);
 }
 
+/* The log-prob backward against the CPU's: each side's own forward lse (as training runs it), dlp of
+ * both signs, dh (=) poisoned, dhead (+=) starting from the same random values. transposed: the GPU
+ * gets the head as (C, V) (PC_W_IN_OUT) and the CPU as (V, C) (the CPU's backward reads (V, C) only):
+ * dh must agree, and the GPU's dhead, in its head's (C, V) layout, transposed, must equal the CPU's.
+ * with_dhead = 0 passes dhead = NULL. dhead is compared in two parts, each with its own rms: the rows
+ * of words that are some row's target (terms of size ~1) and the others (terms of size p ~ 1/V).
+ * Tolerances: fp32 1e-5, as for the forward. bf16: dh 1e-2, as for the forward (dh is dominated by the
+ * target's row of the head); dhead 1e-1. The GEMMs' operands, G and h included, are rounded to bf16
+ * (as the forward rounds its, and as PyTorch's bf16 autocast does), and p comes from bf16 logits (as
+ * the forward's lse did): each term dlp_m (1[t] - p) h_m of dhead moves by a few 1e-3 of itself, and
+ * dhead's entries are sums of such terms of both signs that cancel (most of all for a word that is the
+ * target of many rows, as V-1 is here, and a frequent token is), so their errors reach a few 1e-2 of
+ * the part's rms (measured: target rows 8.7e-3, other rows 2.7e-2). A wrong chunk offset, bias or
+ * layout moves dhead by O(1) (a bias left out: 1e6 of its 1.5e6 elements off); fp32 mode holds the same
+ * code to 1e-5. */
+static void test_logprob_backward_case(const char *name, int M, int C, int V, int bias, int registered, int transposed,
+                                       int with_dhead) {
+  int32_t *tg = malloc(sizeof(int32_t) * (size_t)M);
+  float *d = malloc(sizeof(float) * (size_t)M);
+  if (!tg || !d) die("out of memory");
+  for (int i = 0; i < M; i++) {
+    tg[i] = i % 7 == 0 ? V - 1 : irand(V);  // the last id too: the last chunk's edge
+    d[i] = i % 5 == 0 ? 0.0f : frand() * 2;  // some rows are not scored (dlp 0)
+  }
+  pair h = pair_rand((size_t)M * C, 1), t = pair_ints((size_t)M, tg), dlp = pair_new((size_t)M, d);
+  pair lse = pair_new((size_t)M, NULL), lp = pair_new((size_t)M, NULL);
+  wpair w = weight_new((size_t)V * C, 2.0f / sqrtf((float)C), registered), b = weight_new((size_t)V, 1, 1);
+  const float *wg = w.g;
+  float *wt = NULL;
+  if (transposed) {  // the GPU's copy of the head as (C, V)
+    float *ht = malloc(sizeof(float) * (size_t)V * C);
+    if (!ht) die("out of memory");
+    for (int v = 0; v < V; v++)
+      for (int c = 0; c < C; c++) ht[(size_t)c * V + v] = w.host[(size_t)v * C + c];
+    int owned;
+    wt = (float *)GPU->ops->weight(GPU, ht, (size_t)V * C, &owned);
+    if (!wt) die("out of GPU memory for a weight");
+    wg = wt;
+    free(ht);
+  }
+  pc_weight wc = {w.c, bias ? b.c : NULL, PC_W_OUT_IN}, wgp = {wg, bias ? b.g : NULL, transposed ? PC_W_IN_OUT : PC_W_OUT_IN};
+  CPU->ops->logprob(CPU, lp.c, h.c, &wc, t.c, M, C, V, lse.c);
+  GPU->ops->logprob(GPU, lp.g, h.g, &wgp, t.g, M, C, V, lse.g);
+  pair dh = pair_new((size_t)M * C, NULL), dhead = pair_rand((size_t)V * C, 1e-4f);  // small: += shows
+  poison(dh);
+  if (transposed) {  // the GPU's dhead starts as the CPU's, transposed
+    float *x = malloc(sizeof(float) * (size_t)V * C), *y = malloc(sizeof(float) * (size_t)V * C);
+    if (!x || !y) die("out of memory");
+    CPU->ops->download(CPU, x, dhead.c, (size_t)V * C * 4);
+    for (int v = 0; v < V; v++)
+      for (int c = 0; c < C; c++) y[(size_t)c * V + v] = x[(size_t)v * C + c];
+    GPU->ops->upload(GPU, dhead.g, y, (size_t)V * C * 4);
+    free(x);
+    free(y);
+  }
+  CPU->ops->logprob_backward(CPU, dh.c, with_dhead ? dhead.c : NULL, h.c, &wc, t.c, lse.c, dlp.c, M, C, V);
+  GPU->ops->logprob_backward(GPU, dh.g, with_dhead ? dhead.g : NULL, h.g, &wgp, t.g, lse.g, dlp.g, M, C, V);
+  char nm[160];
+  snprintf(nm, sizeof nm, "logprob_backward_%s_dh", name);
+  check(nm, dh);
+  if (with_dhead) {  // the rows of target words, then the others, each as its own tensor (its own rms)
+    size_t n = (size_t)V * C;
+    float *c = malloc(sizeof(float) * n), *g = malloc(sizeof(float) * n);
+    float *pc = malloc(sizeof(float) * n), *pg = malloc(sizeof(float) * n);
+    char *is_tg = calloc((size_t)V, 1);
+    if (!c || !g || !pc || !pg || !is_tg) die("out of memory");
+    CPU->ops->download(CPU, c, dhead.c, n * 4);
+    GPU->ops->download(GPU, g, dhead.g, n * 4);
+    for (int i = 0; i < M; i++) is_tg[tg[i]] = 1;
+    double tol = TOL;
+    for (int part = 1; part >= 0; part--) {
+      size_t k = 0;
+      for (int v = 0; v < V; v++)
+        if (is_tg[v] == part)
+          for (int j = 0; j < C; j++, k++) {
+            pc[k] = c[(size_t)v * C + j];
+            pg[k] = transposed ? g[(size_t)j * V + v] : g[(size_t)v * C + j];  // the GPU's (C, V), transposed
+          }
+      snprintf(nm, sizeof nm, "logprob_backward_%s_dhead_%s", name, part ? "target_rows" : "other_rows");
+      TOL = tol > 1e-5 ? 1e-1 : tol;  // bf16's dhead (above)
+      compare(nm, pc, pg, k);
+      TOL = tol;
+    }
+    free(c);
+    free(g);
+    free(pc);
+    free(pg);
+    free(is_tg);
+  }
+  if (wt) GPU->ops->free(GPU, wt);
+  pair_free(h);
+  pair_free(t);
+  pair_free(dlp);
+  pair_free(lse);
+  pair_free(lp);
+  pair_free(dh);
+  pair_free(dhead);
+  weight_free(w);
+  weight_free(b);
+  free(tg);
+  free(d);
+}
+
+static void test_logprob_backward(void) {
+  test_logprob_backward_case("bias_3_vocab_chunks", 37, 45, 33000, 1, 1, 0, 1);
+  test_logprob_backward_case("2_row_chunks", 1100, 16, 3000, 0, 1, 0, 1);
+  test_logprob_backward_case("in_out_head", 37, 45, 20000, 1, 1, 1, 1);
+  test_logprob_backward_case("unregistered_head", 5, 33, 1000, 0, 0, 0, 1);
+  test_logprob_backward_case("no_dhead", 5, 33, 1000, 1, 1, 0, 0);
+}
+
 /* supports(op) must say exactly which table entries are set: the trainer asks supports() (through
  * pc_backend_can_train) before it calls an op: a yes for a NULL entry would let train start and then
  * call NULL, and a no for a set one would hide the op. The training ops of the backward section must be there. */
@@ -487,7 +702,8 @@ static void test_table(void) {
   };
   const pc_op need[] = {PC_OP_EMBEDDING_BACKWARD, PC_OP_MATMUL_BACKWARD, PC_OP_LAYERNORM_BACKWARD,
                         PC_OP_RMSNORM_BACKWARD, PC_OP_ROPE_BACKWARD, PC_OP_GELU_BACKWARD, PC_OP_SWIGLU_BACKWARD,
-                        PC_OP_SCATTER_ROWS, PC_OP_SUMSQ, PC_OP_ADAMW};
+                        PC_OP_SCATTER_ROWS, PC_OP_SUMSQ, PC_OP_ADAMW, PC_OP_ATTENTION_BACKWARD,
+                        PC_OP_LOGPROB_BACKWARD};
   int ok = !strcmp(o->name, "cuda");
   for (int op = 0; op < PC_OP_COUNT; op++) {
     if (o->supports(GPU, (pc_op)op) != set[op]) {
@@ -992,6 +1208,7 @@ int main(int argc, char **argv) {
     test_norms();
     test_rope();
     test_attention();
+    if (fp32) test_attention_backward();  // fp32 in both modes (no matmul operand is rounded): once
     test_activations();
     test_gather_and_memory();
     test_logprob();
@@ -1001,6 +1218,7 @@ int main(int argc, char **argv) {
     test_optimizer();
     test_norm_backward();
     test_matmul_backward();
+    test_logprob_backward();
     GPU->ops->destroy(GPU);
   }
   test_failure();

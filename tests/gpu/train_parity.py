@@ -60,11 +60,15 @@ TRAJ_TOL, TRAJ_ABS = 1e-4, 1e-5
 # (before any update can amplify anything) are observed within 1e-6.
 GRAD_TOL = 1e-5
 # bf16 mode: matmul operands rounded to 8 bits of mantissa (relative error 2^-9 each) move each token's
-# log-prob by ~1e-3 relative and a sum of same-signed terms no more; ten steps of a small model at a
-# high learning rate amplify that to ~1e-2 (observed below 2e-2). Rewards and margins are differences
-# of such sums times beta: absolute floor 0.05 (beta 0.1 x 0.5 nats). A stale bf16 copy of the
-# stepped weights leaves logps/chosen where it started: off by 10% and more after a few steps.
-BF16_TOL, BF16_ABS = 5e-2, 5e-2
+# log-prob by ~1e-3 relative, and a sequence's sum (same-signed terms) no more; ten AdamW steps carry
+# that along (observed: 2e-3 on llama, 1e-2 on GPT-2 LoRA). So the bf16 runs are held to the CPU's on
+# the log-probs (BF16_KEYS: every line's mean chosen and rejected log-prob, train and eval) within 3e-2
+# relative, and the loss within 3e-2 + 2e-2 absolute (it falls towards 0, where a relative error means
+# little). Rewards, margins and accuracies are differences of nearly equal sums (accuracy flips when a
+# pair's margin is near 0), so they are left to the fp32 check. A stale bf16 copy of a stepped weight
+# leaves the log-probs where step 1 had them: 30% off by step 10 (llama full: -36 -> -25 nats).
+BF16_TOL, BF16_ABS = 3e-2, 2e-2
+BF16_KEYS = ("logps/chosen", "logps/rejected", "eval_logps/chosen", "eval_logps/rejected", "loss", "eval_loss")
 
 failures = 0
 T0 = time.time()
@@ -172,14 +176,15 @@ def metrics(out):
     return [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if l.strip()]
 
 
-def compare(got, want, tol, floor):
-    """Every metric but tokens_per_s: |got - want| <= tol |want| + floor. Returns (problems, worst)."""
+def compare(got, want, tol, floor, keys=None):
+    """Every metric but tokens_per_s (or those of keys): |got - want| <= tol |want| + floor. Returns
+    (problems, worst)."""
     bad, worst = [], 0.0
     if len(got) != len(want):
         bad.append(f"{len(got)} metrics lines, the CPU has {len(want)}")
     for g, w in zip(got, want):
-        keys = (set(g) | set(w)) - {"tokens_per_s"}
-        for k in sorted(keys):
+        names = (set(g) | set(w)) - {"tokens_per_s"}
+        for k in sorted(names if keys is None else names & set(keys)):
             a, b = g.get(k), w.get(k)
             if a is None or b is None:
                 bad.append(f"step {w.get('step')}: {k} only on one side")
@@ -279,13 +284,15 @@ def check_grads(tmp, models, data):
 def check_bf16(tmp, models, data):
     for name, fam, lora in (("llama_full", "llama", False), ("gpt2_lora", "gpt2", True)):
         o = ["--loss", "sigmoid", "--batch-size", "2"] + (lora_opts(fam) if lora else FULL)
+        if lora:  # a gentler rate than the fp32 checks': the loss stays away from 0 for ten steps
+            o[o.index("--lr") + 1] = "1e-2"
         cpu, dev = os.path.join(tmp, f"bf16_{name}_cpu"), os.path.join(tmp, f"bf16_{name}_cuda")
         p = train(models[fam], data, cpu, "cpu", o)
         q = train(models[fam], data, dev, "cuda", o, env_extra={"PREFCAP_CUDA_FP32": "0"})
         if p.returncode != 0 or q.returncode != 0:
             report(f"bf16_{name}", False, f"exit {p.returncode}/{q.returncode}: {q.stderr.strip()[-400:]}")
             continue
-        bad, worst = compare(metrics(dev), metrics(cpu), BF16_TOL, BF16_ABS)
+        bad, worst = compare(metrics(dev), metrics(cpu), BF16_TOL, BF16_ABS, BF16_KEYS)
         report(f"bf16_{name}", not bad, "; ".join(bad[:4]) + f" (worst relative {worst:.1e}, tol {BF16_TOL})")
         note(f"bf16 {name}: worst relative {worst:.1e}")
 
@@ -313,7 +320,7 @@ def check_memory(tmp, models, data):
     r = train(models[fam], data, tight, "cuda", o, env_extra={"PREFCAP_CUDA_EMU_MEM": str(int(peak) - 1)})
     written = sorted(os.listdir(tight)) if os.path.isdir(tight) else []
     ok = (r.returncode == 1 and "not enough memory" in r.stderr and f"needs {int(peak)} bytes" in r.stderr and
-          "Options that fit: --recompute" in r.stderr and "--lora-r 16" in r.stderr and
+          "Options that fit:" in r.stderr and "--recompute (" in r.stderr and "--lora-r 16 (" in r.stderr and
           not any(f.startswith(("metrics", "checkpoint")) for f in written))
     report("memory_refused", ok, f"exit {r.returncode}, files {written}, stderr {r.stderr.strip()[-600:]!r}")
 
@@ -361,11 +368,16 @@ def main():
             print("SKIP train_parity: the CUDA backend cannot train yet (its backward ops are not all written): "
                   + p.stderr.strip().splitlines()[-1])
             return 0
-        check_trajectories(tmp, models, data, evald)
-        check_grads(tmp, models, data)
-        check_bf16(tmp, models, data)
-        if EMULATED:
+        want = set(sys.argv[1:]) or {"traj", "grads", "bf16", "memory", "failure"}
+        if "traj" in want:
+            check_trajectories(tmp, models, data, evald)
+        if "grads" in want:
+            check_grads(tmp, models, data)
+        if "bf16" in want:
+            check_bf16(tmp, models, data)
+        if EMULATED and "memory" in want:
             check_memory(tmp, models, data)
+        if EMULATED and "failure" in want:
             check_failure(tmp, models, data)
         note("done")
     finally:

@@ -40,8 +40,10 @@
  * A tensor-core (bf16 mma) version is the next step for speed.
  *
  * Training ops. The backward kernels of the token-wise ops, scatter_rows, sumsq and a fused AdamW are
- * in their own section near the end (deterministic: no atomics, see there). An op not written yet
- * stays NULL in the table and supports() says no, so pc_backend_can_train is false and
+ * in their own section near the end (deterministic: no atomics, see there), and so are the attention
+ * backward (flash-attention-2 style: probabilities recomputed from the forward's lse, no atomics) and
+ * the chunked log-prob backward. An op not written stays NULL in the table and supports() says no, so
+ * pc_backend_can_train is false and
  * `prefcap-dpo train --device cuda` says so before it starts. */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -77,6 +79,11 @@ typedef struct {
 } weight_entry;
 
 typedef struct { int q0, nq, p0, plen, pbase, base; } att_tile;  /* 64 query rows of one sequence */
+/* The attention backward's key tiles: up to 64 key rows of one sequence (rows k0.., positions kp0..),
+ * and the (at most two) ranges of queries that read them: [0] the sequence's own queries, [1] those of
+ * the next sequence when it shares this one's prefix. Range i: positions q_p0[i] .. q_p0[i]+q_np[i]-1
+ * in rows q_row[i].., seeing only key positions below lim[i] (q_np[i] = 0: no such range). */
+typedef struct { int k0, nk, kp0, q_row[2], q_p0[2], q_np[2], lim[2]; } att_ktile;
 
 typedef struct {
   pc_backend base;
@@ -96,6 +103,7 @@ typedef struct {
   __nv_bfloat16 *act16; size_t act16_cap;   /* bf16 copy of a matmul's input */
   float *lp_ws; size_t lp_ws_cap;           /* a chunk of logits */
   float *lp_stats; size_t lp_stats_cap;     /* running max, sum, target logit per row (3 x LP_ROWS) */
+  __nv_bfloat16 *lp_g16; size_t lp_g16_cap; /* the log-prob backward's chunk of G in bf16 (bf16 mode) */
   // ---- attention tiles of the last batch layout (the same for every layer of a forward pass)
   att_tile *tiles_host, *tiles_dev;
   int ntiles, tiles_cap;
@@ -104,6 +112,10 @@ typedef struct {
   __nv_bfloat16 *act16b; size_t act16b_cap; /* a second bf16 activation (matmul_backward's inp for dW) */
   double *sumsq_part; size_t sumsq_part_cap; /* sumsq's per-block partial sums */
   double *colsum_part; size_t colsum_part_cap; /* column sums' per-chunk partial sums */
+  // ---- the attention backward: key tiles of the same layout, and D = rowsum(dout * out) per (row, head)
+  att_ktile *ktiles_host, *ktiles_dev;
+  int nktiles, ktiles_cap;
+  float *att_D; size_t att_D_cap;
 } cuda_backend;
 
 static cuda_backend *CB(pc_backend *be) { return (cuda_backend *)be; }
@@ -734,7 +746,9 @@ __global__ void attention_rows_kernel(float *out, float *lse, const float *q, co
   }
 }
 
-/* The tiles of 64 query rows for this batch's layout, on the device. Every layer of a forward pass
+static int attention_ktiles(cuda_backend *cb, const pc_batch *bt);  // the backward's, same layout
+
+/* The tiles of 64 query rows (and the backward's key tiles) for this batch's layout, on the device. Every layer of a forward pass
  * uses the same layout, so they are rebuilt (and uploaded) only when the layout changes. */
 static int attention_tiles(cuda_backend *cb, const pc_batch *bt) {
   int ns = bt->nseq, same = ns == cb->lay_nseq && (bt->prefix_len != NULL) == cb->lay_has_plen && cb->tiles_dev;
@@ -778,6 +792,7 @@ static int attention_tiles(cuda_backend *cb, const pc_batch *bt) {
                                       cudaMemcpyHostToDevice)))
     return -1;
   cb->ntiles = nt;
+  if (attention_ktiles(cb, bt)) return -1;
   cb->lay_nseq = ns;
   cb->lay_has_plen = bt->prefix_len != NULL;
   memcpy(cb->lay_start, bt->seq_start, sizeof(int) * (size_t)(ns + 1));
@@ -1256,16 +1271,20 @@ static void cuda_adamw(pc_backend *be, float *p, const float *g, float *m, float
 
 /* The device's free and total memory (cudaMemGetInfo: under the emulation, its PREFCAP_CUDA_EMU_MEM
  * limit), and what this backend allocates of its own: the fused log-prob's logit chunk and row
- * statistics, the partial sums of sumsq and of the column sums, and in bf16 mode 2 bytes per weight
- * element (its twin) and 4 per element of a matmul's input (its bf16 copies). */
+ * statistics, the partial sums of sumsq and of the column sums, the attention backward's row sums, and
+ * in bf16 mode 2 bytes per weight element (its twin) and 4 per element of a matmul's input (its bf16
+ * copies). A kernel that allocates a workspace of its own must be counted here (docs/cuda.md). */
 static int cuda_mem_info(pc_backend *be, pc_mem_info *out) {
   cuda_backend *cb = CB(be);
   memset(out, 0, sizeof *out);
   out->workspace_bytes = sizeof(float) * ((size_t)LP_ROWS * LP_VOCAB + 3 * (size_t)LP_ROWS)  // logprob
+                         + (cb->fp32 ? 0 : sizeof(__nv_bfloat16) * (size_t)LP_ROWS * LP_VOCAB)  // its G in bf16
                          + sizeof(double) * (SUMSQ_BLOCKS + CS_MAX_PARTS)  // sumsq, the column sums
                          + ((size_t)1 << 20);  // attention tile tables and 256-byte rounding: a MiB is ample
   out->weight_extra = cb->fp32 ? 0.0 : (double)sizeof(__nv_bfloat16);
-  out->input_extra = cb->fp32 ? 0.0 : 2.0 * sizeof(__nv_bfloat16);  // act16, and matmul_backward's act16b
+  // per element of the widest matmul input (N x at least NH*HD): act16 and matmul_backward's act16b in
+  // bf16 mode, and the attention backward's D (NH floats per row: half a byte per element, HD >= 8)
+  out->input_extra = (cb->fp32 ? 0.0 : 2.0 * sizeof(__nv_bfloat16)) + 0.5;
   size_t fr = 0, tot = 0;
   if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) {
     cudaGetLastError();
@@ -1274,6 +1293,552 @@ static int cuda_mem_info(pc_backend *be, pc_mem_info *out) {
   out->free_bytes = fr;
   out->total_bytes = tot;
   return 0;
+}
+
+// ==== training: the attention backward (flash-attention-2 style) ================================
+//
+// Three launches, no atomics, every gradient element written by exactly one thread in a fixed order
+// of additions (so a run is bit-reproducible):
+//   1. attention_bwd_D_kernel: D (N, NH) = rowsum(dout * out), one warp per (row, head);
+//   2. a dq kernel, one block per (64-query tile, query head), walking the keys the tile sees exactly
+//      as the forward does: S = scale Q K^T recomputed, P = exp(S - lse), dP = dO V^T,
+//      dS = P (dP - D), dQ = scale dS K, kept in registers and written once (=);
+//   3. a dk/dv kernel, one block per (64-key tile, kv head), walking every query that sees those keys:
+//      for each query head of the kv head's group (GQA: their contributions sum here), the sequence's
+//      own queries and, when the next sequence shares this one's prefix, its queries too (so a shared
+//      prefix's dk/dv land in the rows that hold it); dV += P^T dO, dK += dS^T (scale Q), written once.
+// P and dS are computed twice (once per kernel): the price of no atomics, and of no (T x T) buffer.
+
+/* Key tiles for this layout (attention_tiles calls this when the layout changes): every sequence's own
+ * rows in tiles of AT_BK, each with the query ranges that read it. Sequence s's rows are read by its
+ * own queries and, when prefix_len[s+1] > 0, by sequence s+1's queries for positions < prefix_len[s+1]
+ * (backend.h: a sequence that lends its prefix borrows none, so its rows hold positions 0..). */
+static int attention_ktiles(cuda_backend *cb, const pc_batch *bt) {
+  int ns = bt->nseq, nt = 0;
+  for (int s = 0; s < ns; s++) nt += (bt->seq_start[s + 1] - bt->seq_start[s] + AT_BK - 1) / AT_BK;
+  if (nt > cb->ktiles_cap) {
+    int cap = nt + nt / 4 + 16;
+    att_ktile *th = (att_ktile *)realloc(cb->ktiles_host, sizeof(att_ktile) * (size_t)cap);
+    if (!th) { fail(cb, __FILE__, __LINE__, "attention", "out of host memory"); return -1; }
+    cb->ktiles_host = th;
+    if (cb->ktiles_dev) CUDA_CHECK(cb, cudaFree(cb->ktiles_dev));
+    cb->ktiles_dev = NULL;
+    if (CUDA_CHECK(cb, cudaMalloc((void **)&cb->ktiles_dev, sizeof(att_ktile) * (size_t)cap))) {
+      cb->ktiles_dev = NULL;
+      cb->ktiles_cap = 0;
+      return -1;
+    }
+    cb->ktiles_cap = cap;
+  }
+  nt = 0;
+  for (int s = 0; s < ns; s++) {
+    int base = bt->seq_start[s], own = bt->seq_start[s + 1] - base;
+    int plen = bt->prefix_len ? bt->prefix_len[s] : 0;
+    int nplen = bt->prefix_len && s + 1 < ns ? bt->prefix_len[s + 1] : 0;
+    for (int r0 = 0; r0 < own; r0 += AT_BK) {
+      att_ktile t;
+      memset(&t, 0, sizeof t);
+      t.k0 = base + r0;
+      t.nk = own - r0 < AT_BK ? own - r0 : AT_BK;
+      t.kp0 = plen + r0;
+      t.q_row[0] = base, t.q_p0[0] = plen, t.q_np[0] = own, t.lim[0] = plen + own;
+      if (nplen > t.kp0) {
+        int nb = bt->seq_start[s + 2] - bt->seq_start[s + 1];
+        t.q_row[1] = bt->seq_start[s + 1], t.q_p0[1] = nplen, t.q_np[1] = nb, t.lim[1] = nplen;
+      }
+      cb->ktiles_host[nt++] = t;
+    }
+  }
+  if (nt && CUDA_CHECK(cb, cudaMemcpy(cb->ktiles_dev, cb->ktiles_host, sizeof(att_ktile) * (size_t)nt,
+                                      cudaMemcpyHostToDevice)))
+    return -1;
+  cb->nktiles = nt;
+  return 0;
+}
+
+/* The query positions of range i of key tile t that see at least one of its keys: [*qlo, *qhi). */
+__device__ __forceinline__ void ktile_queries(const att_ktile &t, int i, int window, int *qlo, int *qhi) {
+  int ke = t.kp0 + t.nk < t.lim[i] ? t.kp0 + t.nk : t.lim[i];  // one past the last key position it may see
+  *qlo = t.q_p0[i] > t.kp0 ? t.q_p0[i] : t.kp0;
+  *qhi = t.q_p0[i] + t.q_np[i];
+  if (window > 0 && ke - 1 + window < *qhi) *qhi = ke - 1 + window;
+  if (t.q_np[i] == 0 || ke <= t.kp0) *qhi = *qlo;  // an empty range
+}
+
+/* D (N, NH) = rowsum(dout * out) per head: one warp per (row, head). */
+__global__ void attention_bwd_D_kernel(float *D, const float *dout, const float *out, int N, int NH, int HD) {
+  size_t w = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) / 32;
+  int lane = threadIdx.x % 32;
+  if (w >= (size_t)N * NH) return;  // whole warps leave together
+  const float *a = dout + w * HD, *b = out + w * HD;  // (N, NH, HD) contiguous: row-head w starts at w*HD
+  float s = 0.0f;
+  for (int d = lane; d < HD; d += 32) s += a[d] * b[d];
+  s = warp_sum(s);
+  if (lane == 0) D[w] = s;
+}
+
+/* dq, tiled: block (query tile, head), 256 threads as 16 x 16 as in flash_attention_kernel: thread
+ * (ty, tx) recomputes the scores and dP of queries ty*4.. with keys tx*4.., and owns dq's columns tx,
+ * tx+16, ... (NJ of them) of its 4 queries. Shared: Q (scaled) and dO of the tile, transposed; a key
+ * tile and its values, transposed; dS, transposed (key-major), for dQ += dS K. */
+template <int NJ>
+__global__ void __launch_bounds__(AT_THREADS) attention_dq_kernel(float *dq, const float *dout, const float *q,
+                                                                  const float *k, const float *v, const float *lse,
+                                                                  const float *D, int q_stride, int kv_stride,
+                                                                  const att_tile *tiles, int NH, int NKV, int HD,
+                                                                  int window, float scale) {
+  PC_DYNAMIC_SHARED(float4, smem4);
+  float *Qs = (float *)smem4;    // [HD][AT_LD]
+  float *dOs = Qs + HD * AT_LD;  // [HD][AT_LD]
+  float *Ks = dOs + HD * AT_LD;  // [HD][AT_LD]
+  float *Vs = Ks + HD * AT_LD;   // [HD][AT_LD]
+  float *dSs = Vs + HD * AT_LD;  // [AT_BK][AT_LD]
+  const att_tile t = tiles[blockIdx.x];
+  const int h = blockIdx.y, kvh = h / (NH / NKV), OD = NH * HD;
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  const int p1 = t.p0 + t.nq;
+  const int lo = window > 0 && t.p0 - window + 1 > 0 ? t.p0 - window + 1 : 0;
+  const size_t kvoff = (size_t)kvh * HD;
+
+  for (int e = tid; e < AT_BQ * HD; e += AT_THREADS) {
+    int r = e / HD, d = e % HD;
+    size_t row = (size_t)(t.q0 + r);
+    Qs[d * AT_LD + r] = r < t.nq ? q[row * q_stride + (size_t)h * HD + d] * scale : 0.0f;
+    dOs[d * AT_LD + r] = r < t.nq ? dout[row * OD + (size_t)h * HD + d] : 0.0f;
+  }
+  float acc[4][NJ], L[4], Dr[4];
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    int qi = ty * 4 + i;
+    L[i] = qi < t.nq ? lse[(size_t)(t.q0 + qi) * NH + h] : 0.0f;
+    Dr[i] = qi < t.nq ? D[(size_t)(t.q0 + qi) * NH + h] : 0.0f;
+#pragma unroll
+    for (int j = 0; j < NJ; j++) acc[i][j] = 0.0f;
+  }
+
+  for (int kt0 = lo; kt0 < p1; kt0 += AT_BK) {
+    __syncthreads();  // the last tile's dS K is done with Ks and dSs (the first time: Qs, dOs written)
+    for (int e = tid; e < AT_BK * HD; e += AT_THREADS) {
+      int j = e / HD, d = e % HD, pj = kt0 + j;
+      float kk = 0.0f, vv = 0.0f;
+      if (pj < p1) {
+        size_t kr = (size_t)(pj < t.plen ? t.pbase + pj : t.base + pj - t.plen) * kv_stride + kvoff + d;
+        kk = k[kr];
+        vv = v[kr];
+      }
+      Ks[d * AT_LD + j] = kk;
+      Vs[d * AT_LD + j] = vv;
+    }
+    __syncthreads();
+    float s[4][4], dp[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+      for (int j = 0; j < 4; j++) s[i][j] = dp[i][j] = 0.0f;
+    for (int d = 0; d < HD; d++) {
+      float4 a = *(const float4 *)&Qs[d * AT_LD + ty * 4], b = *(const float4 *)&Ks[d * AT_LD + tx * 4];
+      float4 c = *(const float4 *)&dOs[d * AT_LD + ty * 4], e = *(const float4 *)&Vs[d * AT_LD + tx * 4];
+      float av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+      float cv[4] = {c.x, c.y, c.z, c.w}, ev[4] = {e.x, e.y, e.z, e.w};
+#pragma unroll
+      for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+          s[i][j] += av[i] * bv[j];
+          dp[i][j] += cv[i] * ev[j];
+        }
+    }
+    // P from the forward's lse (masked: 0), then dS = P (dP - D); dS replaces s
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      int qi = ty * 4 + i, pi = t.p0 + qi;
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        int pj = kt0 + tx * 4 + j;
+        bool ok = qi < t.nq && pj <= pi && (window <= 0 || pi - pj < window);
+        float p = ok ? expf(s[i][j] - L[i]) : 0.0f;
+        s[i][j] = p * (dp[i][j] - Dr[i]);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+      *(float4 *)&dSs[(tx * 4 + j) * AT_LD + ty * 4] = make_float4(s[0][j], s[1][j], s[2][j], s[3][j]);
+    __syncthreads();  // dS is complete
+    int nk = p1 - kt0 < AT_BK ? p1 - kt0 : AT_BK;
+    for (int kk = 0; kk < nk; kk++) {
+      float4 g = *(const float4 *)&dSs[kk * AT_LD + ty * 4];
+#pragma unroll
+      for (int j = 0; j < NJ; j++) {
+        int d = tx + 16 * j;
+        if (d < HD) {
+          float kd = Ks[d * AT_LD + kk];
+          acc[0][j] += g.x * kd;
+          acc[1][j] += g.y * kd;
+          acc[2][j] += g.z * kd;
+          acc[3][j] += g.w * kd;
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    int qi = ty * 4 + i;
+    if (qi >= t.nq) continue;
+    size_t row = (size_t)(t.q0 + qi);
+#pragma unroll
+    for (int j = 0; j < NJ; j++) {
+      int d = tx + 16 * j;
+      if (d < HD) dq[row * q_stride + (size_t)h * HD + d] = acc[i][j] * scale;
+    }
+  }
+}
+
+/* dk and dv, tiled: block (key tile, kv head), 256 threads as 16 x 16: thread (ty, tx) recomputes the
+ * (transposed) scores and dP of keys ty*4.. with queries tx*4.., and owns dk's and dv's columns tx,
+ * tx+16, ... of its 4 keys. Shared: the key tile and its values, transposed (loaded once); a query
+ * tile (scaled) and its dO, transposed, with their lse and D; P and dS, query-major. */
+template <int NJ>
+__global__ void __launch_bounds__(AT_THREADS) attention_dkv_kernel(float *dk, float *dv, const float *dout,
+                                                                   const float *q, const float *k, const float *v,
+                                                                   const float *lse, const float *D, int q_stride,
+                                                                   int kv_stride, const att_ktile *tiles, int NH,
+                                                                   int NKV, int HD, int window, float scale) {
+  PC_DYNAMIC_SHARED(float4, smem4);
+  float *Ks = (float *)smem4;     // [HD][AT_LD]
+  float *Vs = Ks + HD * AT_LD;    // [HD][AT_LD]
+  float *Qs = Vs + HD * AT_LD;    // [HD][AT_LD]
+  float *dOs = Qs + HD * AT_LD;   // [HD][AT_LD]
+  float *Ps = dOs + HD * AT_LD;   // [AT_BQ][AT_LD]
+  float *dSs = Ps + AT_BQ * AT_LD;  // [AT_BQ][AT_LD]
+  float *Ls = dSs + AT_BQ * AT_LD;  // [AT_BQ]
+  float *Ds = Ls + AT_BQ;           // [AT_BQ]
+  const att_ktile t = tiles[blockIdx.x];
+  const int kvh = blockIdx.y, group = NH / NKV, OD = NH * HD;
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  const size_t kvoff = (size_t)kvh * HD;
+
+  for (int e = tid; e < AT_BK * HD; e += AT_THREADS) {
+    int j = e / HD, d = e % HD;
+    size_t kr = (size_t)(t.k0 + j) * kv_stride + kvoff + d;
+    Ks[d * AT_LD + j] = j < t.nk ? k[kr] : 0.0f;
+    Vs[d * AT_LD + j] = j < t.nk ? v[kr] : 0.0f;
+  }
+  float gk[4][NJ], gv[4][NJ];
+#pragma unroll
+  for (int i = 0; i < 4; i++)
+#pragma unroll
+    for (int j = 0; j < NJ; j++) gk[i][j] = gv[i][j] = 0.0f;
+
+  for (int h = kvh * group; h < (kvh + 1) * group; h++)
+    for (int src = 0; src < 2; src++) {
+      int qlo, qhi;
+      ktile_queries(t, src, window, &qlo, &qhi);
+      const int lim = t.lim[src], qbase = t.q_row[src] - t.q_p0[src];  // row of query position p: qbase + p
+      for (int qt0 = qlo; qt0 < qhi; qt0 += AT_BQ) {
+        const int nq = qhi - qt0 < AT_BQ ? qhi - qt0 : AT_BQ;
+        __syncthreads();  // the last query tile's dV, dK sums are done with Qs, dOs, Ps, dSs
+        for (int e = tid; e < AT_BQ * HD; e += AT_THREADS) {
+          int r = e / HD, d = e % HD;
+          size_t row = (size_t)(qbase + qt0 + r);
+          Qs[d * AT_LD + r] = r < nq ? q[row * q_stride + (size_t)h * HD + d] * scale : 0.0f;
+          dOs[d * AT_LD + r] = r < nq ? dout[row * OD + (size_t)h * HD + d] : 0.0f;
+        }
+        for (int r = tid; r < AT_BQ; r += AT_THREADS) {
+          size_t row = (size_t)(qbase + qt0 + r);
+          Ls[r] = r < nq ? lse[row * NH + h] : 0.0f;
+          Ds[r] = r < nq ? D[row * NH + h] : 0.0f;
+        }
+        __syncthreads();
+        float s[4][4], dp[4][4];  // [key i][query j]
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+          for (int j = 0; j < 4; j++) s[i][j] = dp[i][j] = 0.0f;
+        for (int d = 0; d < HD; d++) {
+          float4 a = *(const float4 *)&Ks[d * AT_LD + ty * 4], b = *(const float4 *)&Qs[d * AT_LD + tx * 4];
+          float4 c = *(const float4 *)&Vs[d * AT_LD + ty * 4], e = *(const float4 *)&dOs[d * AT_LD + tx * 4];
+          float av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+          float cv[4] = {c.x, c.y, c.z, c.w}, ev[4] = {e.x, e.y, e.z, e.w};
+#pragma unroll
+          for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+              s[i][j] += av[i] * bv[j];
+              dp[i][j] += cv[i] * ev[j];
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+          int qj = tx * 4 + j, pi = qt0 + qj;
+          float pa[4], ga[4];
+#pragma unroll
+          for (int i = 0; i < 4; i++) {
+            int ki = ty * 4 + i, pj = t.kp0 + ki;
+            bool ok = qj < nq && ki < t.nk && pj < lim && pj <= pi && (window <= 0 || pi - pj < window);
+            pa[i] = ok ? expf(s[i][j] - Ls[qj]) : 0.0f;
+            ga[i] = pa[i] * (dp[i][j] - Ds[qj]);
+          }
+          *(float4 *)&Ps[qj * AT_LD + ty * 4] = make_float4(pa[0], pa[1], pa[2], pa[3]);
+          *(float4 *)&dSs[qj * AT_LD + ty * 4] = make_float4(ga[0], ga[1], ga[2], ga[3]);
+        }
+        __syncthreads();  // P and dS are complete
+        for (int qq = 0; qq < nq; qq++) {
+          float4 pp = *(const float4 *)&Ps[qq * AT_LD + ty * 4], gg = *(const float4 *)&dSs[qq * AT_LD + ty * 4];
+#pragma unroll
+          for (int j = 0; j < NJ; j++) {
+            int d = tx + 16 * j;
+            if (d < HD) {
+              float od = dOs[d * AT_LD + qq], qd = Qs[d * AT_LD + qq];  // qd is scale q: dK = dS^T (scale Q)
+              gv[0][j] += pp.x * od;
+              gv[1][j] += pp.y * od;
+              gv[2][j] += pp.z * od;
+              gv[3][j] += pp.w * od;
+              gk[0][j] += gg.x * qd;
+              gk[1][j] += gg.y * qd;
+              gk[2][j] += gg.z * qd;
+              gk[3][j] += gg.w * qd;
+            }
+          }
+        }
+      }
+    }
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    int ki = ty * 4 + i;
+    if (ki >= t.nk) continue;
+    size_t kr = (size_t)(t.k0 + ki) * kv_stride + kvoff;
+#pragma unroll
+    for (int j = 0; j < NJ; j++) {
+      int d = tx + 16 * j;
+      if (d >= HD) continue;
+      if (dk) dk[kr + d] = gk[i][j];
+      if (dv) dv[kr + d] = gv[i][j];
+    }
+  }
+}
+
+/* dq for any head size: one warp per query row, its keys one at a time (as attention_rows_kernel);
+ * per warp in shared memory the row's scaled query, its dO and the dq accumulator (lane d owns
+ * elements d, d+32, ...: no barrier needed). */
+__global__ void attention_dq_rows_kernel(float *dq, const float *dout, const float *q, const float *k,
+                                         const float *v, const float *lse, const float *D, int q_stride,
+                                         int kv_stride, const att_tile *tiles, int NH, int NKV, int HD, int window,
+                                         float scale) {
+  PC_DYNAMIC_SHARED(float4, smem4);
+  const att_tile t = tiles[blockIdx.x];
+  const int h = blockIdx.y, kvh = h / (NH / NKV), warp = threadIdx.x / 32, lane = threadIdx.x % 32, OD = NH * HD;
+  float *qv = (float *)smem4 + (size_t)warp * 3 * HD, *ov = qv + HD, *acc = ov + HD;
+  const size_t kvoff = (size_t)kvh * HD;
+  for (int r = warp; r < t.nq; r += blockDim.x / 32) {
+    int pi = t.p0 + r;
+    size_t row = (size_t)(t.q0 + r);
+    for (int d = lane; d < HD; d += 32) {
+      qv[d] = q[row * q_stride + (size_t)h * HD + d] * scale;
+      ov[d] = dout[row * OD + (size_t)h * HD + d];
+      acc[d] = 0.0f;
+    }
+    float L = lse[row * NH + h], Dr = D[row * NH + h];
+    int jlo = window > 0 && pi - window + 1 > 0 ? pi - window + 1 : 0;
+    for (int pj = jlo; pj <= pi; pj++) {
+      size_t kr = (size_t)(pj < t.plen ? t.pbase + pj : t.base + pj - t.plen) * kv_stride + kvoff;
+      float s = 0.0f, dp = 0.0f;
+      for (int d = lane; d < HD; d += 32) {
+        s += qv[d] * k[kr + d];
+        dp += ov[d] * v[kr + d];
+      }
+      s = warp_sum(s);
+      dp = warp_sum(dp);
+      float ds = expf(s - L) * (dp - Dr);
+      for (int d = lane; d < HD; d += 32) acc[d] += ds * k[kr + d];
+    }
+    for (int d = lane; d < HD; d += 32) dq[row * q_stride + (size_t)h * HD + d] = acc[d] * scale;
+  }
+}
+
+/* dk and dv for any head size: one warp per key row, every query that sees it one at a time; per warp
+ * in shared memory the row's key and value and the two accumulators. */
+__global__ void attention_dkv_rows_kernel(float *dk, float *dv, const float *dout, const float *q, const float *k,
+                                          const float *v, const float *lse, const float *D, int q_stride,
+                                          int kv_stride, const att_ktile *tiles, int NH, int NKV, int HD, int window,
+                                          float scale) {
+  PC_DYNAMIC_SHARED(float4, smem4);
+  const att_ktile t = tiles[blockIdx.x];
+  const int kvh = blockIdx.y, group = NH / NKV, warp = threadIdx.x / 32, lane = threadIdx.x % 32, OD = NH * HD;
+  float *kv = (float *)smem4 + (size_t)warp * 4 * HD, *vv = kv + HD, *gk = vv + HD, *gv = gk + HD;
+  const size_t kvoff = (size_t)kvh * HD;
+  for (int r = warp; r < t.nk; r += blockDim.x / 32) {
+    int pj = t.kp0 + r;
+    size_t kr = (size_t)(t.k0 + r) * kv_stride + kvoff;
+    for (int d = lane; d < HD; d += 32) {
+      kv[d] = k[kr + d];
+      vv[d] = v[kr + d];
+      gk[d] = gv[d] = 0.0f;
+    }
+    for (int h = kvh * group; h < (kvh + 1) * group; h++)
+      for (int src = 0; src < 2; src++) {
+        if (t.q_np[src] == 0 || pj >= t.lim[src]) continue;
+        int qlo = t.q_p0[src] > pj ? t.q_p0[src] : pj, qhi = t.q_p0[src] + t.q_np[src];
+        if (window > 0 && pj + window < qhi) qhi = pj + window;
+        for (int pi = qlo; pi < qhi; pi++) {
+          size_t row = (size_t)(t.q_row[src] + pi - t.q_p0[src]);
+          const float *qr = q + row * q_stride + (size_t)h * HD, *orow = dout + row * OD + (size_t)h * HD;
+          float s = 0.0f, dp = 0.0f;
+          for (int d = lane; d < HD; d += 32) {
+            s += qr[d] * scale * kv[d];
+            dp += orow[d] * vv[d];
+          }
+          s = warp_sum(s);
+          dp = warp_sum(dp);
+          float p = expf(s - lse[row * NH + h]), ds = p * (dp - D[row * NH + h]);
+          for (int d = lane; d < HD; d += 32) {
+            gv[d] += p * orow[d];
+            gk[d] += ds * (qr[d] * scale);
+          }
+        }
+      }
+    for (int d = lane; d < HD; d += 32) {
+      if (dk) dk[kr + d] = gk[d];
+      if (dv) dv[kr + d] = gv[d];
+    }
+  }
+}
+
+/* Dynamic shared memory of the tiled kernels (floats): dq's Q, dO, K, V and dS; dk/dv's K, V, Q, dO,
+ * P, dS, lse and D. Both fit an H100's 227 KB up to HD = 128. */
+static size_t att_dq_smem(int HD) { return sizeof(float) * ((size_t)4 * HD * AT_LD + (size_t)AT_BK * AT_LD); }
+static size_t att_dkv_smem(int HD) {
+  return sizeof(float) * ((size_t)4 * HD * AT_LD + (size_t)2 * AT_BQ * AT_LD + 2 * AT_BQ);
+}
+
+template <int NJ>
+static void launch_attention_bwd(cuda_backend *cb, float *dq, float *dk, float *dv, const float *dout,
+                                 const float *q, const float *k, const float *v, const float *lse, int q_stride,
+                                 int kv_stride, int NH, int NKV, int HD, int window, float scale) {
+  size_t sq = att_dq_smem(HD), skv = att_dkv_smem(HD);
+  if (dq) {
+    if (sq > 48 * 1024 &&
+        CUDA_CHECK(cb, cudaFuncSetAttribute(attention_dq_kernel<NJ>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            (int)sq)))
+      return;
+    PC_LAUNCH(attention_dq_kernel<NJ>, dim3((unsigned)cb->ntiles, (unsigned)NH), AT_THREADS, sq)(
+        dq, dout, q, k, v, lse, cb->att_D, q_stride, kv_stride, cb->tiles_dev, NH, NKV, HD, window, scale);
+    LAUNCH_CHECK(cb, "attention_dq_kernel");
+  }
+  if (dk || dv) {
+    if (skv > 48 * 1024 &&
+        CUDA_CHECK(cb, cudaFuncSetAttribute(attention_dkv_kernel<NJ>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            (int)skv)))
+      return;
+    PC_LAUNCH(attention_dkv_kernel<NJ>, dim3((unsigned)cb->nktiles, (unsigned)NKV), AT_THREADS, skv)(
+        dk, dv, dout, q, k, v, lse, cb->att_D, q_stride, kv_stride, cb->ktiles_dev, NH, NKV, HD, window, scale);
+    LAUNCH_CHECK(cb, "attention_dkv_kernel");
+  }
+}
+
+static void cuda_attention_backward(pc_backend *be, float *dq, float *dk, float *dv, const float *dout,
+                                    const float *q, const float *k, const float *v, const float *out,
+                                    const float *lse, int q_stride, int kv_stride, const pc_batch *bt, int N, int NH,
+                                    int NKV, int HD, int window) {
+  cuda_backend *cb = CB(be);
+  if (cb->failed || N <= 0 || (!dq && !dk && !dv) || attention_tiles(cb, bt) != 0 || cb->ntiles == 0) return;
+  if (ws_reserve(cb, (void **)&cb->att_D, &cb->att_D_cap, sizeof(float) * (size_t)N * NH)) return;
+  PC_LAUNCH(attention_bwd_D_kernel, (unsigned)(((size_t)N * NH + 7) / 8), 256, 0)(cb->att_D, dout, out, N, NH, HD);
+  LAUNCH_CHECK(cb, "attention_bwd_D_kernel");
+  const float scale = 1.0f / sqrtf((float)HD);
+  size_t smax = att_dkv_smem(HD) > att_dq_smem(HD) ? att_dkv_smem(HD) : att_dq_smem(HD);
+  if (!cb->attn_rows && HD <= 128 && smax <= cb->smem_optin) {
+    if (HD <= 32) launch_attention_bwd<2>(cb, dq, dk, dv, dout, q, k, v, lse, q_stride, kv_stride, NH, NKV, HD, window, scale);
+    else if (HD <= 64) launch_attention_bwd<4>(cb, dq, dk, dv, dout, q, k, v, lse, q_stride, kv_stride, NH, NKV, HD, window, scale);
+    else launch_attention_bwd<8>(cb, dq, dk, dv, dout, q, k, v, lse, q_stride, kv_stride, NH, NKV, HD, window, scale);
+    return;
+  }
+  size_t sq = sizeof(float) * 3 * (size_t)HD * 8, skv = sizeof(float) * 4 * (size_t)HD * 8;  // 8 warps each
+  if (dq) {
+    if (sq > 48 * 1024 && CUDA_CHECK(cb, cudaFuncSetAttribute(attention_dq_rows_kernel,
+                                                              cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sq)))
+      return;
+    PC_LAUNCH(attention_dq_rows_kernel, dim3((unsigned)cb->ntiles, (unsigned)NH), 256, sq)(
+        dq, dout, q, k, v, lse, cb->att_D, q_stride, kv_stride, cb->tiles_dev, NH, NKV, HD, window, scale);
+    LAUNCH_CHECK(cb, "attention_dq_rows_kernel");
+  }
+  if (dk || dv) {
+    if (skv > 48 * 1024 && CUDA_CHECK(cb, cudaFuncSetAttribute(attention_dkv_rows_kernel,
+                                                               cudaFuncAttributeMaxDynamicSharedMemorySize, (int)skv)))
+      return;
+    PC_LAUNCH(attention_dkv_rows_kernel, dim3((unsigned)cb->nktiles, (unsigned)NKV), 256, skv)(
+        dk, dv, dout, q, k, v, lse, cb->att_D, q_stride, kv_stride, cb->ktiles_dev, NH, NKV, HD, window, scale);
+    LAUNCH_CHECK(cb, "attention_dkv_rows_kernel");
+  }
+}
+
+// ==== training: the fused log-prob backward =======================================================
+//
+// Chunked like cuda_logprob, so the (M x V) logits never exist: per chunk of LP_ROWS rows and LP_VOCAB
+// words, the logits are recomputed by the same GEMM as the forward (same operands, so in bf16 mode the
+// same bf16 products the forward's lse came from), turned in place into G = dlp (onehot - p) with
+// p = exp(logit + b - lse), and then
+//   dh rows (mr x C)     = sum over vocabulary chunks of G (mr x vc) · head rows (vc x C)   (beta 0, then 1)
+//   dhead rows (vc x C) += G^T (vc x mr) · h (mr x C)
+// both cuBLAS GEMMs with fp32 accumulation. Memory: the forward's chunk of logits (LP_ROWS x LP_VOCAB
+// floats) and, in bf16 mode, its bf16 copy. The bias is added to the logits as in the forward; it gets
+// no gradient (backend.h has none for it: the CPU backend's reference does the same). Each dhead row
+// is written by its chunk's GEMMs only, one row chunk after the other: deterministic, no atomics.
+
+/* In place over one (mr x vc) chunk of logits (words v0..), one block per row i:
+ * G[i][j] = dlp[i] (1[v0+j == target[i]] - exp(logit + b - lse[i])); with g16, also its bf16 copy. */
+__global__ void lp_grad_kernel(float *G, __nv_bfloat16 *g16, int vc, int v0, const float *bias,
+                               const int32_t *targets, const float *lse, const float *dlp) {
+  const int i = blockIdx.x;
+  float *x = G + (size_t)i * vc;
+  const float l = lse[i], d = dlp[i];
+  const int tj = targets[i] - v0;  // the target's column, when it is in this chunk
+  for (int j = threadIdx.x; j < vc; j += blockDim.x) {
+    float g = -d * expf(x[j] + (bias ? bias[v0 + j] : 0.0f) - l);
+    if (j == tj) g += d;
+    x[j] = g;
+    if (g16) g16[(size_t)i * vc + j] = __float2bfloat16_rn(g);
+  }
+}
+
+static void cuda_logprob_backward(pc_backend *be, float *dh, float *dhead, const float *h, const pc_weight *head,
+                                  const int32_t *targets, const float *lse, const float *dlp, int M, int C, int V) {
+  cuda_backend *cb = CB(be);
+  if (cb->failed || M <= 0 || (!dh && !dhead)) return;
+  const __nv_bfloat16 *w16 = bf16_twin(cb, head->w, (size_t)V * C);
+  const __nv_bfloat16 *h16 = w16 ? act_bf16(cb, h, (size_t)M * C) : NULL;  // act16: valid through this call
+  int bf = w16 && h16;
+  int RC = M < LP_ROWS ? M : LP_ROWS, VC = V < LP_VOCAB ? V : LP_VOCAB;
+  if (ws_reserve(cb, (void **)&cb->lp_ws, &cb->lp_ws_cap, sizeof(float) * (size_t)RC * VC) ||
+      (bf && ws_reserve(cb, (void **)&cb->lp_g16, &cb->lp_g16_cap, sizeof(__nv_bfloat16) * (size_t)RC * VC)))
+    return;
+  const int outin = head->layout == PC_W_OUT_IN, ldw = outin ? C : V;
+  for (int r0 = 0; r0 < M; r0 += LP_ROWS) {
+    int mr = M - r0 < LP_ROWS ? M - r0 : LP_ROWS;
+    for (int v0 = 0; v0 < V; v0 += LP_VOCAB) {
+      int vc = V - v0 < LP_VOCAB ? V - v0 : LP_VOCAB;
+      // the forward's logits (mr x vc) row-major = column-major (vc x mr): see cuda_logprob
+      size_t woff = outin ? (size_t)v0 * C : (size_t)v0;
+      const void *W = bf ? (const void *)(w16 + woff) : (const void *)(head->w + woff);
+      const void *H = bf ? (const void *)(h16 + (size_t)r0 * C) : (const void *)(h + (size_t)r0 * C);
+      gemm(cb, outin ? CUBLAS_OP_T : CUBLAS_OP_N, vc, mr, C, W, ldw, H, C, 0.0f, cb->lp_ws, vc, bf);
+      PC_LAUNCH(lp_grad_kernel, mr, 256, 0)(cb->lp_ws, bf ? cb->lp_g16 : NULL, vc, v0, head->b, targets + r0,
+                                           lse + r0, dlp + r0);
+      LAUNCH_CHECK(cb, "lp_grad_kernel");
+      const void *G = bf ? (const void *)cb->lp_g16 : (const void *)cb->lp_ws;  // column-major (vc x mr)
+      // dh^T (C x mr) (+)= Wc^T (C x vc) · G (vc x mr), Wc the chunk's head rows (vc x C) row-major: for
+      // (V, C) that is column-major (C x vc) as it is; for (C, V), column-major (vc x C), transposed
+      if (dh)
+        gemm(cb, outin ? CUBLAS_OP_N : CUBLAS_OP_T, C, mr, vc, W, ldw, G, vc, v0 ? 1.0f : 0.0f, dh + (size_t)r0 * C,
+             C, bf);
+      // dhead, in the head's layout: (V, C): its chunk column-major (C x vc) += h^T (C x mr) · G^T (mr x vc);
+      // (C, V): its chunk column-major (vc x C) += G (vc x mr) · h (mr x C)
+      if (dhead && outin)
+        gemm_t(cb, CUBLAS_OP_N, CUBLAS_OP_T, C, vc, mr, H, C, G, vc, 1.0f, dhead + (size_t)v0 * C, C, bf);
+      else if (dhead)
+        gemm_t(cb, CUBLAS_OP_N, CUBLAS_OP_T, vc, C, mr, G, vc, H, C, 1.0f, dhead + v0, V, bf);
+      if (cb->failed) return;
+    }
+  }
 }
 
 // ---- construction -------------------------------------------------------------------------------
@@ -1288,13 +1853,17 @@ static void cuda_destroy(pc_backend *be) {
   if (cb->act16) cudaFree(cb->act16);
   if (cb->lp_ws) cudaFree(cb->lp_ws);
   if (cb->lp_stats) cudaFree(cb->lp_stats);
+  if (cb->lp_g16) cudaFree(cb->lp_g16);
   if (cb->tiles_dev) cudaFree(cb->tiles_dev);
   if (cb->act16b) cudaFree(cb->act16b);
   if (cb->sumsq_part) cudaFree(cb->sumsq_part);
   if (cb->colsum_part) cudaFree(cb->colsum_part);
+  if (cb->ktiles_dev) cudaFree(cb->ktiles_dev);
+  if (cb->att_D) cudaFree(cb->att_D);
   if (cb->blas) cublasDestroy(cb->blas);
   free(cb->w);
   free(cb->tiles_host);
+  free(cb->ktiles_host);
   free(cb->lay_start);
   free(cb->lay_plen);
   free(cb);
@@ -1306,6 +1875,7 @@ static int cuda_supports(pc_backend *be, pc_op op) {
     case PC_OP_EMBEDDING: case PC_OP_MATMUL: case PC_OP_LAYERNORM: case PC_OP_RMSNORM: case PC_OP_ROPE:
     case PC_OP_ATTENTION: case PC_OP_GELU: case PC_OP_SWIGLU: case PC_OP_LOGPROB: case PC_OP_GATHER_ROWS:
     case PC_OP_COPY: case PC_OP_ZERO: case PC_OP_SCALE:
+    case PC_OP_ATTENTION_BACKWARD: case PC_OP_LOGPROB_BACKWARD:
       return 1;
     // training ops (backward kernels and the optimizer)
     case PC_OP_EMBEDDING_BACKWARD: case PC_OP_MATMUL_BACKWARD: case PC_OP_LAYERNORM_BACKWARD:
@@ -1360,6 +1930,8 @@ static pc_backend_ops make_ops(void) {
   o.mem_info = NAMED(cuda_mem_info, "mem_info");
   o.weight_updated = NAMED(cuda_weight_updated, "weight_updated");
   o.device_json = cuda_device_json;
+  o.attention_backward = NAMED(cuda_attention_backward, "attention_backward");
+  o.logprob_backward = NAMED(cuda_logprob_backward, "logprob_backward");
   return o;
 }
 #undef NAMED
