@@ -31,8 +31,7 @@
  * failed ("matmul: cublasGemmEx: ..."). A download that fails leaves its destination undefined:
  * callers check the status and never use the numbers. alloc returns NULL on exhaustion.
  *
- * Capabilities: not every backend has every op (the CUDA backend lacks attention_backward and
- * logprob_backward, so far).
+ * Capabilities: not every backend has every op (a backend being written may lack some).
  * Callers ask supports(op) (or pc_backend_can_train) instead of testing the table for NULL.
  *
  * Ownership: a backend returned by pc_backend_new is the caller's: free it with ops->destroy. Memory
