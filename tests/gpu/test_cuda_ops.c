@@ -1086,6 +1086,19 @@ static void b_attention(void *p) {
 }
 static void b_logprob(void *p) { bench_arg *a = p; GPU->ops->logprob(GPU, a->out, a->inp, &a->w, a->tg, a->N, a->C, a->OC, NULL); }
 static void b_rmsnorm(void *p) { bench_arg *a = p; GPU->ops->rmsnorm(GPU, a->out, a->inp, a->w.w, 1e-6f, a->N, a->C, a->C, NULL); }
+/* the training ops: out is the gradient written (dinp), lse the one added into (dW, dw, dwte) */
+static void b_matmul_backward(void *p) {
+  bench_arg *a = p;
+  GPU->ops->matmul_backward(GPU, a->out, a->lse, NULL, a->inp, a->out, &a->w, a->N, a->C, a->OC, 0);
+}
+static void b_rmsnorm_backward(void *p) {
+  bench_arg *a = p;
+  GPU->ops->rmsnorm_backward(GPU, a->out, a->lse, a->out, a->inp, a->w.w, a->inp, a->N, a->C, a->C, 0);
+}
+static void b_embedding_backward(void *p) {
+  bench_arg *a = p;
+  GPU->ops->embedding_backward(GPU, a->lse, NULL, a->inp, a->tg, NULL, a->N, a->C);
+}
 
 static float *gpu_rand(size_t n, float scale) {
   float *h = malloc(n * 4), *g = GPU->ops->alloc(GPU, n * 4);
@@ -1163,6 +1176,54 @@ static int bench(void) {
     GPU->ops->free(GPU, a.out);
     GPU->ops->free(GPU, a.inp);
     GPU->ops->free(GPU, (void *)a.w.w);
+  }
+  // matmul_backward: dinp and dW of the matmul above (8192 tokens, 4096 -> 4096), W from weight()
+  {
+    int N = 8192, C = 4096, OC = 4096;
+    float *hw = malloc(sizeof(float) * (size_t)C * OC);
+    if (!hw) die("out of memory");
+    for (size_t i = 0; i < (size_t)C * OC; i++) hw[i] = frand() * 0.02f;
+    int owned;
+    // inp doubles as dout (N x 4096 both) and out as dinp; lse is dW
+    bench_arg a = {.out = gpu_rand((size_t)N * C, 1), .inp = gpu_rand((size_t)N * OC, 1),
+                   .lse = gpu_rand((size_t)C * OC, 0),
+                   .w = {GPU->ops->weight(GPU, hw, (size_t)C * OC, &owned), NULL, PC_W_OUT_IN}, .N = N, .C = C, .OC = OC};
+    double t = time_op(b_matmul_backward, &a, a.out, 20);
+    printf("%-44s %10.3f %9.1f TFLOP/s\n", "matmul_backward dinp+dW, 8192x4096x4096", t * 1e3,
+           4.0 * N * C * OC / t / 1e12);
+    GPU->ops->free(GPU, a.out);
+    GPU->ops->free(GPU, a.inp);
+    GPU->ops->free(GPU, a.lse);
+    GPU->ops->free(GPU, (void *)a.w.w);
+    free(hw);
+  }
+  // rmsnorm_backward per head (Qwen3's q/k norms: 8192 tokens x 32 heads of 128), dinp over dout,
+  // dw: the column sums of a tall, narrow matrix
+  {
+    int N = 8192 * 32, C = 128;
+    bench_arg a = {.out = gpu_rand((size_t)N * C, 1), .inp = gpu_rand((size_t)N * C, 1), .lse = gpu_rand((size_t)C, 0),
+                   .w = {gpu_rand((size_t)C, 1), NULL, PC_W_OUT_IN}, .N = N, .C = C};
+    double t = time_op(b_rmsnorm_backward, &a, a.out, 20);
+    printf("%-44s %10.3f %9.1f GB/s\n", "rmsnorm_backward 262144 rows of 128", t * 1e3, 4.0 * N * C * 4 / t / 1e9);
+    GPU->ops->free(GPU, a.out);
+    GPU->ops->free(GPU, a.inp);
+    GPU->ops->free(GPU, a.lse);
+    GPU->ops->free(GPU, (void *)a.w.w);
+  }
+  // embedding_backward: 8192 tokens of C 4096 into a 128256-row dwte (the scatter, a thread per column)
+  {
+    int N = 8192, C = 4096, V = 128256;
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)N), *idd = GPU->ops->alloc(GPU, sizeof(int32_t) * (size_t)N);
+    if (!ids || !idd) die("out of memory");
+    for (int i = 0; i < N; i++) ids[i] = irand(V);
+    GPU->ops->upload(GPU, idd, ids, sizeof(int32_t) * (size_t)N);
+    bench_arg a = {.inp = gpu_rand((size_t)N * C, 1), .lse = gpu_rand((size_t)V * C, 0), .N = N, .C = C, .tg = idd};
+    double t = time_op(b_embedding_backward, &a, a.lse, 20);
+    printf("%-44s %10.3f %9.1f GB/s\n", "embedding_backward 8192x4096, V 128256", t * 1e3, 3.0 * N * C * 4 / t / 1e9);
+    GPU->ops->free(GPU, a.inp);
+    GPU->ops->free(GPU, a.lse);
+    GPU->ops->free(GPU, idd);
+    free(ids);
   }
   const char *e = pc_backend_cuda_error(GPU);
   if (e) { printf("FAIL cuda_bench_%s: %s\n", MODE, e); return 1; }

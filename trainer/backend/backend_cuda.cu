@@ -962,6 +962,7 @@ __global__ void scatter_add_kernel(float *dst, const int32_t *idx, const float *
 }
 
 static void launch_scatter_add(cuda_backend *cb, float *dst, const int32_t *idx, const float *src, int M, int C) {
+  if (C <= 0) return;  // no columns: no threads (an empty grid would fail the launch)
   PC_LAUNCH(scatter_add_kernel, (C + 255) / 256, 256, 0)(dst, idx, src, M, C);
   LAUNCH_CHECK(cb, "scatter_add_kernel");
 }
@@ -1029,6 +1030,7 @@ __global__ void colsum_finish_kernel(float *out1, float *out2, const double *par
  * order of the additions depends only on the shapes: deterministic. */
 static void launch_colsum(cuda_backend *cb, float *out1, float *out2, const float *d, const float *x, const float *mean,
                           const float *rstd, int rows, int C, int stride, int mode) {
+  if (C <= 0) return;
   int nchunks = (rows + CS_CHUNK_ROWS - 1) / CS_CHUNK_ROWS, maxc = CS_MAX_PARTS / (2 * C);
   if (nchunks > maxc) nchunks = maxc > 1 ? maxc : 1;
   if (nchunks > 65535) nchunks = 65535;  // the grid's y limit
