@@ -1076,6 +1076,7 @@ typedef struct {
   pc_batch *bt;
   int NH, NKV, HD;
   int32_t *tg;
+  float *dout, *grad, *grad2;  /* the backward ops': dout or dlp, and the gradients */
 } bench_arg;
 static void b_matmul(void *p) { bench_arg *a = p; GPU->ops->matmul(GPU, a->out, a->inp, &a->w, a->N, a->C, a->OC, 0); }
 static void b_attention(void *p) {
@@ -1083,6 +1084,17 @@ static void b_attention(void *p) {
   int st = (a->NH + 2 * a->NKV) * a->HD;
   GPU->ops->attention(GPU, a->out, a->inp, a->inp + a->NH * a->HD, a->inp + (a->NH + a->NKV) * a->HD, st, st, a->bt,
                       a->N, a->NH, a->NKV, a->HD, 0, a->lse);
+}
+static void b_attention_backward(void *p) {
+  bench_arg *a = p;
+  int st = (a->NH + 2 * a->NKV) * a->HD;
+  size_t ok = (size_t)a->NH * a->HD, ov = (size_t)(a->NH + a->NKV) * a->HD;
+  GPU->ops->attention_backward(GPU, a->grad, a->grad + ok, a->grad + ov, a->dout, a->inp, a->inp + ok, a->inp + ov,
+                               a->out, a->lse, st, st, a->bt, a->N, a->NH, a->NKV, a->HD, 0);
+}
+static void b_logprob_backward(void *p) {
+  bench_arg *a = p;
+  GPU->ops->logprob_backward(GPU, a->grad, a->grad2, a->inp, &a->w, a->tg, a->lse, a->dout, a->N, a->C, a->OC);
 }
 static void b_logprob(void *p) { bench_arg *a = p; GPU->ops->logprob(GPU, a->out, a->inp, &a->w, a->tg, a->N, a->C, a->OC, NULL); }
 static void b_rmsnorm(void *p) { bench_arg *a = p; GPU->ops->rmsnorm(GPU, a->out, a->inp, a->w.w, 1e-6f, a->N, a->C, a->C, NULL); }
@@ -1137,6 +1149,13 @@ static int bench(void) {
     double t = time_op(b_attention, &a, a.out, 20);
     double flops = 4.0 * nseq * ((double)T * (T + 1) / 2) * HD * NH;  // QK^T and PV over the causal half
     printf("%-44s %10.3f %9.1f TFLOP/s\n", "attention 4x2048, 32/8 heads, HD 128, causal", t * 1e3, flops / t / 1e12);
+    // its backward from the forward's out and lse: S and dP in both kernels, dQ, dK, dV: 7 products
+    a.dout = gpu_rand((size_t)L.N * NH * HD, 1);
+    a.grad = gpu_rand((size_t)L.N * (NH + 2 * NKV) * HD, 0);
+    t = time_op(b_attention_backward, &a, a.grad, 10);
+    printf("%-44s %10.3f %9.1f TFLOP/s\n", "attention backward, the same shape", t * 1e3, 3.5 * flops / t / 1e12);
+    GPU->ops->free(GPU, a.dout);
+    GPU->ops->free(GPU, a.grad);
     GPU->ops->free(GPU, a.out);
     GPU->ops->free(GPU, a.inp);
     GPU->ops->free(GPU, a.lse);
@@ -1159,6 +1178,18 @@ static int bench(void) {
                    .tg = tgd};
     double t = time_op(b_logprob, &a, a.out, 10);
     printf("%-44s %10.3f %9.1f TFLOP/s\n", "logprob 8192 rows, C 4096, V 128256", t * 1e3, 2.0 * M * C * V / t / 1e12);
+    // its backward (logits recomputed, dh, dhead: three GEMMs of the forward's size)
+    a.lse = gpu_rand((size_t)M, 0);
+    GPU->ops->logprob(GPU, a.out, a.inp, &a.w, a.tg, M, C, V, a.lse);
+    a.dout = gpu_rand((size_t)M, 1);
+    a.grad = gpu_rand((size_t)M * C, 0);
+    a.grad2 = gpu_rand((size_t)V * C, 0);
+    t = time_op(b_logprob_backward, &a, a.grad, 5);
+    printf("%-44s %10.3f %9.1f TFLOP/s\n", "logprob backward, the same shape", t * 1e3, 6.0 * M * C * V / t / 1e12);
+    GPU->ops->free(GPU, a.lse);
+    GPU->ops->free(GPU, a.dout);
+    GPU->ops->free(GPU, a.grad);
+    GPU->ops->free(GPU, a.grad2);
     GPU->ops->free(GPU, a.out);
     GPU->ops->free(GPU, a.inp);
     GPU->ops->free(GPU, tgd);

@@ -573,6 +573,23 @@ static void cuda_matmul(pc_backend *be, float *out, const float *inp, const pc_w
 
 // ---- attention ----------------------------------------------------------------------------------
 
+/* acc[i][j] += g[i] * x[d * xs] for d = tx + 16 j < HD: the rank-1 update of a thread's 4 rows x NJ
+ * columns in the flash kernels (O += P V, and the backward's dQ, dK, dV sums). */
+template <int NJ>
+__device__ __forceinline__ void acc_rank1(float acc[4][NJ], float4 g, const float *x, int xs, int tx, int HD) {
+#pragma unroll
+  for (int j = 0; j < NJ; j++) {
+    int d = tx + 16 * j;
+    if (d < HD) {
+      float xd = x[(size_t)d * xs];
+      acc[0][j] += g.x * xd;
+      acc[1][j] += g.y * xd;
+      acc[2][j] += g.z * xd;
+      acc[3][j] += g.w * xd;
+    }
+  }
+}
+
 /* Flash attention, fp32. Block (tile, head): 64 queries of one sequence against its visible keys in
  * tiles of 64. 256 threads as 16 x 16: thread (ty, tx) computes the scores of queries ty*4..ty*4+3
  * with keys tx*4..tx*4+3 (16 in registers, operands as float4 from the transposed shared tiles), the
@@ -681,18 +698,7 @@ __global__ void __launch_bounds__(AT_THREADS) flash_attention_kernel(float *out,
     // O += P V
     int nk = p1 - kt0 < AT_BK ? p1 - kt0 : AT_BK;
     for (int kk = 0; kk < nk; kk++) {
-      float4 p = *(const float4 *)&Ps[kk * AT_LD + ty * 4];
-#pragma unroll
-      for (int j = 0; j < NJ; j++) {
-        int d = tx + 16 * j;
-        if (d < HD) {
-          float vv = KV[kk * HD + d];
-          o[0][j] += p.x * vv;
-          o[1][j] += p.y * vv;
-          o[2][j] += p.z * vv;
-          o[3][j] += p.w * vv;
-        }
-      }
+      acc_rank1<NJ>(o, *(const float4 *)&Ps[kk * AT_LD + ty * 4], KV + (size_t)kk * HD, 1, tx, HD);
     }
   }
   const int OD = NH * HD;
@@ -748,6 +754,22 @@ __global__ void attention_rows_kernel(float *out, float *lse, const float *q, co
 
 static int attention_ktiles(cuda_backend *cb, const pc_batch *bt);  // the backward's, same layout
 
+/* Room for n tile descriptors of `size` bytes in a host array and its device twin (*cap of them),
+ * grown with a margin; -1 with the failure kept. */
+static int tiles_reserve(cuda_backend *cb, void **host, void **dev, int *cap, int n, size_t size) {
+  if (n <= *cap) return 0;
+  int nc = n + n / 4 + 16;
+  void *th = realloc(*host, size * (size_t)nc);
+  if (!th) { fail(cb, __FILE__, __LINE__, "attention", "out of host memory"); return -1; }
+  *host = th;
+  if (*dev) CUDA_CHECK(cb, cudaFree(*dev));
+  *dev = NULL;
+  *cap = 0;
+  if (CUDA_CHECK(cb, cudaMalloc(dev, size * (size_t)nc))) { *dev = NULL; return -1; }
+  *cap = nc;
+  return 0;
+}
+
 /* The tiles of 64 query rows (and the backward's key tiles) for this batch's layout, on the device. Every layer of a forward pass
  * uses the same layout, so they are rebuilt (and uploaded) only when the layout changes. */
 static int attention_tiles(cuda_backend *cb, const pc_batch *bt) {
@@ -765,20 +787,8 @@ static int attention_tiles(cuda_backend *cb, const pc_batch *bt) {
   }
   int nt = 0;
   for (int s = 0; s < ns; s++) nt += (bt->seq_start[s + 1] - bt->seq_start[s] + AT_BQ - 1) / AT_BQ;
-  if (nt > cb->tiles_cap) {
-    int cap = nt + nt / 4 + 16;
-    att_tile *th = (att_tile *)realloc(cb->tiles_host, sizeof(att_tile) * (size_t)cap);
-    if (!th) { fail(cb, __FILE__, __LINE__, "attention", "out of host memory"); return -1; }
-    cb->tiles_host = th;
-    if (cb->tiles_dev) CUDA_CHECK(cb, cudaFree(cb->tiles_dev));
-    cb->tiles_dev = NULL;
-    if (CUDA_CHECK(cb, cudaMalloc((void **)&cb->tiles_dev, sizeof(att_tile) * (size_t)cap))) {
-      cb->tiles_dev = NULL;
-      cb->tiles_cap = 0;
-      return -1;
-    }
-    cb->tiles_cap = cap;
-  }
+  if (tiles_reserve(cb, (void **)&cb->tiles_host, (void **)&cb->tiles_dev, &cb->tiles_cap, nt, sizeof(att_tile)))
+    return -1;
   nt = 0;
   for (int s = 0; s < ns; s++) {
     int base = bt->seq_start[s], own = bt->seq_start[s + 1] - base;
@@ -1318,20 +1328,8 @@ static int cuda_mem_info(pc_backend *be, pc_mem_info *out) {
 static int attention_ktiles(cuda_backend *cb, const pc_batch *bt) {
   int ns = bt->nseq, nt = 0;
   for (int s = 0; s < ns; s++) nt += (bt->seq_start[s + 1] - bt->seq_start[s] + AT_BK - 1) / AT_BK;
-  if (nt > cb->ktiles_cap) {
-    int cap = nt + nt / 4 + 16;
-    att_ktile *th = (att_ktile *)realloc(cb->ktiles_host, sizeof(att_ktile) * (size_t)cap);
-    if (!th) { fail(cb, __FILE__, __LINE__, "attention", "out of host memory"); return -1; }
-    cb->ktiles_host = th;
-    if (cb->ktiles_dev) CUDA_CHECK(cb, cudaFree(cb->ktiles_dev));
-    cb->ktiles_dev = NULL;
-    if (CUDA_CHECK(cb, cudaMalloc((void **)&cb->ktiles_dev, sizeof(att_ktile) * (size_t)cap))) {
-      cb->ktiles_dev = NULL;
-      cb->ktiles_cap = 0;
-      return -1;
-    }
-    cb->ktiles_cap = cap;
-  }
+  if (tiles_reserve(cb, (void **)&cb->ktiles_host, (void **)&cb->ktiles_dev, &cb->ktiles_cap, nt, sizeof(att_ktile)))
+    return -1;
   nt = 0;
   for (int s = 0; s < ns; s++) {
     int base = bt->seq_start[s], own = bt->seq_start[s + 1] - base;
@@ -1377,6 +1375,30 @@ __global__ void attention_bwd_D_kernel(float *D, const float *dout, const float 
   for (int d = lane; d < HD; d += 32) s += a[d] * b[d];
   s = warp_sum(s);
   if (lane == 0) D[w] = s;
+}
+
+/* The backward's 4 x 4 register tiles, two at once: s[i][j] = sum_d A[d][ra+i] B[d][rb+j] and
+ * dp[i][j] = sum_d C[d][ra+i] E[d][rb+j], over shared tiles stored transposed ([HD][AT_LD]), with
+ * float4 loads (ra, rb multiples of 4). */
+__device__ __forceinline__ void tile_dots2(float s[4][4], float dp[4][4], const float *A, const float *B,
+                                           const float *C, const float *E, int ra, int rb, int HD) {
+#pragma unroll
+  for (int i = 0; i < 4; i++)
+#pragma unroll
+    for (int j = 0; j < 4; j++) s[i][j] = dp[i][j] = 0.0f;
+  for (int d = 0; d < HD; d++) {
+    float4 a = *(const float4 *)&A[d * AT_LD + ra], b = *(const float4 *)&B[d * AT_LD + rb];
+    float4 c = *(const float4 *)&C[d * AT_LD + ra], e = *(const float4 *)&E[d * AT_LD + rb];
+    float av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+    float cv[4] = {c.x, c.y, c.z, c.w}, ev[4] = {e.x, e.y, e.z, e.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        s[i][j] += av[i] * bv[j];
+        dp[i][j] += cv[i] * ev[j];
+      }
+  }
 }
 
 /* dq, tiled: block (query tile, head), 256 threads as 16 x 16 as in flash_attention_kernel: thread
@@ -1433,23 +1455,7 @@ __global__ void __launch_bounds__(AT_THREADS) attention_dq_kernel(float *dq, con
     }
     __syncthreads();
     float s[4][4], dp[4][4];
-#pragma unroll
-    for (int i = 0; i < 4; i++)
-#pragma unroll
-      for (int j = 0; j < 4; j++) s[i][j] = dp[i][j] = 0.0f;
-    for (int d = 0; d < HD; d++) {
-      float4 a = *(const float4 *)&Qs[d * AT_LD + ty * 4], b = *(const float4 *)&Ks[d * AT_LD + tx * 4];
-      float4 c = *(const float4 *)&dOs[d * AT_LD + ty * 4], e = *(const float4 *)&Vs[d * AT_LD + tx * 4];
-      float av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
-      float cv[4] = {c.x, c.y, c.z, c.w}, ev[4] = {e.x, e.y, e.z, e.w};
-#pragma unroll
-      for (int i = 0; i < 4; i++)
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-          s[i][j] += av[i] * bv[j];
-          dp[i][j] += cv[i] * ev[j];
-        }
-    }
+    tile_dots2(s, dp, Qs, Ks, dOs, Vs, ty * 4, tx * 4, HD);
     // P from the forward's lse (masked: 0), then dS = P (dP - D); dS replaces s
 #pragma unroll
     for (int i = 0; i < 4; i++) {
@@ -1468,18 +1474,7 @@ __global__ void __launch_bounds__(AT_THREADS) attention_dq_kernel(float *dq, con
     __syncthreads();  // dS is complete
     int nk = p1 - kt0 < AT_BK ? p1 - kt0 : AT_BK;
     for (int kk = 0; kk < nk; kk++) {
-      float4 g = *(const float4 *)&dSs[kk * AT_LD + ty * 4];
-#pragma unroll
-      for (int j = 0; j < NJ; j++) {
-        int d = tx + 16 * j;
-        if (d < HD) {
-          float kd = Ks[d * AT_LD + kk];
-          acc[0][j] += g.x * kd;
-          acc[1][j] += g.y * kd;
-          acc[2][j] += g.z * kd;
-          acc[3][j] += g.w * kd;
-        }
-      }
+      acc_rank1<NJ>(acc, *(const float4 *)&dSs[kk * AT_LD + ty * 4], Ks + kk, AT_LD, tx, HD);
     }
   }
 #pragma unroll
@@ -1552,23 +1547,7 @@ __global__ void __launch_bounds__(AT_THREADS) attention_dkv_kernel(float *dk, fl
         }
         __syncthreads();
         float s[4][4], dp[4][4];  // [key i][query j]
-#pragma unroll
-        for (int i = 0; i < 4; i++)
-#pragma unroll
-          for (int j = 0; j < 4; j++) s[i][j] = dp[i][j] = 0.0f;
-        for (int d = 0; d < HD; d++) {
-          float4 a = *(const float4 *)&Ks[d * AT_LD + ty * 4], b = *(const float4 *)&Qs[d * AT_LD + tx * 4];
-          float4 c = *(const float4 *)&Vs[d * AT_LD + ty * 4], e = *(const float4 *)&dOs[d * AT_LD + tx * 4];
-          float av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
-          float cv[4] = {c.x, c.y, c.z, c.w}, ev[4] = {e.x, e.y, e.z, e.w};
-#pragma unroll
-          for (int i = 0; i < 4; i++)
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-              s[i][j] += av[i] * bv[j];
-              dp[i][j] += cv[i] * ev[j];
-            }
-        }
+        tile_dots2(s, dp, Ks, Qs, Vs, dOs, ty * 4, tx * 4, HD);
 #pragma unroll
         for (int j = 0; j < 4; j++) {
           int qj = tx * 4 + j, pi = qt0 + qj;
@@ -1585,22 +1564,8 @@ __global__ void __launch_bounds__(AT_THREADS) attention_dkv_kernel(float *dk, fl
         }
         __syncthreads();  // P and dS are complete
         for (int qq = 0; qq < nq; qq++) {
-          float4 pp = *(const float4 *)&Ps[qq * AT_LD + ty * 4], gg = *(const float4 *)&dSs[qq * AT_LD + ty * 4];
-#pragma unroll
-          for (int j = 0; j < NJ; j++) {
-            int d = tx + 16 * j;
-            if (d < HD) {
-              float od = dOs[d * AT_LD + qq], qd = Qs[d * AT_LD + qq];  // qd is scale q: dK = dS^T (scale Q)
-              gv[0][j] += pp.x * od;
-              gv[1][j] += pp.y * od;
-              gv[2][j] += pp.z * od;
-              gv[3][j] += pp.w * od;
-              gk[0][j] += gg.x * qd;
-              gk[1][j] += gg.y * qd;
-              gk[2][j] += gg.z * qd;
-              gk[3][j] += gg.w * qd;
-            }
-          }
+          acc_rank1<NJ>(gv, *(const float4 *)&Ps[qq * AT_LD + ty * 4], dOs + qq, AT_LD, tx, HD);
+          acc_rank1<NJ>(gk, *(const float4 *)&dSs[qq * AT_LD + ty * 4], Qs + qq, AT_LD, tx, HD);  // Qs: scale q
         }
       }
     }
