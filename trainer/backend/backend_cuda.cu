@@ -429,16 +429,21 @@ static void cuda_zero(pc_backend *be, void *p, size_t bytes) {
 }
 
 /* The fp32 device copy of a weight, registered so that bf16 matmuls can find (or make) its twin. */
+/* Room for one more entry in the weight table: 0, or -1 when the host is out of memory. */
+static int weight_room(cuda_backend *cb) {
+  if (cb->nw < cb->capw) return 0;
+  int nc = cb->capw ? 2 * cb->capw : 256;
+  weight_entry *nwp = (weight_entry *)realloc(cb->w, sizeof *nwp * (size_t)nc);
+  if (!nwp) return -1;
+  cb->w = nwp;
+  cb->capw = nc;
+  return 0;
+}
+
 static const float *cuda_weight(pc_backend *be, const float *host, size_t n, int *owned) {
   cuda_backend *cb = CB(be);
   *owned = 1;
-  if (cb->nw == cb->capw) {
-    int nc = cb->capw ? 2 * cb->capw : 256;
-    weight_entry *nwp = (weight_entry *)realloc(cb->w, sizeof *nwp * (size_t)nc);
-    if (!nwp) return NULL;
-    cb->w = nwp;
-    cb->capw = nc;
-  }
+  if (weight_room(cb)) return NULL;
   float *d = (float *)cuda_alloc(be, n * sizeof(float));
   if (!d) return NULL;
   if (n && cudaMemcpy(d, host, n * sizeof(float), cudaMemcpyHostToDevice) != cudaSuccess) {
@@ -462,13 +467,7 @@ static void cuda_weight_updated(pc_backend *be, const float *w, size_t n) {
     cb->w[i].stale = 1;
     return;
   }
-  if (cb->nw == cb->capw) {
-    int nc = cb->capw ? 2 * cb->capw : 256;
-    weight_entry *nwp = (weight_entry *)realloc(cb->w, sizeof *nwp * (size_t)nc);
-    if (!nwp) return;
-    cb->w = nwp;
-    cb->capw = nc;
-  }
+  if (weight_room(cb)) return;
   weight_entry we = {w, n, NULL, 0};
   cb->w[cb->nw++] = we;
 }
