@@ -48,7 +48,7 @@ static const pc_train_optdef OPTS[] = {
   {"save-steps", PC_OPT_INT, F(save_steps), 1, "N  checkpoint every N steps [0 = only on SIGINT/SIGTERM]"},
   {"merge", PC_OPT_FLAG, F(merge), 1, "  LoRA: also write the merged model to OUT/merged"},
   {"threads", PC_OPT_INT, F(threads), 0, "N  CPU threads [all cores; the manifest's on --from-manifest/--resume]"},
-  {"device", PC_OPT_STR, F(device), 1, "NAME  cpu, or auto (the GPU once CUDA training exists) [cpu]"},
+  {"device", PC_OPT_STR, F(device), 1, "NAME  cpu, cuda, or auto (the GPU when its backend can train, else the CPU) [cpu]"},
   {"recompute", PC_OPT_FLAG, F(recompute), 0, "  keep only each layer's input; recompute the layer in the backward (same results, less memory)"},
   {"dump-tokens", PC_OPT_STR, F(dump_tokens), 0, "FILE  (tests) write the tokenized training pairs"},
   {"dump-grads", PC_OPT_STR, F(dump_grads), 0, "FILE  (tests) write the first step's gradients (safetensors)"},
