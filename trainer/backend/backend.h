@@ -31,7 +31,7 @@
  * failed ("matmul: cublasGemmEx: ..."). A download that fails leaves its destination undefined:
  * callers check the status and never use the numbers. alloc returns NULL on exhaustion.
  *
- * Capabilities: not every backend has every op (the CUDA backend has the forward ops only, so far).
+ * Capabilities: not every backend has every op (a backend being written may lack some).
  * Callers ask supports(op) (or pc_backend_can_train) instead of testing the table for NULL.
  *
  * Ownership: a backend returned by pc_backend_new is the caller's: free it with ops->destroy. Memory
@@ -62,6 +62,18 @@ typedef struct {
 } pc_batch;
 
 typedef struct pc_backend pc_backend;
+
+/* What mem_info() says: the device's memory, and what the backend itself will take besides the
+ * buffers its callers alloc() (so that a caller can plan a run before allocating anything). */
+typedef struct {
+  size_t free_bytes, total_bytes; /* the device's memory now (the CPU backend: MemAvailable, MemTotal) */
+  size_t workspace_bytes;         /* the backend's own workspaces at their largest (the CUDA backend's
+                                     fused log-prob chunk and its statistics); 0 when none */
+  double weight_extra;            /* bytes per element that the backend adds to every weight matrix it
+                                     multiplies (the CUDA backend's bf16 twins: 2; fp32 mode and CPU: 0) */
+  double input_extra;             /* bytes per element of the widest matmul input that it adds (bf16
+                                     copies of the activations: 4 in bf16 mode; else 0) */
+} pc_mem_info;
 
 /* The ops a backend may or may not have (supports()). */
 typedef enum {
@@ -178,6 +190,19 @@ typedef struct {
    * sqrt(1 - b2^t) */
   void (*adamw)(pc_backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr, float wd,
                 float b1, float b2, float eps, float step_size, float bc2_sqrt);
+
+  // ---- every backend has these three (no supports() entry): planning, weights that change, identity
+  /* The device's memory and the backend's own needs: 0, or -1 when the device cannot say. */
+  int (*mem_info)(pc_backend *be, pc_mem_info *out);
+  /* The n floats at w, a weight that matmul and logprob multiply, were written (loaded, uploaded, or
+   * stepped by the optimizer): a backend that multiplies through copies of its own (the CUDA backend's
+   * bf16 twins) refreshes them before an op next reads w. Call it after writing a weight from the host
+   * (upload), which also tells the backend that w is a weight; writes by the backend's own ops (adamw)
+   * keep its copies in step without a call. The CPU backend has nothing to do. */
+  void (*weight_updated)(pc_backend *be, const float *w, size_t n);
+  /* The device as a JSON object (name, and for CUDA the driver, runtime and cuBLAS versions, whether it
+   * is the CPU emulation), for run.json: a string the backend owns, valid until destroy. */
+  const char *(*device_json)(pc_backend *be);
 } pc_backend_ops;
 
 struct pc_backend {

@@ -8,7 +8,7 @@
 #   make CUDA_ARCH="80 90 100"  the GPU architectures to build machine code for (default: 80 90,
 #                               A100 and H100/H200); the last one's PTX is embedded too, so that newer
 #                               GPUs can compile it at load time
-#   build/tests/test_cuda_ops   every forward op against the CPU backend (SKIP without a GPU);
+#   build/tests/test_cuda_ops   every op against the CPU backend (SKIP without a GPU);
 #                               --bench times the large ops
 #   tests/gpu/score_parity.sh   `score --device cuda` against `--device cpu` on every family
 #   tests/gpu/run.sh            all of it on a GPU machine, with compute-sanitizer and benchmarks

@@ -60,6 +60,26 @@ static const float *cpu_weight(pc_backend *be, const float *host, size_t n, int 
   return host;
 }
 
+/* The machine's memory from /proc/meminfo; the backend's own: the log-prob chunks, one per thread
+ * (the attention and training scratch grow with the batch and are small beside the activations). */
+static int cpu_mem_info(pc_backend *be, pc_mem_info *out) {
+  memset(out, 0, sizeof *out);
+  out->workspace_bytes = sizeof(float) * LP_ROWS * LP_VOCAB * (size_t)CPU(be)->nthreads;
+  FILE *f = fopen("/proc/meminfo", "r");
+  if (!f) return -1;
+  char line[256];
+  unsigned long long kb;
+  while (fgets(line, sizeof line, f)) {
+    if (sscanf(line, "MemTotal: %llu kB", &kb) == 1) out->total_bytes = (size_t)kb * 1024;
+    else if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) out->free_bytes = (size_t)kb * 1024;
+  }
+  fclose(f);
+  return out->total_bytes ? 0 : -1;
+}
+/* The CPU multiplies the weights themselves: nothing derived to refresh. */
+static void cpu_weight_updated(pc_backend *be, const float *w, size_t n) {}
+static const char *cpu_device_json(pc_backend *be) { return "{\"name\": \"cpu\"}"; }
+
 static void cpu_destroy(pc_backend *be) {
   if (!be) return;
   free(CPU(be)->lp_buf);
@@ -805,6 +825,9 @@ static const pc_backend_ops CPU_OPS = {
   .scatter_rows = cpu_scatter_rows,
   .sumsq = cpu_sumsq,
   .adamw = cpu_adamw,
+  .mem_info = cpu_mem_info,
+  .weight_updated = cpu_weight_updated,
+  .device_json = cpu_device_json,
 };
 
 pc_backend *pc_backend_cpu_new(int threads) {

@@ -18,7 +18,7 @@ extern "C" {
  * matmuls in float32 (cuBLAS pedantic fp32, no TF32), for checking against the CPU backend; 0: weights
  * kept in bf16 for the matmuls and the LM head (fp32 accumulation); < 0: fp32 when the environment
  * variable PREFCAP_CUDA_FP32 is set to 1, else bf16. NULL with err set when no device is present or
- * the backend was not built. The training ops are not written yet (supports() says no). */
+ * the backend was not built. It has every op, the training ones included. */
 pc_backend *pc_backend_cuda_new(int fp32, char *err, size_t errlen);
 
 /* The first CUDA or cuBLAS failure this backend met, or NULL: the same as be->ops->error(be), kept

@@ -140,7 +140,9 @@ int pc_zero_step(pc_zero *z, int t, double lr, char *err, size_t errlen) {
   if (pc_comm_all_gather(z->c, z->flat, sizeof(float) * z->S) != 0) return comm_fail(z->c, err, errlen);
   for (int i = 0; i < pc_model_nparams(z->m); i++) {
     pc_param *p = pc_model_param(z->m, i);
-    if (z->off[i] != NOT_TRAINED) be->ops->copy(be, p->w, z->flat + z->off[i], sizeof(float) * p->n);
+    if (z->off[i] == NOT_TRAINED) continue;
+    be->ops->copy(be, p->w, z->flat + z->off[i], sizeof(float) * p->n);
+    be->ops->weight_updated(be, p->w, p->n);  // a copy, not adamw: the CUDA backend's bf16 twin is stale
   }
   return 0;
 }

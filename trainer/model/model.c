@@ -76,6 +76,8 @@ struct pc_model {
   // ---- activations for cap_n rows and cap_m scored rows (backend memory, one block)
   size_t cap_n, cap_m;
   int cap_keep;                /* the block holds every layer's activations and the gradient scratch */
+  int recompute;               /* keep only each layer's input; the backward recomputes the layer */
+  int plan;                    /* pc_model_plan: shapes only, no backend (be is NULL), nothing read or allocated */
   float *act_block;
   activations *acts;           /* (layers) */
   float *res_out;              /* (N, C) the last layer's output */
@@ -139,6 +141,7 @@ static int new_owned_param(pc_model *m, const char *name, int ndim, int64_t d0, 
   int i = new_param(m, name, ndim, d0, d1, err, errlen);
   if (i < 0) return -1;
   pc_param *p = &m->params[i];
+  if (m->plan) return i;
   p->w = m->be->ops->alloc(m->be, p->n * sizeof(float));
   if (!p->w) { pc_seterr(err, errlen, "out of memory for '%s'", name); return -1; }
   p->w_owned = 1;
@@ -147,6 +150,14 @@ static int new_owned_param(pc_model *m, const char *name, int ndim, int64_t d0, 
 
 static int upload(pc_model *m, void *dst, const void *src, size_t bytes, const char *what, char *err, size_t errlen) {
   if (m->be->ops->upload(m->be, dst, src, bytes) != 0) return backend_failed(m, what, err, errlen);
+  return 0;
+}
+
+/* A parameter's new values from the host; the backend is told that the weight changed (backend.h:
+ * weight_updated; the CUDA backend's bf16 copies of it are remade). */
+static int upload_param(pc_model *m, pc_param *p, const float *host, char *err, size_t errlen) {
+  if (upload(m, p->w, host, sizeof(float) * p->n, p->name, err, errlen) != 0) return -1;
+  m->be->ops->weight_updated(m->be, p->w, p->n);
   return 0;
 }
 
@@ -211,6 +222,7 @@ static int load_tensor(pc_model *m, const pc_st_tensor *t, int ndim, const int64
                        pc_wlayout layout, char *err, size_t errlen) {
   if (pc_tensor_check_shape(t, ndim, dims, err, errlen) != 0) return -1;
   if (m->nparams == 0) m->dtype = t->dtype;
+  if (m->plan) return new_param(m, t->name, ndim, dims[0], dims[1], err, errlen);
   size_t n = (size_t)t->numel;
   int in_place = !m->trainable && t->dtype == PC_DT_F32 && ((uintptr_t)t->data % sizeof(float)) == 0;
   if (in_place && m->merge && path) {  // does the adapter touch this module?
@@ -232,7 +244,7 @@ static int load_tensor(pc_model *m, const pc_st_tensor *t, int ndim, const int64
   int i;
   if (m->trainable) {
     i = new_owned_param(m, t->name, ndim, dims[0], dims[1], err, errlen);
-    if (i >= 0 && upload(m, m->params[i].w, host, n * sizeof(float), t->name, err, errlen) != 0) i = -1;
+    if (i >= 0 && upload_param(m, &m->params[i], host, err, errlen) != 0) i = -1;
     free(host);
     return i;
   }
@@ -326,6 +338,7 @@ static int count_lora_modules(const pc_ckpt *ck) {
  * 1/sqrt(in)), the bound of kaiming_uniform_(a=sqrt(5)); B = 0). */
 static int init_lora_pair(pc_model *m, linear *L, const pc_st_tensor *ta, const pc_st_tensor *tb, uint64_t *rng,
                           char *err, size_t errlen) {
+  if (m->plan) return 0;
   pc_param *A = &m->params[L->la], *B = &m->params[L->lb];
   float *ha = malloc(sizeof(float) * A->n), *hb = malloc(sizeof(float) * B->n);
   int rc = -1;
@@ -337,8 +350,7 @@ static int init_lora_pair(pc_model *m, linear *L, const pc_st_tensor *ta, const 
     for (size_t i = 0; i < A->n; i++) ha[i] = (float)((pc_rand_unit(rng) * 2.0 - 1.0) * bound);
     memset(hb, 0, sizeof(float) * B->n);
   }
-  if (upload(m, A->w, ha, sizeof(float) * A->n, A->name, err, errlen) ||
-      upload(m, B->w, hb, sizeof(float) * B->n, B->name, err, errlen))
+  if (upload_param(m, A, ha, err, errlen) || upload_param(m, B, hb, err, errlen))
     goto done;
   rc = 0;
 done:
@@ -421,12 +433,14 @@ static int open_merge_adapter(pc_model *m, const char *dir, char *err, size_t er
 }
 
 /* Gradients: everything in a full fine-tune, only the LoRA matrices otherwise. */
+static int has_grad(const pc_model *m, const pc_param *p) { return m->lora_r <= 0 || p->lora; }
+
 static int alloc_grads(pc_model *m, char *err, size_t errlen) {
   pc_backend *be = m->be;
-  int lora = m->lora_r > 0;
+  if (m->plan) return 0;
   for (int i = 0; i < m->nparams; i++) {
     pc_param *p = &m->params[i];
-    if (lora && !p->lora) continue;
+    if (!has_grad(m, p)) continue;
     p->g = be->ops->alloc(be, p->n * sizeof(float));
     if (!p->g) { pc_seterr(err, errlen, "out of memory for the gradient of '%s'", p->name); return -1; }
     be->ops->zero(be, p->g, p->n * sizeof(float));
@@ -434,15 +448,27 @@ static int alloc_grads(pc_model *m, char *err, size_t errlen) {
   return 0;
 }
 
+static int model_load(const char *dir, const pc_model_opts *opts, pc_backend *be, int plan, pc_model **out, char *err,
+                      size_t errlen);
+
 int pc_model_load(const char *dir, const pc_model_opts *opts, pc_backend *be, pc_model **out, char *err,
                   size_t errlen) {
+  return model_load(dir, opts, be, 0, out, err, errlen);
+}
+
+/* The load without the loading (plan = 1): every shape checked and every parameter counted, through
+ * the same code as the real load, so that the plan and the run cannot disagree on what exists. */
+static int model_load(const char *dir, const pc_model_opts *opts, pc_backend *be, int plan, pc_model **out, char *err,
+                      size_t errlen) {
   static const pc_model_opts frozen = {0};
   const pc_model_opts *o = opts ? opts : &frozen;
   *out = NULL;
   pc_model *m = calloc(1, sizeof *m);
   if (!m) { pc_seterr(err, errlen, "out of memory"); return -1; }
   m->be = be;
+  m->plan = plan;
   m->trainable = o->trainable;
+  m->recompute = o->trainable && o->recompute;
   char path[4096], e2[1024];
   snprintf(path, sizeof path, "%s/config.json", dir);
   if (pc_config_load(path, &m->cfg, err, errlen) != 0) goto fail;
@@ -554,15 +580,20 @@ static void carve_layer(pc_model *m, carver *cv, activations *a, const layer *L,
   for (int k = 0; k < PC_MOD_COUNT; k++) a->lt[k] = L->mod[k].la >= 0 ? take(cv, N * r) : NULL;
 }
 
-/* keep: every layer's activations and the backward's scratch; else one layer's, shared by all. */
+/* keep: every layer's activations and the backward's scratch; else one layer's, shared by all. With
+ * recompute (and keep), one layer's activations shared by all, plus each layer's own input: the
+ * backward recomputes a layer from its input just before it needs the layer's activations. */
 static void carve(pc_model *m, carver *cv, size_t N, size_t M, int keep) {
   const pc_config *c = &m->cfg;
   size_t C = (size_t)c->hidden, FF = (size_t)c->intermediate, HD = (size_t)c->head_dim;
   size_t QD = (size_t)c->heads * HD, QKV = QD + 2 * (size_t)c->kv_heads * HD;
   size_t r = (size_t)(m->lora_r > 0 ? m->lora_r : 1);
   for (int l = 0; l < c->layers; l++) {
-    if (keep || l == 0) carve_layer(m, cv, &m->acts[l], &m->layers[l], N);
-    else m->acts[l] = m->acts[0];
+    if (l == 0 || (keep && !m->recompute)) carve_layer(m, cv, &m->acts[l], &m->layers[l], N);
+    else {
+      m->acts[l] = m->acts[0];
+      if (keep) m->acts[l].res = take(cv, N * C);  // recompute: the layer's input is all it keeps
+    }
   }
   m->res_out = keep ? take(cv, N * C) : m->acts[0].res;
   m->ids = (int32_t *)take(cv, N);
@@ -592,10 +623,11 @@ static void carve(pc_model *m, carver *cv, size_t N, size_t M, int keep) {
   m->dt = take(cv, N * r);
 }
 
-/* Buffers for N rows and M scored rows; they only grow, so the steady state allocates nothing. */
-static int reserve(pc_model *m, size_t N, size_t M, int keep) {
+/* Buffers for N rows and M scored rows; they only grow, so the steady state allocates nothing. Grown
+ * with a quarter to spare (slack), unless the caller knows the largest batch (pc_model_reserve). */
+static int reserve(pc_model *m, size_t N, size_t M, int keep, int slack) {
   if (N <= m->cap_n && M <= m->cap_m && (m->cap_keep || !keep)) return 0;
-  size_t n = N > m->cap_n ? N + N / 4 : m->cap_n, mm = M > m->cap_m ? M + M / 4 : m->cap_m;
+  size_t n = N > m->cap_n ? N + (slack ? N / 4 : 0) : m->cap_n, mm = M > m->cap_m ? M + (slack ? M / 4 : 0) : m->cap_m;
   int k = keep || m->cap_keep;
   free_acts(m);
   carver cv = {NULL, 0};
@@ -635,6 +667,46 @@ static int rope_reserve(pc_model *m, int T, char *err, size_t errlen) {
   free(c);
   free(s);
   return rc;
+}
+
+int pc_model_reserve(pc_model *m, size_t N, size_t M, int keep, char *err, size_t errlen) {
+  if (keep && !m->trainable) { pc_seterr(err, errlen, "a frozen model has no backward pass"); return -1; }
+  if (reserve(m, N, M, keep, 0) != 0) {
+    pc_seterr(err, errlen, "out of memory for the activations of %zu tokens", N);
+    return -1;
+  }
+  return 0;
+}
+
+/* A backend buffer's bytes as the plan counts them: allocators round up (cudaMalloc to 256 bytes). */
+static size_t alloc_bytes(size_t bytes) { return ((bytes ? bytes : 16) + 255) & ~(size_t)255; }
+
+int pc_model_plan(const char *dir, const pc_model_opts *o, size_t N, size_t M, int keep, pc_model_bytes *out,
+                  char *err, size_t errlen) {
+  pc_model *m = NULL;
+  memset(out, 0, sizeof *out);
+  if (model_load(dir, o, NULL, 1, &m, err, errlen) != 0) return -1;
+  const pc_config *c = &m->cfg;
+  for (int i = 0; i < m->nparams; i++) {
+    const pc_param *p = &m->params[i];
+    out->params += alloc_bytes(p->n * sizeof(float));
+    if (p->ndim == 2) out->matrix_elems += p->n;
+    if (o && o->trainable && has_grad(m, p)) {
+      out->grads += alloc_bytes(p->n * sizeof(float));
+      out->trainable += p->n;
+    }
+  }
+  carver cv = {NULL, 0};
+  carve(m, &cv, N, M, keep && o && o->trainable);
+  // the block, and the RoPE tables for up to N positions (rope_reserve: 64 more)
+  out->activations = alloc_bytes(cv.off);
+  if (c->rms_norm) out->activations += 2 * alloc_bytes((N + 64) * (size_t)(c->head_dim / 2) * sizeof(float));
+  size_t widest = (size_t)c->intermediate, qkv = (size_t)(c->heads + 2 * c->kv_heads) * (size_t)c->head_dim;
+  if (qkv > widest) widest = qkv;
+  if ((size_t)c->hidden > widest) widest = c->hidden;
+  out->matmul_input = N * widest;
+  pc_model_free(m);
+  return 0;
 }
 
 // ---- linear modules with LoRA -------------------------------------------------------------------
@@ -842,7 +914,7 @@ int pc_model_forward(pc_model *m, const pc_model_seq *seqs, int nseq, int keep, 
   if (pc_layout_build(c, seqs, nseq, &m->lay, err, errlen) != 0) return -1;
   m->nseq = nseq;
   size_t N = m->lay.N, M = m->lay.M;
-  if (reserve(m, N, M, keep) != 0) {
+  if (reserve(m, N, M, keep, 1) != 0) {
     pc_seterr(err, errlen, "out of memory for the activations of %zu tokens", N);
     return -1;
   }
@@ -900,6 +972,10 @@ int pc_model_backward(pc_model *m, const float *dsum, char *err, size_t errlen) 
   op->zero(be, m->dres, sizeof(float) * N * (size_t)C);
   op->scatter_rows(be, m->dres, m->dxm, m->rows, (int)M, C);                          // dres (N, C)
   for (int l = c->layers - 1; l >= 0; l--) {
+    if (m->recompute) {  // the layer's activations again, from its kept input: the same ops on the same
+      attention_forward(m, l, &bt, (int)N);  // numbers, so the same values as the forward's, bit for bit
+      mlp_forward(m, l, m->dh, (int)N);      // its output is not needed: dh is free scratch until mlp_backward
+    }
     mlp_backward(m, l, (int)N);
     attention_backward(m, l, &bt, (int)N);
   }
@@ -1194,7 +1270,7 @@ int pc_model_load_params(pc_model *m, const char *path, int *loaded, char *err, 
       if (!h) pc_seterr(err, errlen, "out of memory");
       rc = -1;
     } else {
-      if (upload(m, p->w, h, sizeof(float) * p->n, p->name, err, errlen) != 0) rc = -1;
+      if (upload_param(m, p, h, err, errlen) != 0) rc = -1;
       else n++;
     }
     free(h);

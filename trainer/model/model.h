@@ -77,6 +77,8 @@ typedef struct {
   const char *lora_targets;   /* comma-separated module names; NULL = the family's default */
   const char *init_adapter;   /* NULL, or a PEFT adapter directory to start LoRA from */
   uint64_t seed;              /* LoRA A's initialization */
+  int recompute;              /* keep only each layer's input in a forward with keep = 1; the backward
+                                 recomputes the layer (the same numbers, less memory) */
 } pc_model_opts;
 
 /* opts NULL: frozen, no adapter. */
@@ -96,6 +98,25 @@ int pc_model_forward(pc_model *m, const pc_model_seq *seqs, int nseq, int keep, 
  * gradients (zero them with pc_model_zero_grad at the start of an optimizer step). */
 int pc_model_backward(pc_model *m, const float *dsum, char *err, size_t errlen);
 void pc_model_zero_grad(pc_model *m);
+
+/* Allocates the activations for forwards of up to N rows and M scored rows at once (keep: with the
+ * backward's; a trainable model only), so that a run whose largest batch is known allocates them once
+ * (pc_model_forward grows them, with some to spare, when a batch is larger). */
+int pc_model_reserve(pc_model *m, size_t N, size_t M, int keep, char *err, size_t errlen);
+
+/* What pc_model_load(dir, o) and a forward of N rows (M scored, keep as in pc_model_forward, with
+ * o->recompute) would allocate, counted without allocating or reading any weight: bytes of backend
+ * memory, each buffer rounded up to 256 as cudaMalloc does. */
+typedef struct {
+  size_t params;        /* every parameter's fp32 copy (a frozen CPU model may use the mapping instead) */
+  size_t matrix_elems;  /* elements of the 2-D parameters (those a backend may keep bf16 copies of) */
+  size_t grads;         /* gradients (trainable only) */
+  size_t trainable;     /* trainable elements (AdamW keeps two fp32 moments of each) */
+  size_t activations;   /* the activation block of pc_model_reserve(N, M, keep), and the RoPE tables */
+  size_t matmul_input;  /* elements of the widest matmul input (N x the widest of hidden, q+k+v, FF) */
+} pc_model_bytes;
+int pc_model_plan(const char *dir, const pc_model_opts *o, size_t N, size_t M, int keep, pc_model_bytes *out,
+                  char *err, size_t errlen);
 
 // ---- parameters (for the optimizer and the checkpoint writers)
 

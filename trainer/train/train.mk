@@ -7,7 +7,7 @@
 #   build/tests/report_driver    calls pc_report_write and pc_progress_* for tests/train/test_report.py
 
 PC_TRAIN_OBJS := $(addprefix $(BUILD)/trainer/train/,report.o reference.o refcache.o loss.o optim.o checkpoint.o manifest.o \
-                   options.o trainer.o)
+                   options.o memplan.o trainer.o)
 TRAINER_OBJS  += $(PC_TRAIN_OBJS)
 TRAINER_LIBS  += -lcjson -lz -lm
 -include $(PC_TRAIN_OBJS:.o=.d)

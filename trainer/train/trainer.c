@@ -13,6 +13,7 @@
 #include "train/checkpoint.h"
 #include "train/loss.h"
 #include "train/manifest.h"
+#include "train/memplan.h"
 #include "train/options.h"
 #include "train/optim.h"
 #include "train/reference.h"
@@ -51,6 +52,7 @@ struct pc_trainer {
   pc_backend *be;
   pc_model *model;
   pc_adamw opt;
+  pc_memplan mem;            /* the run's memory, planned before anything is allocated */
   int total_steps, start_step, step, last_saved;
   cJSON *manifest;
   FILE *metrics;
@@ -234,6 +236,21 @@ static int setup_backend(pc_trainer *t) {
   return 0;
 }
 
+/* The run's memory, planned before the reference model or the policy takes any: a run that cannot fit
+ * stops here, saying what would (train/memplan.h). */
+static int setup_memory(pc_trainer *t) {
+  char msg[2048];
+  int ref_phase = t->loss.kind != PC_LOSS_SIMPO && (!t->o.ref_logps[0] || t->neval);
+  int rc = pc_memplan_make(&t->o, t->lora, t->be, t->train, t->ntrain + t->neval, ref_phase, &t->mem, msg, sizeof msg);
+  if (rc != 0) {
+    fprintf(stderr, PROG ": %s%s\n", rc > 0 ? "not enough memory: " : "", msg);
+    return -1;
+  }
+  pc_memplan_describe(&t->mem, msg, sizeof msg);
+  fprintf(stderr, PROG ": memory on %s: %s\n", t->be->ops->name, msg);
+  return 0;
+}
+
 static int setup_buffers(pc_trainer *t) {
   size_t B = (size_t)t->o.batch_size, per_step = (size_t)pairs_per_step(t);
   t->seqs = malloc(sizeof *t->seqs * 2 * B);
@@ -308,11 +325,10 @@ static int setup_reference(pc_trainer *t) {
 
 static int setup_model(pc_trainer *t) {
   const pc_train_opts *o = &t->o;
-  pc_model_opts mo = {.trainable = 1, .lora_r = t->lora ? o->lora_r : 0, .lora_alpha = o->lora_alpha,
-                      .lora_targets = o->lora_targets[0] ? o->lora_targets : NULL,
-                      .init_adapter = o->init_adapter[0] ? o->init_adapter : NULL, .seed = (uint64_t)o->seed};
+  pc_model_opts mo = pc_train_model_opts(o, t->lora);
   if (pc_model_load(o->model, &mo, t->be, &t->model, t->err, sizeof t->err) != 0 ||
-      pc_adamw_init(&t->opt, t->model, t->be, o->weight_decay, t->err, sizeof t->err) != 0) {
+      pc_adamw_init(&t->opt, t->model, t->be, o->weight_decay, t->err, sizeof t->err) != 0 ||
+      pc_model_reserve(t->model, t->mem.max_tokens, t->mem.max_scored, 1, t->err, sizeof t->err) != 0) {
     fprintf(stderr, PROG ": %s\n", t->err);
     return -1;
   }
@@ -403,6 +419,12 @@ static int setup_outputs(pc_trainer *t, const char *cmdline) {
   }
   cJSON_Delete(cJSON_DetachItemFromObject(t->manifest, "world_size"));
   cJSON_AddNumberToObject(t->manifest, "world_size", t->comm ? t->comm->size : 1);
+  // this run's device and memory plan (a resumed run may run on another device)
+  cJSON_Delete(cJSON_DetachItemFromObject(t->manifest, "device"));
+  cJSON *dev = cJSON_Parse(t->be->ops->device_json(t->be));
+  cJSON_AddItemToObject(t->manifest, "device", dev ? dev : cJSON_CreateNull());
+  cJSON_Delete(cJSON_DetachItemFromObject(t->manifest, "memory"));
+  cJSON_AddItemToObject(t->manifest, "memory", pc_memplan_json(&t->mem));
   set_status(t, "running");
   t->metrics = fopen(is_root(t) ? path : "/dev/null", "a");  // the other ranks' lines go nowhere
   if (!t->metrics) { fprintf(stderr, PROG ": %s: cannot open: %s\n", path, strerror(errno)); return -1; }
@@ -421,7 +443,7 @@ int pc_train_setup(const pc_train_opts *o, const char *cmdline, cJSON *resume, p
   t->loss = (pc_loss_params){(pc_loss_kind)pc_loss_from_name(o->loss), o->beta, o->label_smoothing, o->simpo_gamma};
   t->schedule = (pc_schedule)pc_schedule_from_name(o->scheduler);
   t->lora = o->lora_r > 0 || o->init_adapter[0];
-  if (setup_data(t) || setup_backend(t) || setup_buffers(t) || setup_reference(t) || setup_model(t) ||
+  if (setup_data(t) || setup_backend(t) || setup_memory(t) || setup_buffers(t) || setup_reference(t) || setup_model(t) ||
       setup_outputs(t, cmdline))
     return 1;
   size_t total, trainable = pc_model_trainable(t->model, &total);
@@ -595,6 +617,11 @@ int pc_train_step(pc_trainer *t) {
   } else {
     pc_clip_grads(t->model, t->be, norm, t->o.max_grad_norm);
     pc_adamw_step(&t->opt, t->step + 1, lr);
+  }
+  if (t->be->ops->error(t->be)) {  // a device failure in the update: the weights are not sound to save
+    pc_progress_break(t->progress);
+    fprintf(stderr, PROG ": step %d: backend %s: optimizer: %s\n", t->step + 1, t->be->ops->name, t->be->ops->error(t->be));
+    return -1;
   }
   t->all_tokens += tokens;
   log_step(t, &st, norm, lr, tokens, pc_now_s() - t0);

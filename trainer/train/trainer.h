@@ -27,6 +27,7 @@ typedef struct {
   double beta, label_smoothing, simpo_gamma, lora_alpha, lr, weight_decay, max_grad_norm, epochs, eval_fraction;
   int lora_r, warmup_steps, batch_size, grad_accum, max_steps, no_shuffle, eval_steps, max_length, save_steps;
   int merge, threads, skip_bad;
+  int recompute;  /* --recompute: not in the manifest's options (it changes memory, not results) */
   long long seed;
   char ref_cache[4096];  /* the reference cache's directory (not in the manifest: a place, not an input) */
   int no_ref_cache;

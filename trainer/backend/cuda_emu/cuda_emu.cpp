@@ -468,7 +468,20 @@ static int run_block(unsigned nt) {
   return 0;
 }
 
+/* PREFCAP_CUDA_EMU_FAIL=KERNEL:K (tests): the K-th launch of KERNEL (1-based) fails with
+ * cudaErrorLaunchFailure, as a kernel that faults on a GPU does; the backend sees it at that launch's
+ * error check. Lets a test plant a device failure at a chosen step of a training run. */
+static int planted_failure(const char *name) {
+  static unsigned long count;
+  const char *e = getenv("PREFCAP_CUDA_EMU_FAIL"), *colon = e ? strrchr(e, ':') : NULL;
+  if (!colon || strncmp(e, name, (size_t)(colon - e)) != 0 || name[colon - e] != 0) return 0;
+  return ++count == strtoul(colon + 1, NULL, 10);
+}
+
 cudaError_t launch(const char *name, const void *kernel, dim3 grid, dim3 block, size_t smem, body_fn body) {
+  if (planted_failure(name))
+    return fail_launch(name, cudaErrorLaunchFailure, "planted failure (PREFCAP_CUDA_EMU_FAIL=%s)",
+                       getenv("PREFCAP_CUDA_EMU_FAIL"));
   unsigned long long nt = (unsigned long long)block.x * block.y * block.z;
   if (nt == 0 || nt > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 ||
       grid.z > 65535 || grid.x > 2147483647u)
@@ -595,14 +608,44 @@ cudaError_t cudaFuncSetAttribute(const void *func, enum cudaFuncAttribute attr, 
   return cudaSuccess;
 }
 
+/* The device's memory: 16 GiB as cudaGetDeviceProperties says, or PREFCAP_CUDA_EMU_MEM bytes (tests:
+ * a small device, so that running out of memory can be tested); cudaMalloc fails past it. */
+static size_t live_bytes;
+static size_t device_memory(void) {
+  const char *e = getenv("PREFCAP_CUDA_EMU_MEM");
+  return e && *e ? (size_t)strtoull(e, NULL, 10) : (size_t)16 << 30;
+}
+
+cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total) {
+  *total = device_memory();
+  *free_bytes = live_bytes < *total ? *total - live_bytes : 0;
+  return cudaSuccess;
+}
+
+/* No driver: the emulation reports 0 (the runtime and cuBLAS versions are those of the headers). */
+cudaError_t cudaDriverGetVersion(int *v) {
+  *v = 0;
+  return cudaSuccess;
+}
+cudaError_t cudaRuntimeGetVersion(int *v) {
+  *v = CUDART_VERSION;
+  return cudaSuccess;
+}
+
 cudaError_t cudaMalloc(void **p, size_t bytes) {
   *p = NULL;
+  size_t rounded = (bytes + 255) & ~(size_t)255;
+  if (rounded > device_memory() || live_bytes > device_memory() - rounded) {
+    last_error = cudaErrorMemoryAllocation;
+    return cudaErrorMemoryAllocation;
+  }
   void *m = aligned_alloc(256, (bytes + 255) & ~(size_t)255);  // cudaMalloc's alignment
   if (!m) {
     last_error = cudaErrorMemoryAllocation;
     return cudaErrorMemoryAllocation;
   }
   allocations[(uintptr_t)m] = bytes;
+  live_bytes += rounded;
   *p = m;
   return cudaSuccess;
 }
@@ -614,6 +657,7 @@ cudaError_t cudaFree(void *p) {
     fail_launch("cudaFree", cudaErrorInvalidDevicePointer, "%p is not the start of a cudaMalloc block", p);
     return cudaGetLastError();
   }
+  live_bytes -= (it->second + 255) & ~(size_t)255;
   allocations.erase(it);
   free(p);
   return cudaSuccess;
@@ -674,6 +718,11 @@ extern "C" {
 
 cublasStatus_t cublasCreate_v2(cublasHandle_t *h) {
   *h = new cublasContext{CUBLAS_DEFAULT_MATH};
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasGetVersion_v2(cublasHandle_t h, int *v) {
+  *v = CUBLAS_VERSION;  // the headers' (the emulation has no library of its own)
   return CUBLAS_STATUS_SUCCESS;
 }
 
