@@ -176,7 +176,9 @@ typedef struct {
   void (*swiglu_backward)(pc_backend *be, float *dgate, float *dup, const float *gate, const float *up,
                           const float *dout, size_t n);
   /* The fused log-prob's backward, chunked like the forward: with p = softmax(h · head^T),
-   * dh (M, C) (=) = dlp * (head[t] - p · head), dhead (V, C) (+=) = sum_m dlp_m (1[t] - p_m) h_m. */
+   * dh (M, C) (=) = dlp * (head[t] - p · head), dhead (V, C) (+=) = sum_m dlp_m (1[t] - p_m) h_m, in the
+ * head's layout ((C, V) for PC_W_IN_OUT: the CUDA backend; the CPU backend reads (V, C) only). The
+ * bias, if any, is in p and gets no gradient. */
   void (*logprob_backward)(pc_backend *be, float *dh, float *dhead, const float *h, const pc_weight *head,
                            const int32_t *targets, const float *lse, const float *dlp, int M, int C, int V);
   /* dinp[rows[m]] (+=) dout[m]; rows may repeat */
