@@ -1,12 +1,12 @@
-# trainer/train/train.mk: training beyond the model: the options (options.c), the losses (loss.c), the
-# optimizer and schedules (optim.c), reference log-probs (reference.c), checkpoints (checkpoint.c), the
+# trainer/train/train.mk: training beyond the model: the options (options.c), the losses (loss.c; KTO's
+# in kto.c), the optimizer and schedules (optim.c), reference log-probs (reference.c), checkpoints (checkpoint.c), the
 # run manifest (manifest.c), the run itself (trainer.c) and the HTML report (report.c); and the
 # training tests (tests/train: gradients, trajectories, adapters, resume against float64 PyTorch).
 #
 #   build/tests/report_driver    calls pc_report_write and pc_progress_* for tests/train/test_report.py
 
-PC_TRAIN_OBJS := $(addprefix $(BUILD)/trainer/train/,report.o reference.o loss.o optim.o checkpoint.o manifest.o \
-                   options.o trainer.o)
+PC_TRAIN_OBJS := $(addprefix $(BUILD)/trainer/train/,report.o reference.o loss.o kto.o optim.o checkpoint.o \
+                   manifest.o options.o trainer.o)
 TRAINER_OBJS  += $(PC_TRAIN_OBJS)
 TRAINER_LIBS  += -lcjson -lm
 -include $(PC_TRAIN_OBJS:.o=.d)
@@ -19,7 +19,7 @@ $(BUILD)/tests/report_driver: tests/train/report_driver.c $(BUILD)/trainer/train
 	$(CC) $(PC_CFLAGS) -o $@ $< $(BUILD)/trainer/train/report.o $(PC_UTIL_OBJS) $(LDFLAGS_ALL) -lcjson $(PC_UTIL_LIBS)
 
 TEST_BINS += $(BUILD)/tests/report_driver
-TESTS     += tests/train/test_report.py tests/train/test_train.py
+TESTS     += tests/train/test_report.py tests/train/test_train.py tests/train/test_kto.py
 
 # The training benchmark (bench/bench_train.py: one DPO step against PyTorch) and the sgemm yardstick
 # it measures the machine with.

@@ -21,11 +21,15 @@
 /* The options of a run (train/options.c's table names, documents and parses them). */
 typedef struct {
   char model[4096], data[4096], out[4096], eval_data[4096], ref_logps[4096], init_adapter[4096];
-  char loss[16], lora_targets[512], scheduler[16], truncation[16], chat_template[16], device[16];
+  char loss[64], lora_targets[512], scheduler[16], truncation[16], chat_template[16], device[16];
   double beta, label_smoothing, simpo_gamma, lora_alpha, lr, weight_decay, max_grad_norm, epochs, eval_fraction;
   int lora_r, warmup_steps, batch_size, grad_accum, max_steps, no_shuffle, eval_steps, max_length, save_steps;
   int merge, threads, skip_bad;
   long long seed;
+  // ---- KTO, loss mixtures and signal weights (docs/training.md)
+  char loss_weights[128];
+  double desirable_weight, undesirable_weight;
+  int pair_weights;
   char dump_tokens[4096], dump_grads[4096], dump_ref[4096];  /* test hooks; not part of the manifest */
 } pc_train_opts;
 
