@@ -146,6 +146,15 @@ cJSON *pc_train_opts_json(const pc_train_opts *o) {
   return j;
 }
 
+/* Options added after run.json first recorded options: an older manifest lacks them, and the run it
+ * rebuilds or resumes had their defaults. */
+static int added_later(const char *name) {
+  static const char *const names[] = {"loss-weights", "pair-weights", "desirable-weight", "undesirable-weight"};
+  for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+    if (!strcmp(name, names[i])) return 1;
+  return 0;
+}
+
 int pc_train_opts_from_json(pc_train_opts *o, const cJSON *j, const char *file) {
   for (size_t i = 0; i < NOPTS; i++) {
     const pc_train_optdef *d = &OPTS[i];
@@ -163,6 +172,7 @@ int pc_train_opts_from_json(pc_train_opts *o, const cJSON *j, const char *file) 
       case PC_OPT_DBL: ok = cJSON_IsNumber(v); if (ok) *(double *)p = v->valuedouble; break;
       case PC_OPT_FLAG: ok = cJSON_IsBool(v); if (ok) *(int *)p = cJSON_IsTrue(v); break;
     }
+    if (!v && added_later(d->name)) continue;  // a run.json written before the option existed: its default
     if (!ok) {
       fprintf(stderr, PROG ": %s: options.%s is missing or of the wrong type\n", file, d->name);
       return -1;
