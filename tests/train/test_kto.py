@@ -25,18 +25,13 @@ import sys
 import tempfile
 import time
 
-try:
-    import torch
-except ImportError:
-    print("FAIL kto_torch_available: /usr/bin/python3 cannot import torch (install python3-torch)")
-    sys.exit(1)
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "model"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# test_train's helpers (running the CLI, reporting, comparing); importing it checks that torch imports
+# (a FAIL line and exit 1 otherwise) and puts tests/model on the path
+import test_train as tt  # noqa: E402
+import torch  # noqa: E402
 import hfmodels as hf  # noqa: E402
 import ref_dpo as ref  # noqa: E402
-import test_train as tt  # noqa: E402  (its helpers: running the CLI, reporting, comparing)
 
 # Tolerances: those of test_train.py, for the same reasons (float32 trainer, float64 reference).
 GRAD_TOL, TRAJ_TOL, TRAJ_ABS = tt.GRAD_TOL, tt.TRAJ_TOL, tt.TRAJ_ABS

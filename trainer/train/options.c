@@ -203,6 +203,7 @@ int pc_train_opts_check(pc_train_opts *o) {
   if (o->eval_fraction >= 1) { fprintf(stderr, PROG ": --eval-fraction must be < 1\n"); return -1; }
   if (o->eval_data[0] && o->eval_fraction > 0) { fprintf(stderr, PROG ": give --eval-data or --eval-fraction, not both\n"); return -1; }
   if (!pc_loss_mix_needs_ref(&mix) && o->ref_logps[0]) { fprintf(stderr, PROG ": --loss %s is reference-free; drop --ref-logps\n", o->loss); return -1; }
+  if (kto && o->dump_ref[0]) { fprintf(stderr, PROG ": --dump-ref writes pairs' reference log-probs; not with --loss kto\n"); return -1; }
   if (kto && o->ref_logps[0]) { fprintf(stderr, PROG ": --ref-logps holds pairs' reference log-probs; --loss kto computes its own\n"); return -1; }
   if (kto && o->batch_size < 2) {
     fprintf(stderr, PROG ": --loss kto needs --batch-size >= 2 (as TRL: with one example per micro-batch the KL estimate "

@@ -443,10 +443,8 @@ static int micro_batch(pc_trainer *t, const pc_pair **pairs, const double *ref, 
       dc += m->weight[k] * share * p.dchosen;
       dr += m->weight[k] * share * p.drejected;
       if (k == primary) {  // the metrics: the first pair loss's rewards and log-probs, unweighted
-        double l = p.loss;
-        p.loss = 0;
+        p.loss = 0;        // (the loss is the mixture's, added below)
         pc_loss_stats_add(&st->p, &p);
-        p.loss = l;
       }
     }
     loss += share * li;  // share sums to nb: the weighted mean times nb, the plain sum without weights
