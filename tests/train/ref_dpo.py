@@ -397,6 +397,13 @@ class RefTrainer:
         loss.backward()
         return m
 
+    def eval_metrics(self):
+        """The metrics over all the pairs (the evaluation set, here the training file itself), in
+        micro-batches of batch_size in file order, with the current weights, named eval_*."""
+        with torch.no_grad():
+            _, m = self.loss_and_metrics(list(range(len(self.pairs))))
+        return {"eval_" + k: v for k, v in m.items() if not k.startswith("_")}
+
     def first_step_grads(self):
         """Gradient of the first step's mean loss (unclipped), named as --dump-grads names them."""
         self.compute_grads(0)

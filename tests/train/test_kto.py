@@ -103,24 +103,40 @@ def diff_kto(c_rows, r_rows, keys):
     return bad, worst
 
 
-def trajectory(tmp, name, fam, models, data, o, adapter=None, sensitivity=(), keys=None):
-    """Runs the C trainer and the reference for o.max_steps steps; compares every metric; then the same
-    C metrics against references with one detail changed, which must disagree."""
+def trajectory(tmp, name, fam, models, data, o, adapter=None, sensitivity=(), keys=None, evaluate=False):
+    """Runs the C trainer and the reference for o.max_steps steps; compares every metric (evaluate: and
+    the eval lines, before and after training, with the data file as --eval-data); then the same C
+    metrics against references with one detail changed, which must disagree."""
     cfg, st, d = models[fam]
     out = os.path.join(tmp, "out_" + name)
     tfile = os.path.join(tmp, name + ".tokens.jsonl")
     adir, ast = adapter if adapter else (None, None)
     t0 = time.time()
-    p = tt.run(args_for(d, data, out, o, adir, ["--dump-tokens", tfile]))
+    p = tt.run(args_for(d, data, out, o, adir, ["--dump-tokens", tfile] + (["--eval-data", data] if evaluate else [])))
     tc = time.time() - t0
     if p.returncode != 0:
         tt.report(name, False, f"exit {p.returncode}: {p.stderr.strip()[-500:]}")
         return None
     pairs = ref.load_dump_tokens(tfile)
     t0 = time.time()
-    r_rows = ref.RefTrainer(cfg, st, pairs, o, ast).train()
+    rt = ref.RefTrainer(cfg, st, pairs, o, ast)
+    r_evals = [rt.eval_metrics()] if evaluate else []
+    r_rows = rt.train()
+    r_evals += [rt.eval_metrics()] if evaluate else []
     tr = time.time() - t0
     c_rows = tt.read_metrics(os.path.join(out, "metrics.jsonl"))
+    if evaluate:
+        c_evals = tt.read_metrics(os.path.join(out, "metrics.jsonl"), evals=True)
+        for r, step in zip(r_evals, (0, o.max_steps)):
+            r["step"] = step
+        bad, _ = diff_kto(c_evals, r_evals, ["eval_" + k for k in KTO_METRICS if k in ("loss", "kl") or "/" in k])
+        bad += [f"eval step {c.get('step')} {k}: {c.get(k)} vs {r[k]}" for c, r in zip(c_evals, r_evals)
+                for k in ("eval_count/chosen", "eval_count/rejected") if c.get(k) != r[k]]
+        tt.report(name + "_eval", not bad, "; ".join(bad[:4]))
+    if keys is not None and o.loss == "kto":   # the report draws kl where DPO runs draw accuracies
+        html = open(os.path.join(out, "report.html")).read() if os.path.exists(os.path.join(out, "report.html")) else ""
+        tt.report(name + "_report_kl", 'id="kl"' in html and 'data-key="kl"' in html and 'id="accuracy"' not in html,
+                  f"report.html ({len(html)} bytes) lacks the kl chart or still has the accuracy one")
     if keys is None:
         bad, worst = tt.diff_rows(c_rows, r_rows, TRAJ_TOL, TRAJ_ABS, o.batch_size * o.grad_accum)
     else:
@@ -255,7 +271,7 @@ def main():
                                 lora_alpha=8, lora_targets=targets, batch_size=4, grad_accum=1, max_steps=6,
                                 desirable_weight=1.33, undesirable_weight=0.8, pair_weights=True)
                 r2 = trajectory(tmp, "kto_traj_qwen3_lora_pair_weights", "qwen3", models, kto_data, o, (adir, ast),
-                                keys=KTO_METRICS,
+                                keys=KTO_METRICS, evaluate=True,
                                 sensitivity=(("kl_unshifted", {"variant": "kl_no_shift"}),
                                              ("kl_shifted_forward", {"variant": "kl_shift_next"}),
                                              ("row_weights_dropped", {"variant": "ignore_row_weights"})))
