@@ -128,12 +128,14 @@ echo
 echo "== 6b. KTO: the unpaired labels (prefcap export --format trl-kto) train the same model"
 # Copies, accepts, ratings and abandons say whether one answer was good or bad, with no second answer
 # to pair it with: TRL's KTO learns from those. The same LoRA, rate and beta as the DPO run, 40 steps of
-# 8 examples, each weighed by its signal's weight; held-out labels evaluated before, at 20 and after.
+# 8 examples, each weighed by its signal's weight; 96 held-out labels evaluated before and after (KTO
+# runs the reference model on every batch, evaluation included, so the held-out set is kept small).
 "$BUILD/prefcap" export --format trl-kto --since-last nightly-kto --eval-fraction 0.2 --out "$OUT/labels.jsonl"
+head -n 96 "$OUT/labels.eval.jsonl" > "$OUT/labels.eval96.jsonl"
 t0=$(date +%s)
-"$BUILD/prefcap-dpo" train --model "$OUT/model" --data "$OUT/labels.jsonl" --eval-data "$OUT/labels.eval.jsonl" \
-  --out "$OUT/run-kto" --loss kto --lora-r 16 --lr 1e-3 --beta 0.1 --batch-size 8 --max-steps 40 --eval-steps 20 \
-  --seed 1 --pair-weights
+"$BUILD/prefcap-dpo" train --model "$OUT/model" --data "$OUT/labels.jsonl" --eval-data "$OUT/labels.eval96.jsonl" \
+  --out "$OUT/run-kto" --loss kto --lora-r 16 --lr 1e-3 --beta 0.1 --batch-size 8 --max-steps 40 --seed 1 \
+  --pair-weights
 t1=$(date +%s)
 /usr/bin/python3 - "$OUT/run/metrics.jsonl" "$OUT/run-kto/metrics.jsonl" "$OUT/labels.jsonl" "$((t1 - t0))" <<'PY'
 import json, sys

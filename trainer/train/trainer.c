@@ -393,9 +393,10 @@ int pc_train_setup(const pc_train_opts *o, const char *cmdline, cJSON *resume, p
       setup_outputs(t, cmdline))
     return 1;
   size_t total, trainable = pc_model_trainable(t->model, &total);
-  fprintf(stderr, PROG ": %zu training pairs, %zu eval pairs, %d steps of %d pairs (batch %d x accumulation %d), "
-          "%s, %zu of %zu parameters trainable, %d threads\n", t->ntrain, t->neval, t->total_steps, pairs_per_step(t),
-          o->batch_size, o->grad_accum, t->lora ? "LoRA" : "full fine-tune", trainable, total, t->be->threads);
+  const char *rows = t->kto ? "examples" : "pairs";
+  fprintf(stderr, PROG ": %zu training %s, %zu eval %s, %d steps of %d %s (batch %d x accumulation %d), "
+          "%s, %zu of %zu parameters trainable, %d threads\n", t->ntrain, rows, t->neval, rows, t->total_steps,
+          pairs_per_step(t), rows, o->batch_size, o->grad_accum, t->lora ? "LoRA" : "full fine-tune", trainable, total, t->be->threads);
   if (t->start_step == 0 && evaluate(t, 0) != 0) return 1;
   t->step = t->last_saved = t->start_step;
   t->progress = pc_progress_new(stderr, "train", "steps", "tok", (size_t)(t->total_steps - t->start_step));
