@@ -147,7 +147,7 @@ def load(p):
     lines = [json.loads(l) for l in open(p) if l.strip()]
     return [m for m in lines if "loss" in m], [m for m in lines if "eval_loss" in m]
 (dpo, dpo_eval), (kto, kto_eval) = load(sys.argv[1]), load(sys.argv[2])
-print("%-34s %14s %14s" % ("both runs, held-out (first -> last)", "DPO (pairs)", "KTO (labels)"))
+print("%-34s %16s %16s" % ("both runs, held-out (first -> last)", "DPO (pairs)", "KTO (labels)"))
 def row(name, a, b):
     f = lambda v: "%6.3f -> %6.3f" % v if v else "%16s" % "-"
     print("%-34s %16s %16s" % (name, f(a), f(b)))
