@@ -10,8 +10,11 @@
 #      out for evaluation, and shows both;
 #   5. prefcap-dpo makes a small GPT-2-shaped model in Hugging Face layout (GPT-2's real tokenizer,
 #      with ChatML turns) and scores the held-out pairs with it;
-#   6. prefcap-dpo trains it with DPO on the exported pairs, and reports how often it prefers what the
-#      users chose on the held-out prompts, before and after, with the path of the run's report.
+#   6. prefcap-dpo trains it with DPO on the exported pairs, each weighed by the confidence of its signal
+#      (--pair-weights), and reports how often it prefers what the users chose on the held-out prompts,
+#      before and after, with the path of the run's report;
+#   6b. the unpaired labels (copies, accepts, abandons, ratings) exported for KTO train the same model
+#      with --loss kto (also weighted), and the two runs are shown side by side.
 # Everything lands in demo-out/ (recreated on each run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -88,10 +91,12 @@ echo
 echo "== 6. DPO: prefcap-dpo train on $OUT/pairs.jsonl, evaluated on $OUT/pairs.eval.jsonl"
 # LoRA (rank 16) on the attention and MLP projections, one pass over the pairs in batches of 8, the
 # held-out pairs scored before, every 13 steps and after. A random tiny model needs a larger rate than
-# the default (1e-4, meant for pretrained ones); beta 0.1 is TRL's default. 1.5-2 minutes on 2 cores.
+# the default (1e-4, meant for pretrained ones); beta 0.1 is TRL's default. Each pair's loss counts with
+# its export weight (--pair-weights: an edit that rewrote half the answer counts less than a choice).
+# 1.5-2 minutes on 2 cores.
 t0=$(date +%s)
 "$BUILD/prefcap-dpo" train --model "$OUT/model" --data "$OUT/pairs.jsonl" --eval-data "$OUT/pairs.eval.jsonl" \
-  --out "$OUT/run" --lora-r 16 --lr 1e-3 --beta 0.1 --batch-size 8 --epochs 1 --eval-steps 13 --seed 1
+  --out "$OUT/run" --lora-r 16 --lr 1e-3 --beta 0.1 --batch-size 8 --epochs 1 --eval-steps 13 --seed 1 --pair-weights
 t1=$(date +%s)
 /usr/bin/python3 - "$OUT/run/metrics.jsonl" "$OUT/pairs.eval.jsonl" "$((t1 - t0))" <<'PY'
 import json, sys
@@ -118,6 +123,43 @@ print("  (%d of the %d held-out pairs record the minority's taste for long answe
     minority, len(held), 1 - minority / len(held)))
 PY
 echo "report: $OUT/run/report.html"
+
+echo
+echo "== 6b. KTO: the unpaired labels (prefcap export --format trl-kto) train the same model"
+# Copies, accepts, ratings and abandons say whether one answer was good or bad, with no second answer
+# to pair it with: TRL's KTO learns from those. The same LoRA, rate and beta as the DPO run, 40 steps of
+# 8 examples, each weighed by its signal's weight; 96 held-out labels evaluated before and after (KTO
+# runs the reference model on every batch, evaluation included, so the held-out set is kept small).
+"$BUILD/prefcap" export --format trl-kto --since-last nightly-kto --eval-fraction 0.2 --out "$OUT/labels.jsonl"
+head -n 96 "$OUT/labels.eval.jsonl" > "$OUT/labels.eval96.jsonl"
+t0=$(date +%s)
+"$BUILD/prefcap-dpo" train --model "$OUT/model" --data "$OUT/labels.jsonl" --eval-data "$OUT/labels.eval96.jsonl" \
+  --out "$OUT/run-kto" --loss kto --lora-r 16 --lr 1e-3 --beta 0.1 --batch-size 8 --max-steps 40 --seed 1 \
+  --pair-weights
+t1=$(date +%s)
+/usr/bin/python3 - "$OUT/run/metrics.jsonl" "$OUT/run-kto/metrics.jsonl" "$OUT/labels.jsonl" "$((t1 - t0))" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[3])]
+good = sum(r["label"] for r in rows)
+print("-- %d training labels: %d desirable, %d undesirable; KTO run: %s s" % (len(rows), good, len(rows) - good,
+                                                                          sys.argv[4]))
+def load(p):
+    lines = [json.loads(l) for l in open(p) if l.strip()]
+    return [m for m in lines if "loss" in m], [m for m in lines if "eval_loss" in m]
+(dpo, dpo_eval), (kto, kto_eval) = load(sys.argv[1]), load(sys.argv[2])
+print("%-34s %16s %16s" % ("both runs, held-out (first -> last)", "DPO (pairs)", "KTO (labels)"))
+def row(name, a, b):
+    f = lambda v: "%6.3f -> %6.3f" % v if v else "%16s" % "-"
+    print("%-34s %16s %16s" % (name, f(a), f(b)))
+span = lambda ev, k: (ev[0][k], ev[-1][k]) if ev and k in ev[0] and k in ev[-1] else None
+row("eval_loss", span(dpo_eval, "eval_loss"), span(kto_eval, "eval_loss"))
+row("eval_rewards/chosen", span(dpo_eval, "eval_rewards/chosen"), span(kto_eval, "eval_rewards/chosen"))
+row("eval_rewards/rejected", span(dpo_eval, "eval_rewards/rejected"), span(kto_eval, "eval_rewards/rejected"))
+row("eval_rewards/margins", span(dpo_eval, "eval_rewards/margins"), span(kto_eval, "eval_rewards/margins"))
+row("eval_kl (KTO's estimate)", None, span(kto_eval, "eval_kl"))
+print("(both push the answers users kept up and the ones they rejected down, relative to the starting model)")
+PY
+echo "reports: $OUT/run/report.html (DPO), $OUT/run-kto/report.html (KTO)"
 
 echo
 echo "== 7. the dashboard: prefcap report, and did the model versions differ? prefcap compare"

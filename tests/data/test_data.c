@@ -204,7 +204,7 @@ static int run_dir(const char *dir, const char *template_file, const char *chat_
     if (!ref) { fprintf(stderr, "  %s: bad JSON from ref.cjs\n", what); bad++; continue; }
     char path[600];
     sfmt(path, sizeof path, "%s/tests/data/%s", root(), specs[i].file);
-    pc_data_opts o = {specs[i].max_length, specs[i].mode, 0, chat_template};
+    pc_data_opts o = {specs[i].max_length, specs[i].mode, 0, chat_template, 0};
     pc_dataset d;
     if (pc_data_load(path, tok, dir, &o, &d, err, sizeof err) != 0) {
       fprintf(stderr, "  %s: %s\n", what, err);
@@ -298,7 +298,7 @@ static void test_tools(void) {
           strstr(chosen, "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>"), "%s", chosen);
   free(chosen);
   pc_data_free(&d);
-  pc_data_opts named = {0, PC_TRUNC_KEEP_START, 0, "chatml"};
+  pc_data_opts named = {0, PC_TRUNC_KEEP_START, 0, "chatml", 0};
   EXPECT(pc_data_load(p, tok, qwen_dir, &named, &d, err, sizeof err) == -1);
   EXPECTF(strstr(err, "tools.jsonl:1: tools and tool_calls need the model's own chat_template (the built-in format 'chatml' has none)"), "%s", err);
   free(p);
@@ -319,7 +319,7 @@ static void test_prefix_refused(void) {
       EXPECT(rc == -1);
       EXPECTF(strstr(err, "conv_refused.jsonl:1: the chat template renders the prompt (with add_generation_prompt) as text "
                           "that does not begin its rendering of prompt + chosen"), "%s", err);
-      pc_data_opts skip = {0, PC_TRUNC_KEEP_START, 1, NULL};
+      pc_data_opts skip = {0, PC_TRUNC_KEEP_START, 1, NULL, 0};
       EXPECT(pc_data_load(p, tok, dirs[k], &skip, &d, err, sizeof err) == -1 || (d.n == 0));
     } else {
       EXPECTF(rc == 0 && d.n == 2, "%s", err);
@@ -474,7 +474,7 @@ static void test_skip_bad(void) {
                         "{\"prompt\":\"d\",\"chosen\":\"e\",\"rejected\":\"f\",\"weight\":0.25,\"id\":\"two\"}\n"
                         "{\"prompt\":\"d\",\"chosen\":\"\",\"rejected\":\"f\"}\n"
                         "{\"prompt\":\"g\",\"chosen\":\"h\",\"rejected\":\"i\",\"id\":3}");  /* no final newline */
-  pc_data_opts o = {0, PC_TRUNC_KEEP_START, 1, NULL};
+  pc_data_opts o = {0, PC_TRUNC_KEEP_START, 1, NULL, 0};
   pc_dataset d;
   char err[512], want[700];
   REQUIRE(pc_data_load(f, tok, qwen_dir, &o, &d, err, sizeof err) == 0);
@@ -495,7 +495,7 @@ static void test_setup_errors(void) {
   REQUIRE(tok);
   char err[512], want[1024], dir[600], p[700];
   pc_dataset d;
-  pc_data_opts skip = {0, PC_TRUNC_KEEP_START, 1, NULL};
+  pc_data_opts skip = {0, PC_TRUNC_KEEP_START, 1, NULL, 0};
   const char *conv = "{\"prompt\":[{\"role\":\"user\",\"content\":\"q\"}],\"chosen\":[{\"role\":\"assistant\",\"content\":\"a\"}],"
                      "\"rejected\":[{\"role\":\"assistant\",\"content\":\"b\"}]}\n";
   char *cf = strdup(write_jsonl("conv1.jsonl", conv));
@@ -545,11 +545,11 @@ static void test_setup_errors(void) {
   EXPECT(pc_data_load(sf, tok, dir, NULL, &d, err, sizeof err) == -1);
   EXPECTF(strstr(err, "tokenizer_config.json: invalid JSON") != NULL, "%s", err);
 
-  pc_data_opts bad_name = {0, PC_TRUNC_KEEP_START, 0, "vicuna"};
+  pc_data_opts bad_name = {0, PC_TRUNC_KEEP_START, 0, "vicuna", 0};
   EXPECT(pc_data_load(cf, tok, qwen_dir, &bad_name, &d, err, sizeof err) == -1);
   sfmt(want, sizeof want, "%s:1: --chat-template: unknown chat template 'vicuna' (known: chatml, qwen3, llama3)", cf);
   EXPECTF(!strcmp(err, want), "%s", err);
-  pc_data_opts bad_mode = {8, 7, 0, NULL};
+  pc_data_opts bad_mode = {8, 7, 0, NULL, 0};
   EXPECT(pc_data_load(cf, tok, qwen_dir, &bad_mode, &d, err, sizeof err) == -1);
   EXPECT(pc_data_truncation_from_name("keep_end") == PC_TRUNC_KEEP_END && pc_data_truncation_from_name("middle") == -1);
 

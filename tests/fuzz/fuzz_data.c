@@ -24,7 +24,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static const int maxlen[] = {0, 0, 1, 2, 3, 8, 64, 0};
   static const char *tmpl[] = {NULL, NULL, "chatml", "qwen3", "llama3", "nonesuch", NULL, NULL};
   pc_data_opts o = {maxlen[h & 7], (h >> 3) & 1 ? PC_TRUNC_KEEP_END : PC_TRUNC_KEEP_START, (h >> 4) & 1,
-                    tmpl[(h >> 5) & 7]};
+                    tmpl[(h >> 5) & 7], (h >> 8) & 1 /* unpaired (KTO) rows */};
   const char *path = fuzz_file(0, data, size);
   pc_dataset d;
   char err[1024] = "";

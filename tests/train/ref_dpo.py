@@ -11,6 +11,7 @@ wrote with --dump-tokens, so the comparison is of the training math alone, not o
 
     pairs = load_dump_tokens(path)
     tr = RefTrainer(cfg, weights, pairs, Options(loss="sigmoid", lora_r=4, ...), init_adapter=tensors)
+    (loss "sigmoid,sft" with loss_weights: a mixture; "kto": unpaired examples, pairs[i]["label"])
     g = tr.first_step_grads()        # {name: grad}, names as --dump-grads writes them
     rows = tr.train()                # per-step metrics under TRL's names (metrics.jsonl)
 """
@@ -31,7 +32,11 @@ torch.set_default_dtype(torch.float64)
 
 @dataclass
 class Options:
-    loss: str = "sigmoid"            # sigmoid | ipo | hinge | robust | simpo
+    loss: str = "sigmoid"            # sigmoid | ipo | hinge | robust | simpo | kto, or a list "sigmoid,sft"
+    loss_weights: Optional[List[float]] = None   # one per term of loss; default 1 each
+    pair_weights: bool = False       # each row's loss weighted by its "weight": sum w l / sum w per micro-batch
+    desirable_weight: float = 1.0    # KTO
+    undesirable_weight: float = 1.0
     beta: float = 0.1
     label_smoothing: float = 0.0
     simpo_gamma: float = 0.5
@@ -48,7 +53,9 @@ class Options:
     max_steps: int = 10
     # deliberate deviations, used only to show that a test is sensitive: "skip_first_completion_token"
     # (the mask one token late; one token early would not show: chosen and rejected share the prompt's
-    # last token, which cancels in the DPO logits), "no_ref" (reference log-probs taken as 0)
+    # last token, which cancels in the DPO logits), "no_ref" (reference log-probs taken as 0),
+    # "kl_no_shift" (KTO's KL sequences take each example's own completion, not the previous one's),
+    # "kl_shift_next" (the next example's), "ignore_row_weights" (the row weights dropped)
     variant: Optional[str] = None
     extra: dict = field(default_factory=dict)
 
@@ -225,69 +232,157 @@ class RefTrainer:
         return W2, {t: i for i, t in enumerate(used)}
 
     def seq_logp(self, W, ids, plen, idmap=None):
-        """Sum (ipo/simpo: mean) of the completion's log-probs: tokens i >= max(prompt_len, 1)."""
+        """(sum of the completion's log-probs: tokens i >= max(prompt_len, 1), their count)."""
         f = plen + 1 if self.o.variant == "skip_first_completion_token" else plen
         if idmap is not None:
             ids = [idmap[t] for t in ids]
         lp = hf.reference_logps(self.cfg, W, ids, f)
-        s = lp.sum()
-        if self.o.loss in ("ipo", "simpo"):
-            s = s / max(len(lp), 1)
-        return s
+        return lp.sum(), max(len(lp), 1)
 
     def ref_logps(self, i):
+        """Reference (chosen, rejected) sums of pair i (KTO: the example's sum, rejected 0), with counts."""
         if i not in self.ref_cache:
             p = self.pairs[i]
             with torch.no_grad():
                 if self.o.variant == "no_ref":
-                    v = (torch.tensor(0.0), torch.tensor(0.0))
+                    v = ((torch.tensor(0.0), 1), (torch.tensor(0.0), 1))
+                elif not p["rejected"]:
+                    v = (self.seq_logp(self.W0, p["chosen"], p["chosen_prompt_len"]), (torch.tensor(0.0), 1))
                 else:
                     v = (self.seq_logp(self.W0, p["chosen"], p["chosen_prompt_len"]),
                          self.seq_logp(self.W0, p["rejected"], p["rejected_prompt_len"]))
             self.ref_cache[i] = v
         return self.ref_cache[i]
 
-    # -- loss of a set of pairs (TRL dpo_loss / CPO simpo)
-    def loss_and_metrics(self, idx):
-        o, W, idmap = self.o, self.policy_weights(), None
-        if not self.lora and not o.extra.get("plain_vocab"):
-            W, idmap = self.compact_vocab(W, [self.pairs[i][k] for i in idx for k in ("chosen", "rejected")])
-        P = self.pairs
-        pc = torch.stack([self.seq_logp(W, P[i]["chosen"], P[i]["chosen_prompt_len"], idmap) for i in idx])
-        pr = torch.stack([self.seq_logp(W, P[i]["rejected"], P[i]["rejected_prompt_len"], idmap) for i in idx])
-        b, eps = o.beta, o.label_smoothing
-        if o.loss == "simpo":
+    def row_weights(self, mb):
+        o = self.o
+        use = o.pair_weights and o.variant != "ignore_row_weights"
+        return torch.tensor([float(self.pairs[i].get("weight", 1.0)) if use else 1.0 for i in mb])
+
+    def micro_batches(self, idx):
+        B = self.o.batch_size
+        return [idx[j:j + B] for j in range(0, len(idx), B)]
+
+    # -- loss of a step's pairs: each micro-batch's loss (TRL dpo_loss / CPO simpo, the mixture of
+    # --loss with --loss-weights, --pair-weights), averaged over the micro-batches as HF Trainer's grad
+    # accumulation does
+    def pair_term(self, term, pc, pr, rc_, rr_, nc, nr):
+        """Per-pair losses of one pair loss; pc..rr_ raw sums, nc/nr token counts (ipo/simpo normalise)."""
+        b, eps = self.o.beta, self.o.label_smoothing
+        if term in ("ipo", "simpo"):
+            pc, pr, rc_, rr_ = pc / nc, pr / nr, rc_ / nc, rr_ / nr
+        if term == "simpo":
             # TRL's CPOTrainer (loss_type="simpo"): logits = (pi_c - pi_r) - simpo_gamma / beta, gamma
             # being the target reward margin (docs/training.md)
-            g = o.simpo_gamma / b
-            z = (pc - pr) - g
+            z = (pc - pr) - self.o.simpo_gamma / b
             rc, rr = b * pc.detach(), b * pr.detach()
         else:
-            rc_ = torch.stack([self.ref_logps(i)[0] for i in idx])
-            rr_ = torch.stack([self.ref_logps(i)[1] for i in idx])
             z = (pc - pr) - (rc_ - rr_)
             rc, rr = b * (pc.detach() - rc_), b * (pr.detach() - rr_)
         ls = torch.nn.functional.logsigmoid
-        if o.loss in ("sigmoid", "simpo"):
+        if term in ("sigmoid", "simpo"):
             losses = -ls(b * z) * (1 - eps) - ls(-b * z) * eps
-        elif o.loss == "robust":
+        elif term == "robust":
             losses = (-ls(b * z) * (1 - eps) + ls(-b * z) * eps) / (1 - 2 * eps)
-        elif o.loss == "hinge":
+        elif term == "hinge":
             losses = torch.relu(1 - b * z)
-        elif o.loss == "ipo":
+        elif term == "ipo":
             losses = (z - 1 / (2 * b)) ** 2
         else:
-            raise ValueError(o.loss)
-        loss = losses.mean()
+            raise ValueError(term)
+        return losses, rc, rr, pc.detach(), pr.detach(), rc_, rr_
+
+    def loss_and_metrics(self, idx):
+        o = self.o
+        if o.loss == "kto":
+            return self.kto_loss_and_metrics(idx)
+        W, idmap = self.policy_weights(), None
+        if not self.lora and not o.extra.get("plain_vocab"):
+            W, idmap = self.compact_vocab(W, [self.pairs[i][k] for i in idx for k in ("chosen", "rejected")])
+        P = self.pairs
+        terms = o.loss.split(",")
+        tw = o.loss_weights or [1.0] * len(terms)
+        primary = next(t for t in terms if t != "sft")
+        mbs = self.micro_batches(idx)
+        loss, parts = 0, []
+        for mb in mbs:
+            c = [self.seq_logp(W, P[i]["chosen"], P[i]["chosen_prompt_len"], idmap) for i in mb]
+            r = [self.seq_logp(W, P[i]["rejected"], P[i]["rejected_prompt_len"], idmap) for i in mb]
+            pc, pr = torch.stack([x[0] for x in c]), torch.stack([x[0] for x in r])
+            nc = torch.tensor([float(x[1]) for x in c])
+            nr = torch.tensor([float(x[1]) for x in r])
+            rc_ = torch.stack([self.ref_logps(i)[0][0] for i in mb])
+            rr_ = torch.stack([self.ref_logps(i)[1][0] for i in mb])
+            w = self.row_weights(mb)
+            L = 0
+            for term, wk in zip(terms, tw):
+                if term == "sft":   # TRL's nll_loss: token-mean cross-entropy over the chosen completions
+                    L = L + wk * (-(w * pc).sum() / (w * nc).sum())
+                    continue
+                losses, rc, rr, lpc, lpr, rcn, rrn = self.pair_term(term, pc, pr, rc_, rr_, nc, nr)
+                L = L + wk * (w * losses).sum() / w.sum()
+                if term == primary:
+                    parts.append((rc, rr, lpc, lpr, rcn, rrn))
+            loss = loss + L / len(mbs)
+        rc, rr, pc, pr, rc_, rr_ = (torch.cat([p[k] for p in parts]) for k in range(6))
+        b = o.beta
         m = {"loss": loss.item(), "rewards/chosen": rc.mean().item(), "rewards/rejected": rr.mean().item(),
              "rewards/accuracies": (rc > rr).double().mean().item(), "rewards/margins": (rc - rr).mean().item(),
-             "logps/chosen": pc.detach().mean().item(), "logps/rejected": pr.detach().mean().item()}
+             "logps/chosen": pc.mean().item(), "logps/rejected": pr.mean().item()}
         # pairs whose reward margin is within float32 noise (1e-5 of beta times the log-probs it is made
         # of): their accuracy bit may legitimately differ in the C trainer
-        scale = pc.detach().abs() + pr.detach().abs()
-        if o.loss != "simpo":
+        scale = pc.abs() + pr.abs()
+        if primary != "simpo":
             scale = scale + rc_.abs() + rr_.abs()
         m["_ambiguous"] = int(((rc - rr).abs() <= 1e-5 * b * scale).sum().item())
+        return loss, m
+
+    # -- KTO (TRL's KTOTrainer: kto_loss, _get_kl_dataset, the logged metrics)
+    def kl_source(self, j, n):
+        v = self.o.variant
+        return j if v == "kl_no_shift" else (j + 1) % n if v == "kl_shift_next" else (j - 1) % n
+
+    def kto_loss_and_metrics(self, idx):
+        o, P = self.o, self.pairs
+        W, idmap = self.policy_weights(), None
+        if not self.lora and not o.extra.get("plain_vocab"):
+            W, idmap = self.compact_vocab(W, [P[i]["chosen"] for i in idx])
+        mbs = self.micro_batches(idx)
+        loss, kls, rew, lps = 0, [], {True: [], False: []}, {True: [], False: []}
+        b = o.beta
+        for mb in mbs:
+            n = len(mb)
+            pol = torch.stack([self.seq_logp(W, P[i]["chosen"], P[i]["chosen_prompt_len"], idmap)[0] for i in mb])
+            ref = torch.stack([self.ref_logps(i)[0][0] for i in mb])
+            # KL sequences: example j's prompt + the completion of example j-1 of the micro-batch (cyclic)
+            kl_seqs = []
+            for j in range(n):
+                a, s = P[mb[j]], P[mb[self.kl_source(j, n)]]
+                kl_seqs.append((a["chosen"][:a["chosen_prompt_len"]] + s["chosen"][s["chosen_prompt_len"]:],
+                                a["chosen_prompt_len"]))
+            with torch.no_grad():
+                pkl = torch.stack([self.seq_logp(W, ids, pl, idmap)[0] for ids, pl in kl_seqs])
+                rkl = torch.stack([self.seq_logp(self.W0, ids, pl)[0] for ids, pl in kl_seqs])
+                kl = (pkl - rkl).mean().clamp(min=0)
+            r = pol - ref
+            lab = [bool(P[i]["label"]) for i in mb]
+            losses = torch.stack([
+                o.desirable_weight * (1 - torch.sigmoid(b * (r[j] - kl))) if lab[j]
+                else o.undesirable_weight * (1 - torch.sigmoid(b * (kl - r[j]))) for j in range(n)])
+            w = self.row_weights(mb)
+            loss = loss + (w * losses).sum() / w.sum() / len(mbs)
+            kls.append(kl.item())
+            for j in range(n):
+                rew[lab[j]].append(b * r[j].item())
+                lps[lab[j]].append(pol[j].item())
+        m = {"loss": loss.item(), "kl": sum(kls) / len(kls), "count/chosen": len(rew[True]),
+             "count/rejected": len(rew[False])}
+        for c, name in ((True, "chosen"), (False, "rejected")):
+            if rew[c]:
+                m["rewards/" + name] = sum(rew[c]) / len(rew[c])
+                m["logps/" + name] = sum(lps[c]) / len(lps[c])
+        if rew[True] and rew[False]:
+            m["rewards/margins"] = m["rewards/chosen"] - m["rewards/rejected"]
         return loss, m
 
     def step_indices(self, k):
@@ -301,6 +396,13 @@ class RefTrainer:
         loss, m = self.loss_and_metrics(self.step_indices(k))
         loss.backward()
         return m
+
+    def eval_metrics(self):
+        """The metrics over all the pairs (the evaluation set, here the training file itself), in
+        micro-batches of batch_size in file order, with the current weights, named eval_*."""
+        with torch.no_grad():
+            _, m = self.loss_and_metrics(list(range(len(self.pairs))))
+        return {"eval_" + k: v for k, v in m.items() if not k.startswith("_")}
 
     def first_step_grads(self):
         """Gradient of the first step's mean loss (unclipped), named as --dump-grads names them."""

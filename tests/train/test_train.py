@@ -619,7 +619,7 @@ def shuffled_reference_check(tmp, model_dir, data):
 
 # ---- main ------------------------------------------------------------------------------------------
 
-def main():
+def tune_torch():
     # one thread: the reference's ops are small, and on 2 busy cores torch's thread pool costs 4x
     torch.set_num_threads(1)
     try:   # keep freed (V, C) gradient buffers in the heap instead of mmap/munmap each time (speed)
@@ -629,6 +629,10 @@ def main():
         libc.mallopt(-1, 1 << 30)   # M_TRIM_THRESHOLD
     except OSError:
         pass
+
+
+def main():
+    tune_torch()
     if not os.access(CLI, os.X_OK):
         report("train_cli_built", False, f"{CLI} is missing")
         return 1

@@ -58,7 +58,7 @@ static int parse_int(const char *opt, const char *s, int lo, int *out) {
 int pc_cmd_score(int argc, char **argv) {
   const char *model_dir = NULL, *adapter = NULL, *data = NULL, *out = NULL, *summary = NULL, *device = "cpu";
   int batch = 8, threads = 0;
-  pc_data_opts dopt = {0, PC_TRUNC_KEEP_START, 0, NULL};
+  pc_data_opts dopt = {0, PC_TRUNC_KEEP_START, 0, NULL, 0};
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;

@@ -187,6 +187,7 @@ typedef struct {
   pc_chat_opts chat;
   const cJSON *tools;                    /* the row's tool list (borrowed from tree), NULL when none */
   float weight;
+  int label;                             /* unpaired (KTO) rows: 1 desirable, 0 undesirable; pairs: -1 */
   char *id;
   cJSON *tree;                           /* the parsed line; conversational rows borrow its strings */
 } row;
@@ -300,10 +301,13 @@ static int extract_prompt_str(row *r) {
   return 0;
 }
 
-/* Parses one JSON line into r. Returns 0, or -1 with the problem in msg (fields named as in the file). */
-static int parse_row(const char *line, size_t len, int first_kind, row *r, char *msg, size_t msglen) {
+/* Parses one JSON line into r: a pair ({prompt?, chosen, rejected}) or, unpaired, a KTO row ({prompt,
+ * completion, label}) whose completion takes the chosen side's place (and is tokenized as it is).
+ * Returns 0, or -1 with the problem in msg (fields named as in the file). */
+static int parse_row(const char *line, size_t len, int first_kind, int unpaired, row *r, char *msg, size_t msglen) {
   memset(r, 0, sizeof *r);
   r->weight = 1.0f;
+  r->label = -1;
   r->chat.enable_thinking = -1;
   if (strlen(line) != len) { snprintf(msg, msglen, "NUL byte in line"); return -1; }
   long bad = utf8_bad_at((const unsigned char *)line, len);
@@ -325,12 +329,17 @@ static int parse_row(const char *line, size_t len, int first_kind, row *r, char 
   if (!cJSON_IsObject(j)) { snprintf(msg, msglen, "line is not a JSON object"); goto out; }
 
   const cJSON *fp = cJSON_GetObjectItemCaseSensitive(j, "prompt");
-  const cJSON *fc = cJSON_GetObjectItemCaseSensitive(j, "chosen");
-  const cJSON *fr = cJSON_GetObjectItemCaseSensitive(j, "rejected");
-  const char *names[] = {"chosen", "rejected"};
+  const cJSON *fc = cJSON_GetObjectItemCaseSensitive(j, unpaired ? "completion" : "chosen");
+  const cJSON *fr = unpaired ? fc : cJSON_GetObjectItemCaseSensitive(j, "rejected");
+  const char *names[] = {unpaired ? "completion" : "chosen", "rejected"};
   const cJSON *vals[] = {fc, fr};
-  for (int i = 0; i < 2; i++) {
-    if (!vals[i]) { snprintf(msg, msglen, "field '%s' missing", names[i]); goto out; }
+  /* the other kind of file says so: the commonest mistake is a KTO export given to a pair loss */
+  const char *hint = unpaired ? (cJSON_GetObjectItemCaseSensitive(j, "chosen")
+                                     ? " (this is a preference pair; --loss kto reads {prompt, completion, label} rows)" : "")
+                              : (cJSON_GetObjectItemCaseSensitive(j, "completion")
+                                     ? " (this is an unpaired {prompt, completion, label} row: train it with --loss kto)" : "");
+  for (int i = 0; i < (unpaired ? 1 : 2); i++) {
+    if (!vals[i]) { snprintf(msg, msglen, "field '%s' missing%s", names[i], hint); goto out; }
     if (cJSON_IsNull(vals[i])) { snprintf(msg, msglen, "field '%s' is null", names[i]); goto out; }
     if (!cJSON_IsString(vals[i]) && !cJSON_IsArray(vals[i])) {
       snprintf(msg, msglen, "field '%s' must be a string or a list of messages", names[i]); goto out;
@@ -343,6 +352,13 @@ static int parse_row(const char *line, size_t len, int first_kind, row *r, char 
     snprintf(msg, msglen, "field 'rejected' must have the type of 'chosen' (both strings or both message lists)"); goto out;
   }
   if (fp && cJSON_IsNull(fp)) { snprintf(msg, msglen, "field 'prompt' is null"); goto out; }
+  if (unpaired) {  /* TRL's KTO rows carry their prompt and a boolean label */
+    const cJSON *fl = cJSON_GetObjectItemCaseSensitive(j, "label");
+    if (!fp) { snprintf(msg, msglen, "field 'prompt' missing"); goto out; }
+    if (!fl) { snprintf(msg, msglen, "field 'label' missing"); goto out; }
+    if (!cJSON_IsBool(fl)) { snprintf(msg, msglen, "field 'label' must be true or false"); goto out; }
+    r->label = cJSON_IsTrue(fl);
+  }
   if (fp && cJSON_IsString(fp) != cJSON_IsString(fc)) {
     snprintf(msg, msglen, cJSON_IsString(fc) ? "field 'prompt' must be a string, as 'chosen' is"
                                               : "field 'prompt' must be a list of messages, as 'chosen' is");
@@ -397,7 +413,7 @@ static int parse_row(const char *line, size_t len, int first_kind, row *r, char 
     if (!r->chosen || !r->rejected || (fp && !r->prompt)) { snprintf(msg, msglen, "out of memory"); goto out; }
     if (!fp && extract_prompt_str(r) != 0) { snprintf(msg, msglen, "out of memory"); goto out; }
   } else {
-    if (parse_messages(fc, "chosen", &r->cc, msg, msglen) || parse_messages(fr, "rejected", &r->cr, msg, msglen)) goto out;
+    if (parse_messages(fc, names[0], &r->cc, msg, msglen) || parse_messages(fr, "rejected", &r->cr, msg, msglen)) goto out;
     if (fp) { if (parse_messages(fp, "prompt", &r->cp, msg, msglen)) goto out; }
     else {
       extract_prompt_conv(r);
@@ -439,8 +455,7 @@ static int build_seq(const ivec *p, const ivec *pc, pc_seq *s) {
   return mismatch;
 }
 
-/* TRL's collator slicing; returns 1 when s was cut. */
-static int truncate_seq(pc_seq *s, int max_length, int mode) {
+int pc_seq_truncate(pc_seq *s, int max_length, int mode) {
   if (max_length <= 0 || s->n <= max_length) return 0;
   if (mode == PC_TRUNC_KEEP_END) {
     int cut = s->n - max_length;
@@ -555,6 +570,7 @@ static int tokenize_row(loader *L, row *r, int line, pc_pair *out, pc_dataset *d
   memset(out, 0, sizeof *out);
   char *texts[3] = {0};
   int add_special, rc = -1;
+  int nsides = r->label >= 0 ? 1 : 2;  /* an unpaired (KTO) row is its chosen side alone */
   if (r->kind == ROW_STANDARD) {
     /* TRL's add_eos, then tokenizer(text) with the default special tokens. */
     const char *eos = L->cfg.eos_token;
@@ -575,13 +591,13 @@ static int tokenize_row(loader *L, row *r, int line, pc_pair *out, pc_dataset *d
     err[0] = 0;
     texts[0] = render(L, &r->cp, NULL, 1, &r->chat, r->tools, err, errlen);
     if (texts[0]) texts[1] = render(L, &r->cp, &r->cc, 0, &r->chat, r->tools, err, errlen);
-    if (texts[1]) texts[2] = render(L, &r->cp, &r->cr, 0, &r->chat, r->tools, err, errlen);
+    if (texts[1] && nsides == 2) texts[2] = render(L, &r->cp, &r->cr, 0, &r->chat, r->tools, err, errlen);
     add_special = 0;  /* apply_chat_template tokenizes without them: the template wrote BOS itself */
     if (err[0]) goto out;
     /* TRL takes the completion as the tokens after the prompt's. When the template renders the
      * prompt (with its generation prompt) as text that the joint rendering does not start with, that
      * split lands in the wrong place: refuse the row rather than train on a shifted mask. */
-    for (int k = 1; k <= 2 && texts[0] && texts[k]; k++)
+    for (int k = 1; k <= nsides && texts[0] && texts[k]; k++)
       if (strncmp(texts[k], texts[0], strlen(texts[0])) != 0) {
         snprintf(err, errlen, "the chat template renders the prompt (with add_generation_prompt) as text that does not "
                  "begin its rendering of prompt + %s: the completion would not start where the prompt ends",
@@ -589,12 +605,12 @@ static int tokenize_row(loader *L, row *r, int line, pc_pair *out, pc_dataset *d
         goto out;
       }
   }
-  if (!texts[0] || !texts[1] || !texts[2]) { snprintf(err, errlen, "out of memory"); goto out; }
+  if (!texts[0] || !texts[1] || (nsides == 2 && !texts[2])) { snprintf(err, errlen, "out of memory"); goto out; }
 
   if (encode(L->tok, texts[0], add_special, &L->p, err, errlen)) goto out;
   int mismatch = 0;
   pc_seq *seqs[2] = {&out->chosen, &out->rejected};
-  for (int k = 0; k < 2; k++) {
+  for (int k = 0; k < nsides; k++) {
     if (encode(L->tok, texts[1 + k], add_special, &L->pc, err, errlen)) goto out;
     int m = build_seq(&L->p, &L->pc, seqs[k]);
     if (m < 0) { snprintf(err, errlen, "out of memory"); goto out; }
@@ -612,11 +628,12 @@ static int tokenize_row(loader *L, row *r, int line, pc_pair *out, pc_dataset *d
     rc = 1;
     goto out;
   }
-  int cut = truncate_seq(&out->chosen, max_length, L->o->truncation);
-  cut |= truncate_seq(&out->rejected, max_length, L->o->truncation);
+  int cut = pc_seq_truncate(&out->chosen, max_length, L->o->truncation);
+  cut |= pc_seq_truncate(&out->rejected, max_length, L->o->truncation);
   if (cut) d->truncated++;
   out->line = line;
   out->weight = r->weight;
+  out->label = (signed char)r->label;
   out->id = r->id; r->id = NULL;
   rc = 0;
 out:
@@ -641,7 +658,7 @@ static int blank(const char *s, size_t n) {
 
 int pc_data_load(const char *path, const pc_tokenizer *tok, const char *model_dir, const pc_data_opts *o,
                  pc_dataset *d, char *err, size_t errlen) {
-  static const pc_data_opts defaults = {0, PC_TRUNC_KEEP_START, 0, NULL};
+  static const pc_data_opts defaults = {0, PC_TRUNC_KEEP_START, 0, NULL, 0};
   memset(d, 0, sizeof *d);
   if (!o) o = &defaults;
   if (o->truncation != PC_TRUNC_KEEP_START && o->truncation != PC_TRUNC_KEEP_END) {
@@ -663,7 +680,7 @@ int pc_data_load(const char *path, const pc_tokenizer *tok, const char *model_di
     lineno++;
     if (blank(line, (size_t)len)) continue;  /* like the JSON-lines readers TRL loads through */
     row r;
-    if (parse_row(line, (size_t)len, first_kind, &r, msg, sizeof msg) != 0) {
+    if (parse_row(line, (size_t)len, first_kind, o->unpaired, &r, msg, sizeof msg) != 0) {
       if (!o->skip_bad) { fmt(err, errlen, "%s:%d: %s", path, lineno, msg); rc = -1; break; }
       d->skipped_bad++;
       if (!d->first_skipped_line) {

@@ -39,7 +39,9 @@
 #include "text/tokenizer.h"
 
 typedef struct { int32_t *ids; int n; int prompt_len; } pc_seq;   /* ids = prompt + completion tokens; completion = ids[prompt_len..n) */
-typedef struct { pc_seq chosen, rejected; int line; float weight; char *id; } pc_pair;   /* line: 1-based JSONL line; weight 1 if absent; id NULL if absent */
+typedef struct { pc_seq chosen, rejected; int line; float weight; char *id; signed char label; } pc_pair;   /* line: 1-based JSONL line; weight 1 if absent; id NULL if absent;
+   label: -1 for a pair; for an unpaired (KTO) example 1 desirable / 0 undesirable, the example in chosen
+   (tokenized exactly as a pair's chosen side) and rejected empty (ids NULL, n 0) */
 typedef struct {
   pc_pair *pairs; size_t n;
   size_t skipped_bad;       /* bad lines skipped under skip_bad */
@@ -62,6 +64,9 @@ typedef struct {
   int truncation;            /* PC_TRUNC_* */
   int skip_bad;              /* 0: first bad line is an error; 1: skip and count */
   const char *chat_template; /* NULL = auto from DIR/tokenizer_config.json; else a name: "chatml", "qwen3", "llama3" */
+  int unpaired;              /* 1: TRL's unpaired (KTO) rows {"prompt", "completion", "label": bool} (prompt
+                                required, never extracted); a pair row is then an error naming the
+                                missing field, and the other way round */
 } pc_data_opts;
 
 /* model_dir holds tokenizer_config.json (eos_token, bos_token, chat_template). 0, or -1 with err naming
@@ -69,6 +74,10 @@ typedef struct {
 int pc_data_load(const char *path, const pc_tokenizer *tok, const char *model_dir, const pc_data_opts *o,
                  pc_dataset *out, char *err, size_t errlen);
 void pc_data_free(pc_dataset *d);
+
+/* TRL's collator slicing of one sequence to max_length (PC_TRUNC_*; keep_end moves prompt_len down);
+ * 1 when s was cut. Also what KTO's KL sequences (train/kto.c) are cut with. */
+int pc_seq_truncate(pc_seq *s, int max_length, int mode);
 
 /* Parses a truncation mode name ("keep_start", "keep_end"); -1 if unknown. */
 int pc_data_truncation_from_name(const char *name);

@@ -1,14 +1,83 @@
 /* trainer/train/loss.c: see loss.h. */
 #include "train/loss.h"
 
+#include <errno.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
+static const char *const NAMES[] = {"sigmoid", "ipo", "hinge", "robust", "simpo", "kto", "sft"};
+
 int pc_loss_from_name(const char *s) {
-  static const char *names[] = {"sigmoid", "ipo", "hinge", "robust", "simpo"};
-  for (int i = 0; i < 5; i++)
-    if (!strcmp(s, names[i])) return i;
+  for (int i = 0; i < (int)(sizeof NAMES / sizeof *NAMES); i++)
+    if (!strcmp(s, NAMES[i])) return i;
   return -1;
+}
+
+int pc_loss_mix_parse(const char *loss, const char *weights, pc_loss_mix *m, char *err, size_t errlen) {
+  memset(m, 0, sizeof *m);
+  char buf[256];
+  snprintf(buf, sizeof buf, "%s", loss);
+  char *save = NULL;
+  for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    int k = pc_loss_from_name(tok);
+    if (k < 0) {
+      snprintf(err, errlen, "--loss '%s' is unknown (sigmoid, ipo, hinge, robust, simpo, kto, or a list of pair "
+               "losses with sft, as 'sigmoid,sft')", tok);
+      return -1;
+    }
+    if (pc_loss_mix_find(m, (pc_loss_kind)k) >= 0) { snprintf(err, errlen, "--loss names '%s' twice", tok); return -1; }
+    if (m->n == PC_LOSS_MAX_TERMS) { snprintf(err, errlen, "--loss: at most %d terms", PC_LOSS_MAX_TERMS); return -1; }
+    m->kind[m->n] = (pc_loss_kind)k;
+    m->weight[m->n++] = 1;
+  }
+  if (m->n == 0) { snprintf(err, errlen, "--loss is empty"); return -1; }
+  if (pc_loss_mix_find(m, PC_LOSS_KTO) >= 0 && m->n > 1) {
+    snprintf(err, errlen, "--loss kto stands alone (its examples are unpaired; the other losses need pairs)");
+    return -1;
+  }
+  if (pc_loss_mix_find(m, PC_LOSS_SFT) >= 0 && pc_loss_mix_primary(m) < 0) {
+    snprintf(err, errlen, "--loss sft is a term added to a pair loss: give one with it, as 'sigmoid,sft'");
+    return -1;
+  }
+  if (weights && *weights) {
+    snprintf(buf, sizeof buf, "%s", weights);
+    int i = 0;
+    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save), i++) {
+      char *end;
+      errno = 0;
+      double w = strtod(tok, &end);
+      if (errno || *end || end == tok || !isfinite(w) || w < 0) {
+        snprintf(err, errlen, "--loss-weights: '%s' is not a non-negative number", tok);
+        return -1;
+      }
+      if (i >= m->n) { snprintf(err, errlen, "--loss-weights gives more weights than the %d term(s) of --loss", m->n); return -1; }
+      m->weight[i] = w;
+    }
+    if (i != m->n) {
+      snprintf(err, errlen, "--loss-weights gives %d weight(s) for the %d term(s) of --loss", i, m->n);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+int pc_loss_mix_find(const pc_loss_mix *m, pc_loss_kind kind) {
+  for (int i = 0; i < m->n; i++)
+    if (m->kind[i] == kind) return i;
+  return -1;
+}
+
+int pc_loss_mix_primary(const pc_loss_mix *m) {
+  for (int i = 0; i < m->n; i++)
+    if (m->kind[i] != PC_LOSS_SFT && m->kind[i] != PC_LOSS_KTO) return i;
+  return -1;
+}
+
+int pc_loss_mix_needs_ref(const pc_loss_mix *m) {
+  for (int i = 0; i < m->n; i++)
+    if (m->kind[i] != PC_LOSS_SIMPO && m->kind[i] != PC_LOSS_SFT) return 1;
+  return 0;
 }
 
 /* log(sigmoid(x)) and sigmoid(x) without overflow on either side */

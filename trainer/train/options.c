@@ -19,7 +19,12 @@ static const pc_train_optdef OPTS[] = {
   {"model", PC_OPT_STR, F(model), 1, "DIR  Hugging Face model directory (config.json, safetensors, tokenizer.json)"},
   {"data", PC_OPT_STR, F(data), 1, "FILE  preference JSONL (TRL's standard or conversational format)"},
   {"out", PC_OPT_STR, F(out), 0, "DIR  output directory (created)"},
-  {"loss", PC_OPT_STR, F(loss), 1, "NAME  sigmoid (DPO), ipo, hinge, robust or simpo [sigmoid]"},
+  {"loss", PC_OPT_STR, F(loss), 1, "NAME  sigmoid (DPO), ipo, hinge, robust, simpo, kto (unpaired --data), or a list "
+   "with sft, as sigmoid,sft [sigmoid]"},
+  {"loss-weights", PC_OPT_STR, F(loss_weights), 1, "LIST  one weight per --loss term: loss = sum w_k loss_k [1,...]"},
+  {"pair-weights", PC_OPT_FLAG, F(pair_weights), 1, "  weigh each row's loss by its 'weight' field: sum w l / sum w [off]"},
+  {"desirable-weight", PC_OPT_DBL, F(desirable_weight), 1, "X  KTO: weight of the desirable examples' loss [1]"},
+  {"undesirable-weight", PC_OPT_DBL, F(undesirable_weight), 1, "X  KTO: weight of the undesirable examples' loss [1]"},
   {"beta", PC_OPT_DBL, F(beta), 1, "X  DPO beta [0.1; simpo 2.0]"},
   {"label-smoothing", PC_OPT_DBL, F(label_smoothing), 1, "X  cDPO / robust label smoothing [0]"},
   {"simpo-gamma", PC_OPT_DBL, F(simpo_gamma), 1, "X  SimPO's target reward margin gamma (TRL's simpo_gamma) [0.5]"},
@@ -78,6 +83,8 @@ void pc_train_opts_defaults(pc_train_opts *o) {
   o->lr = NAN;
   o->lora_alpha = NAN;
   o->simpo_gamma = 0.5;
+  o->desirable_weight = 1;
+  o->undesirable_weight = 1;
   o->lora_r = 16;
   o->max_grad_norm = 1.0;
   o->batch_size = 4;
@@ -143,6 +150,15 @@ cJSON *pc_train_opts_json(const pc_train_opts *o) {
   return j;
 }
 
+/* Options added after run.json first recorded options: an older manifest lacks them, and the run it
+ * rebuilds or resumes had their defaults. */
+static int added_later(const char *name) {
+  static const char *const names[] = {"loss-weights", "pair-weights", "desirable-weight", "undesirable-weight"};
+  for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+    if (!strcmp(name, names[i])) return 1;
+  return 0;
+}
+
 int pc_train_opts_from_json(pc_train_opts *o, const cJSON *j, const char *file) {
   for (size_t i = 0; i < NOPTS; i++) {
     const pc_train_optdef *d = &OPTS[i];
@@ -160,6 +176,7 @@ int pc_train_opts_from_json(pc_train_opts *o, const cJSON *j, const char *file) 
       case PC_OPT_DBL: ok = cJSON_IsNumber(v); if (ok) *(double *)p = v->valuedouble; break;
       case PC_OPT_FLAG: ok = cJSON_IsBool(v); if (ok) *(int *)p = cJSON_IsTrue(v); break;
     }
+    if (!v && added_later(d->name)) continue;  // a run.json written before the option existed: its default
     if (!ok) {
       fprintf(stderr, PROG ": %s: options.%s is missing or of the wrong type\n", file, d->name);
       return -1;
@@ -169,8 +186,10 @@ int pc_train_opts_from_json(pc_train_opts *o, const cJSON *j, const char *file) 
 }
 
 int pc_train_opts_check(pc_train_opts *o) {
-  int lk = pc_loss_from_name(o->loss);
-  if (lk < 0) { fprintf(stderr, PROG ": --loss '%s' is unknown (sigmoid, ipo, hinge, robust, simpo)\n", o->loss); return -1; }
+  pc_loss_mix mix;
+  char why[256];
+  if (pc_loss_mix_parse(o->loss, o->loss_weights, &mix, why, sizeof why) != 0) { fprintf(stderr, PROG ": %s\n", why); return -1; }
+  int lk = mix.kind[0], kto = lk == PC_LOSS_KTO;
   if (isnan(o->beta)) o->beta = lk == PC_LOSS_SIMPO ? 2.0 : 0.1;
   if (isnan(o->lr)) o->lr = o->lora_r > 0 || o->init_adapter[0] ? 1e-4 : 5e-6;
   if (isnan(o->lora_alpha)) o->lora_alpha = 2.0 * o->lora_r;
@@ -187,7 +206,18 @@ int pc_train_opts_check(pc_train_opts *o) {
   if (o->batch_size < 1 || o->grad_accum < 1) { fprintf(stderr, PROG ": --batch-size and --grad-accum must be >= 1\n"); return -1; }
   if (o->eval_fraction >= 1) { fprintf(stderr, PROG ": --eval-fraction must be < 1\n"); return -1; }
   if (o->eval_data[0] && o->eval_fraction > 0) { fprintf(stderr, PROG ": give --eval-data or --eval-fraction, not both\n"); return -1; }
-  if (lk == PC_LOSS_SIMPO && o->ref_logps[0]) { fprintf(stderr, PROG ": --loss simpo is reference-free; drop --ref-logps\n"); return -1; }
+  if (!pc_loss_mix_needs_ref(&mix) && o->ref_logps[0]) { fprintf(stderr, PROG ": --loss %s is reference-free; drop --ref-logps\n", o->loss); return -1; }
+  if (kto && o->dump_ref[0]) { fprintf(stderr, PROG ": --dump-ref writes pairs' reference log-probs; not with --loss kto\n"); return -1; }
+  if (kto && o->ref_logps[0]) { fprintf(stderr, PROG ": --ref-logps holds pairs' reference log-probs; --loss kto computes its own\n"); return -1; }
+  if (kto && o->batch_size < 2) {
+    fprintf(stderr, PROG ": --loss kto needs --batch-size >= 2 (as TRL: with one example per micro-batch the KL estimate "
+            "is the example's own log-ratio)\n");
+    return -1;
+  }
+  if (!kto && (o->desirable_weight != 1 || o->undesirable_weight != 1)) {
+    fprintf(stderr, PROG ": --desirable-weight and --undesirable-weight are for --loss kto\n");
+    return -1;
+  }
   if (o->merge && o->lora_r == 0 && !o->init_adapter[0]) { fprintf(stderr, PROG ": --merge is for LoRA runs (--lora-r > 0)\n"); return -1; }
   if (!o->no_ref_cache && !o->ref_cache[0] && pc_ref_cache_default_dir(o->ref_cache, sizeof o->ref_cache) != 0) {
     fprintf(stderr, PROG ": warning: neither XDG_CACHE_HOME nor HOME is set: no reference cache (give --ref-cache DIR)\n");

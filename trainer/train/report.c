@@ -23,10 +23,13 @@
 // ---- the metrics and the series
 
 // The keys of a train line, in the order of the table; an eval line has the same with "eval_" before.
+// kl and the counts are KTO's (a KTO run logs no accuracies: its third chart is the kl estimate).
 static const char *const KEYS[] = {"loss",          "rewards/chosen", "rewards/rejected", "rewards/accuracies",
                                    "rewards/margins", "logps/chosen", "logps/rejected",   "grad_norm",
-                                   "learning_rate", "tokens_per_s",   "epoch"};
-enum { K_LOSS, K_CHOSEN, K_REJECTED, K_ACC, K_MARGIN, K_LOGP_C, K_LOGP_R, K_GNORM, K_LR, K_TPS, K_EPOCH, NKEYS };
+                                   "learning_rate", "tokens_per_s",   "epoch",            "kl",
+                                   "count/chosen",  "count/rejected"};
+enum { K_LOSS, K_CHOSEN, K_REJECTED, K_ACC, K_MARGIN, K_LOGP_C, K_LOGP_R, K_GNORM, K_LR, K_TPS, K_EPOCH, K_KL,
+       K_COUNT_C, K_COUNT_R, NKEYS };
 #define NSER (2 * NKEYS)  // series s = 2*key + (eval ? 1 : 0)
 
 typedef struct {
@@ -361,6 +364,8 @@ static void write_cell(FILE *f, const series *s) {
 static int write_html(FILE *f, const char *title, const char *src, const metrics *m) {
   static const char *const C_TRAIN = "#1f77b4", *const C_EVAL = "#ff7f0e", *const C_REJ = "#d62728",
                            *const C_EVAL_REJ = "#9467bd";
+  const chart kl_chart = {"KL estimate (KTO)", "kl", {{2 * K_KL, "train", C_TRAIN}, {2 * K_KL + 1, "eval", C_EVAL}}, 2, 0};
+  int kto = (m->s[2 * K_KL].n || m->s[2 * K_KL + 1].n) && !m->s[2 * K_ACC].n && !m->s[2 * K_ACC + 1].n;
   const chart charts[4] = {
       {"Loss", "loss", {{2 * K_LOSS, "train", C_TRAIN}, {2 * K_LOSS + 1, "eval", C_EVAL}}, 2, 0},
       {"Rewards",
@@ -390,7 +395,7 @@ static int write_html(FILE *f, const char *title, const char *src, const metrics
   fputs(". From <code>", f);
   put_esc(f, src);
   fputs("</code>.</p>\n<div class=\"charts\">\n", f);
-  for (int i = 0; i < 4; i++) write_chart(f, &charts[i], m);
+  for (int i = 0; i < 4; i++) write_chart(f, kto && i == 2 ? &kl_chart : &charts[i], m);
   fputs("</div>\n<h2>Final values</h2>\n<table>\n<thead><tr><th>metric</th><th>train</th><th>at step</th>"
         "<th>eval</th><th>at step</th></tr></thead>\n<tbody>\n", f);
   for (int k = 0; k < NKEYS; k++) {

@@ -8,7 +8,8 @@
 #include <stddef.h>
 
 /* Reads metrics_jsonl and writes html_path: the run's title (escaped; NULL: "prefcap-dpo run"), four
- * charts against the step (loss; rewards, chosen and rejected; reward accuracy; reward margin), each
+ * charts against the step (loss; rewards, chosen and rejected; reward accuracy, or for a KTO run (kl
+ * logged, no accuracies) the kl estimate; reward margin), each
  * with the train series as a line and, where eval lines exist, the eval series as a line with points in
  * another colour; then a table of the last finite value of every logged metric, train and eval.
  *

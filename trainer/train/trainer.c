@@ -11,6 +11,7 @@
 #include "text/data.h"
 #include "text/tokenizer.h"
 #include "train/checkpoint.h"
+#include "train/kto.h"
 #include "train/loss.h"
 #include "train/manifest.h"
 #include "train/memplan.h"
@@ -40,7 +41,10 @@ void pc_train_request_stop(int sig) { g_stop = sig; }
 
 struct pc_trainer {
   pc_train_opts o;
-  pc_loss_params loss;
+  pc_loss_params loss;       /* the parameters of every pair loss; kind is set per term */
+  pc_loss_mix mix;           /* --loss and --loss-weights */
+  int kto;                   /* --loss kto: unpaired examples (label >= 0), see the KTO section */
+  pc_kto_params kto_params;
   pc_schedule schedule;
   int lora;                  /* LoRA (--lora-r > 0 or --init-adapter), else a full fine-tune */
   pc_tokenizer *tok;
@@ -72,7 +76,22 @@ struct pc_trainer {
   // ---- data parallel (trainer/dist): NULL for one process
   pc_comm *comm;             /* borrowed from the options */
   pc_zero *zero;             /* the sharded optimizer, in place of opt's state */
+  // ---- KTO (--loss kto): the frozen reference model, run on every micro-batch as TRL runs it
+  pc_model *ref_model;
+  pc_seq *kl;                /* (batch_size) the micro-batch's KL sequences */
+  double *ref_sums;          /* (2 batch_size) reference sums: examples, then KL sequences */
+  double *ddsum;             /* (batch_size) dLoss/dsum before the float conversion */
 };
+
+/* A step's (or an evaluation's) sums for the metrics: pair losses, or KTO's. */
+typedef struct {
+  pc_loss_stats p;
+  pc_kto_stats k;
+} step_stats;
+
+static double mean_loss(const pc_trainer *t, const step_stats *st) {
+  return t->kto ? st->k.loss / (double)(st->k.n ? st->k.n : 1) : st->p.loss / (double)(st->p.n ? st->p.n : 1);
+}
 
 // ---- data parallel ------------------------------------------------------------------------------
 /* With N ranks, each global micro-batch of nb pairs is cut into N contiguous slices (sizes differ by at
@@ -88,8 +107,9 @@ static void my_slice(const pc_trainer *t, int nb, int *from, int *to) {
 }
 
 /* The ranks' loss sums (and token counts) added up on every rank. */
-static int reduce_stats(pc_trainer *t, pc_loss_stats *st, double *tokens) {
+static int reduce_stats(pc_trainer *t, step_stats *sst, double *tokens) {
   if (!t->comm) return 0;
+  pc_loss_stats *st = &sst->p;  // KTO is refused with more than one rank (pc_train_setup)
   double v[8] = {st->loss, st->reward_chosen, st->reward_rejected, st->accuracy, st->logp_chosen, st->logp_rejected,
                  (double)st->n, *tokens};
   if (pc_comm_all_reduce(t->comm, v, 8, PC_COMM_F64) != 0) {
@@ -131,7 +151,7 @@ static size_t train_index(pc_trainer *t, size_t i) {
 
 static pc_data_opts data_opts(const pc_trainer *t) {
   return (pc_data_opts){t->o.max_length, pc_data_truncation_from_name(t->o.truncation), t->o.skip_bad,
-                        t->o.chat_template[0] ? t->o.chat_template : NULL};
+                        t->o.chat_template[0] ? t->o.chat_template : NULL, t->kto};
 }
 
 static int load_data(pc_trainer *t, const char *path, pc_dataset *ds) {
@@ -149,7 +169,7 @@ static int load_data(pc_trainer *t, const char *path, pc_dataset *ds) {
     fprintf(stderr, PROG ": %s: truncated %zu pair(s) to --max-length %d (%s)\n", path, ds->truncated,
             t->o.max_length, t->o.truncation);
   if (ds->n == 0) {
-    fprintf(stderr, PROG ": %s: no pairs to train on%s\n", path,
+    fprintf(stderr, PROG ": %s: no %s to train on%s\n", path, t->kto ? "examples" : "pairs",
             ds->dropped_too_long ? " (every pair was dropped by --max-length)" : "");
     return -1;
   }
@@ -198,11 +218,15 @@ static int dump_tokens(pc_trainer *t) {
     for (int k = 0; k < p->chosen.n; k++) fprintf(f, "%s%d", k ? ", " : "", p->chosen.ids[k]);
     fprintf(f, "], \"rejected\": [");
     for (int k = 0; k < p->rejected.n; k++) fprintf(f, "%s%d", k ? ", " : "", p->rejected.ids[k]);
-    fprintf(f, "], \"chosen_prompt_len\": %d, \"rejected_prompt_len\": %d}\n", p->chosen.prompt_len,
-            p->rejected.prompt_len);
+    fprintf(f, "], \"chosen_prompt_len\": %d, \"rejected_prompt_len\": %d, \"weight\": %.9g", p->chosen.prompt_len,
+            p->rejected.prompt_len, (double)p->weight);
+    if (p->label >= 0) fprintf(f, ", \"label\": %s", p->label ? "true" : "false");
+    fprintf(f, "}\n");
   }
   return fclose(f) == 0 ? 0 : -1;
 }
+
+static void kto_balance_warning(pc_trainer *t);
 
 static int setup_data(pc_trainer *t) {
   char path[4400];
@@ -214,6 +238,7 @@ static int setup_data(pc_trainer *t) {
   if (rc < 0) fprintf(stderr, PROG ": out of memory\n");
   if (rc != 0) return -1;
   if (t->o.dump_tokens[0] && dump_tokens(t) != 0) return -1;
+  if (t->kto) kto_balance_warning(t);
   t->total_steps = t->o.max_steps > 0 ? t->o.max_steps : (int)ceil(t->o.epochs * (double)t->ntrain / pairs_per_step(t));
   if (t->total_steps < 1) t->total_steps = 1;
   return 0;
@@ -263,6 +288,13 @@ static int setup_buffers(pc_trainer *t) {
   t->perm = malloc(sizeof *t->perm * (t->ntrain + 1));
   t->perm_epoch = -1;
   t->ref = calloc(2 * (t->ntrain + t->neval) + 1, sizeof *t->ref);
+  t->kl = calloc(B, sizeof *t->kl);
+  t->ref_sums = malloc(sizeof *t->ref_sums * 2 * B);
+  t->ddsum = malloc(sizeof *t->ddsum * 2 * B);
+  if (!t->kl || !t->ref_sums || !t->ddsum) {
+    fprintf(stderr, PROG ": out of memory\n");
+    return -1;
+  }
   if (!t->seqs || !t->sums || !t->cnts || !t->dsum || !t->mb || !t->mb_ref || !t->step_pairs || !t->perm || !t->ref) {
     fprintf(stderr, PROG ": out of memory\n");
     return -1;
@@ -290,7 +322,14 @@ static int dump_ref(pc_trainer *t) {
  * with no adapter, computed once before training (or found in the reference cache); or read from
  * --ref-logps (then only the eval pairs are computed). SimPO has no reference. */
 static int setup_reference(pc_trainer *t) {
-  if (t->loss.kind == PC_LOSS_SIMPO) return 0;
+  if (t->kto) {  // KTO's KL sequences depend on the micro-batch: the reference runs with the policy
+    if (pc_model_load(t->o.model, NULL, t->be, &t->ref_model, t->err, sizeof t->err) != 0) {
+      fprintf(stderr, PROG ": %s\n", t->err);
+      return -1;
+    }
+    return 0;
+  }
+  if (!pc_loss_mix_needs_ref(&t->mix)) return 0;
   const pc_pair **from = t->train;
   size_t n = t->ntrain + t->neval;
   if (t->o.ref_logps[0]) {
@@ -440,17 +479,30 @@ int pc_train_setup(const pc_train_opts *o, const char *cmdline, cJSON *resume, p
   t->o = *o;
   t->comm = o->comm;
   t->manifest = resume;
-  t->loss = (pc_loss_params){(pc_loss_kind)pc_loss_from_name(o->loss), o->beta, o->label_smoothing, o->simpo_gamma};
+  if (pc_loss_mix_parse(o->loss, o->loss_weights, &t->mix, t->err, sizeof t->err) != 0) {
+    fprintf(stderr, PROG ": %s\n", t->err);
+    return 1;
+  }
+  t->kto = t->mix.kind[0] == PC_LOSS_KTO;
+  if (t->kto && t->comm && t->comm->size > 1) {  // KL sequences pair each example with its neighbour's
+    fprintf(stderr, PROG ": --loss kto runs in one process, not %d ranks: its KL sequences pair each example with "
+            "the previous one's completion across the whole micro-batch\n", t->comm->size);
+    return 1;
+  }
+  t->kto_params = (pc_kto_params){o->beta, o->desirable_weight, o->undesirable_weight};
+  t->loss = (pc_loss_params){t->mix.kind[0], o->beta, o->label_smoothing, o->simpo_gamma};
   t->schedule = (pc_schedule)pc_schedule_from_name(o->scheduler);
   t->lora = o->lora_r > 0 || o->init_adapter[0];
   if (setup_data(t) || setup_backend(t) || setup_memory(t) || setup_buffers(t) || setup_reference(t) || setup_model(t) ||
       setup_outputs(t, cmdline))
     return 1;
   size_t total, trainable = pc_model_trainable(t->model, &total);
+  const char *rows = t->kto ? "examples" : "pairs";
   if (is_root(t))
-    fprintf(stderr, PROG ": %zu training pairs, %zu eval pairs, %d steps of %d pairs (batch %d x accumulation %d), "
-          "%s, %zu of %zu parameters trainable, %d threads\n", t->ntrain, t->neval, t->total_steps, pairs_per_step(t),
-          o->batch_size, o->grad_accum, t->lora ? "LoRA" : "full fine-tune", trainable, total, t->be->threads);
+    fprintf(stderr, PROG ": %zu training %s, %zu eval %s, %d steps of %d %s (batch %d x accumulation %d), "
+            "%s, %zu of %zu parameters trainable, %d threads\n", t->ntrain, rows, t->neval, rows, t->total_steps,
+            pairs_per_step(t), rows, o->batch_size, o->grad_accum, t->lora ? "LoRA" : "full fine-tune", trainable, total,
+            t->be->threads);
   if (t->start_step == 0 && evaluate(t, 0) != 0) return 1;
   t->step = t->last_saved = t->start_step;
   t->progress = pc_progress_new(is_root(t) ? stderr : NULL, "train", "steps", "tok", (size_t)(t->total_steps - t->start_step));
@@ -460,40 +512,135 @@ int pc_train_setup(const pc_train_opts *o, const char *cmdline, cJSON *resume, p
 
 // ---- a step -------------------------------------------------------------------------------------
 
+/* The tokens a chosen completion is scored on (what the model's forward counts: positions from
+ * max(prompt_len, 1) to the end), known before the forward so that every rank can normalise by the
+ * whole micro-batch's. */
+static int chosen_scored(const pc_pair *p) {
+  int f = p->chosen.prompt_len < 1 ? 1 : p->chosen.prompt_len;
+  return p->chosen.n > f ? p->chosen.n - f : 0;
+}
+
 /* Forward (and, with backward, the backward pass) of pairs[0..nb) against reference sums ref (2 nb,
- * NULL for SimPO); adds each pair's loss to st. scale: the weight of this micro-batch's pairs in the
- * step's mean loss. */
-static int micro_batch(pc_trainer *t, const pc_pair **pairs, const double *ref, int nb, int backward, double scale,
-                       pc_loss_stats *st, double *tokens) {
+ * NULL when no term needs them); adds to st. scale: this micro-batch's share of the step's loss (1 /
+ * grad_accum) divided by nb. The micro-batch's loss is sum_k weight_k loss_k over --loss's terms: each
+ * pair term the mean of its per-pair losses (--pair-weights: sum w_i l_i / sum w_i), sft TRL's
+ * token-mean cross-entropy of the chosen completions (--pair-weights: each token weighted by its row). */
+static int micro_batch(pc_trainer *t, const pc_pair **pairs, const double *ref, int nb, int from, int to,
+                       int backward, double scale, step_stats *st, double *tokens) {
+  const pc_loss_mix *m = &t->mix;
+  // The normalisers are the whole micro-batch's (every rank knows all of its pairs), so that the ranks'
+  // slices add up to one process's loss and gradient: nb, sum w, sum w * completion tokens.
+  double wsum = 0, wtok = 0, sft = 0, loss = 0;
   for (int i = 0; i < nb; i++) {
-    pc_pair_seqs(pairs[i], &t->seqs[2 * i]);
-    *tokens += pairs[i]->chosen.n + pairs[i]->rejected.n;
+    double w = t->o.pair_weights ? pairs[i]->weight : 1;
+    wsum += w;
+    wtok += w * chosen_scored(pairs[i]);
   }
-  if (pc_model_forward(t->model, t->seqs, 2 * nb, backward, t->sums, t->cnts, NULL, t->err, sizeof t->err) != 0)
+  int n = to - from;
+  for (int j = 0; j < n; j++) {
+    pc_pair_seqs(pairs[from + j], &t->seqs[2 * j]);
+    *tokens += pairs[from + j]->chosen.n + pairs[from + j]->rejected.n;
+  }
+  if (pc_model_forward(t->model, t->seqs, 2 * n, backward, t->sums, t->cnts, NULL, t->err, sizeof t->err) != 0)
     return -1;
-  for (int i = 0; i < nb; i++) {
-    pc_pair_loss p = pc_loss_pair(&t->loss, t->sums[2 * i], t->sums[2 * i + 1], ref ? ref[2 * i] : 0,
-                                  ref ? ref[2 * i + 1] : 0, t->cnts[2 * i], t->cnts[2 * i + 1]);
-    pc_loss_stats_add(st, &p);
-    t->dsum[2 * i] = (float)(p.dchosen * scale);
-    t->dsum[2 * i + 1] = (float)(p.drejected * scale);
+  int primary = pc_loss_mix_primary(m);
+  for (int j = 0; j < n; j++) {
+    const pc_pair *pr = pairs[from + j];
+    const double *rf = ref ? ref + 2 * (from + j) : NULL;
+    double w = t->o.pair_weights ? pr->weight : 1, share = wsum > 0 ? w * nb / wsum : 0, li = 0;
+    double dc = 0, dr = 0;
+    for (int k = 0; k < m->n; k++) {
+      if (m->kind[k] == PC_LOSS_SFT) {  // -(sum_i w_i S_i) / (sum_i w_i n_i): d/dS_i = -w_i / sum w n
+        sft += wtok > 0 ? -w * t->sums[2 * j] / wtok : 0;
+        dc += wtok > 0 ? m->weight[k] * -w * nb / wtok : 0;
+        continue;
+      }
+      pc_loss_params lp = t->loss;
+      lp.kind = m->kind[k];
+      pc_pair_loss p = pc_loss_pair(&lp, t->sums[2 * j], t->sums[2 * j + 1], rf ? rf[0] : 0, rf ? rf[1] : 0,
+                                    t->cnts[2 * j], t->cnts[2 * j + 1]);
+      li += m->weight[k] * p.loss;
+      dc += m->weight[k] * share * p.dchosen;
+      dr += m->weight[k] * share * p.drejected;
+      if (k == primary) {  // the metrics: the first pair loss's rewards and log-probs, unweighted
+        p.loss = 0;        // (the loss is the mixture's, added below)
+        pc_loss_stats_add(&st->p, &p);
+      }
+    }
+    loss += share * li;  // share sums to nb: the weighted mean times nb, the plain sum without weights
+    t->dsum[2 * j] = (float)(dc * scale);
+    t->dsum[2 * j + 1] = (float)(dr * scale);
   }
+  int s = pc_loss_mix_find(m, PC_LOSS_SFT);
+  st->p.loss += loss + (s >= 0 ? m->weight[s] * sft * nb : 0);
   if (backward && pc_model_backward(t->model, t->dsum, t->err, sizeof t->err) != 0) return -1;
   return 0;
 }
 
+/* KTO's micro-batch of examples ex[0..nb): the reference's sums of the examples and of their KL
+ * sequences (the frozen model, no gradient), the policy's of the KL sequences (no gradient), then the
+ * policy's of the examples (kept for the backward pass), the loss (train/kto.c) and its backward. */
+static int micro_batch_kto(pc_trainer *t, const pc_pair **ex, int nb, int backward, double scale, step_stats *st,
+                           double *tokens) {
+  if (pc_kto_kl_seqs(ex, nb, t->o.max_length, pc_data_truncation_from_name(t->o.truncation), t->kl) != 0) {
+    snprintf(t->err, sizeof t->err, "out of memory");
+    return -1;
+  }
+  for (int i = 0; i < nb; i++) {
+    const pc_seq *e = &ex[i]->chosen, *k = &t->kl[i];
+    t->seqs[i] = (pc_model_seq){e->ids, e->n, e->prompt_len, 0};
+    t->seqs[nb + i] = (pc_model_seq){k->ids, k->n, k->prompt_len, 0};
+    *tokens += e->n + k->n;
+  }
+  int rc = -1;
+  double kl, *pol_kl = t->sums + nb;
+  signed char label[nb];
+  float w[nb];
+  for (int i = 0; i < nb; i++) label[i] = ex[i]->label, w[i] = ex[i]->weight;
+  if (pc_model_forward(t->ref_model, t->seqs, 2 * nb, 0, t->ref_sums, t->cnts, NULL, t->err, sizeof t->err) != 0)
+    goto done;
+  if (backward) {  // the KL sequences first: a forward keeps only the last pass's activations
+    if (pc_model_forward(t->model, t->seqs + nb, nb, 0, pol_kl, t->cnts + nb, NULL, t->err, sizeof t->err) != 0 ||
+        pc_model_forward(t->model, t->seqs, nb, 1, t->sums, t->cnts, NULL, t->err, sizeof t->err) != 0)
+      goto done;
+  } else if (pc_model_forward(t->model, t->seqs, 2 * nb, 0, t->sums, t->cnts, NULL, t->err, sizeof t->err) != 0) {
+    goto done;
+  }
+  pc_kto_micro_batch(&t->kto_params, nb, t->sums, t->ref_sums, pol_kl, t->ref_sums + nb, label,
+                     t->o.pair_weights ? w : NULL, t->ddsum, &kl, &st->k);
+  for (int i = 0; i < nb; i++) t->dsum[i] = (float)(t->ddsum[i] * nb * scale);
+  if (backward && pc_model_backward(t->model, t->dsum, t->err, sizeof t->err) != 0) goto done;
+  rc = 0;
+done:
+  pc_kto_kl_free(t->kl, nb);
+  return rc;
+}
+
+/* TRL's advice when the classes are out of balance for the weights given (and a word when one is
+ * empty); the run goes on either way. */
+static void kto_balance_warning(pc_trainer *t) {
+  size_t nd = 0, nu = 0;
+  char msg[512];
+  for (size_t i = 0; i < t->ntrain; i++) t->train[i]->label ? nd++ : nu++;
+  if (pc_kto_balance_advice(nd, nu, t->o.desirable_weight, t->o.undesirable_weight, msg, sizeof msg))
+    fprintf(stderr, PROG ": warning: %s: %s\n", t->o.data, msg);
+}
+
+static const double *pair_refs(pc_trainer *t, const double *ref) { return pc_loss_mix_needs_ref(&t->mix) ? ref : NULL; }
+
 /* The loss and metrics over the evaluation pairs, as one line of metrics.jsonl. */
 static int evaluate(pc_trainer *t, int step) {
   if (!t->neval) return 0;
-  pc_loss_stats st = {0};
+  step_stats st = {0};
   double tokens = 0;
   int B = t->o.batch_size;
   for (size_t b = 0; b < t->neval; b += (size_t)B) {
     int nb = t->neval - b < (size_t)B ? (int)(t->neval - b) : B;
     int f, e;  // this rank's slice of the batch (all of it for one process)
     my_slice(t, nb, &f, &e);
-    const double *ref = t->loss.kind == PC_LOSS_SIMPO ? NULL : t->ref + 2 * (t->ntrain + b + (size_t)f);
-    if (e > f && micro_batch(t, t->eval + b + f, ref, e - f, 0, 0, &st, &tokens) != 0) {
+    int rc = t->kto ? micro_batch_kto(t, t->eval + b, nb, 0, 0, &st, &tokens)
+                    : micro_batch(t, t->eval + b, pair_refs(t, t->ref + 2 * (t->ntrain + b)), nb, f, e, 0, 0, &st, &tokens);
+    if (rc != 0) {
       fprintf(stderr, PROG ": evaluation: %s\n", t->err);
       return -1;
     }
@@ -503,21 +650,26 @@ static int evaluate(pc_trainer *t, int step) {
     return -1;
   }
   fprintf(t->metrics, "{\"step\": %d, \"epoch\": %.17g, ", step, (double)step * pairs_per_step(t) / (double)t->ntrain);
-  pc_loss_stats_print(t->metrics, &st, "eval_");
+  if (t->kto) pc_kto_stats_print(t->metrics, &st.k, "eval_");
+  else pc_loss_stats_print(t->metrics, &st.p, "eval_");
   fprintf(t->metrics, "}\n");
   fflush(t->metrics);
-  double n = st.n ? (double)st.n : 1;
+  double n = st.p.n ? (double)st.p.n : 1;
   cJSON_Delete(cJSON_DetachItemFromObject(t->manifest, "final_eval"));
   cJSON *fe = cJSON_AddObjectToObject(t->manifest, "final_eval");
   cJSON_AddNumberToObject(fe, "step", step);
-  cJSON_AddNumberToObject(fe, "eval_loss", st.loss / n);
-  cJSON_AddNumberToObject(fe, "eval_rewards/accuracies", st.accuracy / n);
-  cJSON_AddNumberToObject(fe, "eval_rewards/margins", (st.reward_chosen - st.reward_rejected) / n);
+  cJSON_AddNumberToObject(fe, "eval_loss", mean_loss(t, &st));
+  if (t->kto) {
+    cJSON_AddNumberToObject(fe, "eval_kl", st.k.kl / (double)(st.k.batches ? st.k.batches : 1));
+  } else {
+    cJSON_AddNumberToObject(fe, "eval_rewards/accuracies", st.p.accuracy / n);
+    cJSON_AddNumberToObject(fe, "eval_rewards/margins", (st.p.reward_chosen - st.p.reward_rejected) / n);
+  }
   return 0;
 }
 
 /* The step's forward and backward passes: grad_accum micro-batches, gradients summed. */
-static int accumulate_gradients(pc_trainer *t, pc_loss_stats *st, double *tokens) {
+static int accumulate_gradients(pc_trainer *t, step_stats *st, double *tokens) {
   int B = t->o.batch_size, per_step = pairs_per_step(t);
   pc_model_zero_grad(t->model);
   for (int k = 0; k < per_step; k++) t->step_pairs[k] = train_index(t, (size_t)t->step * per_step + k);
@@ -530,8 +682,9 @@ static int accumulate_gradients(pc_trainer *t, pc_loss_stats *st, double *tokens
     }
     int f, e;  // this rank's slice of the micro-batch (all of it for one process)
     my_slice(t, B, &f, &e);
-    if (e > f && micro_batch(t, t->mb + f, t->loss.kind == PC_LOSS_SIMPO ? NULL : t->mb_ref + 2 * f, e - f, 1,
-                             1.0 / per_step, st, tokens) != 0) {
+    int rc = t->kto ? micro_batch_kto(t, t->mb, B, 1, 1.0 / per_step, st, tokens)
+                    : micro_batch(t, t->mb, pair_refs(t, t->mb_ref), B, f, e, 1, 1.0 / per_step, st, tokens);
+    if (rc != 0) {
       pc_progress_break(t->progress);
       fprintf(stderr, PROG ": step %d: %s\n", t->step + 1, t->err);
       return -1;
@@ -554,22 +707,29 @@ static int check_finite(pc_trainer *t, double mean_loss, double norm) {
 }
 
 /* The step's line of metrics.jsonl, the manifest's final metrics, the progress display. */
-static void log_step(pc_trainer *t, const pc_loss_stats *st, double norm, double lr, double tokens, double seconds) {
+static void log_step(pc_trainer *t, const step_stats *st, double norm, double lr, double tokens, double seconds) {
   int step = t->step + 1;
-  double n = (double)st->n, mean_loss = st->loss / n;
+  double n = (double)st->p.n, loss = mean_loss(t, st);
   fprintf(t->metrics, "{\"step\": %d, \"epoch\": %.17g, ", step, (double)step * pairs_per_step(t) / (double)t->ntrain);
-  pc_loss_stats_print(t->metrics, st, "");
+  if (t->kto) pc_kto_stats_print(t->metrics, &st->k, "");
+  else pc_loss_stats_print(t->metrics, &st->p, "");
   fprintf(t->metrics, ", \"grad_norm\": %.17g, \"learning_rate\": %.17g, \"tokens_per_s\": %.1f}\n", norm, lr,
           seconds > 0 ? tokens / seconds : 0);
   fflush(t->metrics);
   cJSON_Delete(cJSON_DetachItemFromObject(t->manifest, "final_metrics"));
   cJSON *fm = cJSON_AddObjectToObject(t->manifest, "final_metrics");
   cJSON_AddNumberToObject(fm, "step", step);
-  cJSON_AddNumberToObject(fm, "loss", mean_loss);
-  cJSON_AddNumberToObject(fm, "rewards/accuracies", st->accuracy / n);
-  cJSON_AddNumberToObject(fm, "rewards/margins", (st->reward_chosen - st->reward_rejected) / n);
+  cJSON_AddNumberToObject(fm, "loss", loss);
   char extra[96];
-  snprintf(extra, sizeof extra, "loss %.4f acc %.2f", mean_loss, st->accuracy / n);
+  if (t->kto) {
+    double kl = st->k.kl / (double)(st->k.batches ? st->k.batches : 1);
+    cJSON_AddNumberToObject(fm, "kl", kl);
+    snprintf(extra, sizeof extra, "loss %.4f kl %.3g", loss, kl);
+  } else {
+    cJSON_AddNumberToObject(fm, "rewards/accuracies", st->p.accuracy / n);
+    cJSON_AddNumberToObject(fm, "rewards/margins", (st->p.reward_chosen - st->p.reward_rejected) / n);
+    snprintf(extra, sizeof extra, "loss %.4f acc %.2f", loss, st->p.accuracy / n);
+  }
   pc_progress_update(t->progress, (size_t)(step - t->start_step), t->all_tokens, extra);
 }
 
@@ -594,14 +754,14 @@ static int agree_stop(pc_trainer *t) {
 int pc_train_step(pc_trainer *t) {
   if (t->step >= t->total_steps) return 1;
   double t0 = pc_now_s(), tokens = 0, norm;
-  pc_loss_stats st = {0};
+  step_stats st = {0};
   if (accumulate_gradients(t, &st, &tokens) != 0) return -1;
   if ((t->zero ? pc_zero_reduce_grads(t->zero, &norm, t->err, sizeof t->err) : pc_grad_norm(t->model, t->be, &norm, t->err, sizeof t->err)) != 0 ||
       reduce_stats(t, &st, &tokens) != 0) {
     fprintf(stderr, PROG ": step %d: %s\n", t->step + 1, t->err);
     return -1;
   }
-  if (check_finite(t, st.loss / (double)st.n, norm) != 0) return -1;
+  if (check_finite(t, mean_loss(t, &st), norm) != 0) return -1;
   if (t->o.dump_grads[0] && !t->zero && t->step == t->start_step &&
       pc_dump_tensors(t->model, &t->opt, t->o.dump_grads, PC_DUMP_GRADS, t->err, sizeof t->err) != 0) {
     fprintf(stderr, PROG ": %s: %s\n", t->o.dump_grads, t->err);
@@ -729,6 +889,7 @@ void pc_trainer_free(pc_trainer *t) {
   pc_adamw_free(&t->opt);
   pc_zero_free(t->zero);
   pc_model_free(t->model);
+  pc_model_free(t->ref_model);
   if (t->be) t->be->ops->destroy(t->be);
   free(t->train);
   free(t->ref);
@@ -739,6 +900,9 @@ void pc_trainer_free(pc_trainer *t) {
   free(t->dsum);
   free(t->mb);
   free(t->mb_ref);
+  free(t->kl);
+  free(t->ref_sums);
+  free(t->ddsum);
   free(t->step_pairs);
   free(t->perm);
   pc_data_free(&t->data);

@@ -23,7 +23,7 @@
 /* The options of a run (train/options.c's table names, documents and parses them). */
 typedef struct {
   char model[4096], data[4096], out[4096], eval_data[4096], ref_logps[4096], init_adapter[4096];
-  char loss[16], lora_targets[512], scheduler[16], truncation[16], chat_template[16], device[16];
+  char loss[64], lora_targets[512], scheduler[16], truncation[16], chat_template[16], device[16];
   double beta, label_smoothing, simpo_gamma, lora_alpha, lr, weight_decay, max_grad_norm, epochs, eval_fraction;
   int lora_r, warmup_steps, batch_size, grad_accum, max_steps, no_shuffle, eval_steps, max_length, save_steps;
   int merge, threads, skip_bad;
@@ -31,6 +31,10 @@ typedef struct {
   long long seed;
   char ref_cache[4096];  /* the reference cache's directory (not in the manifest: a place, not an input) */
   int no_ref_cache;
+  // ---- KTO, loss mixtures and signal weights (docs/training.md)
+  char loss_weights[128];
+  double desirable_weight, undesirable_weight;
+  int pair_weights;
   char dump_tokens[4096], dump_grads[4096], dump_ref[4096];  /* test hooks; not part of the manifest */
   struct pc_comm *comm;  /* data parallel (trainer/dist/comm.h): borrowed; NULL for one process */
 } pc_train_opts;
