@@ -19,6 +19,7 @@
 #include <libgen.h>
 #include <signal.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -339,14 +340,43 @@ static bool is_hex64(const char *s) {
   return true;
 }
 
-/* An erase line: the user (by hash: the host kept only that) erased here as forget does, a tombstone
- * and the erased generations' hashes kept so their events arriving later (from any host) are refused,
- * and feedback already here on those generations (arrived before them) deleted. */
+/* Fails with "field 'X' ..." unless every key of obj is one of the NULL-ended names: a field this
+ * prefcap does not know in a line of its own format would be ignored silently, and it may mean
+ * something (a newer writer's; a newer events schema is said by the header, and refused there). */
+static int known_fields(const cJSON *obj, const char *what, const char *const *names, char *err, size_t errlen) {
+  for (const cJSON *c = obj->child; c; c = c->next) {
+    const char *const *n = names;
+    while (*n && strcmp(*n, c->string)) n++;
+    if (!*n) { snprintf(err, errlen, "unknown field '%.64s' in %s", c->string, what); return PREFCAP_EINVAL; }
+  }
+  return PREFCAP_OK;
+}
+
+/* An erase line: the user erased here as forget does, a tombstone and the erased generations' hashes
+ * kept so their events arriving later (from any host) are refused, and feedback already here on those
+ * generations (arrived before them) deleted. The user is named by user_hash (what an events export
+ * writes: the host keeps only the hash of an erased user's id) or by user_id (a tombstone written by
+ * hand or by another system), hashed here the same way (prefcap__user_hash); never both. */
 static int ingest_erase(prefcap_t *pc, cJSON *obj, char *err, size_t errlen) {
-  cJSON *uh = cJSON_GetObjectItemCaseSensitive(obj, "user_hash"), *at = cJSON_GetObjectItemCaseSensitive(obj, "at");
-  cJSON *gens = cJSON_GetObjectItemCaseSensitive(obj, "generations");
-  if (!cJSON_IsString(uh) || !is_hex64(uh->valuestring)) { snprintf(err, errlen, "field 'user_hash' must be 64 hex digits"); return PREFCAP_EINVAL; }
-  if (!cJSON_IsNumber(at)) { snprintf(err, errlen, "field 'at' must be milliseconds since the epoch"); return PREFCAP_EINVAL; }
+  static const char *const fields[] = {"type", "user_hash", "user_id", "at", "generations", NULL};
+  int vrc = known_fields(obj, "an erase line", fields, err, errlen);
+  if (vrc) return vrc;
+  cJSON *uh = cJSON_GetObjectItemCaseSensitive(obj, "user_hash"), *uid = cJSON_GetObjectItemCaseSensitive(obj, "user_id");
+  cJSON *at = cJSON_GetObjectItemCaseSensitive(obj, "at"), *gens = cJSON_GetObjectItemCaseSensitive(obj, "generations");
+  char hash[65];
+  if (uh && uid) { snprintf(err, errlen, "an erase line names the user once: 'user_hash' or 'user_id', not both"); return PREFCAP_EINVAL; }
+  if (!uh && !uid) { snprintf(err, errlen, "field 'user_hash' (or 'user_id') is required"); return PREFCAP_EINVAL; }
+  if (uh && (!cJSON_IsString(uh) || !is_hex64(uh->valuestring))) { snprintf(err, errlen, "field 'user_hash' must be 64 lowercase hex digits"); return PREFCAP_EINVAL; }
+  if (uid) {
+    size_t n = cJSON_IsString(uid) ? strlen(uid->valuestring) : 0;
+    if (!n || n > PREFCAP_ID_MAX) { snprintf(err, errlen, "field 'user_id' must be a string of 1 to %d bytes", PREFCAP_ID_MAX); return PREFCAP_EINVAL; }
+    prefcap__user_hash(uid->valuestring, hash);
+  } else snprintf(hash, sizeof hash, "%s", uh->valuestring);
+  if (!at) { snprintf(err, errlen, "field 'at' is required"); return PREFCAP_EINVAL; }
+  if (!cJSON_IsNumber(at) || at->valuedouble != floor(at->valuedouble) || at->valuedouble < 1 || at->valuedouble > (double)((int64_t)1 << 50)) {
+    snprintf(err, errlen, "field 'at' must be milliseconds since the epoch (a positive integer)");
+    return PREFCAP_EINVAL;
+  }
   if (gens && !cJSON_IsArray(gens)) { snprintf(err, errlen, "field 'generations' must be an array"); return PREFCAP_EINVAL; }
   cJSON *g;
   cJSON_ArrayForEach(g, gens) if (!cJSON_IsString(g) || !is_hex64(g->valuestring)) { snprintf(err, errlen, "field 'generations' holds a non-hash"); return PREFCAP_EINVAL; }
@@ -361,7 +391,7 @@ static int ingest_erase(prefcap_t *pc, cJSON *obj, char *err, size_t errlen) {
     sqlite3_stmt *st;
     /* the tombstone and the generation hashes first: later lines of this user are refused */
     sqlite3_prepare_v2(db, "INSERT OR IGNORE INTO tombstones(user_hash, ts) VALUES(?1, ?2)", -1, &st, NULL);
-    sqlite3_bind_text(st, 1, uh->valuestring, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 1, hash, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, now);
     if (sqlite3_step(st) != SQLITE_DONE) rc = PREFCAP_EIO;
     sqlite3_finalize(st);
@@ -399,7 +429,7 @@ static int ingest_erase(prefcap_t *pc, cJSON *obj, char *err, size_t errlen) {
     while (!rc && !user && sqlite3_step(st) == SQLITE_ROW) {
       char h[65];
       prefcap__user_hash(T(st, 0), h);
-      if (!strcmp(h, uh->valuestring) && !(user = strdup(T(st, 0)))) rc = PREFCAP_ENOMEM;
+      if (!strcmp(h, hash) && !(user = strdup(T(st, 0)))) rc = PREFCAP_ENOMEM;
     }
     sqlite3_finalize(st);
     if (rc) { snprintf(err, errlen, "recording the erasure: %.400s", sqlite3_errmsg(db)); prefcap__store_rollback(pc->store); }
@@ -434,6 +464,10 @@ static int ingest_header(prefcap_t *pc, cJSON *obj, char *err, size_t errlen) {
              v->valuedouble, EVENTS_SCHEMA);
     return PREFCAP_ESCHEMA;
   }
+  /* only now: a newer schema may add fields, and is refused above for what it is */
+  static const char *const fields[] = {"type", "events_schema", "store_id", "schema_version", "range", "counts", NULL};
+  int frc = known_fields(obj, "an events header", fields, err, errlen);
+  if (frc) return frc;
   cJSON *range = cJSON_GetObjectItemCaseSensitive(obj, "range"), *counts = cJSON_GetObjectItemCaseSensitive(obj, "counts");
   if (!cJSON_IsObject(range) || !cJSON_IsObject(counts)) return PREFCAP_OK;   /* nothing to count by */
   char *rtext = cJSON_PrintUnformatted(range);
@@ -467,14 +501,16 @@ static int ingest_header(prefcap_t *pc, cJSON *obj, char *err, size_t errlen) {
 
 int prefcap_ingest_line(prefcap_t *pc, const char *line, size_t len) {
   if (!pc || !line) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_ingest_line: no handle or no line");
-  /* only the fleet's own lines are looked at here; every other line goes to prefcap_log_json as is */
-  const char *p = memmem(line, len, "\"type\"", 6);
-  bool ours = p && (memmem(line, len, "\"erase\"", 7) || memmem(line, len, "\"prefcap_events\"", 16));
+  /* only the fleet's own lines are looked at here (a cheap test first: they name their type); every
+   * other line goes to prefcap_log_json as is */
+  bool ours = memmem(line, len, "\"type\"", 6) && (memmem(line, len, "\"erase\"", 7) || memmem(line, len, "\"prefcap_events\"", 16));
   if (!ours) return prefcap_log_json(pc, line, len, NULL);
-  cJSON *obj = cJSON_ParseWithLength(line, len);
-  cJSON *type = obj ? cJSON_GetObjectItemCaseSensitive(obj, "type") : NULL;
+  /* the same refusals as any event line (docs/events.md): a tombstone is read as strictly */
   char err[600] = "";
-  int rc;
+  cJSON *obj;
+  int rc = prefcap__json_parse_strict(line, len, &obj, err, sizeof err);
+  if (rc) return prefcap__fail(pc, rc, "%s", err);
+  cJSON *type = cJSON_GetObjectItemCaseSensitive(obj, "type");
   if (!cJSON_IsString(type) || (strcmp(type->valuestring, "erase") && strcmp(type->valuestring, "prefcap_events"))) {
     cJSON_Delete(obj);
     return prefcap_log_json(pc, line, len, NULL);

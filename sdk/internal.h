@@ -132,6 +132,11 @@ bool prefcap__same_but_whitespace(const char *a, const char *b);
  * and the detail (naming the field) in err. */
 int prefcap__event_from_json(const char *json, size_t len, size_t max_text, prefcap__event **out,
                              char *err, size_t errlen);
+/* The checks every JSON line passes before its fields are read (docs/events.md, "Refusals"): no NUL
+ * (raw or \u0000), valid UTF-8, no byte order mark, one JSON object and nothing after it, no key twice
+ * in one object. *out (free with cJSON_Delete) on success; a code and the reason in err otherwise. */
+struct cJSON;
+int prefcap__json_parse_strict(const char *json, size_t len, struct cJSON **out, char *err, size_t errlen);
 
 // ---- building and validating events (sdk/event.c) ------------------------------------------------
 /* Copies a generation / feedback into one allocation after validating it. */
