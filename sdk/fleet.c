@@ -15,9 +15,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <glob.h>
 #include <libgen.h>
-#include <signal.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -206,56 +204,60 @@ static int finish_range(prefcap_t *pc, const char *name, range_t from, range_t t
   return prefcap__store_commit(pc->store, err, errlen);
 }
 
-/* Removes what killed runs left beside path (path.tmp-PID, or its manifest's) whose process is gone:
- * such a file holds events, perhaps of a user erased since. */
-static void remove_dead_temps(const char *path) {
-  char pat[PATH_MAX + 64];
-  for (int m = 0; m < 2; m++) {
-    snprintf(pat, sizeof pat, m ? "%s.manifest.json.tmp-*" : "%s.tmp-*", path);
-    glob_t g;
-    if (glob(pat, GLOB_NOSORT, NULL, &g)) continue;
-    for (size_t i = 0; i < g.gl_pathc; i++) {
-      const char *dash = strrchr(g.gl_pathv[i], '-');
-      char *end;
-      long pid = strtol(dash + 1, &end, 10);
-      struct stat sb;
-      if (*end || pid <= 0) continue;
-      bool gone = kill((pid_t)pid, 0) != 0 && errno == ESRCH;
-      if (!gone && pid != (long)getpid()) continue;   /* a running export's file */
-      if (!lstat(g.gl_pathv[i], &sb) && S_ISREG(sb.st_mode)) unlink(g.gl_pathv[i]);
-    }
-    globfree(&g);
-  }
-}
+/* Lines are gathered in a buffer that goes to the file whenever it holds STREAM_CHUNK bytes: an
+ * export's memory stays bounded however many events the range holds. */
+#define STREAM_CHUNK ((size_t)1 << 20)
 
-/* Writes path from b's bytes through a temporary file opened O_EXCL, fsynced, then renamed. */
-static int write_file(const char *path, const char *head, const prefcap__buf *b, unsigned mode, char *err, size_t errlen) {
-  char tmp[PATH_MAX + 64];
-  snprintf(tmp, sizeof tmp, "%s.tmp-%ld", path, (long)getpid());
-  unlink(tmp);   /* a killed run of this same pid-number's leftover; never a file another run holds (pids differ) */
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode ? mode : 0600);
-  if (fd < 0) { snprintf(err, errlen, "cannot create %.400s: %s", tmp, strerror(errno)); return PREFCAP_EIO; }
-  prefcap__buf h = {(char *)head, strlen(head), 0, false};
-  int rc = write_buf(fd, &h);
-  if (!rc) rc = write_buf(fd, b);
-  if (!rc && fsync(fd)) rc = PREFCAP_EIO;
-  close(fd);
-  if (!rc && rename(tmp, path)) rc = PREFCAP_EIO;
-  if (rc) { snprintf(err, errlen, "cannot write %.400s: %s", path, strerror(errno)); unlink(tmp); }
+static int flush_chunk(int fd, prefcap__buf *b) {
+  if (b->oom) return PREFCAP_ENOMEM;
+  int rc = write_buf(fd, b);
+  b->len = 0;
   return rc;
 }
 
-static int step_all(sqlite3 *db, const char *sql, int64_t a, int64_t b, prefcap__buf *out, void (*line)(prefcap__buf *, sqlite3_stmt *),
-                    uint64_t *n) {
+static int step_all(sqlite3 *db, const char *sql, int64_t a, int64_t b, int fd, prefcap__buf *out,
+                    void (*line)(prefcap__buf *, sqlite3_stmt *), uint64_t *n) {
   sqlite3_stmt *st;
   int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
   if (rc) return prefcap__sqlite_code(rc);
   sqlite3_bind_int64(st, 1, a);
   sqlite3_bind_int64(st, 2, b);
-  while ((rc = sqlite3_step(st)) == SQLITE_ROW && !out->oom) { line(out, st); (*n)++; }
+  int wrc = PREFCAP_OK;
+  while (!wrc && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+    line(out, st);
+    (*n)++;
+    if (out->len >= STREAM_CHUNK || out->oom) wrc = flush_chunk(fd, out);
+  }
   sqlite3_finalize(st);
-  if (out->oom) return PREFCAP_ENOMEM;
+  if (wrc) return wrc;
   return rc == SQLITE_DONE ? PREFCAP_OK : prefcap__sqlite_code(rc);
+}
+
+/* The counts of a range, for the header that comes before the lines: sequence ranges on the tables'
+ * rowids, read in the same transaction as the lines, so they agree. */
+static int count_range(sqlite3 *db, range_t from, range_t to, uint64_t n[3]) {
+  sqlite3_stmt *st;
+  int rc = sqlite3_prepare_v2(db, "SELECT (SELECT count(*) FROM generations WHERE seq > ?1 AND seq <= ?2),"
+                              " (SELECT count(*) FROM events WHERE seq > ?3 AND seq <= ?4),"
+                              " (SELECT count(*) FROM tombstones WHERE rowid > ?5 AND rowid <= ?6)", -1, &st, NULL);
+  if (rc) return prefcap__sqlite_code(rc);
+  int64_t v[6] = {from.g, to.g, from.e, to.e, from.t, to.t};
+  for (int i = 0; i < 6; i++) sqlite3_bind_int64(st, i + 1, v[i]);
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) for (int i = 0; i < 3; i++) n[i] = (uint64_t)sqlite3_column_int64(st, i);
+  sqlite3_finalize(st);
+  return rc == SQLITE_ROW ? PREFCAP_OK : prefcap__sqlite_code(rc);
+}
+
+/* Finishes a temporary file: fsynced, closed, renamed into place (its tmp cleared: not removed). */
+static int publish(prefcap__tempfile *t, const char *path, char *err, size_t errlen) {
+  int rc = fsync(t->fd) ? PREFCAP_EIO : PREFCAP_OK;
+  if (close(t->fd) && !rc) rc = PREFCAP_EIO;
+  t->fd = -1;
+  if (!rc && rename(t->tmp, path)) rc = PREFCAP_EIO;
+  if (rc) { snprintf(err, errlen, "cannot write %.400s: %s", path, strerror(errno)); return errno == ENOSPC ? PREFCAP_EFULL : rc; }
+  t->tmp[0] = 0;
+  return PREFCAP_OK;
 }
 
 static void tomb_line(prefcap__buf *b, sqlite3_stmt *st) {
@@ -265,9 +267,8 @@ static void tomb_line(prefcap__buf *b, sqlite3_stmt *st) {
 }
 
 int prefcap__export_events(prefcap_t *pc, const char *out, const char *name, const char *upload_url,
-                           const prefcap_upload_options_t *uo, unsigned mode, prefcap_export_result_t *res,
-                           char *err, size_t errlen) {
-  if (!strcmp(out, "-")) { snprintf(err, errlen, "an events export needs a file (--out PATH)"); return PREFCAP_EINVAL; }
+                           const prefcap_upload_options_t *uo, prefcap__tempfile *data, prefcap__tempfile *manifest,
+                           prefcap_export_result_t *res, char *err, size_t errlen) {
   sqlite3 *db = prefcap__db(pc);
   range_t from = {0, 0, 0}, to = {0, 0, 0};
   bool resumed = false;
@@ -281,26 +282,32 @@ int prefcap__export_events(prefcap_t *pc, const char *out, const char *name, con
     res->nothing_new = 1;
     return finish_range(pc, name, from, to, err, errlen);
   }
-  remove_dead_temps(out);
-  /* the body in memory, in one read transaction: an events export covers one interval (a night) */
+  /* streamed into the temporary file (created and recorded in the store by prefcap_export: a kill
+   * leaves it found by the next export and by forget), in one read transaction */
   prefcap__buf b = {0};
-  uint64_t ng = 0, ne = 0, nt = 0;
+  uint64_t n[3] = {0, 0, 0}, ng = 0, ne = 0, nt = 0;
   sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
-  rc = step_all(db, gen_sql, from.g, to.g, &b, gen_line, &ng);
-  if (!rc) rc = step_all(db, ev_sql, from.e, to.e, &b, ev_line, &ne);
-  if (!rc) rc = step_all(db, tomb_sql, from.t, to.t, &b, tomb_line, &nt);
+  rc = count_range(db, from, to, n);
+  if (!rc) {
+    /* the header first: the source, the range and the counts (what a central store's stats show) */
+    prefcap__buf_printf(&b, "{\"type\":\"prefcap_events\",\"events_schema\":%d,\"store_id\":\"%s\",\"schema_version\":%d,"
+                        "\"range\":{\"generations\":[%lld,%lld],\"events\":[%lld,%lld],\"erasures\":[%lld,%lld]},"
+                        "\"counts\":{\"generations\":%llu,\"feedback\":%llu,\"erasures\":%llu}}\n", EVENTS_SCHEMA, sid,
+                        PREFCAP_SCHEMA_VERSION, (long long)from.g, (long long)to.g, (long long)from.e, (long long)to.e,
+                        (long long)from.t, (long long)to.t, (unsigned long long)n[0], (unsigned long long)n[1],
+                        (unsigned long long)n[2]);
+    rc = step_all(db, gen_sql, from.g, to.g, data->fd, &b, gen_line, &ng);
+  }
+  if (!rc) rc = step_all(db, ev_sql, from.e, to.e, data->fd, &b, ev_line, &ne);
+  if (!rc) rc = step_all(db, tomb_sql, from.t, to.t, data->fd, &b, tomb_line, &nt);
+  if (!rc) rc = flush_chunk(data->fd, &b);
+  int e = errno;
   sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
-  if (rc) { snprintf(err, errlen, "reading the events: %.400s", sqlite3_errmsg(db)); free(b.p); return rc; }
-  /* the header first: the source, the range and the counts (what a central store's stats show) */
-  char hdr[800];
-  snprintf(hdr, sizeof hdr, "{\"type\":\"prefcap_events\",\"events_schema\":%d,\"store_id\":\"%s\",\"schema_version\":%d,"
-           "\"range\":{\"generations\":[%lld,%lld],\"events\":[%lld,%lld],\"erasures\":[%lld,%lld]},"
-           "\"counts\":{\"generations\":%llu,\"feedback\":%llu,\"erasures\":%llu}}\n", EVENTS_SCHEMA, sid,
-           PREFCAP_SCHEMA_VERSION, (long long)from.g, (long long)to.g, (long long)from.e, (long long)to.e, (long long)from.t,
-           (long long)to.t, (unsigned long long)ng, (unsigned long long)ne, (unsigned long long)nt);
-  rc = write_file(out, hdr, &b, mode, err, errlen);
   free(b.p);
-  if (rc) return rc;
+  if (!rc && (ng != n[0] || ne != n[1] || nt != n[2])) rc = PREFCAP_ECORRUPT;   /* one transaction: cannot differ */
+  if (rc == PREFCAP_EIO || rc == PREFCAP_EFULL) { snprintf(err, errlen, "cannot write %.400s: %s", data->tmp, strerror(e)); return rc; }
+  if (rc) { snprintf(err, errlen, "reading the events: %.400s", rc == PREFCAP_ENOMEM ? "out of memory" : sqlite3_errmsg(db)); return rc; }
+  if ((rc = publish(data, out, err, errlen))) return rc;
   /* the manifest, like the other formats': the store, the range, the counts */
   char mpath[PATH_MAX + 32], t[40];
   snprintf(mpath, sizeof mpath, "%s.manifest.json", out);
@@ -314,9 +321,10 @@ int prefcap__export_events(prefcap_t *pc, const char *out, const char *name, con
                       sid, EVENTS_SCHEMA, PREFCAP_SCHEMA_VERSION, PREFCAP_VERSION_STRING, (long long)from.g, (long long)to.g,
                       (long long)from.e, (long long)to.e, (long long)from.t, (long long)to.t,
                       (unsigned long long)(ng + ne + nt), (unsigned long long)ng, (unsigned long long)ne, (unsigned long long)nt);
-  rc = m.oom ? PREFCAP_ENOMEM : write_file(mpath, "", &m, mode, err, errlen);
+  rc = m.oom ? PREFCAP_ENOMEM : write_buf(manifest->fd, &m);
   free(m.p);
-  if (rc) return rc;
+  if (rc) { snprintf(err, errlen, "cannot write %.400s: %s", manifest->tmp, rc == PREFCAP_ENOMEM ? "out of memory" : strerror(errno)); return rc; }
+  if ((rc = publish(manifest, mpath, err, errlen))) return rc;
   char dir[PATH_MAX];
   snprintf(dir, sizeof dir, "%s", out);
   int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);

@@ -181,10 +181,15 @@ bool prefcap__lineage_next(prefcap__lineage_iter *it, int64_t *id, int32_t users
 /* Removes the temporary files that killed exports left (their names are recorded in the store before
  * they are created) and that no running export holds: those in dir (absolute), or all when dir is NULL. Each
  * one that stays is passed to left (may be NULL) with the reason. Caller holds db_mu. */
-/* An events export (sdk/fleet.c), called by prefcap_export under db_mu. */
+/* A temporary file of an export (sdk/export.c, "files written safely"): named with random bits and
+ * recorded in the store before it is created O_EXCL|O_NOFOLLOW, locked while written; renamed into
+ * place by whoever finishes it, who then clears tmp[0] so that it is not removed. */
+typedef struct { char tmp[4096]; int fd, lockfd; } prefcap__tempfile;
+/* An events export (sdk/fleet.c), called by prefcap_export under db_mu with its data and manifest
+ * temporary files created and recorded; streams the events into data->fd. */
 int prefcap__export_events(prefcap_t *pc, const char *out, const char *name, const char *upload_url,
-                           const prefcap_upload_options_t *uo, unsigned mode, prefcap_export_result_t *res,
-                           char *err, size_t errlen);
+                           const prefcap_upload_options_t *uo, prefcap__tempfile *data, prefcap__tempfile *manifest,
+                           prefcap_export_result_t *res, char *err, size_t errlen);
 typedef void (*prefcap__leftover_fn)(const char *path, const char *why, void *ud);
 int prefcap__export_remove_leftovers(prefcap_t *pc, const char *dir, prefcap__leftover_fn left, void *ud,
                                      char *err, size_t errlen);
