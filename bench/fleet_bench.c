@@ -172,7 +172,8 @@ int main(int argc, char **argv) {
   printf("  then close (derives the pairs and labels, checkpoints): %.2f s\n", tclose);
   printf("raw SQLite insert: %zu rows in %.2f s = %.0f rows/s (%.2f s CPU)\n", nr, tr, nr / tr, cr);
   printf("ratio central/raw: %.2fx (target >= 0.70x); by CPU time %.2fx\n", (nr / tc) / (nr / tr), cr / cc);
-  snprintf(cmd, sizeof cmd, keep ? "rm -f '%s'/central.db* '%s'/raw.db*" : "rm -rf '%s'", dir, dir);
+  /* kept: central.db stays too (a million-event store with its pairs, for `prefcap report`'s bench) */
+  snprintf(cmd, sizeof cmd, keep ? "rm -f '%s'/raw.db*" : "rm -rf '%s'", dir);
   if (system(cmd)) {}
   return 0;
 }
