@@ -1,6 +1,7 @@
 /* bench/fleet_bench.c: a central store's ingest of events exports (docs/fleet.md), against the raw
  * SQLite insert rate measured in the same run on the same disk. Four host stores take N/4 events each
- * (60% generations, 40% feedback, with ids), each writes its events export; then
+ * (60% generations, 40% feedback, with ids; 37 s apart, so that a host's quarter spans 107 days), each
+ * writes its events export; then
  *   central   every line of the four files through prefcap_ingest_line (what `prefcap ingest` does:
  *             strict JSON, validation, idempotency, the writer thread's batched transactions), flushed;
  *   raw       the same rows, already parsed (untimed), inserted by two prepared INSERT OR IGNORE
@@ -79,12 +80,12 @@ int main(int argc, char **argv) {
         snprintf(line, sizeof line, "{\"type\":\"generation\",\"id\":\"h%d-g%ld\",\"prompt\":\"question %ld about topic %d\","
                  "\"completion\":\"an answer of moderate length, number %ld, with some words in it\",\"model\":\"m\","
                  "\"model_version\":\"v%d\",\"user_id\":\"u%d\",\"session_id\":\"s%ld\",\"ts\":%ld}",
-                 h, gens, gens, rand() % 100, gens, rand() % 2, rand() % 5000, gens / 3, 1764000000000L + i);
+                 h, gens, gens, rand() % 100, gens, rand() % 2, rand() % 5000, gens / 3, 1764000000000L + i * 37000L);
         gens++;
       } else {
         static const char *kinds[] = {"copy", "accept", "regenerate", "abandon"};
         snprintf(line, sizeof line, "{\"type\":\"%s\",\"id\":\"h%d-g%ld\",\"event_id\":\"h%d-e%ld\",\"ts\":%ld}", kinds[rand() % 4], h,
-                 (long)(rand() % gens), h, i, 1764000000000L + i);
+                 (long)(rand() % gens), h, i, 1764000000000L + i * 37000L);
       }
       prefcap_log_json(pc, line, strlen(line), NULL);
     }

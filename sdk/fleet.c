@@ -509,6 +509,7 @@ static int ingest_header(prefcap_t *pc, cJSON *obj, char *err, size_t errlen) {
 
 int prefcap_ingest_line(prefcap_t *pc, const char *line, size_t len) {
   if (!pc || !line) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_ingest_line: no handle or no line");
+  atomic_store(&pc->bulk, true);
   /* only the fleet's own lines are looked at here (a cheap test first: they name their type); every
    * other line goes to prefcap_log_json as is */
   bool ours = memmem(line, len, "\"type\"", 6) && (memmem(line, len, "\"erase\"", 7) || memmem(line, len, "\"prefcap_events\"", 16));

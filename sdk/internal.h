@@ -82,6 +82,7 @@ struct prefcap {
   _Atomic uint64_t c_retrying;   /* events of a batch the writer is retrying now */
   uint64_t persisted_dropped, persisted_failed;   /* already added to the store's totals */
   int64_t last_derive_ms;        /* paces background derivation; under db_mu */
+  _Atomic bool bulk;             /* fed by prefcap_ingest_line: floods are derived after (prefcap.c) */
 };
 
 /* Records the failure detail for this thread and handle; returns code. A failure of the store itself
