@@ -28,7 +28,9 @@
  * passes: a third of the raw insert rate on a loaded machine; bench/RESULTS.md, "fleet"). The files
  * are derived once they are in (the queue idle for a second, prefcap_derive, or close), and a feed
  * that never pauses still every minute. */
+#ifndef DERIVE_BULK_LAG_MS
 #define DERIVE_BULK_LAG_MS 60000
+#endif
 #define WRITER_TICK_MS 2   /* how long queued events may wait for the writer while it is busy */
 #define WAKE_AT 256        /* queued events that wake a ticking writer early */
 #define RETRY_LOG_MS 60000 /* a write that keeps failing is logged again this often */
