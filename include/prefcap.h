@@ -605,8 +605,9 @@ int prefcap_store_id(prefcap_t *pc, char out[37]);
 /* One line of an events file: an events header (PREFCAP_ESCHEMA when it comes from a newer events
  * schema: read no further in that file), an erase line (flushes what is queued, then erases the user
  * here as prefcap_forget_user does, and records the tombstone and generation hashes so their later
- * events from any host are refused), or any other event, which goes to prefcap_log_json unchanged.
- * line is borrowed. Not thread-safe with other calls on the handle while an erase line runs. */
+ * events from any host are refused; the user named by user_hash, or by user_id hashed as a host does),
+ * or any other event, which goes to prefcap_log_json unchanged. Header and erase lines get the same
+ * checks as events (docs/events.md), and an unknown field is refused too. line is borrowed. Not thread-safe with other calls on the handle while an erase line runs. */
 int prefcap_ingest_line(prefcap_t *pc, const char *line, size_t len);
 
 // ---- did the fine-tune help? (sdk/compare.c) -------------------------------------------------------

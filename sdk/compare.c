@@ -119,16 +119,20 @@ static double edit_size(const char *a, const char *b) {
   return (double)((la > lb ? la : lb) - p - s);
 }
 
+/* Versions are ordered by their first use over all time (not only in the range). That first use is
+ * found once per version, from a materialized table of them: as a subquery per generation it scanned
+ * the model's generations once per generation, which took `prefcap report` past ten minutes on a
+ * million-event store (bench/RESULTS.md). */
 static const char *const counts_sql =
-    "WITH g AS (SELECT id, model_version AS v FROM generations WHERE model = ?1 AND (?2 IS NULL OR ts >= ?2) AND (?3 IS NULL OR ts < ?3))"
-    " SELECT ifnull(v, ''), count(*),"
-    " sum(EXISTS(SELECT 1 FROM events e WHERE e.gen_id = g.id AND e.type = 'regenerate') OR EXISTS(SELECT 1 FROM generations r WHERE r.regenerates = g.id)),"
-    " sum(EXISTS(SELECT 1 FROM events e WHERE e.gen_id = g.id AND e.type = 'edit')),"
-    " sum(EXISTS(SELECT 1 FROM events e WHERE e.gen_id = g.id AND e.type = 'copy')),"
-    " sum(EXISTS(SELECT 1 FROM events e WHERE e.gen_id = g.id AND e.type = 'accept')),"
-    " sum(EXISTS(SELECT 1 FROM events e WHERE e.gen_id = g.id AND e.type = 'abandon')),"
-    " min((SELECT min(ts) FROM generations x WHERE x.model = ?1 AND x.model_version IS g.v))"
-    " FROM g GROUP BY v ORDER BY 8, 1";
+    "WITH g AS (SELECT id, model_version AS v FROM generations WHERE model = ?1 AND (?2 IS NULL OR ts >= ?2) AND (?3 IS NULL OR ts < ?3)),"
+    " first AS MATERIALIZED (SELECT model_version AS v, min(ts) AS t FROM generations WHERE model = ?1 GROUP BY model_version),"
+    " agg AS MATERIALIZED (SELECT v, count(*) AS n,"
+    " sum(EXISTS(SELECT 1 FROM events e WHERE e.gen_id = g.id AND e.type = 'regenerate') OR EXISTS(SELECT 1 FROM generations r WHERE r.regenerates = g.id)) AS k0,"
+    " sum(EXISTS(SELECT 1 FROM events e WHERE e.gen_id = g.id AND e.type = 'edit')) AS k1,"
+    " sum(EXISTS(SELECT 1 FROM events e WHERE e.gen_id = g.id AND e.type = 'copy')) AS k2,"
+    " sum(EXISTS(SELECT 1 FROM events e WHERE e.gen_id = g.id AND e.type = 'accept')) AS k3,"
+    " sum(EXISTS(SELECT 1 FROM events e WHERE e.gen_id = g.id AND e.type = 'abandon')) AS k4 FROM g GROUP BY v)"
+    " SELECT ifnull(agg.v, ''), n, k0, k1, k2, k3, k4, (SELECT t FROM first WHERE first.v IS agg.v) FROM agg ORDER BY 8, 1";
 /* each generation's latest edit and latest rating (one number each per generation) */
 static const char *const values_sql =
     "SELECT ifnull(g.model_version, ''), g.completion,"

@@ -89,8 +89,7 @@ static int64_t ts_field(reader *r) {
   return int_field(r, "ts", 1, (int64_t)1 << 50);
 }
 
-int prefcap__event_from_json(const char *json, size_t len, size_t max_text, prefcap__event **out,
-                             char *err, size_t errlen) {
+int prefcap__json_parse_strict(const char *json, size_t len, cJSON **out, char *err, size_t errlen) {
   *out = NULL;
   if (memchr(json, 0, len)) { snprintf(err, errlen, "the line holds a NUL byte"); return PREFCAP_EUTF8; }
   if (!prefcap__utf8_valid(json, len)) { snprintf(err, errlen, "the line is not valid UTF-8"); return PREFCAP_EUTF8; }
@@ -108,18 +107,32 @@ int prefcap__event_from_json(const char *json, size_t len, size_t max_text, pref
     snprintf(err, errlen, "invalid JSON near byte %ld", at && at >= json && at <= json + len ? (long)(at - json) : 0L);
     return PREFCAP_EJSON;
   }
-  reader r = {obj, err, errlen, 0};
-  int rc;
+  int rc = PREFCAP_OK;
   size_t used = end && end >= json && end <= json + len ? (size_t)(end - json) : len;
   while (used < len && strchr(" \t\r\n", json[used])) used++;
+  const char *dup;
   if (used < len) {
     snprintf(err, errlen, "unexpected text after the JSON object at byte %zu (one event per line)", used);
     rc = PREFCAP_EJSON;
-    goto done;
+  } else if (!cJSON_IsObject(obj)) {
+    snprintf(err, errlen, "an event must be a JSON object");
+    rc = PREFCAP_EINVAL;
+  } else if ((dup = duplicate_key(obj))) {
+    snprintf(err, errlen, "field '%.64s' appears twice in one object", dup);
+    rc = PREFCAP_EINVAL;
   }
-  if (!cJSON_IsObject(obj)) { snprintf(err, errlen, "an event must be a JSON object"); rc = PREFCAP_EINVAL; goto done; }
-  const char *dup = duplicate_key(obj);
-  if (dup) { snprintf(err, errlen, "field '%.64s' appears twice in one object", dup); rc = PREFCAP_EINVAL; goto done; }
+  if (rc) cJSON_Delete(obj);
+  else *out = obj;
+  return rc;
+}
+
+int prefcap__event_from_json(const char *json, size_t len, size_t max_text, prefcap__event **out,
+                             char *err, size_t errlen) {
+  *out = NULL;
+  cJSON *obj;
+  int rc = prefcap__json_parse_strict(json, len, &obj, err, errlen);
+  if (rc) return rc;
+  reader r = {obj, err, errlen, 0};
   const char *type = str_field(&r, "type", true);
   if (r.rc) { rc = r.rc; goto done; }
   int t = prefcap__event_type_from_name(type);

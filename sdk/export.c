@@ -456,7 +456,8 @@ static int check_target(const char *path, char *err, size_t errlen) {
   return PREFCAP_EINVAL;
 }
 
-typedef struct { char tmp[PATH_MAX]; int fd, lockfd; } tempfile;
+typedef prefcap__tempfile tempfile;
+_Static_assert(sizeof ((tempfile *)0)->tmp >= PATH_MAX, "a temporary file's name fits any path");
 
 /* Names path's temporary file (PATH.tmp.<24 random hex digits>) without creating it: the name is
  * recorded in the store first, so that a kill at any moment after the file exists leaves it found. */
@@ -1336,11 +1337,16 @@ static int export_body(prefcap_t *pc, const prefcap_export_options_t *o, prefcap
  * the temporary files created and recorded; then the export; then the temporary files that were not
  * renamed into place removed, and their records with them. */
 static int do_export(prefcap_t *pc, const prefcap_export_options_t *o, prefcap_export_result_t *res, char *err, size_t errlen) {
-  if (!strcmp(o->out, "-")) return export_body(pc, o, res, NULL, err, errlen);
+  bool events = o->format == PREFCAP_FORMAT_EVENTS;
+  if (!strcmp(o->out, "-")) {
+    if (!events) return export_body(pc, o, res, NULL, err, errlen);
+    snprintf(err, errlen, "an events export needs a file (--out PATH)");
+    return PREFCAP_EINVAL;
+  }
   char evp[PATH_MAX], mpath[PATH_MAX + 32], dir[PATH_MAX];
   eval_path(o->out, evp, sizeof evp);
   snprintf(mpath, sizeof mpath, "%s.manifest.json", o->out);
-  const char *targets[3] = {o->out, o->eval_fraction > 0 ? evp : NULL, mpath};
+  const char *targets[3] = {o->out, o->eval_fraction > 0 && !events ? evp : NULL, mpath};
   int rc = PREFCAP_OK;
   for (int i = 0; i < 3 && !rc; i++)
     if (targets[i]) rc = check_target(targets[i], err, errlen);
@@ -1369,7 +1375,10 @@ static int do_export(prefcap_t *pc, const prefcap_export_options_t *o, prefcap_e
   bool kept = !rc && !(rc = temps_record(pc, recorded, 3, true, err, errlen));
   for (int i = 0; i < 3 && kept && !rc; i++)
     if (tf[i].tmp[0]) rc = temp_create(&tf[i], o->mode, err, errlen);
-  if (kept && !rc) rc = export_body(pc, o, res, tf, err, errlen);
+  if (kept && !rc)
+    rc = o->format == PREFCAP_FORMAT_EVENTS
+             ? prefcap__export_events(pc, o->out, o->since_last, o->upload_url, o->upload_opts, &tf[0], &tf[2], res, err, errlen)
+             : export_body(pc, o, res, tf, err, errlen);
   for (int i = 0; i < 3; i++) temp_release(&tf[i]);
   if (kept) {   /* a failure here leaves rows naming files that are gone: the next export drops them */
     char e2[256];
@@ -1390,9 +1399,7 @@ int prefcap_export(prefcap_t *pc, const prefcap_export_options_t *o, prefcap_exp
   memset(&res, 0, sizeof res);
   char err[1024] = "";
   pthread_mutex_lock(&pc->db_mu);
-  int rc = o->format == PREFCAP_FORMAT_EVENTS
-               ? prefcap__export_events(pc, o->out, o->since_last, o->upload_url, o->upload_opts, o->mode, &res, err, sizeof err)
-               : do_export(pc, o, &res, err, sizeof err);
+  int rc = do_export(pc, o, &res, err, sizeof err);
   pthread_mutex_unlock(&pc->db_mu);
   if (out) {
     size_t keep = out->size;

@@ -15,10 +15,9 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <glob.h>
 #include <libgen.h>
-#include <signal.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -205,56 +204,60 @@ static int finish_range(prefcap_t *pc, const char *name, range_t from, range_t t
   return prefcap__store_commit(pc->store, err, errlen);
 }
 
-/* Removes what killed runs left beside path (path.tmp-PID, or its manifest's) whose process is gone:
- * such a file holds events, perhaps of a user erased since. */
-static void remove_dead_temps(const char *path) {
-  char pat[PATH_MAX + 64];
-  for (int m = 0; m < 2; m++) {
-    snprintf(pat, sizeof pat, m ? "%s.manifest.json.tmp-*" : "%s.tmp-*", path);
-    glob_t g;
-    if (glob(pat, GLOB_NOSORT, NULL, &g)) continue;
-    for (size_t i = 0; i < g.gl_pathc; i++) {
-      const char *dash = strrchr(g.gl_pathv[i], '-');
-      char *end;
-      long pid = strtol(dash + 1, &end, 10);
-      struct stat sb;
-      if (*end || pid <= 0) continue;
-      bool gone = kill((pid_t)pid, 0) != 0 && errno == ESRCH;
-      if (!gone && pid != (long)getpid()) continue;   /* a running export's file */
-      if (!lstat(g.gl_pathv[i], &sb) && S_ISREG(sb.st_mode)) unlink(g.gl_pathv[i]);
-    }
-    globfree(&g);
-  }
-}
+/* Lines are gathered in a buffer that goes to the file whenever it holds STREAM_CHUNK bytes: an
+ * export's memory stays bounded however many events the range holds. */
+#define STREAM_CHUNK ((size_t)1 << 20)
 
-/* Writes path from b's bytes through a temporary file opened O_EXCL, fsynced, then renamed. */
-static int write_file(const char *path, const char *head, const prefcap__buf *b, unsigned mode, char *err, size_t errlen) {
-  char tmp[PATH_MAX + 64];
-  snprintf(tmp, sizeof tmp, "%s.tmp-%ld", path, (long)getpid());
-  unlink(tmp);   /* a killed run of this same pid-number's leftover; never a file another run holds (pids differ) */
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode ? mode : 0600);
-  if (fd < 0) { snprintf(err, errlen, "cannot create %.400s: %s", tmp, strerror(errno)); return PREFCAP_EIO; }
-  prefcap__buf h = {(char *)head, strlen(head), 0, false};
-  int rc = write_buf(fd, &h);
-  if (!rc) rc = write_buf(fd, b);
-  if (!rc && fsync(fd)) rc = PREFCAP_EIO;
-  close(fd);
-  if (!rc && rename(tmp, path)) rc = PREFCAP_EIO;
-  if (rc) { snprintf(err, errlen, "cannot write %.400s: %s", path, strerror(errno)); unlink(tmp); }
+static int flush_chunk(int fd, prefcap__buf *b) {
+  if (b->oom) return PREFCAP_ENOMEM;
+  int rc = write_buf(fd, b);
+  b->len = 0;
   return rc;
 }
 
-static int step_all(sqlite3 *db, const char *sql, int64_t a, int64_t b, prefcap__buf *out, void (*line)(prefcap__buf *, sqlite3_stmt *),
-                    uint64_t *n) {
+static int step_all(sqlite3 *db, const char *sql, int64_t a, int64_t b, int fd, prefcap__buf *out,
+                    void (*line)(prefcap__buf *, sqlite3_stmt *), uint64_t *n) {
   sqlite3_stmt *st;
   int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
   if (rc) return prefcap__sqlite_code(rc);
   sqlite3_bind_int64(st, 1, a);
   sqlite3_bind_int64(st, 2, b);
-  while ((rc = sqlite3_step(st)) == SQLITE_ROW && !out->oom) { line(out, st); (*n)++; }
+  int wrc = PREFCAP_OK;
+  while (!wrc && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+    line(out, st);
+    (*n)++;
+    if (out->len >= STREAM_CHUNK || out->oom) wrc = flush_chunk(fd, out);
+  }
   sqlite3_finalize(st);
-  if (out->oom) return PREFCAP_ENOMEM;
+  if (wrc) return wrc;
   return rc == SQLITE_DONE ? PREFCAP_OK : prefcap__sqlite_code(rc);
+}
+
+/* The counts of a range, for the header that comes before the lines: sequence ranges on the tables'
+ * rowids, read in the same transaction as the lines, so they agree. */
+static int count_range(sqlite3 *db, range_t from, range_t to, uint64_t n[3]) {
+  sqlite3_stmt *st;
+  int rc = sqlite3_prepare_v2(db, "SELECT (SELECT count(*) FROM generations WHERE seq > ?1 AND seq <= ?2),"
+                              " (SELECT count(*) FROM events WHERE seq > ?3 AND seq <= ?4),"
+                              " (SELECT count(*) FROM tombstones WHERE rowid > ?5 AND rowid <= ?6)", -1, &st, NULL);
+  if (rc) return prefcap__sqlite_code(rc);
+  int64_t v[6] = {from.g, to.g, from.e, to.e, from.t, to.t};
+  for (int i = 0; i < 6; i++) sqlite3_bind_int64(st, i + 1, v[i]);
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) for (int i = 0; i < 3; i++) n[i] = (uint64_t)sqlite3_column_int64(st, i);
+  sqlite3_finalize(st);
+  return rc == SQLITE_ROW ? PREFCAP_OK : prefcap__sqlite_code(rc);
+}
+
+/* Finishes a temporary file: fsynced, closed, renamed into place (its tmp cleared: not removed). */
+static int publish(prefcap__tempfile *t, const char *path, char *err, size_t errlen) {
+  int rc = fsync(t->fd) ? PREFCAP_EIO : PREFCAP_OK;
+  if (close(t->fd) && !rc) rc = PREFCAP_EIO;
+  t->fd = -1;
+  if (!rc && rename(t->tmp, path)) rc = PREFCAP_EIO;
+  if (rc) { snprintf(err, errlen, "cannot write %.400s: %s", path, strerror(errno)); return errno == ENOSPC ? PREFCAP_EFULL : rc; }
+  t->tmp[0] = 0;
+  return PREFCAP_OK;
 }
 
 static void tomb_line(prefcap__buf *b, sqlite3_stmt *st) {
@@ -264,9 +267,8 @@ static void tomb_line(prefcap__buf *b, sqlite3_stmt *st) {
 }
 
 int prefcap__export_events(prefcap_t *pc, const char *out, const char *name, const char *upload_url,
-                           const prefcap_upload_options_t *uo, unsigned mode, prefcap_export_result_t *res,
-                           char *err, size_t errlen) {
-  if (!strcmp(out, "-")) { snprintf(err, errlen, "an events export needs a file (--out PATH)"); return PREFCAP_EINVAL; }
+                           const prefcap_upload_options_t *uo, prefcap__tempfile *data, prefcap__tempfile *manifest,
+                           prefcap_export_result_t *res, char *err, size_t errlen) {
   sqlite3 *db = prefcap__db(pc);
   range_t from = {0, 0, 0}, to = {0, 0, 0};
   bool resumed = false;
@@ -280,26 +282,32 @@ int prefcap__export_events(prefcap_t *pc, const char *out, const char *name, con
     res->nothing_new = 1;
     return finish_range(pc, name, from, to, err, errlen);
   }
-  remove_dead_temps(out);
-  /* the body in memory, in one read transaction: an events export covers one interval (a night) */
+  /* streamed into the temporary file (created and recorded in the store by prefcap_export: a kill
+   * leaves it found by the next export and by forget), in one read transaction */
   prefcap__buf b = {0};
-  uint64_t ng = 0, ne = 0, nt = 0;
+  uint64_t n[3] = {0, 0, 0}, ng = 0, ne = 0, nt = 0;
   sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
-  rc = step_all(db, gen_sql, from.g, to.g, &b, gen_line, &ng);
-  if (!rc) rc = step_all(db, ev_sql, from.e, to.e, &b, ev_line, &ne);
-  if (!rc) rc = step_all(db, tomb_sql, from.t, to.t, &b, tomb_line, &nt);
+  rc = count_range(db, from, to, n);
+  if (!rc) {
+    /* the header first: the source, the range and the counts (what a central store's stats show) */
+    prefcap__buf_printf(&b, "{\"type\":\"prefcap_events\",\"events_schema\":%d,\"store_id\":\"%s\",\"schema_version\":%d,"
+                        "\"range\":{\"generations\":[%lld,%lld],\"events\":[%lld,%lld],\"erasures\":[%lld,%lld]},"
+                        "\"counts\":{\"generations\":%llu,\"feedback\":%llu,\"erasures\":%llu}}\n", EVENTS_SCHEMA, sid,
+                        PREFCAP_SCHEMA_VERSION, (long long)from.g, (long long)to.g, (long long)from.e, (long long)to.e,
+                        (long long)from.t, (long long)to.t, (unsigned long long)n[0], (unsigned long long)n[1],
+                        (unsigned long long)n[2]);
+    rc = step_all(db, gen_sql, from.g, to.g, data->fd, &b, gen_line, &ng);
+  }
+  if (!rc) rc = step_all(db, ev_sql, from.e, to.e, data->fd, &b, ev_line, &ne);
+  if (!rc) rc = step_all(db, tomb_sql, from.t, to.t, data->fd, &b, tomb_line, &nt);
+  if (!rc) rc = flush_chunk(data->fd, &b);
+  int e = errno;
   sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
-  if (rc) { snprintf(err, errlen, "reading the events: %.400s", sqlite3_errmsg(db)); free(b.p); return rc; }
-  /* the header first: the source, the range and the counts (what a central store's stats show) */
-  char hdr[800];
-  snprintf(hdr, sizeof hdr, "{\"type\":\"prefcap_events\",\"events_schema\":%d,\"store_id\":\"%s\",\"schema_version\":%d,"
-           "\"range\":{\"generations\":[%lld,%lld],\"events\":[%lld,%lld],\"erasures\":[%lld,%lld]},"
-           "\"counts\":{\"generations\":%llu,\"feedback\":%llu,\"erasures\":%llu}}\n", EVENTS_SCHEMA, sid,
-           PREFCAP_SCHEMA_VERSION, (long long)from.g, (long long)to.g, (long long)from.e, (long long)to.e, (long long)from.t,
-           (long long)to.t, (unsigned long long)ng, (unsigned long long)ne, (unsigned long long)nt);
-  rc = write_file(out, hdr, &b, mode, err, errlen);
   free(b.p);
-  if (rc) return rc;
+  if (!rc && (ng != n[0] || ne != n[1] || nt != n[2])) rc = PREFCAP_ECORRUPT;   /* one transaction: cannot differ */
+  if (rc == PREFCAP_EIO || rc == PREFCAP_EFULL) { snprintf(err, errlen, "cannot write %.400s: %s", data->tmp, strerror(e)); return rc; }
+  if (rc) { snprintf(err, errlen, "reading the events: %.400s", rc == PREFCAP_ENOMEM ? "out of memory" : sqlite3_errmsg(db)); return rc; }
+  if ((rc = publish(data, out, err, errlen))) return rc;
   /* the manifest, like the other formats': the store, the range, the counts */
   char mpath[PATH_MAX + 32], t[40];
   snprintf(mpath, sizeof mpath, "%s.manifest.json", out);
@@ -313,9 +321,10 @@ int prefcap__export_events(prefcap_t *pc, const char *out, const char *name, con
                       sid, EVENTS_SCHEMA, PREFCAP_SCHEMA_VERSION, PREFCAP_VERSION_STRING, (long long)from.g, (long long)to.g,
                       (long long)from.e, (long long)to.e, (long long)from.t, (long long)to.t,
                       (unsigned long long)(ng + ne + nt), (unsigned long long)ng, (unsigned long long)ne, (unsigned long long)nt);
-  rc = m.oom ? PREFCAP_ENOMEM : write_file(mpath, "", &m, mode, err, errlen);
+  rc = m.oom ? PREFCAP_ENOMEM : write_buf(manifest->fd, &m);
   free(m.p);
-  if (rc) return rc;
+  if (rc) { snprintf(err, errlen, "cannot write %.400s: %s", manifest->tmp, rc == PREFCAP_ENOMEM ? "out of memory" : strerror(errno)); return rc; }
+  if ((rc = publish(manifest, mpath, err, errlen))) return rc;
   char dir[PATH_MAX];
   snprintf(dir, sizeof dir, "%s", out);
   int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -339,14 +348,43 @@ static bool is_hex64(const char *s) {
   return true;
 }
 
-/* An erase line: the user (by hash: the host kept only that) erased here as forget does, a tombstone
- * and the erased generations' hashes kept so their events arriving later (from any host) are refused,
- * and feedback already here on those generations (arrived before them) deleted. */
+/* Fails with "field 'X' ..." unless every key of obj is one of the NULL-ended names: a field this
+ * prefcap does not know in a line of its own format would be ignored silently, and it may mean
+ * something (a newer writer's; a newer events schema is said by the header, and refused there). */
+static int known_fields(const cJSON *obj, const char *what, const char *const *names, char *err, size_t errlen) {
+  for (const cJSON *c = obj->child; c; c = c->next) {
+    const char *const *n = names;
+    while (*n && strcmp(*n, c->string)) n++;
+    if (!*n) { snprintf(err, errlen, "unknown field '%.64s' in %s", c->string, what); return PREFCAP_EINVAL; }
+  }
+  return PREFCAP_OK;
+}
+
+/* An erase line: the user erased here as forget does, a tombstone and the erased generations' hashes
+ * kept so their events arriving later (from any host) are refused, and feedback already here on those
+ * generations (arrived before them) deleted. The user is named by user_hash (what an events export
+ * writes: the host keeps only the hash of an erased user's id) or by user_id (a tombstone written by
+ * hand or by another system), hashed here the same way (prefcap__user_hash); never both. */
 static int ingest_erase(prefcap_t *pc, cJSON *obj, char *err, size_t errlen) {
-  cJSON *uh = cJSON_GetObjectItemCaseSensitive(obj, "user_hash"), *at = cJSON_GetObjectItemCaseSensitive(obj, "at");
-  cJSON *gens = cJSON_GetObjectItemCaseSensitive(obj, "generations");
-  if (!cJSON_IsString(uh) || !is_hex64(uh->valuestring)) { snprintf(err, errlen, "field 'user_hash' must be 64 hex digits"); return PREFCAP_EINVAL; }
-  if (!cJSON_IsNumber(at)) { snprintf(err, errlen, "field 'at' must be milliseconds since the epoch"); return PREFCAP_EINVAL; }
+  static const char *const fields[] = {"type", "user_hash", "user_id", "at", "generations", NULL};
+  int vrc = known_fields(obj, "an erase line", fields, err, errlen);
+  if (vrc) return vrc;
+  cJSON *uh = cJSON_GetObjectItemCaseSensitive(obj, "user_hash"), *uid = cJSON_GetObjectItemCaseSensitive(obj, "user_id");
+  cJSON *at = cJSON_GetObjectItemCaseSensitive(obj, "at"), *gens = cJSON_GetObjectItemCaseSensitive(obj, "generations");
+  char hash[65];
+  if (uh && uid) { snprintf(err, errlen, "an erase line names the user once: 'user_hash' or 'user_id', not both"); return PREFCAP_EINVAL; }
+  if (!uh && !uid) { snprintf(err, errlen, "field 'user_hash' (or 'user_id') is required"); return PREFCAP_EINVAL; }
+  if (uh && (!cJSON_IsString(uh) || !is_hex64(uh->valuestring))) { snprintf(err, errlen, "field 'user_hash' must be 64 lowercase hex digits"); return PREFCAP_EINVAL; }
+  if (uid) {
+    size_t n = cJSON_IsString(uid) ? strlen(uid->valuestring) : 0;
+    if (!n || n > PREFCAP_ID_MAX) { snprintf(err, errlen, "field 'user_id' must be a string of 1 to %d bytes", PREFCAP_ID_MAX); return PREFCAP_EINVAL; }
+    prefcap__user_hash(uid->valuestring, hash);
+  } else snprintf(hash, sizeof hash, "%s", uh->valuestring);
+  if (!at) { snprintf(err, errlen, "field 'at' is required"); return PREFCAP_EINVAL; }
+  if (!cJSON_IsNumber(at) || at->valuedouble != floor(at->valuedouble) || at->valuedouble < 1 || at->valuedouble > (double)((int64_t)1 << 50)) {
+    snprintf(err, errlen, "field 'at' must be milliseconds since the epoch (a positive integer)");
+    return PREFCAP_EINVAL;
+  }
   if (gens && !cJSON_IsArray(gens)) { snprintf(err, errlen, "field 'generations' must be an array"); return PREFCAP_EINVAL; }
   cJSON *g;
   cJSON_ArrayForEach(g, gens) if (!cJSON_IsString(g) || !is_hex64(g->valuestring)) { snprintf(err, errlen, "field 'generations' holds a non-hash"); return PREFCAP_EINVAL; }
@@ -361,7 +399,7 @@ static int ingest_erase(prefcap_t *pc, cJSON *obj, char *err, size_t errlen) {
     sqlite3_stmt *st;
     /* the tombstone and the generation hashes first: later lines of this user are refused */
     sqlite3_prepare_v2(db, "INSERT OR IGNORE INTO tombstones(user_hash, ts) VALUES(?1, ?2)", -1, &st, NULL);
-    sqlite3_bind_text(st, 1, uh->valuestring, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 1, hash, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, now);
     if (sqlite3_step(st) != SQLITE_DONE) rc = PREFCAP_EIO;
     sqlite3_finalize(st);
@@ -399,7 +437,7 @@ static int ingest_erase(prefcap_t *pc, cJSON *obj, char *err, size_t errlen) {
     while (!rc && !user && sqlite3_step(st) == SQLITE_ROW) {
       char h[65];
       prefcap__user_hash(T(st, 0), h);
-      if (!strcmp(h, uh->valuestring) && !(user = strdup(T(st, 0)))) rc = PREFCAP_ENOMEM;
+      if (!strcmp(h, hash) && !(user = strdup(T(st, 0)))) rc = PREFCAP_ENOMEM;
     }
     sqlite3_finalize(st);
     if (rc) { snprintf(err, errlen, "recording the erasure: %.400s", sqlite3_errmsg(db)); prefcap__store_rollback(pc->store); }
@@ -434,6 +472,10 @@ static int ingest_header(prefcap_t *pc, cJSON *obj, char *err, size_t errlen) {
              v->valuedouble, EVENTS_SCHEMA);
     return PREFCAP_ESCHEMA;
   }
+  /* only now: a newer schema may add fields, and is refused above for what it is */
+  static const char *const fields[] = {"type", "events_schema", "store_id", "schema_version", "range", "counts", NULL};
+  int frc = known_fields(obj, "an events header", fields, err, errlen);
+  if (frc) return frc;
   cJSON *range = cJSON_GetObjectItemCaseSensitive(obj, "range"), *counts = cJSON_GetObjectItemCaseSensitive(obj, "counts");
   if (!cJSON_IsObject(range) || !cJSON_IsObject(counts)) return PREFCAP_OK;   /* nothing to count by */
   char *rtext = cJSON_PrintUnformatted(range);
@@ -467,14 +509,17 @@ static int ingest_header(prefcap_t *pc, cJSON *obj, char *err, size_t errlen) {
 
 int prefcap_ingest_line(prefcap_t *pc, const char *line, size_t len) {
   if (!pc || !line) return prefcap__fail0(PREFCAP_EINVAL, "prefcap_ingest_line: no handle or no line");
-  /* only the fleet's own lines are looked at here; every other line goes to prefcap_log_json as is */
-  const char *p = memmem(line, len, "\"type\"", 6);
-  bool ours = p && (memmem(line, len, "\"erase\"", 7) || memmem(line, len, "\"prefcap_events\"", 16));
+  atomic_store(&pc->bulk, true);
+  /* only the fleet's own lines are looked at here (a cheap test first: they name their type); every
+   * other line goes to prefcap_log_json as is */
+  bool ours = memmem(line, len, "\"type\"", 6) && (memmem(line, len, "\"erase\"", 7) || memmem(line, len, "\"prefcap_events\"", 16));
   if (!ours) return prefcap_log_json(pc, line, len, NULL);
-  cJSON *obj = cJSON_ParseWithLength(line, len);
-  cJSON *type = obj ? cJSON_GetObjectItemCaseSensitive(obj, "type") : NULL;
+  /* the same refusals as any event line (docs/events.md): a tombstone is read as strictly */
   char err[600] = "";
-  int rc;
+  cJSON *obj;
+  int rc = prefcap__json_parse_strict(line, len, &obj, err, sizeof err);
+  if (rc) return prefcap__fail(pc, rc, "%s", err);
+  cJSON *type = cJSON_GetObjectItemCaseSensitive(obj, "type");
   if (!cJSON_IsString(type) || (strcmp(type->valuestring, "erase") && strcmp(type->valuestring, "prefcap_events"))) {
     cJSON_Delete(obj);
     return prefcap_log_json(pc, line, len, NULL);

@@ -82,6 +82,7 @@ struct prefcap {
   _Atomic uint64_t c_retrying;   /* events of a batch the writer is retrying now */
   uint64_t persisted_dropped, persisted_failed;   /* already added to the store's totals */
   int64_t last_derive_ms;        /* paces background derivation; under db_mu */
+  _Atomic bool bulk;             /* fed by prefcap_ingest_line: floods are derived after (prefcap.c) */
 };
 
 /* Records the failure detail for this thread and handle; returns code. A failure of the store itself
@@ -132,6 +133,11 @@ bool prefcap__same_but_whitespace(const char *a, const char *b);
  * and the detail (naming the field) in err. */
 int prefcap__event_from_json(const char *json, size_t len, size_t max_text, prefcap__event **out,
                              char *err, size_t errlen);
+/* The checks every JSON line passes before its fields are read (docs/events.md, "Refusals"): no NUL
+ * (raw or \u0000), valid UTF-8, no byte order mark, one JSON object and nothing after it, no key twice
+ * in one object. *out (free with cJSON_Delete) on success; a code and the reason in err otherwise. */
+struct cJSON;
+int prefcap__json_parse_strict(const char *json, size_t len, struct cJSON **out, char *err, size_t errlen);
 
 // ---- building and validating events (sdk/event.c) ------------------------------------------------
 /* Copies a generation / feedback into one allocation after validating it. */
@@ -176,10 +182,15 @@ bool prefcap__lineage_next(prefcap__lineage_iter *it, int64_t *id, int32_t users
 /* Removes the temporary files that killed exports left (their names are recorded in the store before
  * they are created) and that no running export holds: those in dir (absolute), or all when dir is NULL. Each
  * one that stays is passed to left (may be NULL) with the reason. Caller holds db_mu. */
-/* An events export (sdk/fleet.c), called by prefcap_export under db_mu. */
+/* A temporary file of an export (sdk/export.c, "files written safely"): named with random bits and
+ * recorded in the store before it is created O_EXCL|O_NOFOLLOW, locked while written; renamed into
+ * place by whoever finishes it, who then clears tmp[0] so that it is not removed. */
+typedef struct { char tmp[4096]; int fd, lockfd; } prefcap__tempfile;
+/* An events export (sdk/fleet.c), called by prefcap_export under db_mu with its data and manifest
+ * temporary files created and recorded; streams the events into data->fd. */
 int prefcap__export_events(prefcap_t *pc, const char *out, const char *name, const char *upload_url,
-                           const prefcap_upload_options_t *uo, unsigned mode, prefcap_export_result_t *res,
-                           char *err, size_t errlen);
+                           const prefcap_upload_options_t *uo, prefcap__tempfile *data, prefcap__tempfile *manifest,
+                           prefcap_export_result_t *res, char *err, size_t errlen);
 typedef void (*prefcap__leftover_fn)(const char *path, const char *why, void *ud);
 int prefcap__export_remove_leftovers(prefcap_t *pc, const char *dir, prefcap__leftover_fn left, void *ud,
                                      char *err, size_t errlen);

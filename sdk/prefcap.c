@@ -19,9 +19,18 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#define WRITE_BATCH 512
+#define WRITE_BATCH 8192   /* a flood commits in large transactions: each rewrites the index pages it touched */
 #define DERIVE_EVERY_MS 1000
 #define DERIVE_MAX_LAG_MS 10000
+/* A handle fed by prefcap_ingest_line (a central store taking events files, `prefcap ingest`) derives
+ * a flood at most this often: deriving costs more per event than storing it, and passes every 10 s
+ * during a million-event ingest held the store for most of its time (the longer the ingest, the more
+ * passes: a third of the raw insert rate on a loaded machine; bench/RESULTS.md, "fleet"). The files
+ * are derived once they are in (the queue idle for a second, prefcap_derive, or close), and a feed
+ * that never pauses still every minute. */
+#ifndef DERIVE_BULK_LAG_MS
+#define DERIVE_BULK_LAG_MS 60000
+#endif
 #define WRITER_TICK_MS 2   /* how long queued events may wait for the writer while it is busy */
 #define WAKE_AT 256        /* queued events that wake a ticking writer early */
 #define RETRY_LOG_MS 60000 /* a write that keeps failing is logged again this often */
@@ -209,7 +218,8 @@ static void persist_counters(prefcap_t *pc, uint64_t *dd, uint64_t *df) {
  * catches up the next time. Caller holds db_mu. */
 static void maybe_derive(prefcap_t *pc, bool busy) {
   int64_t now = prefcap__mono_ms();
-  if (now - pc->last_derive_ms < (busy ? DERIVE_MAX_LAG_MS : DERIVE_EVERY_MS)) return;
+  int64_t lag = atomic_load(&pc->bulk) ? DERIVE_BULK_LAG_MS : DERIVE_MAX_LAG_MS;
+  if (now - pc->last_derive_ms < (busy ? lag : DERIVE_EVERY_MS)) return;
   pc->last_derive_ms = now;
   char err[256];
   int rc = prefcap__derive(pc->store, 0, err, sizeof err);
@@ -346,7 +356,10 @@ static void *writer_main(void *arg) {
     pthread_mutex_lock(&pc->q_mu);
     pc->finished += n;
     pthread_cond_broadcast(&pc->q_done);   /* stored: flush returns; deriving comes after */
-    bool busy = pc->count > 0;
+    /* a full batch is a flood (an ingest, a burst): its events are derived at the latest
+     * DERIVE_MAX_LAG_MS on, not every time the queue happens to be empty for a moment, since each
+     * derivation pass holds the store while the queue fills (a third of a bulk ingest's time) */
+    bool busy = pc->count > 0 || n >= WAKE_AT;
     pthread_mutex_unlock(&pc->q_mu);
     pthread_mutex_lock(&pc->db_mu);
     maybe_derive(pc, busy);
