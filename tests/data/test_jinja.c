@@ -54,6 +54,15 @@ static void test_limits(void) {
              "more than 1000000 loop iterations");
   FAILS_WITH("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}", NULL, "the output is larger than 16 MiB");
   FAILS_WITH("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", NULL, "macro calls nested more than 64 deep");
+  /* 64-bit integers (Python's have no bound): overflow is an error, never undefined behaviour or a
+   * wrapped value (fuzz_jinja: 22222 ** 2 ** 222) */
+  FAILS_WITH("{{ 3 ** 50 }}", NULL, "line 1: integer overflow: the result of ** does not fit in 64 bits");
+  FAILS_WITH("{{ 9223372036854775807 + 1 }}", NULL, "the result of + does not fit");
+  FAILS_WITH("{{ -9223372036854775807 - 2 }}", NULL, "the result of - does not fit");
+  FAILS_WITH("{{ 4294967296 * 4294967296 }}", NULL, "the result of * does not fit");
+  FAILS_WITH("{{ (-9223372036854775807 - 1) // -1 }}", NULL, "the result of // does not fit");
+  FAILS_WITH("{{ -(-9223372036854775807 - 1) }}", NULL, "integer overflow");
+  FAILS_WITH("{{ (-9223372036854775807 - 1) | abs }}", NULL, "abs: integer overflow");
   char deep[2000];
   size_t k = 0;
   k += (size_t)snprintf(deep + k, sizeof deep - k, "{{ ");
@@ -67,6 +76,18 @@ static void test_limits(void) {
   char *o = render("{% macro f(n) %}{% if n < 10 %}{{ f(n + 1) }}{% else %}{{ n }}{% endif %}{% endmacro %}{{ f(0) }}", NULL, err, sizeof err);
   EXPECTF(o && !strcmp(o, "10"), "%s", o ? o : err);
   free(o);
+  static const char *const fits[][2] = {   /* the edges that still fit, as Python prints them */
+      {"{{ 2 ** 62 }}", "4611686018427387904"}, {"{{ (-2) ** 63 }}", "-9223372036854775808"},
+      {"{{ 1 ** 9223372036854775807 }}", "1"}, {"{{ (-1) ** 9223372036854775807 }}", "-1"}, {"{{ 0 ** 0 }}", "1"},
+      {"{{ (-9223372036854775807 - 1) % -1 }}", "0"}, {"{{ 9223372036854775806 + 1 }}", "9223372036854775807"},
+      {"{{ range(9223372036854775805, 9223372036854775807, 5) | list }}", "[9223372036854775805]"},
+      {"{{ 'ab' * 3 }}", "ababab"}};
+  for (size_t i = 0; i < sizeof fits / sizeof *fits; i++) {
+    o = render(fits[i][0], NULL, err, sizeof err);
+    EXPECTF(o && !strcmp(o, fits[i][1]), "%s: want %s, got %s", fits[i][0], fits[i][1], o ? o : err);
+    free(o);
+  }
+  FAILS_WITH("{{ 'abcd' * 4611686018427387904 }}", NULL, "string repetition too large");
 }
 
 /* --cases FILE: render each {"template", "vars"} line, print {"text"} or {"error"} */
