@@ -4,6 +4,7 @@
 # `make test` gives each; `make fuzz` passes 60) and prints "PASS fuzz_NAME: ..." or "FAIL fuzz_NAME:
 # ..." for tests/run.sh to count. A crash, a sanitizer report, a leak, an input slower than 10 s or a
 # single allocation over 2 GiB is a FAIL; the input that did it is kept in $FUZZ_BUILD/artifacts/.
+# $FUZZ_RUNS, if set, also stops each target after that many executions (long campaigns: docs/fuzzing.md).
 #
 # Corpora: $FUZZ_BUILD/corpus/NAME grows from run to run; tests/fuzz/seeds/NAME (committed, with every
 # input that once crashed: a regression test each) and $FUZZ_BUILD/seeds/NAME (made here from the
@@ -75,8 +76,17 @@ for n in $names; do
   dirs=("$corpus")
   for d in "tests/fuzz/seeds/$n" "$B/seeds/$n"; do [ -d "$d" ] && dirs+=("$d"); done
   log=$B/artifacts/$n.log
+  # Longest input a mutation may make. 64 KiB (whole tokenizer.json, chat templates, JSONL files and
+  # checkpoints need kilobytes), except for the redactor: its scanners look at most 64 bytes ahead
+  # from a start (key names, digit runs, windows of 16-32 bytes) and memoise the rest, so inputs of
+  # 4 KiB reach every branch, and at 64 KiB each execution cost 5x more for no new coverage (the
+  # linear time on long inputs is tests/sdk/test_redact.c's to check). Longer seeds are truncated.
+  maxlen=65536
+  case $n in redact) maxlen=4096 ;; esac
+  runs=()
+  [ -n "${FUZZ_RUNS:-}" ] && runs=(-runs="$FUZZ_RUNS")   # stop after this many executions (long campaigns)
   start=$(date +%s)
-  "$bin" -max_total_time="$S" -timeout=10 -rss_limit_mb=2560 -malloc_limit_mb=2048 -max_len=65536 \
+  "$bin" -max_total_time="$S" -timeout=10 -rss_limit_mb=2560 -malloc_limit_mb=2048 -max_len=$maxlen "${runs[@]}" \
     -print_final_stats=1 -artifact_prefix="$B/artifacts/$n-" "${dirs[@]}" > "$log" 2>&1
   status=$?
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)

@@ -504,6 +504,34 @@ static void test_threads(void) {
   pc_tok_free(t);
 }
 
+/* The word cache's shards start small and grow (rehashing) as words arrive: 30,000 distinct words
+ * (about 470 per shard, so every shard grows from 64 to 1,024 slots) encoded once to fill it, then again
+ * from it, must give the same ids each time. A growth that lost or misplaced entries, or a lookup
+ * still masked by the largest size, shows here (or under ASan) as ids that differ. */
+static void test_cache_growth(void) {
+  char err[512];
+  pc_tokenizer *t = pc_tok_load(LLAMA3, err, sizeof err);
+  EXPECTF(t, "%s", err);
+  if (!t) return;
+  enum { WORDS = 30000 };
+  char *text = malloc((size_t)WORDS * 6 + 1);
+  REQUIRE(text);
+  size_t len = 0;
+  for (int i = 0; i < WORDS; i++) {   /* " " + 4 letters, base 26: every word distinct */
+    text[len++] = ' ';
+    for (int k = 0, v = i; k < 4; k++, v /= 26) text[len++] = (char)('a' + v % 26);
+  }
+  text[len] = 0;
+  int32_t *ids[2] = {NULL, NULL};
+  size_t n[2] = {0, 0};
+  for (int pass = 0; pass < 2; pass++)
+    REQUIRE(pc_tok_encode(t, text, len, 0, &ids[pass], &n[pass], err, sizeof err) == 0);
+  EXPECTF(n[0] == n[1] && memcmp(ids[0], ids[1], n[0] * sizeof *ids[0]) == 0,
+          "encoding from the cache gave %zu ids, from the merges %zu (or different ids)", n[1], n[0]);
+  free(ids[0]); free(ids[1]); free(text);
+  pc_tok_free(t);
+}
+
 static void test_big_inputs(void) {
   char err[512];
   pc_tokenizer *t = pc_tok_load(QWEN3, err, sizeof err);
@@ -548,6 +576,7 @@ int main(void) {
   RUN(test_config_bos_eos);
   RUN(test_load_real_files);
   RUN(test_threads);
+  RUN(test_cache_growth);
   RUN(test_big_inputs);
   char cmd[300];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);

@@ -227,11 +227,16 @@ static const pmap_ent *pmap_get(const pmap *m, int32_t a, int32_t b) {
 
 typedef struct arena_blk { struct arena_blk *next; size_t used, cap; char data[]; } arena_blk;
 
-/* 8-byte aligned, so id arrays can live there too */
+/* 8-byte aligned, so id arrays can live there too. Blocks double from 16 KiB to 1 MiB: a real
+ * vocabulary's megabytes still take few blocks, and a small tokenizer.json no longer maps (and on
+ * free unmaps) a whole MiB, which was most of fuzz_tok_load's time under ASan. */
+#define ARENA_FIRST ((size_t)16 << 10)
+#define ARENA_MAX ((size_t)1 << 20)
 static char *arena_alloc(arena_blk **a, size_t n) {
   if (*a) (*a)->used = ((*a)->used + 7) & ~(size_t)7;
   if (!*a || (*a)->used + n > (*a)->cap) {
-    size_t cap = n > (1u << 20) ? n : (1u << 20);
+    size_t grow = *a && (*a)->cap < ARENA_MAX / 2 ? (*a)->cap * 2 : *a ? ARENA_MAX : ARENA_FIRST;
+    size_t cap = n > grow ? n : grow;
     arena_blk *b = malloc(sizeof *b + cap);
     if (!b) return NULL;
     b->next = *a; b->used = 0; b->cap = cap; *a = b;
@@ -299,14 +304,17 @@ typedef struct {
  * distinct lengths among them, looking the substring up in `map`. */
 typedef struct { int32_t *idx[256]; size_t n[256]; size_t count; uint32_t *lens[256]; size_t nlens[256]; smap map; } added_matcher;
 
-/* Word cache: shards of a small open-addressing table, each behind its own mutex; a full shard is
- * emptied (the cache only ever saves work, so forgetting is harmless). */
+/* Word cache: shards of a small open-addressing table, each behind its own mutex. A shard starts at
+ * CACHE_SLOTS_MIN slots and doubles up to CACHE_SLOTS, so a tokenizer that encodes a few texts does
+ * not allocate (and zero) 4 MiB of tables; a full shard at its largest is emptied (the cache only
+ * ever saves work, so forgetting is harmless). */
 #define CACHE_SHARDS 64
-#define CACHE_SLOTS 4096             /* per shard */
+#define CACHE_SLOTS 4096             /* per shard, at most */
+#define CACHE_SLOTS_MIN 64
 #define CACHE_MAX_WORD 256           /* longer words are not cached (HF: MAX_LENGTH 256) */
 #define TOK_ID_MARGIN 65536.0        /* unused ids tolerated beyond the count of tokens */
 typedef struct { uint64_t h; char *blob; } cache_ent;   /* blob: uint32 klen, uint32 nids, key, ids */
-typedef struct { pthread_mutex_t mu; cache_ent *e; size_t count; } cache_shard;
+typedef struct { pthread_mutex_t mu; cache_ent *e; size_t count, cap; } cache_shard;   /* cap: a power of 2 */
 
 struct pc_tokenizer {
   char *path;
@@ -1120,7 +1128,7 @@ void pc_tok_free(pc_tokenizer *t) {
   }
   free(t->raw_match.map.e); free(t->norm_match.map.e);
   for (int i = 0; i < CACHE_SHARDS; i++) {
-    if (t->cache[i].e) for (size_t k = 0; k < CACHE_SLOTS; k++) free(t->cache[i].e[k].blob);
+    if (t->cache[i].e) for (size_t k = 0; k < t->cache[i].cap; k++) free(t->cache[i].e[k].blob);
     free(t->cache[i].e);
     pthread_mutex_destroy(&t->cache[i].mu);
   }
@@ -1402,7 +1410,7 @@ static int cache_get(const pc_tokenizer *t_, const unsigned char *w, size_t n, i
   int hit = 0;
   pthread_mutex_lock(&s->mu);
   if (s->e) {
-    size_t i = (h >> 8) & (CACHE_SLOTS - 1);
+    size_t i = (h >> 8) & (s->cap - 1);
     for (;;) {
       cache_ent *e = &s->e[i];
       if (!e->blob) break;
@@ -1417,7 +1425,7 @@ static int cache_get(const pc_tokenizer *t_, const unsigned char *w, size_t n, i
         }
         break;
       }
-      i = (i + 1) & (CACHE_SLOTS - 1);
+      i = (i + 1) & (s->cap - 1);
     }
   }
   pthread_mutex_unlock(&s->mu);
@@ -1436,20 +1444,33 @@ static void cache_put(const pc_tokenizer *t_, const unsigned char *w, size_t n, 
   memcpy(blob + 8, w, n);
   if (ni) memcpy(blob + 8 + kp, ids, 4 * ni);
   pthread_mutex_lock(&s->mu);
-  if (!s->e) s->e = calloc(CACHE_SLOTS, sizeof *s->e);
-  if (s->e && s->count * 10 >= CACHE_SLOTS * 7) {   /* full: start over rather than evict one by one */
-    for (size_t k = 0; k < CACHE_SLOTS; k++) { free(s->e[k].blob); s->e[k].blob = NULL; }
-    s->count = 0;
+  if (!s->e && (s->e = calloc(CACHE_SLOTS_MIN, sizeof *s->e))) s->cap = CACHE_SLOTS_MIN;
+  if (s->e && s->count * 10 >= s->cap * 7) {
+    cache_ent *ne = s->cap < CACHE_SLOTS ? calloc(2 * s->cap, sizeof *ne) : NULL;
+    if (ne) {                                        /* grow: rehash every entry into twice the slots */
+      size_t nc = 2 * s->cap;
+      for (size_t k = 0; k < s->cap; k++) {
+        if (!s->e[k].blob) continue;
+        size_t j = (s->e[k].h >> 8) & (nc - 1);
+        while (ne[j].blob) j = (j + 1) & (nc - 1);
+        ne[j] = s->e[k];
+      }
+      free(s->e);
+      s->e = ne; s->cap = nc;
+    } else {                                         /* full at its largest: start over rather than evict one by one */
+      for (size_t k = 0; k < s->cap; k++) { free(s->e[k].blob); s->e[k].blob = NULL; }
+      s->count = 0;
+    }
   }
   if (!s->e) { pthread_mutex_unlock(&s->mu); free(blob); return; }
-  size_t i = (h >> 8) & (CACHE_SLOTS - 1);
+  size_t i = (h >> 8) & (s->cap - 1);
   for (;;) {
     cache_ent *e = &s->e[i];
     if (!e->blob) { e->h = h; e->blob = blob; s->count++; blob = NULL; break; }
     uint32_t ekl;
     memcpy(&ekl, e->blob, 4);
     if (e->h == h && ekl == n && memcmp(e->blob + 8, w, n) == 0) break;   /* another thread was first */
-    i = (i + 1) & (CACHE_SLOTS - 1);
+    i = (i + 1) & (s->cap - 1);
   }
   pthread_mutex_unlock(&s->mu);
   free(blob);
