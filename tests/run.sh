@@ -6,6 +6,10 @@
 set -u
 pass=0; fail=0; skip=0; failed_progs=()
 logdir=${TEST_LOGDIR:-build/test-logs}; mkdir -p "$logdir"
+# The trainer's reference cache (and anything else under XDG_CACHE_HOME) starts empty for every test
+# run and never touches the user's: a cached reference sum carries the rounding of the run that stored
+# it, which would make one test's numbers depend on what ran before it.
+export XDG_CACHE_HOME="$(cd "$logdir" && pwd)/xdg-cache"; rm -rf "$XDG_CACHE_HOME"; mkdir -p "$XDG_CACHE_HOME"
 for cmd in "$@"; do
   name=$(basename "${cmd##* }"); log="$logdir/$name.log"
   echo "== $cmd"

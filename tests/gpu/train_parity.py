@@ -149,12 +149,18 @@ def make_models(tmp):
 
 
 ROWS = [
-    {"prompt": "Capital of France?", "chosen": " Paris.", "rejected": " Lyon, I think."},
-    {"prompt": "2+2=", "chosen": "4", "rejected": "5, or 22"},
-    {"prompt": "A primary color:", "chosen": " Blue.", "rejected": " Purple"},
-    {"prompt": "Is the sun a star?", "chosen": " Yes.", "rejected": " No, never."},
+    {"prompt": "Capital of France?", "chosen": " Paris.", "rejected": " Lyon, I think.", "weight": 1.0},
+    {"prompt": "2+2=", "chosen": "4", "rejected": "5, or 22", "weight": 0.5},
+    {"prompt": "A primary color:", "chosen": " Blue.", "rejected": " Purple", "weight": 0.75},
+    {"prompt": "Is the sun a star?", "chosen": " Yes.", "rejected": " No, never.", "weight": 0.25},
 ]
 EVAL_ROWS = [{"prompt": "Moon rhymes with", "chosen": " spoon", "rejected": " sun"}]
+
+
+def unpaired(rows):
+    """TRL's unpaired (KTO) rows: each pair's chosen side desirable, its rejected side not."""
+    return [{"prompt": r["prompt"], "completion": r[side], "label": side == "chosen", "weight": r.get("weight", 1.0)}
+            for r in rows for side in ("chosen", "rejected")]
 
 
 def write_jsonl(path, rows):
@@ -167,7 +173,9 @@ def write_jsonl(path, rows):
 
 def train(model, data, out, device, opts, env_extra=None, extra=()):
     args = [CLI, "train", "--model", model, "--data", data, "--out", out, "--device", device, "--threads", "2",
-            "--no-shuffle", "--max-steps", "10"] + opts + list(extra)
+            "--no-shuffle", "--max-steps", "10", "--no-ref-cache"] + opts + list(extra)
+    # (no reference cache: an entry another run stored carries that run's packing's last-bit rounding,
+    # and a full fine-tune's first step compares the policy with the reference exactly)
     env = dict(os.environ, **(env_extra or {}))
     env.setdefault("PREFCAP_CUDA_FP32", "1")
     try:
@@ -222,6 +230,12 @@ CASES = [
      ["--batch-size", "2", "--scheduler", "cosine", "--warmup-steps", "2"]),
     ("qwen3_full_simpo_recompute", "qwen3", ["--loss", "simpo"], False, True, ["--batch-size", "2"]),
     ("qwen3_lora_sigmoid_eval", "qwen3", ["--loss", "sigmoid"], True, False, ["--batch-size", "2", "--eval-steps", "5"]),
+    # the losses issue 16 added: KTO (on unpaired rows, the reference run beside the policy) and a
+    # mixture with TRL's sft term under signal weights
+    ("llama_lora_kto", "llama", ["--loss", "kto", "--desirable-weight", "1.25", "--undesirable-weight", "0.8"], True,
+     False, ["--batch-size", "2", "--pair-weights"]),
+    ("gpt2_full_sigmoid_sft_weights_recompute", "gpt2", ["--loss", "sigmoid,sft", "--loss-weights", "1,0.5",
+                                                          "--pair-weights"], False, True, ["--batch-size", "2"]),
 ]
 
 
@@ -262,9 +276,12 @@ def compare_grads(cpu, dev):
 def check_trajectories(tmp, models, data, evald):
     """traj_* and grads_* (the same runs); traj_sensitivity. Returns {case name: (cpu dir, cuda dir)}."""
     runs = {}
+    kto_data = write_jsonl(os.path.join(tmp, "unpaired.jsonl"), unpaired(ROWS))
+    kto_eval = write_jsonl(os.path.join(tmp, "unpaired_eval.jsonl"), unpaired(EVAL_ROWS))
     for case in CASES:
         name = case[0]
-        cpu, dev, err = run_pair(tmp, models, data, evald, case)
+        kto = "kto" in case[2]
+        cpu, dev, err = run_pair(tmp, models, kto_data if kto else data, kto_eval if kto else evald, case)
         if err:
             report(f"traj_{name}", False, err)
             continue
