@@ -144,7 +144,7 @@ def setup(tmp):
     for i in range(14):
         w = words[i % 12:] + words[:i % 12]
         rows.append({"prompt": f"Q{i}: {w[0]} {w[3]} {w[5]}?", "chosen": " " + " ".join(w[1:2 + i % 3]),
-                     "rejected": " " + " ".join(w[6:8 + i % 2])})
+                     "rejected": " " + " ".join(w[6:8 + i % 2]), "weight": 0.5 + 0.25 * (i % 3)})
     data, evald = os.path.join(tmp, "data.jsonl"), os.path.join(tmp, "eval.jsonl")
     open(data, "w").write("".join(json.dumps(r) + "\n" for r in rows[:10]))
     open(evald, "w").write("".join(json.dumps(r) + "\n" for r in rows[10:]))
@@ -212,8 +212,61 @@ def main():
                 == open(os.path.join(tmp, "mpi2", "adapter_model.safetensors"), "rb").read()
             report("dist_torchrun_equals_mpirun_exactly", same, "metrics or adapter differ from mpirun -np 2's")
 
+    mixture_checks(tmp, args)
+    emulated_cuda_checks(tmp, base)
     fault_checks(tmp, args)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def mixture_checks(tmp, args):
+    """A loss mixture with an sft term under --pair-weights, over 3 ranks (slices of 1, 1, 2): the
+    normalisers (sum of weights, weighted completion tokens) must be the whole micro-batch's, not each
+    slice's, for the ranks to add up to one process."""
+    mix = ["--max-steps", "4", "--loss", "sigmoid,sft", "--loss-weights", "1,0.5", "--pair-weights"]
+    p = run(args("mix1", *mix))
+    if p.returncode != 0:
+        report("dist_mixture_one_process", False, p.stderr[-600:])
+        return
+    want = metrics(os.path.join(tmp, "mix1"))
+    res = run_torchrun(args("mix3", *mix), 3)
+    if any(rc != 0 for rc, _ in res):
+        report("dist_mixture_np3", False, " | ".join(f"rank {r}: exit {rc}: {o[-300:]}" for r, (rc, o) in enumerate(res)))
+        return
+    note("sigmoid,sft with --pair-weights, 3 ranks (torchrun-style) against one process")
+    d = compare(metrics(os.path.join(tmp, "mix3")), want)
+    report("dist_mixture_pair_weights_np3_equals_one_process", not d, d)
+
+
+def emulated_cuda_checks(tmp, base):
+    """Data parallel with --device cuda on the CUDA backend's CPU emulation (make cuda-emu): ZeRO's flat
+    vectors are that backend's memory, moved by the host engine because the emulation's memory is host
+    memory (a real GPU uses NCCL). 2 ranks against one emulated process and against the CPU."""
+    emu = os.path.join(hf.ROOT, BUILD + "-emu", "prefcap-dpo")
+    if not os.access(emu, os.X_OK):
+        print(f"SKIP dist_emulated_cuda: {emu} is not built (make cuda-emu)")
+        return
+    steps = ["--max-steps", "3", "--device", "cuda"]
+    strip = [a for i, a in enumerate(base) if a not in ("--save-steps",) and (i == 0 or base[i - 1] != "--save-steps")]
+    cmd = lambda out: [emu] + strip + ["--out", os.path.join(tmp, out)] + steps  # noqa: E731
+    env = dict(ENV, PREFCAP_CUDA_FP32="1")
+    p = run(cmd("emu1"), env=env)
+    if p.returncode != 0:
+        report("dist_emulated_cuda_one_process", False, p.stderr[-600:])
+        return
+    want = metrics(os.path.join(tmp, "emu1"))
+    port = free_port()
+    procs = [subprocess.Popen(cmd("emu2"), env=dict(torchrun_env(r, 2, port), PREFCAP_CUDA_FP32="1"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    if any(p.returncode != 0 for p in procs):
+        report("dist_emulated_cuda_np2", False, " | ".join(o[1][-300:] for o in outs))
+        return
+    note("emulated --device cuda, 2 ranks (torchrun-style) against one emulated process")
+    d = compare(metrics(os.path.join(tmp, "emu2")), want)
+    report("dist_emulated_cuda_np2_equals_one_process", not d, d)
+    rj = json.load(open(os.path.join(tmp, "emu2", "run.json")))
+    report("dist_emulated_cuda_np2_ran_on_cuda", rj.get("world_size") == 2 and (rj.get("device") or {}).get("backend") == "cuda",
+           str(rj.get("device")))
 
 
 def shard_check(tmp, n, stderr):

@@ -73,6 +73,9 @@ typedef struct {
                                      multiplies (the CUDA backend's bf16 twins: 2; fp32 mode and CPU: 0) */
   double input_extra;             /* bytes per element of the widest matmul input that it adds (bf16
                                      copies of the activations: 4 in bf16 mode; else 0) */
+  int host_memory;                /* 1: alloc() gives ordinary host memory (the CPU backend, and the CUDA
+                                     backend under its CPU emulation), which a host-side communicator
+                                     (mpi, tcp) can move; 0: device memory, moved by NCCL */
 } pc_mem_info;
 
 /* The ops a backend may or may not have (supports()). */

@@ -100,8 +100,9 @@ $(PC_EMU)/trainer/backend/cuda_emu.o: trainer/backend/cuda_emu/cuda_emu.cpp
 
 # (the recipe reads PC_CLI_OBJS and the final TRAINER_OBJS: fragments included later add to them)
 $(PC_EMU)/prefcap-dpo: $(BUILD)/prefcap-dpo $(PC_EMU_OBJS)
-	$(CC) $(PC_CLI_OBJS) $(filter-out $(PC_CUDA_OBJS),$(TRAINER_OBJS)) $(PC_EMU_OBJS) -o $@ \
-	  $(LDFLAGS_ALL) $(filter-out $(PC_CUDA_LIBS),$(TRAINER_LIBS)) -lopenblas -lstdc++ -fopenmp
+	$(CC) $(PC_CLI_OBJS) $(filter-out $(PC_CUDA_OBJS) $(PC_NCCL_TRAINER_OBJS),$(TRAINER_OBJS)) \
+	  $(BUILD)/trainer/dist/comm_nccl_none.o $(PC_EMU_OBJS) -o $@ \
+	  $(LDFLAGS_ALL) $(filter-out $(PC_CUDA_LIBS) $(PC_NCCL_TRAINER_LIBS),$(TRAINER_LIBS)) -lopenblas -lstdc++ -fopenmp
 
 $(PC_EMU)/tests/test_cuda_ops: tests/gpu/test_cuda_ops.c $(PC_BACKEND_CPU_OBJS) $(PC_EMU_OBJS) \
                                trainer/backend/backend.h trainer/backend/backend_cuda.h

@@ -64,6 +64,7 @@ static const float *cpu_weight(pc_backend *be, const float *host, size_t n, int 
  * (the attention and training scratch grow with the batch and are small beside the activations). */
 static int cpu_mem_info(pc_backend *be, pc_mem_info *out) {
   memset(out, 0, sizeof *out);
+  out->host_memory = 1;
   out->workspace_bytes = sizeof(float) * LP_ROWS * LP_VOCAB * (size_t)CPU(be)->nthreads;
   FILE *f = fopen("/proc/meminfo", "r");
   if (!f) return -1;

@@ -1288,6 +1288,9 @@ static void cuda_adamw(pc_backend *be, float *p, const float *g, float *m, float
 static int cuda_mem_info(pc_backend *be, pc_mem_info *out) {
   cuda_backend *cb = CB(be);
   memset(out, 0, sizeof *out);
+#ifndef __CUDACC__
+  out->host_memory = 1;  // the emulation's "device" memory is the process's own
+#endif
   out->workspace_bytes = sizeof(float) * ((size_t)LP_ROWS * LP_VOCAB + 3 * (size_t)LP_ROWS)  // logprob
                          + (cb->fp32 ? 0 : sizeof(__nv_bfloat16) * (size_t)LP_ROWS * LP_VOCAB)  // its G in bf16
                          + sizeof(double) * (SUMSQ_BLOCKS + CS_MAX_PARTS)  // sumsq, the column sums

@@ -20,9 +20,12 @@ PC_COMM_OBJS := $(addprefix $(BUILD)/trainer/dist/,comm.o comm_mpi.o comm_tcp.o)
 -include $(PC_COMM_OBJS:.o=.d) $(BUILD)/trainer/dist/zero.d $(BUILD)/trainer/dist/comm_nccl_none.d
 $(BUILD)/trainer/dist/comm_mpi.o: PC_CFLAGS += $(PC_MPI_CFLAGS)
 
-# NCCL: the same nvcc as the CUDA backend; the library and header from the CUDA install. Not linked
-# into prefcap-dpo yet (its training runs on the mpi/tcp engines with host memory; GPU training links
-# PC_NCCL_OBJS and PC_NCCL_LIBS where it hands device buffers to the communicator), only into test_comm.
+# NCCL: the same nvcc as the CUDA backend; the library and header from the CUDA install. test_comm
+# always links it where it is built; prefcap-dpo links it with `make NCCL=1` (data parallel with
+# --device cuda moves GPU memory with it), and otherwise its stand-in, which refuses data parallel on a
+# real GPU with a message: the default build then runs where libnccl is not installed, and NCCL=1 waits
+# for the GPU session that proves it (docs/training.md). The CPU emulation never links NCCL: its
+# "device" memory is host memory, which the mpi and tcp engines move.
 PC_NCCL_INC := $(if $(NVCC),$(CUDA_HOME),/usr/local/cuda)/include
 ifneq ($(NVCC),)
 ifneq ($(wildcard $(PC_NCCL_INC)/nccl.h),)
@@ -40,8 +43,16 @@ PC_NCCL_OBJS := $(BUILD)/trainer/dist/comm_nccl_none.o
 PC_NCCL_LIBS :=
 endif
 
-TRAINER_OBJS += $(PC_COMM_OBJS) $(BUILD)/trainer/dist/zero.o
-TRAINER_LIBS += $(PC_MPI_LIBS)
+ifeq ($(NCCL)$(PC_HAVE_NCCL),11)
+PC_NCCL_TRAINER_OBJS := $(PC_NCCL_OBJS)
+PC_NCCL_TRAINER_LIBS := $(PC_NCCL_LIBS)
+else
+PC_NCCL_TRAINER_OBJS := $(BUILD)/trainer/dist/comm_nccl_none.o
+PC_NCCL_TRAINER_LIBS :=
+endif
+TRAINER_OBJS += $(PC_COMM_OBJS) $(BUILD)/trainer/dist/zero.o $(PC_NCCL_TRAINER_OBJS)
+TRAINER_LIBS += $(PC_MPI_LIBS) $(PC_NCCL_TRAINER_LIBS)
+$(BUILD)-emu/prefcap-dpo: $(BUILD)/trainer/dist/comm_nccl_none.o
 
 probe-dist:
 	@if [ -n "$(MPICC)" ]; then echo "✓ mpicc found: data parallel over MPI (mpirun -np N prefcap-dpo train)"; else echo "✗ no mpicc (libopenmpi-dev): MPI not built; torchrun-style launches only"; fi

@@ -21,7 +21,9 @@
 #define NOT_TRAINED SIZE_MAX
 
 struct pc_zero {
-  pc_comm *c;
+  pc_comm *c;   /* the host-side communicator: scalars (the norm, agreements) and checkpoints */
+  pc_comm *dc;  /* the one that moves the flat gradient and parameter vectors (backend memory): c
+                   itself when the backend's memory is host memory, NCCL on a GPU */
   pc_model *m;
   pc_backend *be;
   double beta1, beta2, eps, weight_decay;
@@ -54,14 +56,15 @@ static int comm_fail(pc_comm *c, char *err, size_t errlen) {
   return -1;
 }
 
-int pc_zero_new(pc_comm *c, pc_model *m, pc_backend *be, const pc_adamw *d, pc_zero **out, char *err, size_t errlen) {
+int pc_zero_new(pc_comm *c, pc_comm *dc, pc_model *m, pc_backend *be, const pc_adamw *d, pc_zero **out, char *err,
+                size_t errlen) {
   pc_zero *z = calloc(1, sizeof *z);
   *out = z;
   if (!z || !(z->off = malloc(sizeof *z->off * ((size_t)pc_model_nparams(m) + 1)))) {
     pc_seterr(err, errlen, "out of memory");
     return -1;
   }
-  *z = (pc_zero){.c = c, .m = m, .be = be, .beta1 = d->beta1, .beta2 = d->beta2, .eps = d->eps,
+  *z = (pc_zero){.c = c, .dc = dc ? dc : c, .m = m, .be = be, .beta1 = d->beta1, .beta2 = d->beta2, .eps = d->eps,
                  .weight_decay = d->weight_decay, .off = z->off};
   size_t N = (size_t)c->size;
   z->P = layout(m, z->off);
@@ -104,7 +107,7 @@ int pc_zero_reduce_grads(pc_zero *z, double *norm, char *err, size_t errlen) {
     pc_param *p = pc_model_param(z->m, i);
     if (z->off[i] != NOT_TRAINED) be->ops->copy(be, z->flat + z->off[i], p->g, sizeof(float) * p->n);
   }
-  if (pc_comm_reduce_scatter(z->c, z->flat, z->gshard, z->S, PC_COMM_F32) != 0) return comm_fail(z->c, err, errlen);
+  if (pc_comm_reduce_scatter(z->dc, z->flat, z->gshard, z->S, PC_COMM_F32) != 0) return comm_fail(z->dc, err, errlen);
   double ss = 0;
   if (z->hi > z->lo && be->ops->sumsq(be, z->gshard, z->hi - z->lo, &ss) != 0)
     return backend_fail(be, err, errlen, "gradient norm");
@@ -137,7 +140,7 @@ int pc_zero_step(pc_zero *z, int t, double lr, char *err, size_t errlen) {
                    step_size, bc2_sqrt);
     be->ops->copy(be, mine + s, p->w + (a - off), sizeof(float) * (b - a));
   }
-  if (pc_comm_all_gather(z->c, z->flat, sizeof(float) * z->S) != 0) return comm_fail(z->c, err, errlen);
+  if (pc_comm_all_gather(z->dc, z->flat, sizeof(float) * z->S) != 0) return comm_fail(z->dc, err, errlen);
   for (int i = 0; i < pc_model_nparams(z->m); i++) {
     pc_param *p = pc_model_param(z->m, i);
     if (z->off[i] == NOT_TRAINED) continue;

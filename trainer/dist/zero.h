@@ -20,8 +20,10 @@
  * process resumes a sharded checkpoint (pc_zero_load_full).
  *
  * Buffers are backend memory, moved between parameters and the flat vectors by the backend's copy; the
- * communicator works on them directly (host memory for mpi/tcp with the CPU backend). Errors go to
- * err; nothing prints. */
+ * data communicator dc works on them directly: pc_zero_new's c itself (mpi/tcp) when the backend's
+ * memory is host memory (the CPU backend, the CUDA emulation), NCCL over GPU memory otherwise; the
+ * scalars (the norm, agreements) and the checkpoints' host buffers go over c. Errors go to err;
+ * nothing prints. */
 #ifndef PC_DIST_ZERO_H
 #define PC_DIST_ZERO_H
 #include <stddef.h>
@@ -35,8 +37,8 @@ typedef struct pc_zero pc_zero;
 
 /* The layout of the model's trainable parameters over c's ranks, this rank's state zeroed; AdamW's
  * constants are the single process's (opt_defaults: beta1, beta2, eps, weight decay from pc_adamw_init). */
-int pc_zero_new(pc_comm *c, pc_model *m, pc_backend *be, const pc_adamw *opt_defaults, pc_zero **out, char *err,
-                size_t errlen);
+int pc_zero_new(pc_comm *c, pc_comm *dc, pc_model *m, pc_backend *be, const pc_adamw *opt_defaults, pc_zero **out,
+                char *err, size_t errlen);
 void pc_zero_free(pc_zero *z);
 
 /* Elements of the flat vector (P) and of this rank's shard (its own range, unpadded). */

@@ -76,6 +76,7 @@ struct pc_trainer {
   // ---- data parallel (trainer/dist): NULL for one process
   pc_comm *comm;             /* borrowed from the options */
   pc_zero *zero;             /* the sharded optimizer, in place of opt's state */
+  pc_comm *dcomm;            /* NCCL for a GPU backend's memory (owned); NULL: comm moves it */
   // ---- KTO (--loss kto): the frozen reference model, run on every micro-batch as TRL runs it
   pc_model *ref_model;
   pc_seq *kl;                /* (batch_size) the micro-batch's KL sequences */
@@ -372,7 +373,13 @@ static int setup_model(pc_trainer *t) {
     return -1;
   }
   if (t->comm) {  // ZeRO-1: the optimizer state lives in shards, 1/N on each rank
-    if (pc_zero_new(t->comm, t->model, t->be, &t->opt, &t->zero, t->err, sizeof t->err) != 0) {
+    pc_mem_info mi;
+    t->be->ops->mem_info(t->be, &mi);  // host_memory is set whether or not the device could say its size
+    if (!mi.host_memory && !(t->dcomm = pc_comm_nccl_new(t->comm, t->err, sizeof t->err))) {
+      fprintf(stderr, PROG ": data parallel on %s moves GPU memory with NCCL: %s\n", t->be->ops->name, t->err);
+      return -1;
+    }
+    if (pc_zero_new(t->comm, t->dcomm, t->model, t->be, &t->opt, &t->zero, t->err, sizeof t->err) != 0) {
       fprintf(stderr, PROG ": %s\n", t->err);
       return -1;
     }
@@ -888,6 +895,7 @@ void pc_trainer_free(pc_trainer *t) {
   if (t->metrics) fclose(t->metrics);
   pc_adamw_free(&t->opt);
   pc_zero_free(t->zero);
+  pc_comm_free(t->dcomm, 1);  // abort, not destroy: never waits for a peer that may be gone
   pc_model_free(t->model);
   pc_model_free(t->ref_model);
   if (t->be) t->be->ops->destroy(t->be);
