@@ -235,6 +235,18 @@ def mixture_checks(tmp, args):
     note("sigmoid,sft with --pair-weights, 3 ranks (torchrun-style) against one process")
     d = compare(metrics(os.path.join(tmp, "mix3")), want)
     report("dist_mixture_pair_weights_np3_equals_one_process", not d, d)
+    # KTO pairs each example with its neighbour's completion across the micro-batch: one process only
+    kto = os.path.join(tmp, "unpaired.jsonl")
+    with open(kto, "w") as f:
+        for i in range(8):
+            f.write(json.dumps({"prompt": f"Q{i}?", "completion": f" answer {i}", "label": i % 2 == 0}) + "\n")
+    a = args("kto2", "--loss", "kto")
+    a[a.index("--data") + 1] = kto
+    a[a.index("--eval-data") + 1] = kto
+    res = run_torchrun(a, 2, timeout=120)
+    report("dist_kto_refused_with_two_ranks",
+           all(rc == 1 and "--loss kto runs in one process" in o for rc, o in res),
+           " | ".join(f"rank {r}: exit {rc}: {o[-200:]}" for r, (rc, o) in enumerate(res)))
 
 
 def emulated_cuda_checks(tmp, base):
