@@ -421,7 +421,8 @@ int prefcap_export(prefcap_t *pc, const prefcap_export_options_t *o, prefcap_exp
 /* A published export, as lineage reports it. Strings are borrowed for the duration of the callback.
  * The library's struct, handed to callbacks: it only grows at the end (see the conventions above). */
 typedef struct prefcap_export_info {
-  const char *id, *name, *path, *format, *upload_url;
+  const char *id, *name, *path, *format;
+  const char *upload_url;  /* where it was uploaded, NULL if not: without userinfo or query (credentials) */
   int64_t created_ms, published_ms;
   uint64_t records;        /* all records in the export */
   uint64_t user_records;   /* of those, the user's (lineage by user and forget) */

@@ -1026,8 +1026,21 @@ static int publish(prefcap_t *pc, const prefcap_export_options_t *o, const char 
   sqlite3_bind_int64(st, 8, now);
   sqlite3_bind_text(st, 9, sha, -1, SQLITE_STATIC);
   sqlite3_bind_int64(st, 10, (int64_t)records);
-  if (o->upload_url) sqlite3_bind_text(st, 11, o->upload_url, -1, SQLITE_STATIC);
+  /* where it went, for lineage and forget, without the credentials a URL may carry (userinfo, a
+   * presigned query): the store outlives them and gets copied */
+  char *where = o->upload_url ? malloc(strlen(o->upload_url) + 8) : NULL;
+  if (where) {
+    prefcap__url_for_humans(o->upload_url, where, strlen(o->upload_url) + 8);
+    sqlite3_bind_text(st, 11, where, -1, SQLITE_TRANSIENT);
+  }
+  free(where);
   free(f.p);
+  if (o->upload_url && !where) {
+    snprintf(err, errlen, "cannot publish the export: out of memory");
+    sqlite3_finalize(st);
+    prefcap__store_rollback(pc->store);
+    return PREFCAP_ENOMEM;
+  }
   if (sqlite3_step(st) != SQLITE_DONE) goto fail;
   sqlite3_finalize(st);
   /* lineage: each record with the users whose text it holds (noted while writing), in one blob on the

@@ -157,9 +157,8 @@ static uint64_t xorshift(uint64_t *s) {
   return *s = x;
 }
 
-/* A URL without its query and fragment, for messages: a presigned URL's query is a credential; and
- * without its userinfo (user:PASSWORD@ becomes three stars and the @), which is one too. */
-static void url_for_humans(const char *url, char *out, size_t n) {
+/* upload.h */
+void prefcap__url_for_humans(const char *url, char *out, size_t n) {
   size_t len = strcspn(url, "?#");
   const char *sep = strstr(url, "://");
   if (sep && (size_t)(sep - url) < len) {
@@ -451,7 +450,7 @@ static int resolve_target(const char *url, const prefcap_upload_options_t *o, co
                           target *t, char *errbuf, size_t errlen) {
   memset(t, 0, sizeof *t);
   char hu[512];
-  url_for_humans(url, hu, sizeof hu);
+  prefcap__url_for_humans(url, hu, sizeof hu);
   char *built = NULL;
   bool s3scheme = strncmp(url, "s3://", 5) == 0;
   if (s3scheme) {
@@ -563,7 +562,7 @@ static void curl_init(void) { curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAUL
 static int upload_file(const prefcap_upload_options_t *o, src_file *src, const char *url, const char *region,
                        const char *service, const creds *cr, uint64_t *rng, char *errbuf, size_t errlen) {
   char hu[512];
-  url_for_humans(url, hu, sizeof hu);
+  prefcap__url_for_humans(url, hu, sizeof hu);
   target t;
   int rc = resolve_target(url, o, region, cr, &t, errbuf, errlen);
   if (rc) return rc;
@@ -772,7 +771,7 @@ int prefcap__upload(const prefcap_upload_options_t *opts, const char *file, cons
       murl = strdup(o->manifest_url);
     } else if (strpbrk(url, "?#")) {
       char hu[512];
-      url_for_humans(url, hu, sizeof hu);
+      prefcap__url_for_humans(url, hu, sizeof hu);
       rc = fail(errbuf, errlen, PREFCAP_EINVAL, "upload: %s exists but %s has a query string (a presigned URL?), so the "
                 "manifest's URL cannot be derived from it: give one (--manifest-url) or skip the manifest", mpath, hu);
       goto out_nofile;

@@ -13,6 +13,12 @@
 int prefcap__upload(const prefcap_upload_options_t *opts, const char *file, const char *url, char *errbuf,
                     size_t errlen);
 
+/* A URL without its query and fragment (a presigned URL's query is a credential: "?…" marks that
+ * there was one) and without its userinfo (user:PASSWORD@ becomes three stars and the @), which is
+ * one too: for messages, and for the store's record of where an export went. out holds at most n - 1
+ * bytes; strlen(url) + 8 is always enough. */
+void prefcap__url_for_humans(const char *url, char *out, size_t n);
+
 /* The wait a Retry-After value asks for, in ms: delta-seconds ("120") or an HTTP date ("Wed, 21 Oct
  * 2015 07:28:00 GMT", or the obsolete forms), relative to now_s (Unix seconds); a date in the past is
  * 0. -1 when the value is neither. */

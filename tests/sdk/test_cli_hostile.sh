@@ -160,6 +160,7 @@ check userinfo_export_hides_password sh -c "! grep -q s3cretPW '$T/ex.err' && gr
 check userinfo_export_upload_error_hides_password sh -c "! grep -q s3cretPW '$T/ex2.err' && grep -q '\*\*\*@127.0.0.1' '$T/ex2.err'"
 "$P" lineage --db "$T/good.db" --user u1 > "$T/lin.out" 2>&1
 check userinfo_lineage_hides_password sh -c "! grep -q s3cretPW '$T/lin.out' && grep -q 'uploaded to http://\*\*\*@' '$T/lin.out'"
+check userinfo_store_keeps_no_password sh -c "test \"\$(sqlite3 '$T/good.db' \"SELECT count(*) FROM exports WHERE upload_url LIKE 'http://***@127.0.0.1:%/ok/exp.jsonl'\")\" = 1 && ! grep -qa s3cretPW '$T/good.db'"
 
 "$P" upload "$T/data.bin" --to "http://127.0.0.1:$port/hostile/data.bin" --no-manifest > /dev/null 2> "$T/ho.err"; rc=$?
 check hostile_body_exit_1 test $rc -eq 1

@@ -474,13 +474,14 @@ static void test_forget_async_after_migration(void) {
 
 // ---- lineage -------------------------------------------------------------------------------------
 
-typedef struct { int heads; char name[32], path[64]; int64_t published; uint64_t records; char lines[8][160]; int n; } lineage_seen;
+typedef struct { int heads; char name[32], path[64], url[96]; int64_t published; uint64_t records; char lines[8][160]; int n; } lineage_seen;
 
 static void on_head(const prefcap_export_info_t *e, void *ud) {
   lineage_seen *s = ud;
   s->heads++;
   snprintf(s->name, sizeof s->name, "%s", e->name ? e->name : "");
   snprintf(s->path, sizeof s->path, "%s", e->path);
+  snprintf(s->url, sizeof s->url, "%s", e->upload_url ? e->upload_url : "-");
   s->published = e->published_ms;
   s->records = e->records;
 }
@@ -501,7 +502,8 @@ static void test_lineage(void) {
   snprintf(sql, sizeof sql,
            "INSERT INTO exports(id, name, path, format, filters, status, version_from, version_to, created, published, records, upload_url)"
            " VALUES('exp-1', 'nightly', '/data/n1.jsonl', 'trl-dpo', '{}', 'published', 0, 5, 1000, 2000, 3, 's3://b/n1.jsonl'),"
-           " ('exp-2', 'nightly', '/data/n2.jsonl', 'trl-kto', '{}', 'published', 5, 9, 3000, 4000, 1, NULL),"
+           " ('exp-2', 'nightly', '/data/n2.jsonl', 'trl-kto', '{}', 'published', 5, 9, 3000, 4000, 1,"
+           " 'https://bob:hunter2@up.example/b/n2.jsonl?X-Amz-Signature=zz'),"
            " ('exp-3', 'adhoc', '/data/p.jsonl', 'trl-dpo', '{}', 'pending', 0, 9, 5000, NULL, 1, NULL);");
   REQUIRE(sqlite3_exec(prefcap__db(pc), sql, NULL, NULL, NULL) == SQLITE_OK);
   const char *hs[] = {hv, hb};
@@ -519,6 +521,11 @@ static void test_lineage(void) {
   EXPECTF(!strcmp(s.lines[0], want), "%s", s.lines[0]);
   snprintf(want, sizeof want, "{\"kind\":\"pair\",\"id\":8,\"user_hash\":\"%s\"}", hb);
   EXPECTF(!strcmp(s.lines[1], want), "%s", s.lines[1]);
+  EXPECTF(!strcmp(s.url, "s3://b/n1.jsonl"), "%s", s.url);
+  /* a URL stored with credentials (as stores before 2026-11-30 kept it) is reported without them */
+  s = (lineage_seen){0};
+  EXPECT(prefcap_lineage_export(pc, "exp-2", on_head, NULL, &s) == 0);
+  EXPECTF(!strcmp(s.url, "https://***@up.example/b/n2.jsonl?…"), "%s", s.url);
   /* a pending export is listed with what its row says it holds */
   s = (lineage_seen){0};
   EXPECT(prefcap_lineage_export(pc, "exp-3", on_head, NULL, &s) == 0 && s.heads == 1 && s.published == 0 && s.records == 1);
