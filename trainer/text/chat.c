@@ -4,6 +4,7 @@
  * str.strip(), `strip('\n')`, `split('</think>')`), because Hugging Face runs those templates with
  * Python's jinja2 and the tokens TRL trains on come from that exact string. See chat.h. */
 #include "text/chat.h"
+#include "text/jinja.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,21 +37,10 @@ static char *sb_finish(sbuf *b) {
 
 // ---- Python string semantics used by the templates ---------------------------------------------
 
-/* Length of the UTF-8 sequence at s if it is a character Python's str.isspace() accepts, else 0.
- * Python's set (bidi WS/B/S or category Zs) differs from JavaScript's trim: it includes U+001C..U+001F
- * and U+0085 and excludes U+FEFF. We follow Python, as Hugging Face does. */
+/* Length of the UTF-8 sequence at s if it is a character Python's str.isspace() accepts, else 0
+ * (jinja.h's pc_py_space). */
 static int py_space_len(const unsigned char *s, const unsigned char *end) {
-  if (s >= end) return 0;
-  unsigned c = s[0];
-  if (c < 0x80) return (c == ' ' || (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x1f)) ? 1 : 0;
-  if (c == 0xc2 && s + 1 < end && (s[1] == 0x85 || s[1] == 0xa0)) return 2;
-  if (c == 0xe1 && s + 2 < end && s[1] == 0x9a && s[2] == 0x80) return 3;             /* U+1680 */
-  if (c == 0xe2 && s + 2 < end) {
-    if (s[1] == 0x80 && (s[2] <= 0x8a || s[2] == 0xa8 || s[2] == 0xa9 || s[2] == 0xaf)) return 3;
-    if (s[1] == 0x81 && s[2] == 0x9f) return 3;                                       /* U+205F */
-  }
-  if (c == 0xe3 && s + 2 < end && s[1] == 0x80 && s[2] == 0x80) return 3;             /* U+3000 */
-  return 0;
+  return s < end ? (int)pc_py_space((const char *)s, (size_t)(end - s)) : 0;
 }
 
 /* Is the byte at position p (in [s, end)) the start of a Python whitespace char that ends at end? */

@@ -1166,8 +1166,9 @@ static size_t cp_offset(const char *s, size_t n, size_t k) {
   return i < n ? i : n;
 }
 
-/* Python str.isspace() for the char at s: its byte length, or 0 */
-static size_t py_space(const char *s, size_t n) {
+/* jinja.h. Python's set (bidi WS/B/S or category Zs) differs from JavaScript's trim: it includes
+ * U+001C..U+001F and U+0085 and excludes U+FEFF. We follow Python, as Hugging Face does. */
+size_t pc_py_space(const char *s, size_t n) {
   const unsigned char *u = (const unsigned char *)s;
   if (!n) return 0;
   unsigned c = u[0];
@@ -1189,7 +1190,7 @@ static val *py_strip(rstate *R, const val *s, const val *chars, int left, int ri
     size_t l = u8len((unsigned char)s->s[b]);
     int hit;
     if (chars) { hit = 0; for (size_t k = 0; k < chars->n; k += u8len((unsigned char)chars->s[k])) if (u8len((unsigned char)chars->s[k]) == l && !memcmp(chars->s + k, s->s + b, l)) hit = 1; }
-    else hit = py_space(s->s + b, e - b) != 0;
+    else hit = pc_py_space(s->s + b, e - b) != 0;
     if (!hit) break;
     b += l;
   }
@@ -1199,7 +1200,7 @@ static val *py_strip(rstate *R, const val *s, const val *chars, int left, int ri
     size_t l = e - p;
     int hit;
     if (chars) { hit = 0; for (size_t k = 0; k < chars->n; k += u8len((unsigned char)chars->s[k])) if (u8len((unsigned char)chars->s[k]) == l && !memcmp(chars->s + k, s->s + p, l)) hit = 1; }
-    else hit = py_space(s->s + p, e - p) != 0;
+    else hit = pc_py_space(s->s + p, e - p) != 0;
     if (!hit) break;
     e = p;
   }
@@ -1267,16 +1268,16 @@ static val *py_split(rstate *R, const val *s, const val *sep, int64_t maxsplit, 
   size_t i = 0, n = s->n;
   for (;;) {
     size_t w;
-    while (i < n && (w = py_space(s->s + i, n - i))) i += w;
+    while (i < n && (w = pc_py_space(s->s + i, n - i))) i += w;
     if (i >= n) break;
     if (maxsplit >= 0 && (int64_t)l->len >= maxsplit) {
       size_t e = n;
-      while (e > i) { size_t p = e - 1; while (p > i && ((unsigned char)s->s[p] & 0xC0) == 0x80) p--; if (!py_space(s->s + p, e - p)) break; e = p; }
+      while (e > i) { size_t p = e - 1; while (p > i && ((unsigned char)s->s[p] & 0xC0) == 0x80) p--; if (!pc_py_space(s->s + p, e - p)) break; e = p; }
       list_push(R, l, vstr(R, s->s + i, e - i, line), line);
       break;
     }
     size_t st = i;
-    while (i < n && !py_space(s->s + i, n - i)) i += u8len((unsigned char)s->s[i]);
+    while (i < n && !pc_py_space(s->s + i, n - i)) i += u8len((unsigned char)s->s[i]);
     list_push(R, l, vstr(R, s->s + st, i - st, line), line);
   }
   return l;
@@ -1533,7 +1534,7 @@ static val *call_method(rstate *R, val *m, argv_t *a, int line) {
     if (!strcmp(name, "isdigit") || !strcmp(name, "isspace")) {
       if (!o->n) return &g_false;
       for (size_t i = 0; i < o->n;) {
-        size_t w = name[2] == 'd' ? (o->s[i] >= '0' && o->s[i] <= '9') : py_space(o->s + i, o->n - i);
+        size_t w = name[2] == 'd' ? (o->s[i] >= '0' && o->s[i] <= '9') : pc_py_space(o->s + i, o->n - i);
         if (!w) return &g_false;
         i += w;
       }

@@ -39,4 +39,8 @@ void pc_jinja_free(pc_jinja *t);                    /* NULL is a no-op */
  * as "line N: raise_exception: MESSAGE". *out_len (may be NULL) receives the length. */
 char *pc_jinja_render(const pc_jinja *t, const cJSON *vars, size_t *out_len, char *err, size_t errlen);
 
+/* Python's str.isspace() for the character at s[0..n): its length in bytes, or 0 when it is not
+ * whitespace (or n is 0). Shared by the templates' strip/split and chat.c's message trimming. */
+size_t pc_py_space(const char *s, size_t n);
+
 #endif
