@@ -24,7 +24,7 @@ FUZZ_TEST_SECONDS ?= 10
 HAVE_FUZZ  := $(shell f=$$($(FUZZ_CC) -print-file-name=libclang_rt.fuzzer-x86_64.a 2>/dev/null); [ -f "$$f" ] && echo 1)
 FUZZ_SAN   := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -pthread -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter \
-               -Iinclude -Icommon -Itrainer -Isdk -Itests/fuzz $(FUZZ_SAN)
+               -Iinclude -Icommon -Itrainer -Isdk -Itests/fuzz $(FUZZ_SAN) -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION
 FUZZ_NAMES := event_json redact safetensors config tok_load tok_encode chat jinja data
 FUZZ_BINS  := $(FUZZ_NAMES:%=$(FUZZ_BUILD)/fuzz_%)
 

@@ -21,10 +21,20 @@
 #include <string.h>
 #include <time.h>
 
+/* What one render may do. A fuzzing build (FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION, libFuzzer's
+ * convention; tests/fuzz/fuzz.mk) has caps 50x, 16x and 8x lower: the same checks end runaway
+ * templates, at a quarter of the CPU per execution over the fuzz corpus (docs/fuzzing.md).
+ * tests/data/test_jinja.c checks the real caps. */
+#ifdef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION
+#define MAX_LOOP_ITERS 20000L
+#define MAX_OUTPUT ((size_t)1 << 20)
+#define MAX_ARENA ((size_t)32 << 20)
+#else
 #define MAX_LOOP_ITERS 1000000L
 #define MAX_OUTPUT ((size_t)16 << 20)
-#define MAX_DEPTH 64
 #define MAX_ARENA ((size_t)256 << 20)
+#endif
+#define MAX_DEPTH 64
 #define MAX_PARSE_DEPTH 200
 
 // ---- arena ---------------------------------------------------------------------------------------------
