@@ -20,9 +20,9 @@ $(BUILD)/tests/test_tokenizer: tests/tokenizer/test_tokenizer.c $(PC_TOK_OBJS) t
 	@mkdir -p $(@D)
 	$(CC) $(PC_CFLAGS) -Itests $< $(PC_TOK_OBJS) $(PC_UTIL_OBJS) -o $@ $(LDFLAGS_ALL) $(PC_TOK_LIBS) $(PC_UTIL_LIBS)
 
-$(BUILD)/tests/test_chat: tests/data/test_chat.c $(BUILD)/trainer/text/chat.o tests/test.h
+$(BUILD)/tests/test_chat: tests/data/test_chat.c $(BUILD)/trainer/text/chat.o $(BUILD)/trainer/text/jinja.o tests/test.h
 	@mkdir -p $(dir $@)
-	$(CC) $(PC_CFLAGS) -Itests -o $@ $< $(BUILD)/trainer/text/chat.o $(LDFLAGS_ALL) -lcjson
+	$(CC) $(PC_CFLAGS) -Itests -o $@ $< $(BUILD)/trainer/text/chat.o $(BUILD)/trainer/text/jinja.o $(LDFLAGS_ALL) -lcjson -lm
 
 $(BUILD)/tests/test_data: tests/data/test_data.c $(PC_DATA_OBJS) $(PC_TOK_OBJS) tests/test.h
 	@mkdir -p $(dir $@)
