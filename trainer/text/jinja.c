@@ -1662,7 +1662,10 @@ static val *binop(rstate *R, int op, val *a, val *b, int line) {
   if (op == OP_MUL && ((a->t == V_STR && (b->t == V_INT || b->t == V_BOOL)) || (b->t == V_STR && (a->t == V_INT || a->t == V_BOOL)))) {
     val *s = a->t == V_STR ? a : b;
     int64_t k = a->t == V_STR ? b->i : a->i;
-    if (k > 0 && s->n && (size_t)k > MAX_OUTPUT / s->n) RFAIL(R, line, "string repetition too large");   /* n * k could wrap */
+    /* '' * k is '' for any k, as in Python: without this the loop below ran k times (fuzz_jinja: a
+     * template that multiplied an empty string by 10^18 never ended) */
+    if (k <= 0 || !s->n) return vstr(R, "", 0, line);
+    if ((size_t)k > MAX_OUTPUT / s->n) RFAIL(R, line, "string repetition too large");   /* n * k could wrap */
     sb o = {0};
     for (int64_t i = 0; i < k; i++) sb_add(R, &o, s->s, s->n, line);
     return vstr(R, o.p ? o.p : "", o.n, line);
