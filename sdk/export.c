@@ -1028,11 +1028,8 @@ static int publish(prefcap_t *pc, const prefcap_export_options_t *o, const char 
   sqlite3_bind_int64(st, 10, (int64_t)records);
   /* where it went, for lineage and forget, without the credentials a URL may carry (userinfo, a
    * presigned query): the store outlives them and gets copied */
-  char *where = o->upload_url ? malloc(strlen(o->upload_url) + 8) : NULL;
-  if (where) {
-    prefcap__url_for_humans(o->upload_url, where, strlen(o->upload_url) + 8);
-    sqlite3_bind_text(st, 11, where, -1, SQLITE_TRANSIENT);
-  }
+  char *where = o->upload_url ? prefcap__url_for_humans_dup(o->upload_url) : NULL;
+  if (where) sqlite3_bind_text(st, 11, where, -1, SQLITE_TRANSIENT);
   free(where);
   free(f.p);
   if (o->upload_url && !where) {

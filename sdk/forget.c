@@ -85,9 +85,8 @@ static void row_from(sqlite3_stmt *st, export_row *r, bool *oom) {
   r->format = col_dup(st, 3, oom);
   /* stores written before 2026-11-30 kept the URL as given: its credentials are not shown */
   const char *url = (const char *)sqlite3_column_text(st, 4);
-  r->upload_url = url ? malloc(strlen(url) + 8) : NULL;
+  r->upload_url = url ? prefcap__url_for_humans_dup(url) : NULL;
   if (url && !r->upload_url) *oom = true;
-  if (r->upload_url) prefcap__url_for_humans(url, r->upload_url, strlen(url) + 8);
   r->created = sqlite3_column_int64(st, 5);
   r->published = sqlite3_column_int64(st, 6);
   r->records = (uint64_t)sqlite3_column_int64(st, 7);

@@ -175,6 +175,13 @@ void prefcap__url_for_humans(const char *url, char *out, size_t n) {
   snprintf(out, n, "%.*s%s", (int)len, url, url[len] == '?' ? "?…" : "");
 }
 
+char *prefcap__url_for_humans_dup(const char *url) {
+  size_t n = strlen(url) + 8;
+  char *out = malloc(n);
+  if (out) prefcap__url_for_humans(url, out, n);
+  return out;
+}
+
 static bool ends_with(const char *s, const char *suffix) {
   size_t a = strlen(s), b = strlen(suffix);
   return a >= b && strcmp(s + a - b, suffix) == 0;

@@ -18,6 +18,8 @@ int prefcap__upload(const prefcap_upload_options_t *opts, const char *file, cons
  * one too: for messages, and for the store's record of where an export went. out holds at most n - 1
  * bytes; strlen(url) + 8 is always enough. */
 void prefcap__url_for_humans(const char *url, char *out, size_t n);
+/* The same in a malloc'd string (free() it); NULL when out of memory. */
+char *prefcap__url_for_humans_dup(const char *url);
 
 /* The wait a Retry-After value asks for, in ms: delta-seconds ("120") or an HTTP date ("Wed, 21 Oct
  * 2015 07:28:00 GMT", or the obsolete forms), relative to now_s (Unix seconds); a date in the past is
