@@ -8,8 +8,9 @@
  *   regenerate pairs (g > each generation g replaced)        unit g (the chosen one)
  *   rating pairs     (g rated +1 > h rated -1, same prompt)  unit g (the +1 one)
  *   g's label        (desirable / undesirable, for KTO)      unit g
- * Recomputing a unit reads only events and generations, and upserts by a stable key, so running it
- * twice changes nothing, and a pair keeps its id (and lineage) while its inputs do not change.
+ * Recomputing a unit reads only events and generations, and writes by a stable key (update, else
+ * insert), so running it twice changes nothing (not even the id sequence), and a pair keeps its id
+ * (and lineage) while its inputs do not change.
  *
  * Incrementally, two cursors (the last generation seq and event seq derived) say what is new; each
  * new event names the units it can change (its generation, the one it replaced, the generations
@@ -148,7 +149,7 @@ typedef struct {
   prefcap__rules r;
   int64_t version, now;
   sqlite3_stmt *get_gen, *get_fb, *has_child, *children, *choices_of, *rated_peers, *rated_up,
-      *unit_keys, *up_pair, *del_pair, *up_label, *del_label, *last_rating, *referred;
+      *unit_keys, *set_pair, *add_pair, *del_pair, *set_label, *add_label, *del_label, *last_rating, *referred;
   char *err; size_t errlen;
 } ctx_t;
 
@@ -529,8 +530,8 @@ static void pairing_rules(const unit_facts *u, const prefcap__rules *r, derived 
 
 // ---- writing one unit ----------------------------------------------------------------------------
 
-static int put_pair(ctx_t *c, const char *unit, const pair_t *p) {
-  sqlite3_stmt *st = c->up_pair;
+/* Binds ?1..?n of an update or an insert of one pair (the insert alone has ?11, the creation time). */
+static void bind_pair(ctx_t *c, sqlite3_stmt *st, const char *unit, const pair_t *p) {
   sqlite3_bind_text(st, 1, p->key, -1, SQLITE_TRANSIENT);
   sqlite3_bind_text(st, 2, unit, -1, SQLITE_TRANSIENT);
   sqlite3_bind_text(st, 3, p->signal, -1, SQLITE_STATIC);
@@ -541,13 +542,30 @@ static int put_pair(ctx_t *c, const char *unit, const pair_t *p) {
   sqlite3_bind_text(st, 8, p->source ? p->source : "human", -1, SQLITE_TRANSIENT);
   sqlite3_bind_text(st, 9, p->flags ? p->flags : "", -1, SQLITE_TRANSIENT);
   sqlite3_bind_int64(st, 10, c->version);
-  sqlite3_bind_int64(st, 11, c->now);
-  int rc = sqlite3_step(st);
-  sqlite3_reset(st);
+  if (sqlite3_bind_parameter_count(st) >= 11) sqlite3_bind_int64(st, 11, c->now);
+}
+
+/* Runs an UPDATE of one row by key and, when it matched none, the INSERT. Not an upsert: SQLite's
+ * INSERT ... ON CONFLICT DO UPDATE takes a number from an AUTOINCREMENT sequence even when it updates,
+ * so every re-derivation of a pair burned an id, and the ids of new pairs depended on how often the
+ * writer happened to derive (an export's "id" differed between two ingests of the same events). */
+static int update_or_insert(ctx_t *c, sqlite3_stmt *set, sqlite3_stmt *add) {
+  int rc = sqlite3_step(set);
+  sqlite3_reset(set);
+  if (rc != SQLITE_DONE) return prefcap__sqlite_code(rc);
+  if (sqlite3_changes(c->db) > 0) return PREFCAP_OK;
+  rc = sqlite3_step(add);
+  sqlite3_reset(add);
   return rc == SQLITE_DONE ? PREFCAP_OK : prefcap__sqlite_code(rc);
 }
 
-/* Upserts what was derived, and deletes what this unit derived before and no longer does. */
+static int put_pair(ctx_t *c, const char *unit, const pair_t *p) {
+  bind_pair(c, c->set_pair, unit, p);
+  bind_pair(c, c->add_pair, unit, p);
+  return update_or_insert(c, c->set_pair, c->add_pair);
+}
+
+/* Stores what was derived (update, else insert), and deletes what this unit derived before and no longer does. */
 static int write_unit(ctx_t *c, const char *unit, const derived *d) {
   int rc = d->oom ? PREFCAP_ENOMEM : PREFCAP_OK;
   for (int i = 0; i < d->n && !rc; i++) rc = put_pair(c, unit, &d->v[i]);
@@ -565,18 +583,24 @@ static int write_unit(ctx_t *c, const char *unit, const derived *d) {
     set_free(&old);
   }
   if (!rc) {
-    sqlite3_stmt *st = d->have_label ? c->up_label : c->del_label;
-    sqlite3_bind_text(st, 1, unit, -1, SQLITE_TRANSIENT);
     if (d->have_label) {
-      sqlite3_bind_int(st, 2, d->desirable);
-      sqlite3_bind_text(st, 3, d->lsignal, -1, SQLITE_STATIC);
-      sqlite3_bind_double(st, 4, d->lweight);
-      sqlite3_bind_text(st, 5, d->lsource ? d->lsource : "human", -1, SQLITE_TRANSIENT);
-      sqlite3_bind_int64(st, 6, c->version);
-      sqlite3_bind_int64(st, 7, c->now);
+      sqlite3_stmt *both[] = {c->set_label, c->add_label};
+      for (int k = 0; k < 2; k++) {
+        sqlite3_stmt *st = both[k];
+        sqlite3_bind_text(st, 1, unit, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int(st, 2, d->desirable);
+        sqlite3_bind_text(st, 3, d->lsignal, -1, SQLITE_STATIC);
+        sqlite3_bind_double(st, 4, d->lweight);
+        sqlite3_bind_text(st, 5, d->lsource ? d->lsource : "human", -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 6, c->version);
+        if (st == c->add_label) sqlite3_bind_int64(st, 7, c->now);
+      }
+      rc = update_or_insert(c, c->set_label, c->add_label);
+    } else {
+      sqlite3_bind_text(c->del_label, 1, unit, -1, SQLITE_TRANSIENT);
+      if (sqlite3_step(c->del_label) != SQLITE_DONE) rc = prefcap__sqlite_code(sqlite3_errcode(c->db));
+      sqlite3_reset(c->del_label);
     }
-    if (sqlite3_step(st) != SQLITE_DONE) rc = prefcap__sqlite_code(sqlite3_errcode(c->db));
-    sqlite3_reset(st);
   }
   return rc;
 }
@@ -626,7 +650,7 @@ static int set_meta_int(sqlite3 *db, const char *key, int64_t v) {
 
 static void ctx_free(ctx_t *c) {
   sqlite3_stmt *all[] = {c->get_gen, c->get_fb, c->has_child, c->children, c->choices_of, c->rated_peers,
-                         c->rated_up, c->unit_keys, c->up_pair, c->del_pair, c->up_label, c->del_label,
+                         c->rated_up, c->unit_keys, c->set_pair, c->add_pair, c->del_pair, c->set_label, c->add_label, c->del_label,
                          c->last_rating, c->referred};
   for (size_t i = 0; i < sizeof all / sizeof *all; i++) sqlite3_finalize(all[i]);
 }
@@ -646,19 +670,20 @@ static int ctx_init(ctx_t *c, prefcap__store *s, char *err, size_t errlen) {
                         " UNION SELECT gen_id, source FROM rated WHERE prompt_key = ?1 AND session_id = ?5 AND value = ?2 AND gen_id != ?3"},
       {&c->rated_up, "INSERT OR REPLACE INTO rated(gen_id, prompt_key, user_id, session_id, value, source) VALUES(?1, ?2, ?3, ?4, ?5, ?6)"},
       {&c->unit_keys, "SELECT key FROM pairs WHERE unit = ?1"},
-      {&c->up_pair, "INSERT INTO pairs(key, unit, signal, chosen_id, chosen_text, rejected_id, weight, source, flags, version, created)"
-                    " VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11) ON CONFLICT(key) DO UPDATE SET"
-                    " version = CASE WHEN weight IS NOT excluded.weight OR chosen_text IS NOT excluded.chosen_text"
-                    "   OR source IS NOT excluded.source OR flags IS NOT excluded.flags THEN excluded.version ELSE version END,"
-                    " unit = excluded.unit, signal = excluded.signal, chosen_id = excluded.chosen_id,"
-                    " chosen_text = excluded.chosen_text, rejected_id = excluded.rejected_id, weight = excluded.weight,"
-                    " source = excluded.source, flags = excluded.flags"},
+      /* the version moves only when what an export writes changes (values of the row before the update) */
+      {&c->set_pair, "UPDATE pairs SET"
+                     " version = CASE WHEN weight IS NOT ?7 OR chosen_text IS NOT ?5 OR source IS NOT ?8 OR flags IS NOT ?9"
+                     "   THEN ?10 ELSE version END,"
+                     " unit = ?2, signal = ?3, chosen_id = ?4, chosen_text = ?5, rejected_id = ?6, weight = ?7, source = ?8, flags = ?9"
+                     " WHERE key = ?1"},
+      {&c->add_pair, "INSERT INTO pairs(key, unit, signal, chosen_id, chosen_text, rejected_id, weight, source, flags, version, created)"
+                     " VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)"},
       {&c->del_pair, "DELETE FROM pairs WHERE key = ?1"},
-      {&c->up_label, "INSERT INTO labels(gen_id, desirable, signal, weight, source, version, created)"
-                     " VALUES(?1,?2,?3,?4,?5,?6,?7) ON CONFLICT(gen_id) DO UPDATE SET"
-                     " version = CASE WHEN desirable IS NOT excluded.desirable OR signal IS NOT excluded.signal"
-                     "   OR weight IS NOT excluded.weight OR source IS NOT excluded.source THEN excluded.version ELSE version END,"
-                     " desirable = excluded.desirable, signal = excluded.signal, weight = excluded.weight, source = excluded.source"},
+      {&c->set_label, "UPDATE labels SET"
+                      " version = CASE WHEN desirable IS NOT ?2 OR signal IS NOT ?3 OR weight IS NOT ?4 OR source IS NOT ?5"
+                      "   THEN ?6 ELSE version END,"
+                      " desirable = ?2, signal = ?3, weight = ?4, source = ?5 WHERE gen_id = ?1"},
+      {&c->add_label, "INSERT INTO labels(gen_id, desirable, signal, weight, source, version, created) VALUES(?1,?2,?3,?4,?5,?6,?7)"},
       {&c->del_label, "DELETE FROM labels WHERE gen_id = ?1"},
       {&c->referred, "SELECT EXISTS(SELECT 1 FROM events WHERE gen_id = ?1) OR EXISTS(SELECT 1 FROM events WHERE other_id = ?1)"
                      " OR EXISTS(SELECT 1 FROM generations WHERE regenerates = ?1)"},
