@@ -14,6 +14,8 @@
  * - All text is UTF-8. Invalid UTF-8, an embedded NUL (through the JSON paths) or a text longer than
  *   the configured maximum is refused with a code naming the field, and nothing is stored.
  * - The library never exits, aborts or prints; diagnostics go to the logger callback, if one is set.
+ * - Names: the library defines only names that start with prefcap_ (public) or prefcap__ (internal),
+ *   in libprefcap.so and in libprefcap.a alike, so nothing it links can clash with the application's.
  * - Thread safety: see the table below.
  * - Errors: every failing call leaves a detail, in this thread, that names what failed (the file, for
  *   a failure of the store, an export or an uploaded file; the field, for a refused argument) and the

@@ -37,9 +37,17 @@ $(BUILD)/sdk/cli/%.o: sdk/cli/%.c include/prefcap.h $(wildcard sdk/cli/*.h commo
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
 
+# The static library carries common/'s objects too, whose pc_* names are not the library's to take:
+# an application with its own pc_read_file would fail to link against it, or silently get ours. So
+# the archive's copies are renamed into the library's internal namespace (prefcap__pc_*), in every
+# object that defines or calls them; tests/sdk/test_abi.sh checks that the archive defines nothing
+# outside prefcap_*. The CLIs take the pc_* originals from $(COMMON_A).
+SDK_A_STAGE := $(BUILD)/sdk/archive
 $(SDK_A): $(SDK_LIB_OBJS) $(COMMON_OBJS)
-	@mkdir -p $(dir $@)
-	rm -f $@ && ar rcs $@ $^
+	@mkdir -p $(dir $@) $(SDK_A_STAGE)
+	rm -rf $(SDK_A_STAGE)/* && nm -g --defined-only $(COMMON_OBJS) | awk 'NF == 3 && $$3 ~ /^pc_/ { print $$3, "prefcap__" $$3 }' > $(SDK_A_STAGE)/rename.syms
+	for o in $^; do objcopy --redefine-syms=$(SDK_A_STAGE)/rename.syms $$o $(SDK_A_STAGE)/$$(echo $$o | tr / _) || exit 1; done
+	rm -f $@ && ar rcs $@ $(SDK_A_STAGE)/*.o
 
 $(SDK_SO): $(SDK_LIB_OBJS) $(SDK_COMPAT_OBJS) $(COMMON_OBJS) sdk/prefcap.map
 	$(CC) -shared -Wl,-soname,libprefcap.so.0 -Wl,--version-script=sdk/prefcap.map -Wl,--no-undefined \
@@ -78,7 +86,12 @@ $(SDK_ABI_DIR)/client02: tests/sdk/abi/client02.c include/prefcap.h $(SDK_SO)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -o $@ $< $(SDK_SO) $(LDFLAGS_ALL)
 
-TEST_BINS += $(SDK_ABI_DIR)/client01 $(SDK_ABI_DIR)/client02
+# an application that defines pc_* functions of its own, linked statically against libprefcap.a
+$(SDK_ABI_DIR)/own_pc: tests/sdk/abi/own_pc.c include/prefcap.h $(SDK_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -o $@ $< $(SDK_A) $(LDFLAGS_ALL) $(SDK_LIBS)
+
+TEST_BINS += $(SDK_ABI_DIR)/client01 $(SDK_ABI_DIR)/client02 $(SDK_ABI_DIR)/own_pc
 
 install: $(SDK_A) $(SDK_SO) $(PREFCAP_CLI)
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin

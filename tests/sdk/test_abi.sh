@@ -4,7 +4,7 @@
 # 0.1's behaviour from the PREFCAP_0.1 symbol versions (sdk/prefcap.map, sdk/compat/compat01.c); a
 # program built against today's header checks the growable structs and the error channel
 # (tests/sdk/abi/client0{1,2}.c say what each checks). Also: the library links libcrypto, and nothing
-# internal is exported.
+# internal is exported, from the .so or from the static archive.
 set -u
 BUILD=${BUILD:-build}
 SO="$PWD/$BUILD/libprefcap.so"
@@ -33,5 +33,15 @@ echo "plain text, not a database, long enough for SQLite to read a header from i
 LD_LIBRARY_PATH="$T" "$A/client02" "$T/s2.db" "$T/notes.txt" > "$T/c2.out" 2>&1; rc=$?
 cat "$T/c2.out" >&2
 check client02_today_s_header test $rc -eq 0
+# The static archive: only prefcap_* (public) and prefcap__* (internal) names are defined, so an
+# application's own pc_read_file neither clashes with common/'s nor is called by the library.
+AR="$PWD/$BUILD/libprefcap.a"
+check archive_defines_only_prefcap_names bash -c "! nm -g --defined-only '$AR' | awk 'NF == 3 {print \$3}' | grep -v '^prefcap_' | grep -q ."
+"$A/own_pc" "$T/own.db" "$T/own.jsonl" >&2; rc=$?
+check app_with_own_pc_functions_links_and_runs test $rc -eq 0
+check library_used_its_own_escaper /usr/bin/python3 -c "
+import json, sys
+gens = [r for r in map(json.loads, open(sys.argv[1])) if r.get('type') == 'generation']
+assert [g['prompt'] for g in gens] == ['Say \"hi\"\n\tin French.'], gens" "$T/own.jsonl"
 echo "-- test_abi.sh: $fails failed" >&2
 [ $fails -eq 0 ]
