@@ -9,6 +9,7 @@ from the ties at zero that would make accuracies depend on the last bit):
   - each rank's ZeRO-1 optimizer shard is 1/N of the state (the shard files of a checkpoint);
   - a 2-rank checkpoint resumed by one process continues as the uninterrupted run (and one process's
     checkpoint resumed by 2 ranks);
+  - --loss kto over 3 ranks equals one process (kl over the whole micro-batch, KL sequences across slices);
   - the torchrun-style launch (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT; TCP) equals mpirun bit for bit
     (the same collectives in the same order), and so one process within TOL;
   - a rank killed with SIGKILL (mpirun and torchrun-style) or stopped (SIGSTOP, torchrun-style) ends the
@@ -235,18 +236,46 @@ def mixture_checks(tmp, args):
     note("sigmoid,sft with --pair-weights, 3 ranks (torchrun-style) against one process")
     d = compare(metrics(os.path.join(tmp, "mix3")), want)
     report("dist_mixture_pair_weights_np3_equals_one_process", not d, d)
-    # KTO pairs each example with its neighbour's completion across the micro-batch: one process only
+    kto_checks(tmp, args)
+
+
+def kto_checks(tmp, args):
+    """--loss kto with --pair-weights over 3 ranks (slices of 1, 1, 2; the evaluation's last micro-batch
+    of 1 leaves two ranks empty): a KL sequence pairs an example with the previous example's completion,
+    across slices (rank 1's first example takes rank 0's completion), and kl is the mean over the whole
+    micro-batch (the ranks' sums all-reduced), so each rank's losses equal one process's. A rank that
+    used its own slice for either would move kl, and the loss, by far more than TOL."""
     kto = os.path.join(tmp, "unpaired.jsonl")
     with open(kto, "w") as f:
-        for i in range(8):
-            f.write(json.dumps({"prompt": f"Q{i}?", "completion": f" answer {i}", "label": i % 2 == 0}) + "\n")
-    a = args("kto2", "--loss", "kto")
-    a[a.index("--data") + 1] = kto
-    a[a.index("--eval-data") + 1] = kto
-    res = run_torchrun(a, 2, timeout=120)
-    report("dist_kto_refused_with_two_ranks",
-           all(rc == 1 and "--loss kto runs in one process" in o for rc, o in res),
-           " | ".join(f"rank {r}: exit {rc}: {o[-200:]}" for r, (rc, o) in enumerate(res)))
+        for i in range(10):
+            f.write(json.dumps({"prompt": f"Q{i}: which {['alpha', 'beta', 'gamma'][i % 3]}?", "completion":
+                                f" answer {i} " + "delta " * (i % 4), "label": i % 3 != 1, "weight": 0.5 + 0.25 * (i % 3)}) + "\n")
+    keval = os.path.join(tmp, "unpaired_eval.jsonl")
+    with open(keval, "w") as f:
+        for i in range(5):
+            f.write(json.dumps({"prompt": f"E{i}?", "completion": f" epsilon {i}", "label": i % 2 == 0}) + "\n")
+
+    def kargs(out):
+        a = args(out, "--max-steps", "4", "--loss", "kto", "--pair-weights")
+        a[a.index("--data") + 1] = kto
+        a[a.index("--eval-data") + 1] = keval
+        a[a.index("--eval-steps") + 1] = "2"
+        return a
+    p = run(kargs("kto1"))
+    if p.returncode != 0:
+        report("dist_kto_one_process", False, p.stderr[-600:])
+        return
+    want = metrics(os.path.join(tmp, "kto1"))
+    res = run_torchrun(kargs("kto3"), 3)
+    if any(rc != 0 for rc, _ in res):
+        report("dist_kto_np3", False, " | ".join(f"rank {r}: exit {rc}: {o[-300:]}" for r, (rc, o) in enumerate(res)))
+        return
+    note("kto with --pair-weights, 3 ranks (torchrun-style) against one process")
+    got = metrics(os.path.join(tmp, "kto3"))
+    d = compare(got, want)
+    evals = sum(1 for m in got if "eval_kl" in m)
+    report("dist_kto_pair_weights_np3_equals_one_process", not d and evals == 3 and any(m.get("kl", 0) > 0 for m in got),
+           d or f"{evals} evaluation lines, kl {[m.get('kl') for m in got]}")
 
 
 def emulated_cuda_checks(tmp, base):

@@ -7,16 +7,21 @@
 
 static double sigmoid(double x) { return x >= 0 ? 1 / (1 + exp(-x)) : exp(x) / (1 + exp(x)); }
 
-double pc_kto_micro_batch(const pc_kto_params *p, int n, const double *pol, const double *ref, const double *pol_kl,
-                          const double *ref_kl, const signed char *label, const float *w, double *dsum, double *kl_out,
-                          pc_kto_stats *st) {
-  // kl: TRL's (policy_KL_logps - reference_KL_logps).mean().detach().clamp(min=0)
-  double kl = 0, b = p->beta;
-  for (int i = 0; i < n; i++) kl += pol_kl[i] - ref_kl[i];
-  kl = n ? kl / n : 0;
-  if (!(kl > 0)) kl = 0;
-  double wsum = 0, loss = 0;
-  for (int i = 0; i < n; i++) wsum += w ? w[i] : 1;
+// kl: TRL's (policy_KL_logps - reference_KL_logps).mean().detach().clamp(min=0)
+double pc_kto_kl_part(int n, const double *pol_kl, const double *ref_kl) {
+  double s = 0;
+  for (int i = 0; i < n; i++) s += pol_kl[i] - ref_kl[i];
+  return s;
+}
+
+double pc_kto_kl(double sum, int nb) {
+  double kl = nb ? sum / nb : 0;
+  return kl > 0 ? kl : 0;
+}
+
+double pc_kto_examples(const pc_kto_params *p, int n, int nb, double kl, double wsum, const double *pol,
+                       const double *ref, const signed char *label, const float *w, double *dsum, pc_kto_stats *st) {
+  double b = p->beta, loss = 0;
   for (int i = 0; i < n; i++) {
     double r = pol[i] - ref[i], l, d;
     int c = label[i] ? 1 : 0;
@@ -36,11 +41,8 @@ double pc_kto_micro_batch(const pc_kto_params *p, int n, const double *pol, cons
     st->logp[c] += pol[i];
     st->count[c]++;
   }
-  st->loss += loss * n;
-  st->kl += kl;
-  st->batches++;
+  st->loss += loss * nb;  // the micro-batch's mean times its size, summed over the slices
   st->n += (size_t)n;
-  *kl_out = kl;
   return loss;
 }
 
@@ -58,18 +60,19 @@ void pc_kto_stats_print(FILE *f, const pc_kto_stats *s, const char *pre) {
   fprintf(f, ", \"%scount/chosen\": %zu, \"%scount/rejected\": %zu", pre, s->count[1], pre, s->count[0]);
 }
 
-int pc_kto_kl_seqs(const pc_pair *const *ex, int n, int max_length, int truncation, pc_seq *out) {
-  memset(out, 0, sizeof *out * (size_t)n);
-  for (int i = 0; i < n; i++) {
+int pc_kto_kl_seqs(const pc_pair *const *ex, int n, int from, int to, int max_length, int truncation, pc_seq *out) {
+  memset(out, 0, sizeof *out * (size_t)(to - from));
+  for (int i = from; i < to; i++) {
     const pc_seq *a = &ex[i]->chosen, *b = &ex[(i - 1 + n) % n]->chosen;
     int pl = a->prompt_len, cl = b->n - b->prompt_len;
-    out[i].ids = malloc(sizeof(int32_t) * (size_t)(pl + cl > 0 ? pl + cl : 1));
-    if (!out[i].ids) { pc_kto_kl_free(out, n); return -1; }
-    memcpy(out[i].ids, a->ids, sizeof(int32_t) * (size_t)pl);
-    memcpy(out[i].ids + pl, b->ids + b->prompt_len, sizeof(int32_t) * (size_t)cl);
-    out[i].n = pl + cl;
-    out[i].prompt_len = pl;
-    pc_seq_truncate(&out[i], max_length, truncation);
+    pc_seq *o = &out[i - from];
+    o->ids = malloc(sizeof(int32_t) * (size_t)(pl + cl > 0 ? pl + cl : 1));
+    if (!o->ids) { pc_kto_kl_free(out, to - from); return -1; }
+    memcpy(o->ids, a->ids, sizeof(int32_t) * (size_t)pl);
+    memcpy(o->ids + pl, b->ids + b->prompt_len, sizeof(int32_t) * (size_t)cl);
+    o->n = pl + cl;
+    o->prompt_len = pl;
+    pc_seq_truncate(o, max_length, truncation);
   }
   return 0;
 }

@@ -34,22 +34,29 @@ typedef struct {
   size_t count[2];
 } pc_kto_stats;
 
-/* One micro-batch of n examples: pol/ref the policy/reference log-prob sums of the examples, pol_kl/
- * ref_kl those of their KL sequences, label[i] in {0, 1}, w the examples' weights (NULL: unweighted).
- * Writes dsum[i] = d(micro-batch loss)/d pol[i] (kl is a constant), adds to st, and returns the
- * micro-batch's loss (0 when every weight is 0). *kl_out: the clamped kl. */
-double pc_kto_micro_batch(const pc_kto_params *p, int n, const double *pol, const double *ref, const double *pol_kl,
-                          const double *ref_kl, const signed char *label, const float *w, double *dsum, double *kl_out,
-                          pc_kto_stats *st);
+/* The micro-batch's kl from the sum over all its nb KL sequences of (policy - reference) log-prob
+ * sums: max(0, sum / nb). With data parallel ranks, each sums its slice (pc_kto_kl_part) and the parts
+ * are all-reduced first, so every rank gets one process's kl. */
+double pc_kto_kl_part(int n, const double *pol_kl, const double *ref_kl);
+double pc_kto_kl(double sum, int nb);
+
+/* The examples [from, from + n) of a micro-batch of nb: pol/ref their policy/reference log-prob sums,
+ * label[i] in {0, 1}, w their weights (NULL: unweighted) and wsum the whole micro-batch's sum of
+ * weights (nb without weights), kl the micro-batch's (pc_kto_kl). Writes dsum[i] = d(micro-batch
+ * loss)/d pol[i] (kl is a constant) and adds the examples to st (loss, rewards, counts; the caller adds
+ * the micro-batch's kl and count once). Returns their part of the micro-batch's loss: the parts of all
+ * slices add up to the mean (with weights: sum w l / sum w). */
+double pc_kto_examples(const pc_kto_params *p, int n, int nb, double kl, double wsum, const double *pol,
+                       const double *ref, const signed char *label, const float *w, double *dsum, pc_kto_stats *st);
 
 /* The means as JSON members with TRL's names, each prefixed by pre ("" or "eval_"); a class with no
  * example in the window has no rewards/logps members (TRL logs none), and then no margin. */
 void pc_kto_stats_print(FILE *f, const pc_kto_stats *s, const char *pre);
 
-/* The KL sequences of the micro-batch ex[0..n): out[i] = ex[i]'s prompt + ex[(i-1+n) % n]'s completion,
- * cut to max_length (0: no limit) as the examples are (PC_TRUNC_*). Allocates out[i].ids; free with
- * pc_kto_kl_free. 0, or -1 when out of memory. */
-int pc_kto_kl_seqs(const pc_pair *const *ex, int n, int max_length, int truncation, pc_seq *out);
+/* The KL sequences of examples [from, to) of the micro-batch ex[0..n): out[i - from] = ex[i]'s prompt +
+ * ex[(i-1+n) % n]'s completion, cut to max_length (0: no limit) as the examples are (PC_TRUNC_*).
+ * Allocates out[j].ids; free with pc_kto_kl_free(out, to - from). 0, or -1 when out of memory. */
+int pc_kto_kl_seqs(const pc_pair *const *ex, int n, int from, int to, int max_length, int truncation, pc_seq *out);
 void pc_kto_kl_free(pc_seq *s, int n);
 
 /* TRL's imbalance advice: with nd desirable and nu undesirable examples, the weighted ratio

@@ -107,10 +107,23 @@ static void my_slice(const pc_trainer *t, int nb, int *from, int *to) {
   *to = (int)((long)nb * (r + 1) / n);
 }
 
-/* The ranks' loss sums (and token counts) added up on every rank. */
+/* The ranks' loss sums (and token counts) added up on every rank. KTO's kl and micro-batch count are
+ * not: every rank computed the same ones (micro_batch_kto). */
 static int reduce_stats(pc_trainer *t, step_stats *sst, double *tokens) {
   if (!t->comm) return 0;
-  pc_loss_stats *st = &sst->p;  // KTO is refused with more than one rank (pc_train_setup)
+  if (t->kto) {
+    pc_kto_stats *k = &sst->k;
+    double v[9] = {k->loss, k->reward[0], k->reward[1], k->logp[0], k->logp[1], (double)k->count[0], (double)k->count[1],
+                   (double)k->n, *tokens};
+    if (pc_comm_all_reduce(t->comm, v, 9, PC_COMM_F64) != 0) {
+      snprintf(t->err, sizeof t->err, "%s", pc_comm_error(t->comm));
+      return -1;
+    }
+    k->loss = v[0], k->reward[0] = v[1], k->reward[1] = v[2], k->logp[0] = v[3], k->logp[1] = v[4];
+    k->count[0] = (size_t)v[5], k->count[1] = (size_t)v[6], k->n = (size_t)v[7], *tokens = v[8];
+    return 0;
+  }
+  pc_loss_stats *st = &sst->p;
   double v[8] = {st->loss, st->reward_chosen, st->reward_rejected, st->accuracy, st->logp_chosen, st->logp_rejected,
                  (double)st->n, *tokens};
   if (pc_comm_all_reduce(t->comm, v, 8, PC_COMM_F64) != 0) {
@@ -491,11 +504,6 @@ int pc_train_setup(const pc_train_opts *o, const char *cmdline, cJSON *resume, p
     return 1;
   }
   t->kto = t->mix.kind[0] == PC_LOSS_KTO;
-  if (t->kto && t->comm && t->comm->size > 1) {  // KL sequences pair each example with its neighbour's
-    fprintf(stderr, PROG ": --loss kto runs in one process, not %d ranks: its KL sequences pair each example with "
-            "the previous one's completion across the whole micro-batch\n", t->comm->size);
-    return 1;
-  }
   t->kto_params = (pc_kto_params){o->beta, o->desirable_weight, o->undesirable_weight};
   t->loss = (pc_loss_params){t->mix.kind[0], o->beta, o->label_smoothing, o->simpo_gamma};
   t->schedule = (pc_schedule)pc_schedule_from_name(o->scheduler);
@@ -584,42 +592,57 @@ static int micro_batch(pc_trainer *t, const pc_pair **pairs, const double *ref, 
   return 0;
 }
 
-/* KTO's micro-batch of examples ex[0..nb): the reference's sums of the examples and of their KL
- * sequences (the frozen model, no gradient), the policy's of the KL sequences (no gradient), then the
- * policy's of the examples (kept for the backward pass), the loss (train/kto.c) and its backward. */
-static int micro_batch_kto(pc_trainer *t, const pc_pair **ex, int nb, int backward, double scale, step_stats *st,
-                           double *tokens) {
-  if (pc_kto_kl_seqs(ex, nb, t->o.max_length, pc_data_truncation_from_name(t->o.truncation), t->kl) != 0) {
+/* KTO's micro-batch of examples ex[0..nb), this rank's slice [from, to) of it: the reference's sums of
+ * the examples and of their KL sequences (the frozen model, no gradient), the policy's of the KL
+ * sequences (no gradient), then the policy's of the examples (kept for the backward pass), the loss
+ * (train/kto.c) and its backward. With several ranks, the KL sequences' sums are all-reduced for the
+ * micro-batch's kl, and the weights' sum is the whole micro-batch's (every rank knows all its
+ * examples), so the slices add up to one process's loss and gradient. */
+static int micro_batch_kto(pc_trainer *t, const pc_pair **ex, int nb, int from, int to, int backward, double scale,
+                           step_stats *st, double *tokens) {
+  int n = to - from;
+  if (pc_kto_kl_seqs(ex, nb, from, to, t->o.max_length, pc_data_truncation_from_name(t->o.truncation), t->kl) != 0) {
     snprintf(t->err, sizeof t->err, "out of memory");
     return -1;
   }
-  for (int i = 0; i < nb; i++) {
-    const pc_seq *e = &ex[i]->chosen, *k = &t->kl[i];
-    t->seqs[i] = (pc_model_seq){e->ids, e->n, e->prompt_len, 0};
-    t->seqs[nb + i] = (pc_model_seq){k->ids, k->n, k->prompt_len, 0};
+  for (int j = 0; j < n; j++) {
+    const pc_seq *e = &ex[from + j]->chosen, *k = &t->kl[j];
+    t->seqs[j] = (pc_model_seq){e->ids, e->n, e->prompt_len, 0};
+    t->seqs[n + j] = (pc_model_seq){k->ids, k->n, k->prompt_len, 0};
     *tokens += e->n + k->n;
   }
   int rc = -1;
-  double kl, *pol_kl = t->sums + nb;
-  signed char label[nb];
-  float w[nb];
-  for (int i = 0; i < nb; i++) label[i] = ex[i]->label, w[i] = ex[i]->weight;
-  if (pc_model_forward(t->ref_model, t->seqs, 2 * nb, 0, t->ref_sums, t->cnts, NULL, t->err, sizeof t->err) != 0)
+  double *pol_kl = t->sums + n, wsum = 0;
+  signed char label[n + 1];
+  float w[n + 1];
+  for (int i = 0; i < nb; i++) wsum += t->o.pair_weights ? ex[i]->weight : 1;
+  for (int j = 0; j < n; j++) label[j] = ex[from + j]->label, w[j] = ex[from + j]->weight;
+  if (n && pc_model_forward(t->ref_model, t->seqs, 2 * n, 0, t->ref_sums, t->cnts, NULL, t->err, sizeof t->err) != 0)
     goto done;
-  if (backward) {  // the KL sequences first: a forward keeps only the last pass's activations
-    if (pc_model_forward(t->model, t->seqs + nb, nb, 0, pol_kl, t->cnts + nb, NULL, t->err, sizeof t->err) != 0 ||
-        pc_model_forward(t->model, t->seqs, nb, 1, t->sums, t->cnts, NULL, t->err, sizeof t->err) != 0)
+  if (!n) {
+    /* an empty slice (fewer examples than ranks) still takes part in the kl's all-reduce */
+  } else if (backward) {  // the KL sequences first: a forward keeps only the last pass's activations
+    if (pc_model_forward(t->model, t->seqs + n, n, 0, pol_kl, t->cnts + n, NULL, t->err, sizeof t->err) != 0 ||
+        pc_model_forward(t->model, t->seqs, n, 1, t->sums, t->cnts, NULL, t->err, sizeof t->err) != 0)
       goto done;
-  } else if (pc_model_forward(t->model, t->seqs, 2 * nb, 0, t->sums, t->cnts, NULL, t->err, sizeof t->err) != 0) {
+  } else if (pc_model_forward(t->model, t->seqs, 2 * n, 0, t->sums, t->cnts, NULL, t->err, sizeof t->err) != 0) {
     goto done;
   }
-  pc_kto_micro_batch(&t->kto_params, nb, t->sums, t->ref_sums, pol_kl, t->ref_sums + nb, label,
-                     t->o.pair_weights ? w : NULL, t->ddsum, &kl, &st->k);
-  for (int i = 0; i < nb; i++) t->dsum[i] = (float)(t->ddsum[i] * nb * scale);
-  if (backward && pc_model_backward(t->model, t->dsum, t->err, sizeof t->err) != 0) goto done;
+  double kl_sum = pc_kto_kl_part(n, pol_kl, t->ref_sums + n);
+  if (t->comm && pc_comm_all_reduce(t->comm, &kl_sum, 1, PC_COMM_F64) != 0) {
+    snprintf(t->err, sizeof t->err, "%s", pc_comm_error(t->comm));
+    goto done;
+  }
+  double kl = pc_kto_kl(kl_sum, nb);
+  pc_kto_examples(&t->kto_params, n, nb, kl, wsum, t->sums, t->ref_sums, label, t->o.pair_weights ? w : NULL, t->ddsum,
+                  &st->k);
+  st->k.kl += kl;  // the same on every rank: not reduced
+  st->k.batches++;
+  for (int j = 0; j < n; j++) t->dsum[j] = (float)(t->ddsum[j] * nb * scale);
+  if (backward && n && pc_model_backward(t->model, t->dsum, t->err, sizeof t->err) != 0) goto done;
   rc = 0;
 done:
-  pc_kto_kl_free(t->kl, nb);
+  pc_kto_kl_free(t->kl, n);
   return rc;
 }
 
@@ -645,7 +668,7 @@ static int evaluate(pc_trainer *t, int step) {
     int nb = t->neval - b < (size_t)B ? (int)(t->neval - b) : B;
     int f, e;  // this rank's slice of the batch (all of it for one process)
     my_slice(t, nb, &f, &e);
-    int rc = t->kto ? micro_batch_kto(t, t->eval + b, nb, 0, 0, &st, &tokens)
+    int rc = t->kto ? micro_batch_kto(t, t->eval + b, nb, f, e, 0, 0, &st, &tokens)
                     : micro_batch(t, t->eval + b, pair_refs(t, t->ref + 2 * (t->ntrain + b)), nb, f, e, 0, 0, &st, &tokens);
     if (rc != 0) {
       fprintf(stderr, PROG ": evaluation: %s\n", t->err);
@@ -689,7 +712,7 @@ static int accumulate_gradients(pc_trainer *t, step_stats *st, double *tokens) {
     }
     int f, e;  // this rank's slice of the micro-batch (all of it for one process)
     my_slice(t, B, &f, &e);
-    int rc = t->kto ? micro_batch_kto(t, t->mb, B, 1, 1.0 / per_step, st, tokens)
+    int rc = t->kto ? micro_batch_kto(t, t->mb, B, f, e, 1, 1.0 / per_step, st, tokens)
                     : micro_batch(t, t->mb, pair_refs(t, t->mb_ref), B, f, e, 1, 1.0 / per_step, st, tokens);
     if (rc != 0) {
       pc_progress_break(t->progress);
