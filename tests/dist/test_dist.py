@@ -10,6 +10,7 @@ from the ties at zero that would make accuracies depend on the last bit):
   - a 2-rank checkpoint resumed by one process continues as the uninterrupted run (and one process's
     checkpoint resumed by 2 ranks);
   - --loss kto over 3 ranks equals one process (kl over the whole micro-batch, KL sequences across slices);
+  - the reference pass is shared out: each rank computes its share of the pairs, and all get every sum;
   - the torchrun-style launch (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT; TCP) equals mpirun bit for bit
     (the same collectives in the same order), and so one process within TOL;
   - a rank killed with SIGKILL (mpirun and torchrun-style) or stopped (SIGSTOP, torchrun-style) ends the
@@ -27,6 +28,7 @@ SKIPs the MPI checks where mpirun is not installed (scripts/deps.sh installs it)
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -236,7 +238,34 @@ def mixture_checks(tmp, args):
     note("sigmoid,sft with --pair-weights, 3 ranks (torchrun-style) against one process")
     d = compare(metrics(os.path.join(tmp, "mix3")), want)
     report("dist_mixture_pair_weights_np3_equals_one_process", not d, d)
+    reference_checks(tmp, args)
     kto_checks(tmp, args)
+
+
+def reference_checks(tmp, args):
+    """The reference pass shared out (no cache, so that every sum is computed): of the 14 pairs (10
+    training, 4 eval; 28 sequences), rank 0 computes 7 and rank 1 the other 7, and every rank ends with
+    all 28 sums: rank 0's --dump-ref equals one process's. TOL_REF 1e-6 relative: the same fp32 forward
+    on other packed batches (a rank's share starts a batch elsewhere), observed ~1e-7; a share lost or
+    doubled is a sum of 0 or a wrong pair's, off by 1 or more."""
+    common = ["--max-steps", "1", "--no-ref-cache"]
+    p = run(args("ref1", *common, "--dump-ref", os.path.join(tmp, "ref1.jsonl")))
+    res = run_torchrun(args("ref2", *common, "--dump-ref", os.path.join(tmp, "ref2.jsonl")), 2)
+    if p.returncode != 0 or any(rc != 0 for rc, _ in res):
+        report("dist_reference_pass_shared", False, f"one process: exit {p.returncode} {p.stderr[-300:]} | " +
+               " | ".join(f"rank {r}: exit {rc}: {o[-300:]}" for r, (rc, o) in enumerate(res)))
+        return
+    shares = [re.findall(r"reference: (\d+)/(\d+) sequences", o) for _, o in res]
+    done = [int(m[-1][0]) if m and m[-1][0] == m[-1][1] else -1 for m in shares]
+    want = [json.loads(l) for l in open(os.path.join(tmp, "ref1.jsonl"))]
+    got = [json.loads(l) for l in open(os.path.join(tmp, "ref2.jsonl"))]
+    worst = max((abs(g[k] - w[k]) / max(1.0, abs(w[k])) for g, w in zip(got, want) for k in ("chosen_logps", "rejected_logps")),
+                default=float("inf"))
+    note(f"reference pass over 2 ranks: sequences by rank {done}, largest difference {worst:.2e} (tolerance 1e-6)")
+    same_rows = len(got) == len(want) == 10 and all(g["line"] == w["line"] and g["chosen_tokens"] == w["chosen_tokens"]
+                                                    for g, w in zip(got, want))
+    report("dist_reference_pass_shared", done == [14, 14] and same_rows and worst <= 1e-6,
+           f"sequences computed by rank {done}, {len(got)} rows, largest difference {worst:.2e}")
 
 
 def kto_checks(tmp, args):

@@ -332,6 +332,38 @@ static int dump_ref(pc_trainer *t) {
   return fclose(f) == 0 ? 0 : -1;
 }
 
+/* The ranks' shares of the reference pass [lo, hi) of n pairs, summed into every rank's out[0..2n),
+ * and run.json's cache figures summed over the ranks. Every rank calls it, a failed one too (failed:
+ * its error is printed), so that none waits for a share that will not come: any failure fails all. */
+static int share_reference(pc_trainer *t, double *out, size_t n, size_t lo, size_t hi, int failed) {
+  static const char *const keys[] = {"from_cache", "computed", "damaged", "stored", "write_failed"};
+  double v[6] = {failed};
+  const cJSON *c = t->ref_cache;
+  for (int k = 0; k < 5; k++) {
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(c, keys[k]);
+    v[k + 1] = cJSON_IsNumber(x) ? x->valuedouble : cJSON_IsTrue(x);
+  }
+  if (pc_comm_all_reduce(t->comm, v, 6, PC_COMM_F64) != 0) {
+    fprintf(stderr, PROG ": the reference pass: %s\n", pc_comm_error(t->comm));
+    return -1;
+  }
+  if (v[0] > 0) {
+    if (!failed) fprintf(stderr, PROG ": the reference pass failed on %g other rank(s) (their messages say why)\n", v[0]);
+    return -1;
+  }
+  for (size_t i = 0; i < 2 * n; i++)
+    if (i < 2 * lo || i >= 2 * hi) out[i] = 0;
+  if (pc_comm_all_reduce(t->comm, out, 2 * n, PC_COMM_F64) != 0) {
+    fprintf(stderr, PROG ": the reference pass: %s\n", pc_comm_error(t->comm));
+    return -1;
+  }
+  if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(c, "enabled"))) {  // the whole run's figures
+    for (int k = 0; k < 4; k++) cJSON_ReplaceItemInObjectCaseSensitive(t->ref_cache, keys[k], cJSON_CreateNumber(v[k + 1]));
+    cJSON_ReplaceItemInObjectCaseSensitive(t->ref_cache, keys[4], cJSON_CreateBool(v[5] > 0));
+  }
+  return 0;
+}
+
 /* Reference sums under the starting model (full) or the base (LoRA): the checkpoint as loaded, frozen,
  * with no adapter, computed once before training (or found in the reference cache); or read from
  * --ref-logps (then only the eval pairs are computed). SimPO has no reference. */
@@ -354,25 +386,34 @@ static int setup_reference(pc_trainer *t) {
     from = t->eval;
     n = t->neval;
   }
+  // With several ranks, each computes a contiguous share of the pairs; the shares are then summed
+  // into every rank's array (each holds zeros elsewhere, so every value arrives exactly as computed).
+  size_t lo = 0, hi = n;
+  if (t->comm && t->comm->size > 1) {
+    lo = n * (size_t)t->comm->rank / (size_t)t->comm->size;
+    hi = n * (size_t)(t->comm->rank + 1) / (size_t)t->comm->size;
+  }
+  double *out = t->ref + 2 * (size_t)(from - t->train);
   pc_data_opts dopt = data_opts(t);
   pc_ref_ctx rc = {t->o.model, t->be, NULL, 2 * t->o.batch_size, stderr, 0};
-  pc_model_seq *seqs = malloc(sizeof *seqs * (2 * n + 1));
+  pc_model_seq *seqs = malloc(sizeof *seqs * (2 * (hi - lo) + 1));
   if (!seqs) { fprintf(stderr, PROG ": out of memory\n"); return -1; }
-  for (size_t i = 0; i < n; i++) pc_pair_seqs(from[i], &seqs[2 * i]);
+  for (size_t i = lo; i < hi; i++) pc_pair_seqs(from[i], &seqs[2 * (i - lo)]);
   long bad = -1;
-  int r = pc_ref_run(t->o.no_ref_cache ? NULL : t->o.ref_cache, &dopt, &rc, seqs, 2 * n,
-                     t->ref + 2 * (size_t)(from - t->train), &bad, &t->ref_cache, t->err, sizeof t->err);
+  int r = pc_ref_run(t->o.no_ref_cache ? NULL : t->o.ref_cache, &dopt, &rc, seqs, 2 * (hi - lo), out + 2 * lo, &bad,
+                     &t->ref_cache, t->err, sizeof t->err);
   free(seqs);
   if (r != 0) {
     if (bad < 0) fprintf(stderr, PROG ": %s\n", t->err);
     else {
-      const pc_pair *p = from[bad / 2];
-      int ev = from + bad / 2 >= t->eval && t->o.eval_data[0];  // pairs of --eval-data come after the training ones
+      const pc_pair *p = from[lo + (size_t)bad / 2];
+      int ev = from + lo + bad / 2 >= t->eval && t->o.eval_data[0];  // pairs of --eval-data come after the training ones
       fprintf(stderr, PROG ": %s:%d: %s\n", ev ? t->o.eval_data : t->o.data, p->line, t->err);
     }
-    return -1;
   }
-  if (t->o.dump_ref[0] && dump_ref(t) != 0) return -1;
+  if (t->comm && t->comm->size > 1 && share_reference(t, out, n, lo, hi, r != 0) != 0) return -1;
+  if (r != 0) return -1;
+  if (t->o.dump_ref[0] && is_root(t) && dump_ref(t) != 0) return -1;  // every rank has every sum
   return 0;
 }
 
