@@ -14,7 +14,11 @@
  *
  * Incrementally, two cursors (the last generation seq and event seq derived) say what is new; each
  * new event names the units it can change (its generation, the one it replaced, the generations
- * that replaced it, the choices and ratings that mention it), and only those are recomputed.
+ * that replaced it, the choices and ratings that mention it), and only those are recomputed. A pass
+ * recomputes a unit once: a later batch of the same pass skips a unit for rows its recompute already
+ * saw (the done map), unless the `rated` table, which the rules read and derivation itself writes,
+ * changed under it (tests/sdk/test_pairing.c checks passes against derive --all, with rows landing
+ * between batches).
  *
  * Recomputing a unit is three steps: read its facts (read_unit), apply the rules to them
  * (pairing_rules: a pure function, facts in, pairs and label out, no store), write the result
@@ -151,6 +155,8 @@ typedef struct {
   sqlite3_stmt *get_gen, *get_fb, *has_child, *children, *choices_of, *rated_peers, *rated_up,
       *unit_keys, *set_pair, *add_pair, *del_pair, *set_label, *add_label, *del_label, *last_rating, *referred;
   char *err; size_t errlen;
+  int64_t gsnap, esnap;      /* the batch's snapshot: the newest generation and event seq it sees */
+  struct done_map *done;     /* the units recomputed so far in this call, and the snapshot they saw */
 } ctx_t;
 
 static char *dup_col(sqlite3_stmt *st, int i) {
@@ -236,6 +242,107 @@ static void set_free(strset *s) {
   memset(s, 0, sizeof *s);
 }
 
+/* The units recomputed during one prefcap__derive call, each with the snapshot it was recomputed in
+ * (the newest generation and event seq its transaction could see). A later batch of the same call
+ * that meets the unit again, for a generation or event it already saw, has nothing new for it: after
+ * a bulk ingest, a generation with feedback comes up once in its generations batch and again in the
+ * events batch that holds its feedback, and was recomputed twice (2.4 times per unit on average in
+ * bench/fleet_bench's central store). Open addressing, FNV-1a; a failed allocation only means that
+ * less is skipped. */
+typedef struct { char *id; int64_t g, e; } done_ent;
+typedef struct done_map { done_ent *v; size_t cap, n; } done_map;
+
+static uint64_t fnv1a(const char *s) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
+  return h;
+}
+
+static done_ent *done_slot(done_ent *v, size_t cap, const char *id) {
+  for (size_t i = fnv1a(id) & (cap - 1);; i = (i + 1) & (cap - 1))
+    if (!v[i].id || !strcmp(v[i].id, id)) return &v[i];
+}
+
+static const done_ent *done_find(const done_map *m, const char *id) {
+  if (!m || !m->n) return NULL;
+  const done_ent *d = done_slot(m->v, m->cap, id);
+  return d->id ? d : NULL;
+}
+
+static void done_put(done_map *m, const char *id, int64_t g, int64_t e) {
+  if (!m) return;
+  if ((m->n + 1) * 10 > m->cap * 7) {  // grow past 70% load
+    size_t cap = m->cap ? m->cap * 2 : 1024;
+    done_ent *v = calloc(cap, sizeof *v);
+    if (!v) return;
+    for (size_t i = 0; i < m->cap; i++)
+      if (m->v[i].id) *done_slot(v, cap, m->v[i].id) = m->v[i];
+    free(m->v);
+    m->v = v; m->cap = cap;
+  }
+  done_ent *d = done_slot(m->v, m->cap, id);
+  if (!d->id) {
+    if (!(d->id = strdup(id))) return;
+    m->n++;
+  }
+  d->g = g; d->e = e;
+}
+
+static void done_free(done_map *m) {
+  if (!m) return;
+  for (size_t i = 0; i < m->cap; i++) free(m->v[i].id);
+  free(m->v);
+  free(m);
+}
+
+/* The units a batch recomputes, each with why: the newest generation (g) and event (e) seq that
+ * brought it in, or force when derived state it reads (the `rated` table) changed, which no snapshot
+ * covers. */
+typedef struct { char *id; int64_t g, e; bool force; } trig;
+typedef struct { trig *v; size_t n, cap; bool oom; } trigset;
+
+static void trig_add(trigset *t, const char *id, int64_t g, int64_t e, bool force) {
+  if (!id) return;
+  if (t->n == t->cap) {
+    size_t cap = t->cap ? t->cap * 2 : 256;
+    trig *v = realloc(t->v, cap * sizeof *v);
+    if (!v) { t->oom = true; return; }
+    t->v = v; t->cap = cap;
+  }
+  char *d = strdup(id);
+  if (d) t->v[t->n++] = (trig){d, g, e, force};
+  else t->oom = true;
+}
+
+static void trig_add_set(trigset *t, const strset *s, int64_t g, int64_t e, bool force) {
+  for (size_t i = 0; i < s->n; i++) trig_add(t, s->v[i], g, e, force);
+}
+
+static int cmp_trig(const void *a, const void *b) { return strcmp(((const trig *)a)->id, ((const trig *)b)->id); }
+
+/* Sorted by id, one entry per unit: the newest reasons, force if any forced it. */
+static void trig_unique(trigset *t) {
+  if (!t->n) return;
+  qsort(t->v, t->n, sizeof *t->v, cmp_trig);
+  size_t k = 1;
+  for (size_t i = 1; i < t->n; i++) {
+    trig *last = &t->v[k - 1];
+    if (strcmp(t->v[i].id, last->id) == 0) {
+      if (t->v[i].g > last->g) last->g = t->v[i].g;
+      if (t->v[i].e > last->e) last->e = t->v[i].e;
+      last->force |= t->v[i].force;
+      free(t->v[i].id);
+    } else t->v[k++] = t->v[i];
+  }
+  t->n = k;
+}
+
+static void trig_free(trigset *t) {
+  for (size_t i = 0; i < t->n; i++) free(t->v[i].id);
+  free(t->v);
+  memset(t, 0, sizeof *t);
+}
+
 /* Adds every row's first column of a statement bound to id; a code on a read error. */
 static int add_rows(sqlite3_stmt *st, const char *id, strset *out) {
   sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
@@ -279,9 +386,10 @@ static int rated_peers(ctx_t *c, const char *key, const char *id, const char *us
   return out->oom || (sources && sources->oom) ? PREFCAP_ENOMEM : step_code(rc);
 }
 
-/* Keeps the `rated` table (prompt key and latest rating of each rated generation) current for id, and
- * adds the +1-rated generations it can pair with to the affected set: their rating pairs may change. */
-static int refresh_rated(ctx_t *c, const char *id, strset *affected) {
+/* Keeps the `rated` table (prompt key and latest rating of each rated generation) current for id. When
+ * its row changed, id and the +1-rated generations it can pair with are forced into the batch (their
+ * rating pairs read the table); a row already as it was changes nothing for anyone. */
+static int refresh_rated(ctx_t *c, const char *id, trigset *affected) {
   char *source = NULL;
   int value;
   int rc = latest_rating(c, id, &value, &source);
@@ -300,7 +408,13 @@ static int refresh_rated(ctx_t *c, const char *id, strset *affected) {
   rc = sqlite3_step(c->rated_up);
   sqlite3_reset(c->rated_up);
   free(source);
-  rc = rc == SQLITE_DONE ? rated_peers(c, key, id, g.user, g.session, 1, affected, NULL) : prefcap__sqlite_code(rc);
+  if (rc == SQLITE_DONE && sqlite3_changes(c->db) > 0) {
+    strset peers = {0};
+    rc = rated_peers(c, key, id, g.user, g.session, 1, &peers, NULL);
+    trig_add(affected, id, 0, 0, true);
+    trig_add_set(affected, &peers, 0, 0, true);
+    set_free(&peers);
+  } else rc = rc == SQLITE_DONE ? PREFCAP_OK : prefcap__sqlite_code(rc);
   gen_free(&g);
   return rc;
 }
@@ -653,6 +767,8 @@ static void ctx_free(ctx_t *c) {
                          c->rated_up, c->unit_keys, c->set_pair, c->add_pair, c->del_pair, c->set_label, c->add_label, c->del_label,
                          c->last_rating, c->referred};
   for (size_t i = 0; i < sizeof all / sizeof *all; i++) sqlite3_finalize(all[i]);
+  done_free(c->done);
+  c->done = NULL;
 }
 
 static int ctx_init(ctx_t *c, prefcap__store *s, char *err, size_t errlen) {
@@ -668,7 +784,12 @@ static int ctx_init(ctx_t *c, prefcap__store *s, char *err, size_t errlen) {
       {&c->choices_of, "SELECT gen_id FROM events WHERE other_id = ?1 AND type = 'choice'"},
       {&c->rated_peers, "SELECT gen_id, source FROM rated WHERE prompt_key = ?1 AND user_id = ?4 AND value = ?2 AND gen_id != ?3"
                         " UNION SELECT gen_id, source FROM rated WHERE prompt_key = ?1 AND session_id = ?5 AND value = ?2 AND gen_id != ?3"},
-      {&c->rated_up, "INSERT OR REPLACE INTO rated(gen_id, prompt_key, user_id, session_id, value, source) VALUES(?1, ?2, ?3, ?4, ?5, ?6)"},
+      /* changes() is 0 when the row was already as given: nothing to force (refresh_rated) */
+      {&c->rated_up, "INSERT INTO rated(gen_id, prompt_key, user_id, session_id, value, source) VALUES(?1, ?2, ?3, ?4, ?5, ?6)"
+                     " ON CONFLICT(gen_id) DO UPDATE SET prompt_key = excluded.prompt_key, user_id = excluded.user_id,"
+                     " session_id = excluded.session_id, value = excluded.value, source = excluded.source"
+                     " WHERE prompt_key IS NOT excluded.prompt_key OR user_id IS NOT excluded.user_id"
+                     " OR session_id IS NOT excluded.session_id OR value IS NOT excluded.value OR source IS NOT excluded.source"},
       {&c->unit_keys, "SELECT key FROM pairs WHERE unit = ?1"},
       /* the version moves only when what an export writes changes (values of the row before the update) */
       {&c->set_pair, "UPDATE pairs SET"
@@ -700,7 +821,13 @@ static int ctx_init(ctx_t *c, prefcap__store *s, char *err, size_t errlen) {
   return PREFCAP_OK;
 }
 
-#define DERIVE_BATCH 2000
+/* New generations (and new events) taken per batch, each batch one transaction. A variable only so
+ * that tests/sdk/test_pairing.c can make a small history span hundreds of batches. */
+int prefcap__derive_batch = 2000;
+#define DERIVE_BATCH prefcap__derive_batch
+/* Called after each committed batch when set (tests: rows that land between the batches of a pass). */
+void (*prefcap__derive_after_batch)(void *arg);
+void *prefcap__derive_after_batch_arg;
 
 /* One transaction: the next batch of new generations and events, and the units they touch. Sets
  * *more when there may be more to do. */
@@ -715,10 +842,17 @@ static int derive_batch(ctx_t *c, bool all, int64_t *all_cursor, bool *more) {
   c->version = version + 1;
   c->now = prefcap__now_ms();
   int64_t gmax = gcur, emax = ecur;
-  strset affected = {0}, rated_ids = {0};
+  trigset affected = {0};
+  strset rated_ids = {0}, rows = {0};
   sqlite3_stmt *st = NULL;
   int step = SQLITE_DONE;
   *more = false;
+  if (!rc) {  // the snapshot this batch's recomputes see
+    sqlite3_prepare_v2(c->db, "SELECT (SELECT ifnull(max(seq),0) FROM generations), (SELECT ifnull(max(seq),0) FROM events)", -1, &st, NULL);
+    if ((step = sqlite3_step(st)) == SQLITE_ROW) { c->gsnap = sqlite3_column_int64(st, 0); c->esnap = sqlite3_column_int64(st, 1); }
+    sqlite3_finalize(st);
+    rc = step_code(step);
+  }
   if (rc) {
     /* nothing read: fall through to the rollback */
   } else if (all) {
@@ -730,7 +864,7 @@ static int derive_batch(ctx_t *c, bool all, int64_t *all_cursor, bool *more) {
     while ((step = sqlite3_step(st)) == SQLITE_ROW) {
       *all_cursor = sqlite3_column_int64(st, 0);
       const char *id = (const char *)sqlite3_column_text(st, 1);
-      set_add(&affected, id);
+      trig_add(&affected, id, 0, 0, true);
       set_add(&rated_ids, id);
       n++;
     }
@@ -752,9 +886,9 @@ static int derive_batch(ctx_t *c, bool all, int64_t *all_cursor, bool *more) {
     sqlite3_bind_int(st, 2, DERIVE_BATCH);
     int n = 0;
     while (!rc && (step = sqlite3_step(st)) == SQLITE_ROW) {
-      gmax = sqlite3_column_int64(st, 0);
+      int64_t gseq = gmax = sqlite3_column_int64(st, 0);
       const char *id = (const char *)sqlite3_column_text(st, 1);
-      set_add(&affected, (const char *)sqlite3_column_text(st, 2));   /* the replaced one is now regenerated */
+      trig_add(&affected, (const char *)sqlite3_column_text(st, 2), gseq, 0, false);   /* the replaced one is now regenerated */
       n++;
       /* Most new generations have nothing referring to them yet (their feedback comes later, and is
        * derived then): one check of three indexes, and nothing more to do for them. */
@@ -764,7 +898,7 @@ static int derive_batch(ctx_t *c, bool all, int64_t *all_cursor, bool *more) {
       sqlite3_reset(c->referred);
       rc = step_code(r);
       if (rc || !referred) continue;
-      set_add(&affected, id);
+      trig_add(&affected, id, gseq, 0, false);
       /* the recursive query builds two temporary tables per call, whose pages glibc hands back to the
        * kernel on free (madvise, a TLB flush on every core: 40% of a central ingest's time in perf);
        * most generations have no replacement, which one index probe tells */
@@ -773,8 +907,10 @@ static int derive_batch(ctx_t *c, bool all, int64_t *all_cursor, bool *more) {
       bool child = r == SQLITE_ROW;
       sqlite3_reset(c->has_child);
       rc = step_code(r);
-      if (!rc && child) rc = add_rows(c->children, id, &affected);   /* replacements logged before it can now chain through it */
-      if (!rc) rc = add_rows(c->choices_of, id, &affected);    /* choices that rejected it before it arrived */
+      if (!rc && child) rc = add_rows(c->children, id, &rows);   /* replacements logged before it can now chain through it */
+      if (!rc) rc = add_rows(c->choices_of, id, &rows);    /* choices that rejected it before it arrived */
+      trig_add_set(&affected, &rows, gseq, 0, false);
+      set_free(&rows);
       set_add(&rated_ids, id);
     }
     sqlite3_finalize(st);
@@ -788,7 +924,7 @@ static int derive_batch(ctx_t *c, bool all, int64_t *all_cursor, bool *more) {
       while ((step = sqlite3_step(st)) == SQLITE_ROW) {
         emax = sqlite3_column_int64(st, 0);
         const char *id = (const char *)sqlite3_column_text(st, 1);
-        set_add(&affected, id);
+        trig_add(&affected, id, 0, emax, false);
         if (!strcmp((const char *)sqlite3_column_text(st, 2), "rating")) set_add(&rated_ids, id);
         n++;
       }
@@ -806,9 +942,15 @@ static int derive_batch(ctx_t *c, bool all, int64_t *all_cursor, bool *more) {
     if (rc) snprintf(c->err, c->errlen, "deriving pairs: the ratings of '%.200s': %.400s", rated_ids.v[i],
                      rc == PREFCAP_ENOMEM ? "out of memory" : sqlite3_errmsg(c->db));
   }
-  set_unique(&affected);
-  for (size_t i = 0; i < affected.n && !rc; i++) rc = recompute(c, affected.v[i]);
-  set_free(&affected); set_free(&rated_ids);
+  trig_unique(&affected);
+  for (size_t i = 0; i < affected.n && !rc; i++) {
+    const trig *t = &affected.v[i];
+    const done_ent *d = t->force ? NULL : done_find(c->done, t->id);
+    if (d && t->g <= d->g && t->e <= d->e) continue;   /* recomputed earlier in this call, with this in view */
+    rc = recompute(c, t->id);
+    if (!rc) done_put(c->done, t->id, c->gsnap, c->esnap);
+  }
+  trig_free(&affected); set_free(&rated_ids); set_free(&rows);
   if (!rc && (gmax != gcur || emax != ecur || all)) {
     if (!all || !*more) {
       rc = set_meta_int(c->db, "derive.gen_seq", gmax);
@@ -827,7 +969,11 @@ int prefcap__derive(prefcap__store *s, int all, char *err, size_t errlen) {
   if (rc) return rc;
   bool more = true;
   int64_t all_cursor = 0;
-  while (more && !rc) rc = derive_batch(&c, all != 0, &all_cursor, &more);
+  c.done = calloc(1, sizeof *c.done);   /* NULL: nothing is skipped */
+  while (more && !rc) {
+    rc = derive_batch(&c, all != 0, &all_cursor, &more);
+    if (!rc && more && prefcap__derive_after_batch) prefcap__derive_after_batch(prefcap__derive_after_batch_arg);
+  }
   ctx_free(&c);
   return rc;
 }

@@ -123,6 +123,9 @@ bool prefcap__store_user_erased(prefcap__store *s, const char *user_id);
 /* Derives pairs and labels for events not yet derived (all=0) or everything (all=1). Takes and
  * commits its own transactions. */
 int prefcap__derive(prefcap__store *s, int all, char *err, size_t errlen);
+extern int prefcap__derive_batch;   /* generations (and events) per derivation batch: 2000; tests lower it */
+extern void (*prefcap__derive_after_batch)(void *arg);   /* tests: called between the batches of a pass */
+extern void *prefcap__derive_after_batch_arg;
 /* Normalised word-level edit distance between two texts in [0,1] (exposed for tests). */
 double prefcap__edit_distance(const char *a, const char *b);
 /* True when a and b differ only in whitespace. */

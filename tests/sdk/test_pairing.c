@@ -3,6 +3,7 @@
  * replays, and re-derivation with new weights. Sync mode, so each call is committed when it returns. */
 #include "test.h"
 #include "util.h"
+#include "internal.h"
 #include <math.h>
 
 static const char *db;
@@ -368,6 +369,149 @@ static void migrates_from_version_1(void) {
   prefcap_close(pc, -1);
 }
 
+// ---- incremental derivation against a full one ---------------------------------------------------
+
+static uint64_t prng(uint64_t *s) {  // splitmix64
+  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+/* A random history of NGEN generations on a few prompts, users and sessions (so ratings find peers),
+ * with regenerations, edits, copies, accepts, abandons, ratings and choices; a fifth of the events
+ * arrive out of order (feedback before its generation, a replacement before the one it replaces). */
+#define NGEN 2600
+static char **random_history(uint64_t seed, int *n_out) {
+  uint64_t s = seed;
+  int cap = NGEN * 3, n = 0;
+  char **ev = calloc((size_t)cap, sizeof *ev);
+  char buf[512];
+  int64_t ts = 1764000000000;
+  for (int g = 0; g < NGEN && n + 3 < cap; g++) {
+    int prompt = (int)(prng(&s) % 40), user = (int)(prng(&s) % 3), sess = (int)(prng(&s) % 4);
+    int re = g > 0 && prng(&s) % 5 == 0 ? (int)(prng(&s) % (uint64_t)g) : -1;
+    char rbuf[48] = "";
+    if (re >= 0) snprintf(rbuf, sizeof rbuf, ",\"regenerates\":\"r%d\"", re);
+    snprintf(buf, sizeof buf, "{\"type\":\"generation\",\"id\":\"r%d\",\"prompt\":\"P%d\",\"completion\":\"answer %d with words %d\","
+             "\"user_id\":\"u%d\",\"session_id\":\"s%d\",\"ts\":%lld%s}", g, prompt, g, g % 7, user, sess, (long long)(ts += 1000), rbuf);
+    ev[n++] = strdup(buf);
+    int kinds = (int)(prng(&s) % 3);
+    for (int k = 0; k < kinds; k++) {
+      int t = (int)(prng(&s) % 8), other = (int)(prng(&s) % (uint64_t)(g + 1));
+      ts += 500;
+      if (t == 0) snprintf(buf, sizeof buf, "{\"type\":\"edit\",\"id\":\"r%d\",\"text\":\"edited %d answer\",\"ts\":%lld}", other, k, (long long)ts);
+      else if (t == 1) snprintf(buf, sizeof buf, "{\"type\":\"copy\",\"id\":\"r%d\",\"ts\":%lld}", other, (long long)ts);
+      else if (t == 2) snprintf(buf, sizeof buf, "{\"type\":\"accept\",\"id\":\"r%d\",\"ts\":%lld}", other, (long long)ts);
+      else if (t == 3) snprintf(buf, sizeof buf, "{\"type\":\"abandon\",\"id\":\"r%d\",\"ts\":%lld}", other, (long long)ts);
+      else if (t == 4) snprintf(buf, sizeof buf, "{\"type\":\"regenerate\",\"id\":\"r%d\",\"ts\":%lld}", other, (long long)ts);
+      else if (t == 5 && other != g)
+        snprintf(buf, sizeof buf, "{\"type\":\"choice\",\"chosen\":\"r%d\",\"rejected\":\"r%d\",\"ts\":%lld}", g, other, (long long)ts);
+      else snprintf(buf, sizeof buf, "{\"type\":\"rating\",\"id\":\"r%d\",\"value\":%d,\"ts\":%lld}", other, prng(&s) % 2 ? 1 : -1, (long long)ts);
+      ev[n++] = strdup(buf);
+    }
+  }
+  for (int i = 0; i < n / 5; i++) {  // out of order: swap events up to 60 apart
+    int a = (int)(prng(&s) % (uint64_t)n), b = a + 1 + (int)(prng(&s) % 60);
+    if (b >= n) continue;
+    char *t = ev[a]; ev[a] = ev[b]; ev[b] = t;
+  }
+  *n_out = n;
+  return ev;
+}
+
+/* What derivation produced, without row ids and versions (they depend on the order of work): pairs,
+ * labels and the rated table. */
+static char *derived_content(const char *path) {
+  return tu_query_text(path,
+      "SELECT (SELECT count(*) FROM pairs) || ' pairs, ' || (SELECT count(*) FROM labels) || ' labels, ' ||"
+      " (SELECT count(*) FROM rated) || ' rated#' ||"
+      " ifnull((SELECT group_concat(x, char(10)) FROM (SELECT key || '|' || unit || '|' || signal || '|' || ifnull(chosen_id, '') || '|'"
+      "   || ifnull(chosen_text, '') || '|' || rejected_id || '|' || weight || '|' || source || '|' || flags AS x FROM pairs ORDER BY key)), '') || '#' ||"
+      " ifnull((SELECT group_concat(y, char(10)) FROM (SELECT gen_id || '|' || desirable || '|' || signal || '|' || weight || '|' || source AS y"
+      "   FROM labels ORDER BY gen_id)), '') || '#' ||"
+      " ifnull((SELECT group_concat(z, char(10)) FROM (SELECT gen_id || '|' || prompt_key || '|' || value || '|' || source AS z"
+      "   FROM rated ORDER BY gen_id)), '')");
+}
+
+/* Between two batches of a derivation pass (sdk/derive.c's test hook): the next few events of the
+ * history, logged through another handle on the same file, so that new rows land in the middle of a
+ * pass, after units they touch may have been recomputed earlier in it. */
+typedef struct { prefcap_t *w; char **ev; int next, to, failed, busy; } between_job;
+
+static void between_batches(void *arg) {
+  between_job *j = arg;
+  if (j->busy) return;   /* the other handle's own derivation calls the hook too */
+  j->busy = 1;
+  for (int k = 0; k < 3 && j->next < j->to; k++, j->next++)
+    if (prefcap_log_json(j->w, j->ev[j->next], strlen(j->ev[j->next]), NULL)) j->failed = 1;
+  j->busy = 0;
+}
+
+/* The same random history into two stores, with derivation batches of 16 (so that it spans hundreds
+ * of batches): one as a bulk ingest derived at close (one pass), one half an event at a time with an
+ * incremental derivation every few events, then half logged by another handle between the batches of
+ * this one's derivation passes (new rows in the middle of a pass). Each must equal what derive --all computes from scratch
+ * on it, and the two must equal each other: a unit skipped because an earlier batch of the same pass
+ * had recomputed it must not have missed anything (sdk/derive.c, the done map). */
+static void incremental_derivation_equals_a_full_one(void) {
+  int saved = prefcap__derive_batch;
+  prefcap__derive_batch = 16;
+  for (uint64_t seed = 1; seed <= 2; seed++) {
+    int n;
+    char **ev = random_history(seed, &n);
+    const char *p = tu_dbpath();
+    char bulk[600], step[600];
+    snprintf(bulk, sizeof bulk, "%s", p);
+    snprintf(step, sizeof step, "%s", tu_dbpath());
+    prefcap_t *a = tu_open(bulk, PREFCAP_ASYNC), *b = tu_open(step, PREFCAP_SYNC);
+    REQUIRE(a && b);
+    uint64_t s = seed * 7919;
+    for (int i = 0; i < n; i++) {
+      EXPECT(prefcap_ingest_line(a, ev[i], strlen(ev[i])) == 0);
+      if (i >= n / 2) continue;
+      EXPECT(prefcap_log_json(b, ev[i], strlen(ev[i]), NULL) == 0);
+      if (prng(&s) % 23 == 0) EXPECT(prefcap_derive(b, 0) == 0);
+    }
+    EXPECT(prefcap_close(a, -1) == 0);   /* before the hook is set: a's writer thread derives too */
+    between_job job = {tu_open(step, PREFCAP_SYNC), ev, n / 2, n, 0, 0};
+    REQUIRE(job.w);
+    prefcap__derive_after_batch = between_batches;
+    prefcap__derive_after_batch_arg = &job;
+    int passes = 0;
+    for (; job.next < n && passes < 10000; passes++) {
+      for (int k = 0; k < 40 && job.next < n; k++) {   /* a pass of several batches */
+        int i = job.next++;   /* first: the log's own derivation (once a second) may call the hook */
+        EXPECT(prefcap_log_json(b, ev[i], strlen(ev[i]), NULL) == 0);
+      }
+      EXPECT(prefcap_derive(b, 0) == 0);
+    }
+    prefcap__derive_after_batch = NULL;
+    EXPECT(!job.failed && job.next == n);
+    EXPECT(prefcap_close(job.w, -1) == 0);
+    EXPECT(prefcap_close(b, -1) == 0);
+    char *ca = derived_content(bulk), *cb = derived_content(step);
+    REQUIRE(ca && cb);
+    a = tu_open(bulk, PREFCAP_SYNC);
+    b = tu_open(step, PREFCAP_SYNC);
+    REQUIRE(a && b);
+    EXPECT(prefcap_derive(a, 1) == 0 && prefcap_derive(b, 1) == 0);
+    prefcap_close(a, -1);
+    prefcap_close(b, -1);
+    char *fa = derived_content(bulk), *fb = derived_content(step);
+    REQUIRE(fa && fb);
+    fprintf(stderr, "  seed %llu: %d events; bulk %.40s; one at a time then concurrent (%d passes) %.40s\n",
+            (unsigned long long)seed, n, ca, passes, cb);
+    EXPECTF(!strcmp(ca, fa), "bulk ingest differs from derive --all:\n%.300s\n---\n%.300s", ca, fa);
+    EXPECTF(!strcmp(cb, fb), "incremental derivation differs from derive --all:\n%.300s\n---\n%.300s", cb, fb);
+    EXPECTF(!strcmp(ca, cb), "bulk and incremental differ:\n%.300s\n---\n%.300s", ca, cb);
+    free(ca); free(cb); free(fa); free(fb);
+    for (int i = 0; i < n; i++) free(ev[i]);
+    free(ev);
+  }
+  prefcap__derive_batch = saved;
+}
+
 int main(void) {
   RUN(edit_makes_a_pair_weighted_by_distance);
   RUN(edit_distance_unit);
@@ -378,6 +522,7 @@ int main(void) {
   RUN(labels_for_kto);
   RUN(replay_stores_nothing_twice);
   RUN(rederive_with_new_weights_keeps_pair_ids);
+  RUN(incremental_derivation_equals_a_full_one);
   RUN(bad_input_is_refused_whole);
   RUN(store_file_is_private_and_versioned);
   RUN(migrates_from_version_1);
