@@ -9,8 +9,10 @@
  * reference (adapter_config.json, adapter_model.safetensors) or "none", the tokenization options and
  * the backend's numerical mode (CPU fp32 and CUDA bf16 never share entries). A sequence's key is the
  * SHA-256 of the model key, its first scored position and its token ids. The files' bytes are hashed
- * every time (about 1.6 GB/s here): a size-and-mtime shortcut can be fooled by a same-size rewrite
- * whose mtime is restored, and the reference pass it saves costs far more than the hash.
+ * by every run (about 1.6 GB/s here): a size-and-mtime shortcut can be fooled by a same-size rewrite
+ * whose mtime is restored, and the reference pass it saves costs far more than the hash. Within one
+ * run a file is read once (pc_sha256_file remembers it by inode and ctime too: run.json's hashes of
+ * the same weights cost nothing more).
  *
  * Values. What the trainer keeps per sequence: the sum of the scored tokens' log-probs (a double, bit
  * for bit as the model returned it) and the number of tokens summed.

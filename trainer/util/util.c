@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,9 +56,48 @@ int pc_parse_int(const char *s, int lo, int *out) {
   return 0;
 }
 
+/* Files already hashed by this process, by identity: a run hashes the model's weights for the
+ * reference cache's key and again for run.json (and a rebuilt run a third time to check them), which
+ * for a 140 GB checkpoint is minutes each. A file is the same when its device, inode, size, mtime and
+ * ctime are: a rewrite in place changes ctime (which, unlike mtime, no one can set back), a rename over
+ * it changes the inode. Only within one process: across runs the bytes are hashed again (refcache.h). */
+#define SHA_MEMO 64
+static struct { dev_t dev; ino_t ino; off_t size; struct timespec mtim, ctim; char hex[65]; } sha_memo[SHA_MEMO];
+static int sha_memo_n, sha_memo_next;
+static size_t sha_files_read;
+static pthread_mutex_t sha_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static int same_id(const struct stat *a, dev_t dev, ino_t ino, off_t size, struct timespec mt, struct timespec ct) {
+  return a->st_dev == dev && a->st_ino == ino && a->st_size == size && a->st_mtim.tv_sec == mt.tv_sec &&
+         a->st_mtim.tv_nsec == mt.tv_nsec && a->st_ctim.tv_sec == ct.tv_sec && a->st_ctim.tv_nsec == ct.tv_nsec;
+}
+
+static int same_file(const struct stat *a, int i) {
+  return same_id(a, sha_memo[i].dev, sha_memo[i].ino, sha_memo[i].size, sha_memo[i].mtim, sha_memo[i].ctim);
+}
+
+size_t pc_sha256_files_read(void) {
+  pthread_mutex_lock(&sha_mu);
+  size_t n = sha_files_read;
+  pthread_mutex_unlock(&sha_mu);
+  return n;
+}
+
 int pc_sha256_file(const char *path, char hex[65]) {
+  struct stat before, after;
+  if (stat(path, &before) == 0 && S_ISREG(before.st_mode)) {   // known: not even opened
+    pthread_mutex_lock(&sha_mu);
+    for (int i = 0; i < sha_memo_n; i++)
+      if (same_file(&before, i)) {
+        memcpy(hex, sha_memo[i].hex, 65);
+        pthread_mutex_unlock(&sha_mu);
+        return 0;
+      }
+    pthread_mutex_unlock(&sha_mu);
+  }
   FILE *f = fopen(path, "rb");
   if (!f) return -1;
+  int regular = fstat(fileno(f), &before) == 0 && S_ISREG(before.st_mode);   // what is read is what is remembered
   EVP_MD_CTX *c = EVP_MD_CTX_new();
   int ok = c && EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1;
   unsigned char buf[1 << 16], d[EVP_MAX_MD_SIZE];
@@ -67,8 +107,23 @@ int pc_sha256_file(const char *path, char hex[65]) {
   if (ferror(f)) { ok = 0; errno = EIO; }
   if (ok) ok = EVP_DigestFinal_ex(c, d, &dl) == 1 && dl == 32;
   EVP_MD_CTX_free(c);
+  // remembered only when nothing changed while it was read
+  if (ok && regular && (fstat(fileno(f), &after) != 0 ||
+                        !same_id(&after, before.st_dev, before.st_ino, before.st_size, before.st_mtim, before.st_ctim)))
+    regular = 0;
   fclose(f);
+  pthread_mutex_lock(&sha_mu);
+  sha_files_read++;
+  pthread_mutex_unlock(&sha_mu);
   if (!ok) return -1;
   for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", d[i]);
+  if (regular) {
+    pthread_mutex_lock(&sha_mu);
+    int i = sha_memo_n < SHA_MEMO ? sha_memo_n++ : sha_memo_next++ % SHA_MEMO;
+    sha_memo[i].dev = before.st_dev; sha_memo[i].ino = before.st_ino; sha_memo[i].size = before.st_size;
+    sha_memo[i].mtim = before.st_mtim; sha_memo[i].ctim = before.st_ctim;
+    memcpy(sha_memo[i].hex, hex, 65);
+    pthread_mutex_unlock(&sha_mu);
+  }
   return 0;
 }

@@ -25,7 +25,11 @@ int pc_mkdir_p(const char *dir);
 /* pc_read_file (the whole file, NUL-terminated) is the project's one, in common/readfile.h */
 /* s as a decimal integer in [lo, INT_MAX] into *out: 0, or -1 (not a number, or out of range). */
 int pc_parse_int(const char *s, int lo, int *out);
-/* The SHA-256 of the file at path as 64 hex digits (libcrypto's EVP): 0, or -1 with errno set. */
+/* The SHA-256 of the file at path as 64 hex digits (libcrypto's EVP): 0, or -1 with errno set. A file
+ * this process hashed before and that has not changed since (device, inode, size, mtime, ctime) is
+ * not read again. Thread-safe. */
 int pc_sha256_file(const char *path, char hex[65]);
+/* How many files pc_sha256_file has read through so far (tests). */
+size_t pc_sha256_files_read(void);
 
 #endif
