@@ -489,10 +489,23 @@ def last_checkpoint_usable(tmp, out):
     files = sorted(os.listdir(cks[-1]))
     whole = "zero_index.json" in files and "state.json" in files and "trainable.safetensors" in files and \
         sum(f.startswith("optimizer-shard-") for f in files) == 2
-    # the manifest says 40 steps: stopped with SIGTERM once it has trained one step past the checkpoint
+    # the manifest says 40 steps: stopped with SIGTERM once it has trained one step past the checkpoint.
+    # The killed run may itself have logged a step past it: the resumed run's own lines are those after
+    # it cut metrics.jsonl back to the checkpoint (a rewrite and rename: a new inode). Reading the old
+    # file's lines sent the SIGTERM during the resumed run's start, before its handler was installed.
+    mp = os.path.join(d, "metrics.jsonl")
+    ino0 = os.stat(mp).st_ino if os.path.exists(mp) else None
+
+    def trained_past():
+        try:
+            if os.stat(mp).st_ino == ino0:
+                return False
+        except OSError:
+            return False
+        return max([m["step"] for m in metrics(d) if "loss" in m] or [0]) > k
     p = subprocess.Popen([CLI, "train", "--resume", d, "--threads", "1"], env=ENV, stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True)
-    resumed = wait_for(lambda: max([m["step"] for m in metrics(d) if "loss" in m] or [0]) > k, 60)
+    resumed = wait_for(trained_past, 60)
     p.send_signal(signal.SIGTERM)
     try:
         _, err = p.communicate(timeout=60)
