@@ -343,6 +343,14 @@ static void trig_free(trigset *t) {
   memset(t, 0, sizeof *t);
 }
 
+/* Steps a bound statement to completion: a code. *changed (when not NULL): it changed a row. */
+static int step_write(ctx_t *c, sqlite3_stmt *st, bool *changed) {
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (changed) *changed = rc == SQLITE_DONE && sqlite3_changes(c->db) > 0;
+  return rc == SQLITE_DONE ? PREFCAP_OK : prefcap__sqlite_code(rc);
+}
+
 /* Adds every row's first column of a statement bound to id; a code on a read error. */
 static int add_rows(sqlite3_stmt *st, const char *id, strset *out) {
   sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
@@ -405,16 +413,16 @@ static int refresh_rated(ctx_t *c, const char *id, trigset *affected) {
   sqlite3_bind_text(c->rated_up, 4, g.session, -1, SQLITE_TRANSIENT);
   sqlite3_bind_int(c->rated_up, 5, value);
   sqlite3_bind_text(c->rated_up, 6, source ? source : "human", -1, SQLITE_TRANSIENT);
-  rc = sqlite3_step(c->rated_up);
-  sqlite3_reset(c->rated_up);
+  bool changed;
+  rc = step_write(c, c->rated_up, &changed);
   free(source);
-  if (rc == SQLITE_DONE && sqlite3_changes(c->db) > 0) {
+  if (!rc && changed) {
     strset peers = {0};
     rc = rated_peers(c, key, id, g.user, g.session, 1, &peers, NULL);
     trig_add(affected, id, 0, 0, true);
     trig_add_set(affected, &peers, 0, 0, true);
     set_free(&peers);
-  } else rc = rc == SQLITE_DONE ? PREFCAP_OK : prefcap__sqlite_code(rc);
+  }
   gen_free(&g);
   return rc;
 }
@@ -644,7 +652,7 @@ static void pairing_rules(const unit_facts *u, const prefcap__rules *r, derived 
 
 // ---- writing one unit ----------------------------------------------------------------------------
 
-/* Binds ?1..?n of an update or an insert of one pair (the insert alone has ?11, the creation time). */
+/* Binds an update (?1..?10) or an insert (?1..?11, ?11 the creation time) of one pair. */
 static void bind_pair(ctx_t *c, sqlite3_stmt *st, const char *unit, const pair_t *p) {
   sqlite3_bind_text(st, 1, p->key, -1, SQLITE_TRANSIENT);
   sqlite3_bind_text(st, 2, unit, -1, SQLITE_TRANSIENT);
@@ -656,27 +664,41 @@ static void bind_pair(ctx_t *c, sqlite3_stmt *st, const char *unit, const pair_t
   sqlite3_bind_text(st, 8, p->source ? p->source : "human", -1, SQLITE_TRANSIENT);
   sqlite3_bind_text(st, 9, p->flags ? p->flags : "", -1, SQLITE_TRANSIENT);
   sqlite3_bind_int64(st, 10, c->version);
-  if (sqlite3_bind_parameter_count(st) >= 11) sqlite3_bind_int64(st, 11, c->now);
+  if (st == c->add_pair) sqlite3_bind_int64(st, 11, c->now);
 }
 
-/* Runs an UPDATE of one row by key and, when it matched none, the INSERT. Not an upsert: SQLite's
- * INSERT ... ON CONFLICT DO UPDATE takes a number from an AUTOINCREMENT sequence even when it updates,
- * so every re-derivation of a pair burned an id, and the ids of new pairs depended on how often the
- * writer happened to derive (an export's "id" differed between two ingests of the same events). */
-static int update_or_insert(ctx_t *c, sqlite3_stmt *set, sqlite3_stmt *add) {
-  int rc = sqlite3_step(set);
-  sqlite3_reset(set);
-  if (rc != SQLITE_DONE) return prefcap__sqlite_code(rc);
-  if (sqlite3_changes(c->db) > 0) return PREFCAP_OK;
-  rc = sqlite3_step(add);
-  sqlite3_reset(add);
-  return rc == SQLITE_DONE ? PREFCAP_OK : prefcap__sqlite_code(rc);
+/* Binds an update (?1..?6) or an insert (?1..?7, ?7 the creation time) of a unit's label. */
+static void bind_label(ctx_t *c, sqlite3_stmt *st, const char *unit, const derived *d) {
+  sqlite3_bind_text(st, 1, unit, -1, SQLITE_TRANSIENT);
+  sqlite3_bind_int(st, 2, d->desirable);
+  sqlite3_bind_text(st, 3, d->lsignal, -1, SQLITE_STATIC);
+  sqlite3_bind_double(st, 4, d->lweight);
+  sqlite3_bind_text(st, 5, d->lsource ? d->lsource : "human", -1, SQLITE_TRANSIENT);
+  sqlite3_bind_int64(st, 6, c->version);
+  if (st == c->add_label) sqlite3_bind_int64(st, 7, c->now);
 }
 
+/* Pairs and labels are written as an UPDATE by key and, when it matched none, an INSERT. Not an
+ * upsert: SQLite's INSERT ... ON CONFLICT DO UPDATE takes a number from an AUTOINCREMENT sequence
+ * even when it updates, so every re-derivation of a pair burned an id, and the ids of new pairs
+ * depended on how often the writer happened to derive (an export's "id" differed between two ingests
+ * of the same events). */
 static int put_pair(ctx_t *c, const char *unit, const pair_t *p) {
+  bool updated;
   bind_pair(c, c->set_pair, unit, p);
+  int rc = step_write(c, c->set_pair, &updated);
+  if (rc || updated) return rc;
   bind_pair(c, c->add_pair, unit, p);
-  return update_or_insert(c, c->set_pair, c->add_pair);
+  return step_write(c, c->add_pair, NULL);
+}
+
+static int put_label(ctx_t *c, const char *unit, const derived *d) {
+  bool updated;
+  bind_label(c, c->set_label, unit, d);
+  int rc = step_write(c, c->set_label, &updated);
+  if (rc || updated) return rc;
+  bind_label(c, c->add_label, unit, d);
+  return step_write(c, c->add_label, NULL);
 }
 
 /* Stores what was derived (update, else insert), and deletes what this unit derived before and no longer does. */
@@ -691,29 +713,15 @@ static int write_unit(ctx_t *c, const char *unit, const derived *d) {
       for (int j = 0; j < d->n && !keep; j++) keep = !strcmp(d->v[j].key, old.v[i]);
       if (keep) continue;
       sqlite3_bind_text(c->del_pair, 1, old.v[i], -1, SQLITE_TRANSIENT);
-      if (sqlite3_step(c->del_pair) != SQLITE_DONE) rc = prefcap__sqlite_code(sqlite3_errcode(c->db));
-      sqlite3_reset(c->del_pair);
+      rc = step_write(c, c->del_pair, NULL);
     }
     set_free(&old);
   }
   if (!rc) {
-    if (d->have_label) {
-      sqlite3_stmt *both[] = {c->set_label, c->add_label};
-      for (int k = 0; k < 2; k++) {
-        sqlite3_stmt *st = both[k];
-        sqlite3_bind_text(st, 1, unit, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_int(st, 2, d->desirable);
-        sqlite3_bind_text(st, 3, d->lsignal, -1, SQLITE_STATIC);
-        sqlite3_bind_double(st, 4, d->lweight);
-        sqlite3_bind_text(st, 5, d->lsource ? d->lsource : "human", -1, SQLITE_TRANSIENT);
-        sqlite3_bind_int64(st, 6, c->version);
-        if (st == c->add_label) sqlite3_bind_int64(st, 7, c->now);
-      }
-      rc = update_or_insert(c, c->set_label, c->add_label);
-    } else {
+    if (d->have_label) rc = put_label(c, unit, d);
+    else {
       sqlite3_bind_text(c->del_label, 1, unit, -1, SQLITE_TRANSIENT);
-      if (sqlite3_step(c->del_label) != SQLITE_DONE) rc = prefcap__sqlite_code(sqlite3_errcode(c->db));
-      sqlite3_reset(c->del_label);
+      rc = step_write(c, c->del_label, NULL);
     }
   }
   return rc;
@@ -872,12 +880,10 @@ static int derive_batch(ctx_t *c, bool all, int64_t *all_cursor, bool *more) {
     rc = step_code(step);
     *more = n == DERIVE_BATCH;
     if (!rc && !*more) {
-      sqlite3_prepare_v2(c->db, "SELECT (SELECT ifnull(max(seq),0) FROM generations), (SELECT ifnull(max(seq),0) FROM events)", -1, &st, NULL);
-      if ((step = sqlite3_step(st)) == SQLITE_ROW) { gmax = sqlite3_column_int64(st, 0); emax = sqlite3_column_int64(st, 1); }
-      sqlite3_finalize(st);
-      rc = step_code(step);
+      gmax = c->gsnap;   /* the ends of both tables, read at the batch's start in this transaction */
+      emax = c->esnap;
       /* derived rows whose generation is gone (erased) go too */
-      if (!rc) rc = prefcap__sqlite_code(sqlite3_exec(c->db, "DELETE FROM pairs WHERE unit NOT IN (SELECT id FROM generations);"
+      rc = prefcap__sqlite_code(sqlite3_exec(c->db, "DELETE FROM pairs WHERE unit NOT IN (SELECT id FROM generations);"
                                                              "DELETE FROM labels WHERE gen_id NOT IN (SELECT id FROM generations);", NULL, NULL, NULL));
     }
   } else {
@@ -948,7 +954,7 @@ static int derive_batch(ctx_t *c, bool all, int64_t *all_cursor, bool *more) {
     const done_ent *d = t->force ? NULL : done_find(c->done, t->id);
     if (d && t->g <= d->g && t->e <= d->e) continue;   /* recomputed earlier in this call, with this in view */
     rc = recompute(c, t->id);
-    if (!rc) done_put(c->done, t->id, c->gsnap, c->esnap);
+    if (!rc && !all) done_put(c->done, t->id, c->gsnap, c->esnap);   /* --all forces every unit: nothing to skip */
   }
   trig_free(&affected); set_free(&rated_ids); set_free(&rows);
   if (!rc && (gmax != gcur || emax != ecur || all)) {

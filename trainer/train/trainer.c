@@ -101,10 +101,18 @@ static double mean_loss(const pc_trainer *t, const step_stats *st) {
  * logged. Only rank 0 writes outputs. */
 static int is_root(const pc_trainer *t) { return !t->comm || t->comm->rank == 0; }
 
+/* This rank's contiguous share [lo, hi) of n items (all of them for one process). */
+static void my_share(const pc_trainer *t, size_t n, size_t *lo, size_t *hi) {
+  size_t r = t->comm ? (size_t)t->comm->rank : 0, size = t->comm ? (size_t)t->comm->size : 1;
+  *lo = n * r / size;
+  *hi = n * (r + 1) / size;
+}
+
 static void my_slice(const pc_trainer *t, int nb, int *from, int *to) {
-  int r = t->comm ? t->comm->rank : 0, n = t->comm ? t->comm->size : 1;
-  *from = (int)((long)nb * r / n);
-  *to = (int)((long)nb * (r + 1) / n);
+  size_t lo, hi;
+  my_share(t, (size_t)nb, &lo, &hi);
+  *from = (int)lo;
+  *to = (int)hi;
 }
 
 /* The ranks' loss sums (and token counts) added up on every rank. KTO's kl and micro-batch count are
@@ -388,11 +396,8 @@ static int setup_reference(pc_trainer *t) {
   }
   // With several ranks, each computes a contiguous share of the pairs; the shares are then summed
   // into every rank's array (each holds zeros elsewhere, so every value arrives exactly as computed).
-  size_t lo = 0, hi = n;
-  if (t->comm && t->comm->size > 1) {
-    lo = n * (size_t)t->comm->rank / (size_t)t->comm->size;
-    hi = n * (size_t)(t->comm->rank + 1) / (size_t)t->comm->size;
-  }
+  size_t lo, hi;
+  my_share(t, n, &lo, &hi);
   double *out = t->ref + 2 * (size_t)(from - t->train);
   pc_data_opts dopt = data_opts(t);
   pc_ref_ctx rc = {t->o.model, t->be, NULL, 2 * t->o.batch_size, stderr, 0};

@@ -62,18 +62,15 @@ int pc_parse_int(const char *s, int lo, int *out) {
  * ctime are: a rewrite in place changes ctime (which, unlike mtime, no one can set back), a rename over
  * it changes the inode. Only within one process: across runs the bytes are hashed again (refcache.h). */
 #define SHA_MEMO 64
-static struct { dev_t dev; ino_t ino; off_t size; struct timespec mtim, ctim; char hex[65]; } sha_memo[SHA_MEMO];
+static struct { struct stat st; char hex[65]; } sha_memo[SHA_MEMO];
 static int sha_memo_n, sha_memo_next;
 static size_t sha_files_read;
 static pthread_mutex_t sha_mu = PTHREAD_MUTEX_INITIALIZER;
 
-static int same_id(const struct stat *a, dev_t dev, ino_t ino, off_t size, struct timespec mt, struct timespec ct) {
-  return a->st_dev == dev && a->st_ino == ino && a->st_size == size && a->st_mtim.tv_sec == mt.tv_sec &&
-         a->st_mtim.tv_nsec == mt.tv_nsec && a->st_ctim.tv_sec == ct.tv_sec && a->st_ctim.tv_nsec == ct.tv_nsec;
-}
-
-static int same_file(const struct stat *a, int i) {
-  return same_id(a, sha_memo[i].dev, sha_memo[i].ino, sha_memo[i].size, sha_memo[i].mtim, sha_memo[i].ctim);
+static int same_file(const struct stat *a, const struct stat *b) {
+  return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+         a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
+         a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
 }
 
 size_t pc_sha256_files_read(void) {
@@ -88,7 +85,7 @@ int pc_sha256_file(const char *path, char hex[65]) {
   if (stat(path, &before) == 0 && S_ISREG(before.st_mode)) {   // known: not even opened
     pthread_mutex_lock(&sha_mu);
     for (int i = 0; i < sha_memo_n; i++)
-      if (same_file(&before, i)) {
+      if (same_file(&before, &sha_memo[i].st)) {
         memcpy(hex, sha_memo[i].hex, 65);
         pthread_mutex_unlock(&sha_mu);
         return 0;
@@ -108,9 +105,7 @@ int pc_sha256_file(const char *path, char hex[65]) {
   if (ok) ok = EVP_DigestFinal_ex(c, d, &dl) == 1 && dl == 32;
   EVP_MD_CTX_free(c);
   // remembered only when nothing changed while it was read
-  if (ok && regular && (fstat(fileno(f), &after) != 0 ||
-                        !same_id(&after, before.st_dev, before.st_ino, before.st_size, before.st_mtim, before.st_ctim)))
-    regular = 0;
+  if (ok && regular && (fstat(fileno(f), &after) != 0 || !same_file(&before, &after))) regular = 0;
   fclose(f);
   pthread_mutex_lock(&sha_mu);
   sha_files_read++;
@@ -120,8 +115,7 @@ int pc_sha256_file(const char *path, char hex[65]) {
   if (regular) {
     pthread_mutex_lock(&sha_mu);
     int i = sha_memo_n < SHA_MEMO ? sha_memo_n++ : sha_memo_next++ % SHA_MEMO;
-    sha_memo[i].dev = before.st_dev; sha_memo[i].ino = before.st_ino; sha_memo[i].size = before.st_size;
-    sha_memo[i].mtim = before.st_mtim; sha_memo[i].ctim = before.st_ctim;
+    sha_memo[i].st = before;
     memcpy(sha_memo[i].hex, hex, 65);
     pthread_mutex_unlock(&sha_mu);
   }
